@@ -1,0 +1,33 @@
+"""Registry of supported architectures, keyed by the HF ``model_type`` of each component."""
+from __future__ import annotations
+
+from ..errors import UnknownArchitecture
+from . import text, vision
+from .base import Table
+
+TEXT_TABLES: dict[str, Table] = {"llama": text.LLAMA, "mistral": text.MISTRAL, "qwen2": text.QWEN2, "phi3": text.PHI3}
+VISION_TABLES: dict[str, Table] = {"clip_vision_model": vision.CLIP, "siglip_vision_model": vision.SIGLIP}
+
+# model_type -> the HF class a folder of that family declares in "architectures"
+TEXT_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+VISION_CLASSES = {"clip_vision_model": "CLIPVisionModel", "siglip_vision_model": "SiglipVisionModel"}
+# a full CLIP/SigLIP config (not just the vision part) can be given as a vision folder
+VISION_ALIASES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
+
+
+def text_table(model_type: str, where: str = "") -> Table:
+    try:
+        return TEXT_TABLES[model_type]
+    except KeyError:
+        raise UnknownArchitecture(
+            f"text architecture {model_type!r} is not supported (supported: {', '.join(TEXT_TABLES)})", path=where or None
+        ) from None
+
+
+def vision_table(model_type: str, where: str = "") -> Table:
+    try:
+        return VISION_TABLES[VISION_ALIASES.get(model_type, model_type)]
+    except KeyError:
+        raise UnknownArchitecture(
+            f"vision architecture {model_type!r} is not supported (supported: {', '.join(VISION_TABLES)})", path=where or None
+        ) from None

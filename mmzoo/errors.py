@@ -1,0 +1,57 @@
+"""Typed errors. The library raises only these; the CLI turns them into one line on stderr, exit 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MmzooError(Exception):
+    """Base class: a problem with the user's input that deserves one clear line, not a traceback."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
+        self.path = str(path) if path is not None else None
+        self.hint = hint
+        super().__init__(message)
+
+    def one_line(self) -> str:
+        text = str(self)
+        if self.path and self.path not in text:
+            text = f"{self.path}: {text}"
+        if self.hint:
+            text = f"{text} ({self.hint})"
+        return " ".join(text.split())
+
+
+class UnknownFormat(MmzooError):
+    pass
+
+
+class UnknownArchitecture(MmzooError):
+    pass
+
+
+class MissingTensor(MmzooError):
+    pass
+
+
+class UnexpectedTensor(MmzooError):
+    pass
+
+
+class ShapeMismatch(MmzooError):
+    pass
+
+
+class CorruptFile(MmzooError):
+    pass
+
+
+class ConfigError(MmzooError):
+    pass
+
+
+class OutputExists(MmzooError):
+    pass
+
+
+class MissingDependency(MmzooError):
+    pass

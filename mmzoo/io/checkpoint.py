@@ -1,0 +1,178 @@
+"""Index the tensors of a weights folder (safetensors single/sharded, or .bin) and write sharded output."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import CorruptFile, MissingTensor, MmzooError
+from .dtypes import from_torch
+from .safetensors_file import PendingTensor, build_header, copy_range, read_header, write_all
+from .tensors import Planned, Source, materialize
+
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+def has_weights(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (SAFE_INDEX, "model.safetensors", BIN_INDEX, "pytorch_model.bin"))
+
+
+def read_weights(folder: Path) -> dict[str, Source]:
+    """All tensors of a weights folder, lazily: headers only for safetensors, mmap for .bin."""
+    folder = Path(folder)
+    if (folder / SAFE_INDEX).exists():
+        return _read_indexed(folder, folder / SAFE_INDEX, _safetensors_sources)
+    if (folder / "model.safetensors").exists():
+        return _safetensors_sources(folder / "model.safetensors")
+    if (folder / BIN_INDEX).exists():
+        return _read_indexed(folder, folder / BIN_INDEX, _bin_sources)
+    if (folder / "pytorch_model.bin").exists():
+        return _bin_sources(folder / "pytorch_model.bin")
+    raise MmzooError("no weights found (expected model.safetensors, a safetensors index or pytorch_model.bin)", path=folder)
+
+
+def _read_indexed(folder: Path, index_path: Path, read_file) -> dict[str, Source]:
+    try:
+        index = json.loads(index_path.read_text())
+        weight_map: dict[str, str] = index["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CorruptFile("index is not valid JSON with a weight_map", path=index_path) from None
+    sources: dict[str, Source] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = folder / shard
+        if not shard_path.exists():
+            raise MissingTensor(f"index names shard {shard!r}, which does not exist", path=index_path)
+        sources.update(read_file(shard_path))
+    missing = sorted(set(weight_map) - set(sources))
+    if missing:
+        raise MissingTensor(f"tensor {missing[0]!r} is listed in the index but absent from {weight_map[missing[0]]}", path=index_path)
+    extra = sorted(set(sources) - set(weight_map))
+    if extra:
+        raise CorruptFile(f"tensor {extra[0]!r} is in a shard but not in the index", path=index_path)
+    return sources
+
+
+def _safetensors_sources(path: Path) -> dict[str, Source]:
+    tensors, _ = read_header(path)
+    return {name: Source(name, t.dtype, t.shape, stored=t, origin=str(path)) for name, t in tensors.items()}
+
+
+def _bin_sources(path: Path) -> dict[str, Source]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # pickle errors come in many types; all mean the same to the user
+        raise CorruptFile(f"cannot load .bin weights safely ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", path=path) from None
+    if not isinstance(state, dict):
+        raise CorruptFile("a .bin checkpoint must hold a dict of tensors", path=path)
+    sources = {}
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CorruptFile(f"entry {name!r} is not a tensor", path=path)
+        sources[name] = Source(name, from_torch(tensor.dtype), tuple(tensor.shape), load=(lambda t=tensor: t), origin=str(path))
+    return sources
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000 (decimal units like transformers; GiB/MiB binary)."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    raw = text.strip().upper()
+    number = raw.rstrip("KMGTIB")
+    unit = raw[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        raise MmzooError(f"invalid size {text!r} (examples: 5GB, 400MB, 2GiB)") from None
+    if unit not in units or value <= 0:
+        raise MmzooError(f"invalid size {text!r} (examples: 5GB, 400MB, 2GiB)")
+    return int(value * units[unit])
+
+
+def plan_shards(tensors: dict[str, Planned], max_shard_bytes: int) -> list[list[str]]:
+    """Greedy, deterministic grouping in name order; a tensor larger than the limit gets its own shard."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in tensors:
+        nbytes = tensors[name].nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def write_weights(
+    folder: Path,
+    tensors: dict[str, Planned],
+    *,
+    max_shard_bytes: int = 5 * 10**9,
+    basename: str = "model",
+    progress=None,
+    metadata: dict[str, str] | None = None,
+) -> list[Path]:
+    """Write tensors as ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + index.
+
+    Byte-copy pieces go straight from source file to output file; nothing else is held in memory but
+    the one tensor that needs element-wise work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    groups = plan_shards(tensors, max_shard_bytes)
+    names = (
+        [f"{basename}.safetensors"]
+        if len(groups) == 1
+        else [f"{basename}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    )
+    weight_map: dict[str, str] = {}
+    written: list[Path] = []
+    open_fds: dict[Path, int] = {}
+    try:
+        for group, filename in zip(groups, names):
+            pending = [PendingTensor(n, tensors[n].dtype, tensors[n].shape) for n in group]
+            header, order = build_header(pending, metadata)
+            path = folder / filename
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                write_all(fd, header)
+                for entry in order:
+                    _write_tensor(fd, tensors[entry.name], open_fds)
+                    weight_map[entry.name] = filename
+                    if progress is not None:
+                        progress(tensors[entry.name].nbytes)
+            finally:
+                os.close(fd)
+            written.append(path)
+    finally:
+        for fd in open_fds.values():
+            os.close(fd)
+    if len(groups) > 1:
+        total = sum(t.nbytes for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / f"{basename}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return written
+
+
+def _write_tensor(fd: int, planned: Planned, open_fds: dict[Path, int]) -> None:
+    if all(p.is_byte_copy for p in planned.pieces):
+        for piece in planned.pieces:
+            src = piece.source
+            stored = src.stored
+            assert stored is not None
+            src_fd = open_fds.get(stored.file)
+            if src_fd is None:
+                src_fd = open_fds[stored.file] = os.open(stored.file, os.O_RDONLY)
+            if src.shape:
+                copy_range(src_fd, stored.offset + piece.row_start * src.row_bytes, fd, piece.rows * src.row_bytes)
+            else:
+                copy_range(src_fd, stored.offset, fd, stored.nbytes)
+        return
+    tensor = materialize(planned)
+    write_all(fd, tensor.reshape(-1).view(__import__("torch").uint8).numpy().tobytes() if tensor.numel() else b"")
+
+
+def iter_names(tensors: Iterable[str], prefix: str) -> list[str]:
+    return [n for n in tensors if n.startswith(prefix)]

@@ -1,0 +1,77 @@
+"""Find the parts of a checkpoint folder of any format without reading tensors (stdlib + yaml only)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, MmzooError
+
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MmzooError("file not found", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid JSON ({exc})", path=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("expected a JSON object", path=path)
+    return data
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / m).is_file() for m in TOKENIZER_MARKERS)
+
+
+def tokenizer_folder(path: str | Path) -> Path:
+    """The folder holding tokenizer files for a tokenizer folder or any checkpoint mmzoo reads:
+    hf (root), internal (``tokenizer/``), llava (``text_model_llava/`` or ``text_model/``)."""
+    root = Path(path)
+    if not root.exists():
+        raise MmzooError("does not exist", path=root)
+    for candidate in (root / "tokenizer", root / "text_model_llava", root / "text_model", root):
+        if candidate.is_dir() and _has_tokenizer(candidate):
+            return candidate
+    raise MmzooError("no tokenizer files found (tokenizer.json / tokenizer_config.json / tokenizer.model)", path=root)
+
+
+def vision_config(path: str | Path) -> dict[str, Any]:
+    """The vision encoder config (HF dict) of a checkpoint in any format, or of a vision folder."""
+    root = Path(path)
+    if (root / "mmzoo.yaml").is_file():
+        import yaml
+
+        return dict(yaml.safe_load((root / "mmzoo.yaml").read_text())["model"]["vision_config"])
+    if (root / "image_model" / "config.json").is_file():
+        root = root / "image_model"
+    config = read_json(root / "config.json")
+    if "vision_config" in config:
+        return dict(config["vision_config"])
+    return config
+
+
+def select_strategy(path: str | Path) -> str:
+    """``default`` (CLS dropped) or ``full``; LLaVA folders say it as mm_vision_select_feature."""
+    root = Path(path)
+    if (root / "mmzoo.yaml").is_file():
+        import yaml
+
+        return yaml.safe_load((root / "mmzoo.yaml").read_text())["model"].get("vision_feature_select_strategy", "default")
+    for text in (root / "text_model_llava", root / "text_model"):
+        if (text / "config.json").is_file():
+            feature = read_json(text / "config.json").get("mm_vision_select_feature", "patch")
+            return "default" if feature == "patch" else "full"
+    if (root / "config.json").is_file():
+        return read_json(root / "config.json").get("vision_feature_select_strategy", "default")
+    return "default"
+
+
+def num_image_tokens(path: str | Path) -> int:
+    """How many placeholder tokens one image takes in the LLM input for the model at ``path``."""
+    cfg = vision_config(path)
+    patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
+    has_cls = cfg.get("model_type", "clip_vision_model") in ("clip_vision_model", "clip")
+    return patches + (1 if has_cls and select_strategy(path) == "full" else 0)

@@ -1,0 +1,71 @@
+"""The format-independent description of a VLM checkpoint (what ``mmzoo.yaml`` stores)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .io.tensors import Planned
+
+
+class ModelSpec(BaseModel):
+    """Vision encoder + projector + LLM, with HF config dicts for the two pretrained parts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vision_config: dict[str, Any]
+    text_config: dict[str, Any]
+    projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
+    projector_hidden_act: str = "gelu"
+    projector_bias: bool = True
+    image_token_id: int | None = None
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    image_seq_length: int | None = None
+    dtype: str | None = None  # the checkpoint's declared torch dtype name, e.g. "bfloat16"
+    moe: dict[str, Any] | None = None  # MoE layout of an upcycled model (see mmzoo.upcycle)
+    extra: dict[str, Any] = {}  # other top-level keys of the source config, kept through conversions
+    provenance: dict[str, Any] = {}
+
+    @property
+    def text_type(self) -> str:
+        return self.text_config.get("model_type", "llama")
+
+    @property
+    def vision_type(self) -> str:
+        return self.vision_config.get("model_type", "clip_vision_model")
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read into canonical names. Tensors are lazy (``Planned``); files are paths."""
+
+    spec: ModelSpec
+    tensors: dict[str, Planned]
+    path: Path
+    format: str
+    tokenizer_files: dict[str, Path] = field(default_factory=dict)  # file name -> where it is now
+    image_processor: dict[str, Any] | None = None  # preprocessor_config.json content
+    extra_files: dict[str, Path] = field(default_factory=dict)  # e.g. generation_config.json
+
+    def component(self, prefix: str) -> dict[str, Planned]:
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def find_tokenizer_files(folder: Path) -> dict[str, Path]:
+    return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}

@@ -168,3 +168,36 @@ def source_path(planned: Planned) -> Path | None:
         if piece.source.stored is not None:
             return piece.source.stored.file
     return None
+
+
+def iter_bytes(planned: Planned, chunk: int = 16 << 20):
+    """The tensor's raw bytes in order, straight from the files for byte-copy pieces."""
+    if not all(p.is_byte_copy for p in planned.pieces):
+        import torch
+
+        tensor = materialize(planned)
+        if tensor.numel():
+            yield tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return
+    for piece in planned.pieces:
+        src = piece.source
+        assert src.stored is not None
+        start = src.stored.offset + (piece.row_start * src.row_bytes if src.shape else 0)
+        length = piece.rows * src.row_bytes if src.shape else src.stored.nbytes
+        with open(src.stored.file, "rb") as handle:
+            handle.seek(start)
+            while length > 0:
+                data = handle.read(min(chunk, length))
+                if not data:
+                    raise EOFError(f"{src.stored.file}: truncated while reading {src.name}")
+                length -= len(data)
+                yield data
+
+
+def digest(planned: Planned) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for data in iter_bytes(planned):
+        h.update(data)
+    return h.hexdigest()

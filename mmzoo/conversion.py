@@ -1,0 +1,148 @@
+"""``convert``: read any format into canonical names, optionally cast, write any format atomically."""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import formats
+from .errors import MmzooError, OutputExists
+from .formats.common import validate
+from .io.checkpoint import parse_size
+from .io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
+from .io.tensors import digest
+from .spec import Checkpoint
+
+DTYPES = ("keep", "bf16", "fp16", "fp32")
+
+
+def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched: bool = False) -> Checkpoint:
+    """Read a checkpoint of any format (auto-detected unless ``fmt``) into canonical names, lazily."""
+    root = Path(path)
+    if not root.exists():
+        raise MmzooError("does not exist", path=root)
+    name = fmt or formats.detect(root)
+    ckpt = formats.get(name).read(root, drop_unmatched=drop_unmatched)
+    validate(ckpt)
+    return ckpt
+
+
+def cast(ckpt: Checkpoint, dtype: str) -> Checkpoint:
+    if dtype == "keep":
+        return ckpt
+    if dtype not in CLI_DTYPES:
+        raise MmzooError(f"invalid --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    target = CLI_DTYPES[dtype]
+    ckpt.tensors = {n: (t.cast(target) if is_float(t.dtype) else t) for n, t in ckpt.tensors.items()}
+    ckpt.spec = ckpt.spec.model_copy(update={"dtype": CONFIG_DTYPE_NAMES[target]})
+    return ckpt
+
+
+@dataclass
+class ConversionResult:
+    source: Path
+    output: Path
+    src_fmt: str
+    tgt_fmt: str
+    tensors: int
+    bytes: int
+    verified: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def prepare_output(out: Path, source: Path | None, overwrite: bool) -> Path:
+    """Refuse unsafe outputs; return the temporary sibling to write into."""
+    out = out.absolute()
+    if source is not None:
+        src = source.resolve()
+        if out.resolve() == src or src in out.resolve().parents or out.resolve() in src.parents:
+            raise MmzooError("output must not be the source folder, inside it, or contain it", path=out)
+    if out.exists() and not overwrite:
+        raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
+    if not out.parent.exists():
+        raise MmzooError("parent folder does not exist", path=out.parent)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    return tmp
+
+
+def commit_output(tmp: Path, out: Path) -> None:
+    """Move a finished temporary folder into place; an old OUT is removed only after the move."""
+    out = out.absolute()
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callable[[Path], None]) -> None:
+    tmp = prepare_output(Path(out), source, overwrite)
+    try:
+        write(tmp)
+        commit_output(tmp, Path(out))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwrite: bool = False, shard_size: str | int = "5GB",
+                     progress: Callable[[int], None] | None = None, llava_vision_tower: str | None = None) -> None:
+    writer = formats.get(tgt_fmt)
+    shard_bytes = parse_size(shard_size)
+    out = Path(out)
+    source = ckpt.path if ckpt.path and Path(ckpt.path).exists() else None
+    atomic_write(out, source, overwrite, lambda tmp: writer.write(
+        ckpt, tmp, final_path=out.absolute(), shard_bytes=shard_bytes, progress=progress, vision_tower=llava_vision_tower))
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    tgt_fmt: str,
+    src_fmt: str | None = None,
+    dtype: str = "keep",
+    shard_size: str | int = "5GB",
+    overwrite: bool = False,
+    verify: bool = False,
+    drop_unmatched_keys: bool = False,
+    llava_vision_tower: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[Checkpoint], None] | None = None,
+) -> ConversionResult:
+    """Convert ``src`` to ``tgt_fmt`` at ``out``. Bit-exact unless ``dtype`` asks otherwise."""
+    formats.get(tgt_fmt)  # fail on an unknown target before reading anything
+    if dtype not in DTYPES:
+        raise MmzooError(f"invalid --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    ckpt = cast(read_checkpoint(src, src_fmt, drop_unmatched=drop_unmatched_keys), dtype)
+    if on_start is not None:
+        on_start(ckpt)
+    write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress, llava_vision_tower=llava_vision_tower)
+    result = ConversionResult(Path(src), Path(out), ckpt.format, tgt_fmt, len(ckpt.tensors), sum(t.nbytes for t in ckpt.tensors.values()))
+    if verify:
+        verify_against(ckpt, Path(out), tgt_fmt)
+        result.verified = True
+    return result
+
+
+def verify_against(expected: Checkpoint, out: Path, fmt: str) -> None:
+    """Re-read ``out`` and check every tensor's bytes, dtype and shape against ``expected``."""
+    written = read_checkpoint(out, fmt)
+    missing = sorted(set(expected.tensors) - set(written.tensors))
+    extra = sorted(set(written.tensors) - set(expected.tensors))
+    if missing or extra:
+        raise MmzooError(f"verification failed: missing {missing[:3]} extra {extra[:3]}", path=out)
+    for name, planned in expected.tensors.items():
+        got = written.tensors[name]
+        if got.dtype != planned.dtype or got.shape != planned.shape or digest(got) != digest(planned):
+            raise MmzooError(f"verification failed: tensor {name!r} differs from the source", path=out)

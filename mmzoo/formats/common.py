@@ -1,0 +1,113 @@
+"""Helpers shared by the format modules: prefix tables, component mapping, validation, file copies."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..archs import text as text_arch
+from ..archs import text_table, vision as vision_arch, vision_table
+from ..errors import MissingTensor, ShapeMismatch, UnexpectedTensor
+from ..io.tensors import Planned
+from ..spec import Checkpoint, ModelSpec
+
+PROJECTOR_NAMES = ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias")
+
+
+def split_by_prefix(
+    tensors: dict[str, Planned], prefixes: list[tuple[str, str, str]], *, drop_unmatched: bool, where: str
+) -> dict[str, dict[str, Planned]]:
+    """Route each tensor to a component by the first matching (source prefix, component, new prefix)."""
+    parts: dict[str, dict[str, Planned]] = {"vision": {}, "projector": {}, "text": {}}
+    ordered = sorted(prefixes, key=lambda p: -len(p[0]))
+    for name, planned in tensors.items():
+        for prefix, component, replacement in ordered:
+            if name.startswith(prefix):
+                parts[component][replacement + name[len(prefix):]] = planned
+                break
+        else:
+            if not drop_unmatched:
+                raise UnexpectedTensor(f"tensor {name!r} belongs to no known component (pass --drop-unmatched-keys to drop it)", path=where)
+    return parts
+
+
+def to_canonical(spec: ModelSpec, parts: dict[str, dict[str, Planned]], *, drop_unmatched: bool, where: str) -> dict[str, Planned]:
+    vision = vision_table(spec.vision_type, where).to_canonical(parts["vision"], spec.vision_config, drop_unmatched=drop_unmatched, where=where)
+    text = text_table(spec.text_type, where).to_canonical(parts["text"], spec.text_config, drop_unmatched=drop_unmatched, where=where)
+    tensors = {f"image_model.{k}": v for k, v in vision.items()}
+    for name, planned in parts["projector"].items():
+        if name not in PROJECTOR_NAMES:
+            if drop_unmatched:
+                continue
+            raise UnexpectedTensor(f"projector tensor {name!r} is not one of {', '.join(PROJECTOR_NAMES)}", path=where)
+        tensors[f"projector.{name}"] = planned
+    tensors.update({f"text_model.{k}": v for k, v in text.items()})
+    return tensors
+
+
+def native_components(ckpt: Checkpoint) -> dict[str, dict[str, Planned]]:
+    """Canonical tensors -> each component's native names (fusing what the architecture fuses)."""
+    spec, where = ckpt.spec, str(ckpt.path)
+    text = text_table(spec.text_type, where).from_canonical(ckpt.component("text_model."), where=where)
+    vision = vision_table(spec.vision_type, where).from_canonical(ckpt.component("image_model."), where=where)
+    return {"vision": vision, "projector": ckpt.component("projector."), "text": text}
+
+
+def validate(ckpt: Checkpoint) -> None:
+    """Every tensor the configs call for is present with the right shape (MoE layers are checked by
+    the upcycling module; here only tensors that exist in both layouts are compared)."""
+    spec, where = ckpt.spec, str(ckpt.path)
+    checks = [("text_model.", text_arch.expected_shapes(spec.text_config)), ("image_model.", vision_arch.expected_shapes(spec.vision_config))]
+    moe_layers = set((spec.moe or {}).get("layers", []))
+    for prefix, shapes in checks:
+        for name, shape in shapes.items():
+            full = prefix + name
+            if prefix == "text_model." and moe_layers and ".mlp." in name and int(name.split(".")[2]) in moe_layers:
+                continue
+            planned = ckpt.tensors.get(full)
+            if planned is None:
+                raise MissingTensor(f"tensor {full!r} is missing (the config needs it)", path=where)
+            if tuple(planned.shape) != tuple(shape):
+                raise ShapeMismatch(f"tensor {full!r} has shape {list(planned.shape)}, the config implies {list(shape)}", path=where)
+    text_hidden = spec.text_config["hidden_size"]
+    vision_hidden = spec.vision_config["hidden_size"]
+    if spec.projector_type == "mlp2x_gelu":
+        expected = {"projector.linear_1.weight": (text_hidden, vision_hidden), "projector.linear_2.weight": (text_hidden, text_hidden)}
+    else:
+        expected = {"projector.linear_1.weight": (text_hidden, vision_hidden)}
+    for name, shape in expected.items():
+        planned = ckpt.tensors.get(name)
+        if planned is None:
+            raise MissingTensor(f"tensor {name!r} is missing", path=where)
+        if tuple(planned.shape) != shape:
+            raise ShapeMismatch(f"tensor {name!r} has shape {list(planned.shape)}, expected {list(shape)}", path=where)
+
+
+def copy_files(files: dict[str, Path], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        shutil.copyfile(src, folder / name)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def processor_from_folder(folder: Path) -> dict[str, Any] | None:
+    """The image processor dict from preprocessor_config.json, or nested in 5.x's processor_config.json."""
+    from ..locate import read_json
+
+    if (folder / "preprocessor_config.json").is_file():
+        return read_json(folder / "preprocessor_config.json")
+    if (folder / "processor_config.json").is_file():
+        nested = read_json(folder / "processor_config.json").get("image_processor")
+        if isinstance(nested, dict):
+            return nested
+    return None
+
+
+def source_dtype(ckpt_tensors: dict[str, Planned]) -> str | None:
+    floats = [t.dtype for t in ckpt_tensors.values() if t.dtype in ("F32", "F16", "BF16", "F64")]
+    return max(set(floats), key=floats.count) if floats else None

@@ -1,0 +1,155 @@
+"""``hf``: a transformers ``LlavaForConditionalGeneration`` folder.
+
+Reading accepts the three key spellings seen in the wild (4.x ``language_model.model.*`` +
+``vision_tower.vision_model.*``, 5.x saved ``vision_tower.*``, 5.x in-memory ``model.language_model.*``
++ ``lm_head.weight``). Writing uses what ``save_pretrained`` writes in transformers 5.x, which 4.x
+also loads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, UnknownArchitecture
+from ..io.checkpoint import read_weights, write_weights
+from ..io.tensors import Planned
+from ..locate import read_json
+from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
+from .common import copy_files, native_components, processor_from_folder, split_by_prefix, to_canonical, write_json
+
+NAME = "hf"
+DESCRIPTION = "transformers LlavaForConditionalGeneration folder (config.json + safetensors + tokenizer + processor)"
+
+READ_PREFIXES = [
+    ("language_model.model.", "text", "model."),
+    ("language_model.lm_head.", "text", "lm_head."),
+    ("model.language_model.", "text", "model."),
+    ("lm_head.", "text", "lm_head."),
+    ("vision_tower.vision_model.", "vision", ""),
+    ("vision_tower.", "vision", ""),
+    ("model.vision_tower.vision_model.", "vision", ""),
+    ("model.vision_tower.", "vision", ""),
+    ("multi_modal_projector.", "projector", ""),
+    ("model.multi_modal_projector.", "projector", ""),
+]
+# (component, native prefix, written prefix) as transformers 5.x save_pretrained spells it
+WRITE_PREFIXES = {"vision": [("", "vision_tower.")], "projector": [("", "multi_modal_projector.")],
+                  "text": [("model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")]}
+# the in-memory module names of a 5.x LlavaForConditionalGeneration (for load_state_dict)
+MEMORY_PREFIXES = {"vision": [("", "model.vision_tower.")], "projector": [("", "model.multi_modal_projector.")],
+                   "text": [("model.", "model.language_model."), ("lm_head.", "lm_head.")]}
+
+_OWN_KEYS = {
+    "architectures", "model_type", "vision_config", "text_config", "image_token_index", "image_token_id",
+    "projector_hidden_act", "vision_feature_layer", "vision_feature_select_strategy", "image_seq_length",
+    "multimodal_projector_bias", "dtype", "torch_dtype", "transformers_version",
+}
+
+
+def detect(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = read_json(config)
+    except ConfigError:
+        return True  # a config.json that is not JSON: let read() report it
+    return data.get("model_type") == "llava" or "LlavaForConditionalGeneration" in (data.get("architectures") or [])
+
+
+def spec_from_config(config: dict[str, Any], where: Path) -> ModelSpec:
+    if config.get("model_type") not in (None, "llava"):
+        raise UnknownArchitecture(f"model_type {config.get('model_type')!r} is not llava", path=where)
+    vision = dict(config.get("vision_config") or {})
+    text = dict(config.get("text_config") or {})
+    vision.setdefault("model_type", "clip_vision_model")
+    text.setdefault("model_type", "llama")
+    return ModelSpec(
+        vision_config=vision,
+        text_config=text,
+        projector_hidden_act=config.get("projector_hidden_act", "gelu"),
+        projector_bias=config.get("multimodal_projector_bias", True),
+        image_token_id=config.get("image_token_index", config.get("image_token_id")),
+        vision_feature_layer=config.get("vision_feature_layer", -2),
+        vision_feature_select_strategy=config.get("vision_feature_select_strategy", "default"),
+        image_seq_length=config.get("image_seq_length"),
+        dtype=config.get("dtype") or config.get("torch_dtype"),
+        extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
+    )
+
+
+def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
+    where = str(path)
+    spec = spec_from_config(read_json(path / "config.json"), path)
+    sources = read_weights(path)
+    tensors = {name: Planned.of(src) for name, src in sources.items()}
+    parts = split_by_prefix(tensors, READ_PREFIXES, drop_unmatched=drop_unmatched, where=where)
+    canonical = to_canonical(spec, parts, drop_unmatched=drop_unmatched, where=where)
+    extra = {n: path / n for n in ("generation_config.json",) if (path / n).is_file()}
+    return Checkpoint(spec, canonical, path, NAME, find_tokenizer_files(path), processor_from_folder(path), extra)
+
+
+def config_dict(spec: ModelSpec) -> dict[str, Any]:
+    if spec.projector_type != "mlp2x_gelu":
+        raise UnknownArchitecture(
+            f"the hf Llava layout has no {spec.projector_type!r} projector (only mlp2x_gelu); use --tgt-fmt internal or llava"
+        )
+    config: dict[str, Any] = {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "vision_config": spec.vision_config,
+        "text_config": spec.text_config,
+        "image_token_index": spec.image_token_id,
+        "projector_hidden_act": spec.projector_hidden_act,
+        "multimodal_projector_bias": spec.projector_bias,
+        "vision_feature_layer": spec.vision_feature_layer,
+        "vision_feature_select_strategy": spec.vision_feature_select_strategy,
+    }
+    if spec.image_seq_length is not None:
+        config["image_seq_length"] = spec.image_seq_length
+    if spec.dtype:
+        config["dtype"] = spec.dtype
+    config.update(spec.extra)
+    return config
+
+
+def rename(components: dict[str, dict[str, Planned]], prefixes: dict[str, list[tuple[str, str]]]) -> dict[str, Planned]:
+    out: dict[str, Planned] = {}
+    for component, tensors in components.items():
+        for name, planned in tensors.items():
+            for native, written in prefixes[component]:
+                if name.startswith(native):
+                    out[written + name[len(native):]] = planned
+                    break
+            else:
+                raise ConfigError(f"internal error: no {component} prefix for {name!r}")
+    return out
+
+
+def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, progress=None, **_: Any) -> None:
+    spec = ckpt.spec
+    if spec.image_token_id is None:
+        raise ConfigError("the checkpoint has no image token id; the hf layout needs one", path=ckpt.path)
+    write_json(out / "config.json", config_dict(spec))
+    tensors = rename(native_components(ckpt), WRITE_PREFIXES)
+    write_weights(out, dict(sorted(tensors.items())), max_shard_bytes=shard_bytes, progress=progress)
+    copy_files(ckpt.tokenizer_files, out)
+    copy_files(ckpt.extra_files, out)
+    if ckpt.image_processor is not None:
+        write_json(out / "preprocessor_config.json", ckpt.image_processor)
+        write_json(out / "processor_config.json", processor_config(ckpt))
+
+
+def processor_config(ckpt: Checkpoint) -> dict[str, Any]:
+    """LlavaProcessor settings; without patch_size the processor would not expand image tokens."""
+    from ..tokenizer_files import token_for_id
+
+    spec = ckpt.spec
+    is_clip = spec.vision_type == "clip_vision_model"
+    return {
+        "processor_class": "LlavaProcessor",
+        "image_token": token_for_id(ckpt.tokenizer_files, spec.image_token_id) or "<image>",
+        "patch_size": spec.vision_config.get("patch_size"),
+        "vision_feature_select_strategy": spec.vision_feature_select_strategy,
+        "num_additional_image_tokens": 1 if is_clip else 0,
+    }

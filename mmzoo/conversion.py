@@ -119,12 +119,17 @@ def convert(
     llava_vision_tower: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[Checkpoint], None] | None = None,
+    moe: dict[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert ``src`` to ``tgt_fmt`` at ``out``. Bit-exact unless ``dtype`` asks otherwise."""
     formats.get(tgt_fmt)  # fail on an unknown target before reading anything
     if dtype not in DTYPES:
         raise MmzooError(f"invalid --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     ckpt = cast(read_checkpoint(src, src_fmt, drop_unmatched=drop_unmatched_keys), dtype)
+    if moe is not None:
+        from .upcycle import upcycle  # dense -> MoE while converting (see mmzoo/upcycle)
+
+        ckpt = upcycle(ckpt, **moe)
     if on_start is not None:
         on_start(ckpt)
     write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress, llava_vision_tower=llava_vision_tower)

@@ -1,0 +1,224 @@
+"""Core commands: convert, init, inspect, diff, formats, demo. Each is a thin layer over mmzoo.api."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._output import console, error_console, progress_bytes
+
+Src = Annotated[Path, typer.Argument(help="Checkpoint folder to read (format auto-detected).", show_default=False)]
+Out = Annotated[Path, typer.Option("-o", "--output", help="Output folder (written to a temporary sibling, renamed when complete).", show_default=False)]
+TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal (see `mmzoo formats`).", show_default=False)]
+SrcFmt = Annotated[Optional[str], typer.Option("--src-fmt", help="Source format; detected when omitted.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only once the new output is complete).")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+ShardSize = Annotated[str, typer.Option("--shard-size", help="Maximum output shard size, e.g. 5GB, 400MB, 2GiB.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed for freshly initialised weights (projector, routers).")]
+
+
+def convert(
+    src: Src,
+    output: Out,
+    tgt_fmt: TgtFmt,
+    src_fmt: SrcFmt = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="keep | bf16 | fp16 | fp32. 'keep' is bit-exact.")] = "keep",
+    shard_size: ShardSize = "5GB",
+    overwrite: Overwrite = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-read the output and check every tensor against the source.")] = False,
+    drop_unmatched_keys: Annotated[bool, typer.Option("--drop-unmatched-keys", help="Drop tensors no mapping rule knows instead of failing.")] = False,
+    llava_vision_tower: Annotated[Optional[str], typer.Option("--llava-vision-tower", help="mm_vision_tower value for --tgt-fmt llava (default: absolute path of OUT/image_model), e.g. a Hub id.")] = None,
+    moe_experts: Annotated[Optional[int], typer.Option("--moe-experts", help="Upcycle dense MLPs into N experts while converting.", rich_help_panel="Upcycling")] = None,
+    moe_top_k: Annotated[int, typer.Option("--moe-top-k", help="Experts per token.", rich_help_panel="Upcycling")] = 2,
+    moe_style: Annotated[str, typer.Option("--moe-style", help="mixtral | shared | modality.", rich_help_panel="Upcycling")] = "mixtral",
+    moe_layers: Annotated[str, typer.Option("--moe-layers", help="all | even | odd | comma list such as 0,3,5.", rich_help_panel="Upcycling")] = "all",
+    moe_target: Annotated[Optional[list[str]], typer.Option("--moe-target", help="text | vision | projector (repeatable).", rich_help_panel="Upcycling")] = None,
+    router_init: Annotated[str, typer.Option("--router-init", help="zeros | normal:STD.", rich_help_panel="Upcycling")] = "normal:0.02",
+    router_aux_loss_coef: Annotated[float, typer.Option("--router-aux-loss-coef", help="Load-balancing loss weight.", rich_help_panel="Upcycling")] = 0.01,
+    vision_aux_loss_coef: Annotated[Optional[float], typer.Option("--vision-aux-loss-coef", help="Separate weight for image tokens (MoIIE).", rich_help_panel="Upcycling")] = None,
+    capacity_factor: Annotated[Optional[float], typer.Option("--capacity-factor", help="Expert capacity factor (LLaVA-MoD: 1.5).", rich_help_panel="Upcycling")] = None,
+    seed: Seed = 0,
+    debug: Debug = False,
+) -> None:
+    """Convert a checkpoint between formats, bit-exact per tensor unless --dtype says otherwise.
+
+    Examples:
+
+      mmzoo convert llava-1.5-7b-hf -o ckpt --tgt-fmt internal
+
+      mmzoo convert ckpt -o llava-out --tgt-fmt llava --llava-vision-tower openai/clip-vit-large-patch14-336
+
+      mmzoo convert llava-hf -o moe --tgt-fmt hf --moe-experts 4 --moe-top-k 2 --moe-layers even
+    """
+    from ..api import convert as run
+
+    moe = None
+    if moe_experts is not None:
+        moe = dict(
+            num_experts=moe_experts, top_k=moe_top_k, style=moe_style, layers=moe_layers, targets=moe_target or ["text"],
+            router_init=router_init, router_aux_loss_coef=router_aux_loss_coef, vision_aux_loss_coef=vision_aux_loss_coef,
+            capacity_factor=capacity_factor, seed=seed,
+        )
+    with progress_bytes("converting") as (start, advance):
+        result = run(
+            src, output, tgt_fmt=tgt_fmt, src_fmt=src_fmt, dtype=dtype, shard_size=shard_size, overwrite=overwrite,
+            verify=verify, drop_unmatched_keys=drop_unmatched_keys, llava_vision_tower=llava_vision_tower,
+            progress=advance, on_start=lambda ckpt: start(sum(t.nbytes for t in ckpt.tensors.values())), moe=moe,
+        )
+    checked = " and verified" if result.verified else ""
+    console.print(
+        f"[green]✓[/] {result.src_fmt} → {result.tgt_fmt}: {result.tensors} tensors, {_size(result.bytes)} written{checked} to [bold]{result.output}[/]"
+    )
+    for note in result.notes:
+        console.print(f"  note: {note}")
+
+
+def init(
+    vision: Annotated[Path, typer.Option("--vision", help="HF vision encoder folder (CLIP or SigLIP; a full CLIP/SigLIP model works too).", show_default=False)],
+    text: Annotated[Path, typer.Option("--text", help="HF causal LM folder with its tokenizer (Llama, Mistral, Qwen2, Phi-3).", show_default=False)],
+    output: Out,
+    tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf, llava or internal.")] = "internal",
+    projector: Annotated[str, typer.Option("--projector", help="mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1).")] = "mlp2x_gelu",
+    seed: Seed = 0,
+    shard_size: ShardSize = "5GB",
+    overwrite: Overwrite = False,
+    debug: Debug = False,
+) -> None:
+    """Assemble a new VLM from a vision encoder and an LLM, with a fresh projector.
+
+    Adds the <image> token to the tokenizer (growing the embeddings by its mean-initialised row when
+    needed) and copies both pretrained models byte for byte.
+
+    Example:
+
+      mmzoo init --vision clip-vit-large-patch14-336 --text vicuna-7b-v1.5 -o my-llava --tgt-fmt internal
+    """
+    from ..api import init_model
+
+    with progress_bytes("writing") as (start, advance):
+        info = init_model(vision, text, output, tgt_fmt=tgt_fmt, projector=projector, seed=seed, overwrite=overwrite, shard_size=shard_size, progress=advance)
+    console.print(f"[green]✓[/] assembled {tgt_fmt} checkpoint at [bold]{info['output']}[/] (image token id {info['image_token_id']}, vocab {info['vocab_size']}, projector {projector}, seed {seed})")
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Checkpoint folder of any format.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Describe a checkpoint: format, architectures, parameters, dtypes, shards, MoE layout, tokenizer.
+
+    Example:
+
+      mmzoo inspect my-llava --json
+    """
+    from ..api import inspect as run
+
+    info = run(path)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{path}", show_header=False)
+    table.add_row("format", info["format"])
+    table.add_row("vision", f"{info['vision']} ({info['layers']['vision']} layers, hidden {info['hidden_size']['vision']})")
+    table.add_row("projector", info["projector"])
+    table.add_row("text", f"{info['text']} ({info['layers']['text']} layers, hidden {info['hidden_size']['text']})")
+    table.add_row("parameters", f"{info['parameters']:,} (" + ", ".join(f"{k} {v:,}" for k, v in info["parameters_by_component"].items()) + ")")
+    table.add_row("dtypes", ", ".join(f"{k}×{v}" for k, v in info["dtypes"].items()))
+    table.add_row("shards", f"{len(info['shards'])} files, {_size(sum(s['bytes'] for s in info['shards']))}")
+    table.add_row("size on disk", _size(info["size_bytes"]))
+    table.add_row("MoE", _moe_line(info["moe"]))
+    table.add_row("image token id", str(info["image_token_id"]))
+    table.add_row("tokenizer", "yes" if info["tokenizer"] else "[red]missing[/]")
+    table.add_row("image processor", "yes" if info["image_processor"] else "[red]missing[/]")
+    console.print(table)
+
+
+def _moe_line(moe) -> str:
+    if not moe:
+        return "dense"
+    layers = moe.get("layers")
+    return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')} · layers {layers} · targets {moe.get('targets', ['text'])}"
+
+
+def diff(
+    a: Annotated[Path, typer.Argument(help="First checkpoint (any format).", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint (any format).", show_default=False)],
+    atol: Annotated[Optional[float], typer.Option("--atol", help="Treat values within this absolute tolerance as equal.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Compare two checkpoints tensor by tensor in canonical names. Exit 0 when equal, 1 otherwise.
+
+    Example:
+
+      mmzoo diff llava-hf roundtrip-hf
+    """
+    from ..api import diff as run
+
+    result = run(a, b, atol=atol)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    elif result["equal"]:
+        console.print(f"[green]equal[/]: {result['tensors']} tensors ({result['a_format']} vs {result['b_format']})")
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"{len(result['differences'])} of {result['tensors']} tensors differ")
+        table.add_column("tensor")
+        table.add_column("difference")
+        table.add_column("max |a-b|", justify="right")
+        for row in result["differences"]:
+            delta = row.get("max_abs_diff")
+            table.add_row(row["tensor"], row["problem"], "" if delta is None else f"{delta:.3g}")
+        console.print(table)
+    raise typer.Exit(0 if result["equal"] else 1)
+
+
+def formats(debug: Debug = False) -> None:
+    """List the supported formats, architectures and conversion pairs."""
+    from rich.table import Table
+
+    from .. import archs
+    from .. import formats as registry
+
+    table = Table(title="formats")
+    table.add_column("name")
+    table.add_column("read")
+    table.add_column("write")
+    table.add_column("what")
+    for name in registry.FORMAT_MODULES:
+        module = registry.get(name)
+        table.add_row(name, "yes", "yes" if hasattr(module, "write") else "no", module.DESCRIPTION)
+    console.print(table)
+    console.print("vision encoders: " + ", ".join(archs.VISION_TABLES))
+    console.print("LLMs: " + ", ".join(archs.TEXT_TABLES))
+    console.print("conversions: every format to every other, both ways (llava holds Llama/Mistral + CLIP only).")
+
+
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Working folder for the demo's checkpoints.")] = Path("mmzoo-demo"),
+    hub_endpoint: Annotated[Optional[str], typer.Option("--hub-endpoint", help="Also push and pull through this Hub endpoint (e.g. a local mirror).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Reuse an existing demo folder.")] = True,
+    debug: Debug = False,
+) -> None:
+    """Run the whole pipeline on tiny models built in-process (offline, a few minutes on 2 cores)."""
+    from ..demo import run_demo
+
+    run_demo(output, hub_endpoint=hub_endpoint, overwrite=overwrite)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (convert, init, inspect, diff, formats, demo):
+        app.command(command.__name__)(command)

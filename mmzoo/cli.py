@@ -56,7 +56,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if "--debug" in args:
         os.environ["MMZOO_DEBUG"] = "1"
     try:
-        app(args=args, prog_name="mmzoo", standalone_mode=False)
+        code = app(args=args, prog_name="mmzoo", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(code) is returned, not raised, outside standalone mode
+            sys.exit(code)
     except MmzooError as exc:
         _fail(exc.one_line(), exc)
     except KeyboardInterrupt:

@@ -61,7 +61,7 @@ def text_config(arch: str, vocab_size: int, **overrides):
     )
     common.update(overrides)
     config = AutoConfig.for_model(arch, **common)
-    config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
+    config.rope_parameters = {**(config.rope_parameters or {}), "rope_type": "default", "rope_theta": 500000.0}
     return config
 
 

@@ -1,0 +1,212 @@
+"""The CLI: fast start, clear one-line errors with exit code 2, atomic and non-destructive output."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    code = "import sys, mmzoo.cli; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code, stdout, _ = run_cli("--help")
+    assert code == 0 and "convert" in stdout and "inspect" in stdout
+
+
+def _assert_one_line_error(code, stderr, *needles):
+    assert code == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("mmzoo: error: ")
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _broken_copy(tiny, tmp_path, break_it, arch=("llama", "clip")):
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf(*arch), src)
+    break_it(src)
+    return src
+
+
+def _truncate(src):
+    data = (src / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _corrupt_header(src):
+    data = bytearray((src / "model.safetensors").read_bytes())
+    data[8:40] = b"#" * 32
+    (src / "model.safetensors").write_bytes(bytes(data))
+
+
+def _bad_config(src):
+    (src / "config.json").write_text("{ not json")
+
+
+def _shape_mismatch(src):
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] = 100
+    (src / "config.json").write_text(json.dumps(cfg))
+
+
+def _missing_tensor(src):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src / "model.safetensors")
+    del state["language_model.model.layers.1.mlp.down_proj.weight"]
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+
+
+def _index_missing_shard(src):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    names = sorted(state)
+    half = len(names) // 2
+    save_file({k: state[k] for k in names[:half]}, src / "model-00001-of-00002.safetensors")
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in names[:half]}
+    weight_map.update({k: "model-00002-of-00002.safetensors" for k in names[half:]})
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _unsupported_arch(src):
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"]["model_type"] = "gpt_neox"
+    (src / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "break_it,needles",
+    [
+        (_truncate, ["model.safetensors", "truncated"]),
+        (_corrupt_header, ["model.safetensors", "not JSON"]),
+        (_bad_config, ["config.json", "not valid JSON"]),
+        (_shape_mismatch, ["mlp.gate_proj.weight", "shape"]),
+        (_missing_tensor, ["down_proj", "missing"]),
+        (_index_missing_shard, ["model-00002-of-00002.safetensors", "does not exist"]),
+        (_unsupported_arch, ["gpt_neox", "supported: llama, mistral, qwen2, phi3"]),
+    ],
+    ids=["truncated", "corrupt-header", "config-not-json", "shape-mismatch", "missing-tensor", "index-missing-shard", "unsupported-arch"],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny, tmp_path, break_it, needles):
+    src = _broken_copy(tiny, tmp_path, break_it)
+    before = _snapshot(src)
+    code, _, stderr = run_cli("convert", str(src), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal")
+    _assert_one_line_error(code, stderr, *needles)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.partial*"))
+    assert _snapshot(src) == before
+
+
+def test_missing_folder_unknown_format_and_bad_target(tmp_path, tiny):
+    code, _, stderr = run_cli("convert", str(tmp_path / "nope"), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf")
+    _assert_one_line_error(code, stderr, "nope", "does not exist")
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = run_cli("convert", str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf")
+    _assert_one_line_error(code, stderr, "cannot tell the checkpoint format", "--src-fmt")
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "gguf")
+    _assert_one_line_error(code, stderr, "unknown format 'gguf'", "hf")
+    code, _, stderr = run_cli("convert", str(tiny.hf("qwen2", "clip")), "-o", str(tmp_path / "out"), "--tgt-fmt", "llava")
+    _assert_one_line_error(code, stderr, "Llama or Mistral", "qwen2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--tgt-fmt", "hf", "--debug"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(tiny, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(out), "--tgt-fmt", "internal")
+    _assert_one_line_error(code, stderr, "already exists", "--overwrite")
+    assert (out / "keep.txt").read_text() == "precious"
+    code, stdout, stderr = run_cli("convert", str(tiny.hf()), "-o", str(out), "--tgt-fmt", "internal", "--overwrite", "--verify")
+    assert code == 0, stderr
+    assert "verified" in stdout and not (out / "keep.txt").exists() and (out / "mmzoo.yaml").is_file()
+
+
+def test_failure_midway_leaves_nothing_and_keeps_previous_output(tiny, tmp_path):
+    import mmzoo
+
+    out = tmp_path / "out"
+    mmzoo.convert(tiny.hf(), out, tgt_fmt="internal")
+    before = _snapshot(out)
+    calls = {"n": 0}
+
+    def interrupt(_n):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mmzoo.convert(tiny.hf(), out, tgt_fmt="llava", overwrite=True, progress=interrupt)
+    assert _snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_output_inside_source_is_refused(tiny, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf(), src)
+    code, _, stderr = run_cli("convert", str(src), "-o", str(src / "sub"), "--tgt-fmt", "internal")
+    _assert_one_line_error(code, stderr, "must not be the source")
+
+
+def test_drop_unmatched_keys(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf(), src)
+    state = load_file(src / "model.safetensors")
+    state["language_model.model.layers.0.extra_adapter.weight"] = state["language_model.model.norm.weight"].clone()
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    code, _, stderr = run_cli("convert", str(src), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal")
+    _assert_one_line_error(code, stderr, "model.layers.0.extra_adapter.weight", "--drop-unmatched-keys")
+    code, _, stderr = run_cli("convert", str(src), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal", "--drop-unmatched-keys")
+    assert code == 0, stderr
+
+
+def test_inspect_diff_and_formats(tiny, tmp_path):
+    import mmzoo
+
+    code, stdout, stderr = run_cli("inspect", str(tiny.hf("phi3", "siglip")), "--json")
+    assert code == 0, stderr
+    info = json.loads(stdout)
+    assert info["format"] == "hf" and info["text"] == "phi3" and info["vision"] == "siglip_vision_model"
+    assert info["parameters"] == sum(info["parameters_by_component"].values())
+    assert info["tokenizer"] and info["image_processor"] and info["moe"] is None
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny.hf("phi3", "siglip"))
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    code, stdout, _ = run_cli("inspect", str(tiny.hf()))
+    assert code == 0 and "parameters" in stdout and "dense" in stdout
+
+    mmzoo.convert(tiny.hf(), tmp_path / "same", tgt_fmt="llava")
+    code, stdout, _ = run_cli("diff", str(tiny.hf()), str(tmp_path / "same"))
+    assert code == 0 and "equal" in stdout
+    mmzoo.convert(tiny.hf(), tmp_path / "half", tgt_fmt="internal", dtype="bf16")
+    code, stdout, _ = run_cli("diff", str(tiny.hf()), str(tmp_path / "half"))
+    assert code == 1 and "dtype F32 vs BF16" in stdout
+    code, stdout, _ = run_cli("diff", str(tiny.hf()), str(tiny.hf("llama", "siglip")), "--json")
+    result = json.loads(stdout)
+    assert code == 1 and not result["equal"] and any(d["problem"] == "only in B" for d in result["differences"])
+
+    code, stdout, _ = run_cli("formats")
+    assert code == 0 and all(word in stdout for word in ("hf", "llava", "internal", "phi3", "siglip_vision_model"))

@@ -55,3 +55,12 @@ class OutputExists(MmzooError):
 
 class MissingDependency(MmzooError):
     pass
+
+
+class HubError(MmzooError):
+    """A push/pull to the Hugging Face Hub (or a mirror) failed: not found, unauthorized, network, refused."""
+    pass
+
+
+class UpcycleError(MmzooError):
+    """A dense -> MoE upcycling request that cannot be honoured (bad layer spec, top-k, MoE source...)."""

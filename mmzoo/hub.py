@@ -34,6 +34,14 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _PUSH_IGNORE = [HUB_RECORD, ".cache/huggingface", ".cache/huggingface/**", "**/.DS_Store"]
 
 
+def _push_files(src: Path) -> list[str]:
+    """Files of a checkpoint folder to upload, relative POSIX paths (hub bookkeeping left out)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    every = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    return list(filter_repo_objects(every, ignore_patterns=_PUSH_IGNORE))
+
+
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
@@ -257,14 +265,11 @@ def push(
     if create_pr and revision not in (None, "main"):
         raise HubError("--create-pr opens a pull request against main; leave out --revision (or push to the branch)")
 
-    card = src / "README.md"
-    card_written = False
-    if not card.exists():
-        try:
-            card.write_text(model_card(_card_info(src, info), repo_id=repo_id), encoding="utf-8")
-        except OSError as exc:
-            raise HubError(f"cannot write the model card {card}: {exc.strerror or exc}") from exc
-        card_written = True
+    # The source folder is never modified: a generated model card travels in the commit only.
+    card_written = not (src / "README.md").exists()
+    card = model_card(_card_info(src, info), repo_id=repo_id).encode("utf-8") if card_written else None
+
+    from huggingface_hub import CommitOperationAdd
 
     hf = _api(ep, token)
     commit_message = message or f"Upload {info.get('format', '')} checkpoint with mmzoo".replace("  ", " ")
@@ -276,16 +281,17 @@ def push(
             if revision not in {b.name for b in refs.branches}:
                 hf.create_branch(repo_id, branch=revision, revision="main", exist_ok=True)
                 branch_created = True
-        commit = hf.upload_folder(
+        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(src / rel)) for rel in _push_files(src)]
+        if card is not None:
+            operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
+        commit = hf.create_commit(
             repo_id=repo_id,
-            folder_path=str(src),
+            operations=operations,
             revision=revision,
             commit_message=commit_message,
             create_pr=create_pr or None,
-            ignore_patterns=list(_PUSH_IGNORE),
         )
-    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()
-                   and not p.relative_to(src).as_posix().startswith(".cache/huggingface") and p.name != HUB_RECORD)
+    files = sorted(_push_files(src) + (["README.md"] if card is not None else []))
     return {
         "repo_id": repo_id,
         "endpoint": ep,

@@ -17,7 +17,7 @@ from mmzoo.errors import HubError, OutputExists
 
 @pytest.fixture
 def ckpt(tiny_hf, tmp_path) -> Path:
-    """A private copy of the tiny checkpoint (push writes README.md into it)."""
+    """A private copy of the tiny checkpoint (tests add their own README.md to it)."""
     dst = tmp_path / "ckpt"
     shutil.copytree(tiny_hf, dst)
     return dst
@@ -26,11 +26,12 @@ def ckpt(tiny_hf, tmp_path) -> Path:
 def test_push_pull_round_trip_bit_exact(server, ckpt, tmp_path):
     before = tree_digest(ckpt)
     res = hub.push(ckpt, "alice/tiny-llava")
-    assert res["card_written"] and (ckpt / "README.md").is_file()
+    assert res["card_written"] and "README.md" in res["files"]
+    assert tree_digest(ckpt) == before  # the source folder is never modified
     assert len(res["commit"]) == 40 and res["endpoint"] == server.url
     repo = server.state.repos["alice/tiny-llava"]
     assert repo.refs["main"] == res["commit"] and not repo.private
-    card = (ckpt / "README.md").read_text()
+    card = repo.commits[res["commit"]].files["README.md"].decode()
     assert "| format | `hf` |" in card and "parameters" in card and "How to load it" in card
     assert "LlavaForConditionalGeneration.from_pretrained(\"alice/tiny-llava\")" in card
 
@@ -39,10 +40,10 @@ def test_push_pull_round_trip_bit_exact(server, ckpt, tmp_path):
     assert got["commit"] == res["commit"] and got["format"] == "hf" and not got["converted"]
     pulled = tree_digest(out)
     assert pulled.pop(".gitattributes")  # created with the repo, like on the Hub
-    assert pulled == {**before, "README.md": tree_digest(ckpt)["README.md"]}
+    assert pulled.pop("README.md") and pulled == before
     record = json.loads((out / ".mmzoo-hub.json").read_text())
     assert record["commit"] == res["commit"] and record["repo_id"] == "alice/tiny-llava"
-    assert {f["path"] for f in record["files"]} == set(pulled) | {".gitattributes"}
+    assert {f["path"] for f in record["files"]} == set(pulled) | {".gitattributes", "README.md"}
     assert siblings(out) == ["pulled"]  # no temp siblings left
     # The weights travelled as LFS objects (sha256-verified) and were checked as a checkpoint.
     assert any(f["sha256"] for f in record["files"] if f["path"].endswith(".safetensors"))
@@ -107,7 +108,7 @@ def test_layouts_people_publish(server, ckpt, tmp_path):
     out = tmp_path / "sharded-pulled"
     got = hub.pull("llava-hf/tiny-llava-sharded", out)
     assert got["commit"] == pushed["commit"] and diff(ckpt, out)["equal"]
-    assert {k: v for k, v in tree_digest(out).items() if k != ".gitattributes"} == tree_digest(sharded)
+    assert {k: v for k, v in tree_digest(out).items() if k not in (".gitattributes", "README.md")} == tree_digest(sharded)
 
     internal = tmp_path / "internal"
     convert(ckpt, internal, tgt_fmt="internal")

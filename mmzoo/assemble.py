@@ -14,12 +14,12 @@ from .archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
 from .errors import ConfigError, MmzooError, UnknownArchitecture
 from .formats.common import processor_from_folder, split_by_prefix
 from .io.checkpoint import read_weights
-from .io.dtypes import CONFIG_DTYPE_NAMES, from_torch
-from .io.tensors import Planned, Source
+from .image_token import add_image_token, computed, grow_vocab
+from .io.dtypes import CONFIG_DTYPE_NAMES
+from .io.tensors import Planned
 from .locate import read_json
 from .spec import Checkpoint, ModelSpec, find_tokenizer_files
 
-IMAGE_TOKEN = "<image>"
 CLIP_FAMILY_EXTRAS = ("text_model.", "logit_scale", "logit_bias", "visual_projection.", "text_projection.")
 
 
@@ -34,10 +34,6 @@ def read_vision_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Planned]
     parts = split_by_prefix(tensors, [("vision_model.", "vision", ""), ("", "vision", "")], drop_unmatched=False, where=str(folder))
     config = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version")}
     return config, parts["vision"]
-
-
-def _computed(name: str, shape: tuple[int, ...], dtype: str, make: Callable[[], Any]) -> Planned:
-    return Planned.of(Source(name, dtype, shape, load=make, origin="mmzoo init"))
 
 
 def _projector(kind: str, vision_hidden: int, text_hidden: int, dtype: str, seed: int) -> dict[str, Planned]:
@@ -58,21 +54,9 @@ def _projector(kind: str, vision_hidden: int, text_hidden: int, dtype: str, seed
     out: dict[str, Planned] = {}
     for i, (fan_in, fan_out) in enumerate(shapes, start=1):
         weight, bias = linear(fan_in, fan_out, i)
-        out[f"linear_{i}.weight"] = _computed(f"projector.linear_{i}.weight", (fan_out, fan_in), dtype, lambda w=weight: w.to(torch_dtype))
-        out[f"linear_{i}.bias"] = _computed(f"projector.linear_{i}.bias", (fan_out,), dtype, lambda b=bias: b.to(torch_dtype))
+        out[f"linear_{i}.weight"] = computed(f"projector.linear_{i}.weight", (fan_out, fan_in), dtype, lambda w=weight: w.to(torch_dtype))
+        out[f"linear_{i}.bias"] = computed(f"projector.linear_{i}.bias", (fan_out,), dtype, lambda b=bias: b.to(torch_dtype))
     return out
-
-
-def _mean_rows(planned: Planned, extra_rows: int) -> Planned:
-    """Append rows equal to the mean of the existing ones (computed in float32, stored in dtype)."""
-    from .io.tensors import materialize
-
-    def make():
-        tensor = materialize(planned)
-        return tensor.float().mean(dim=0, keepdim=True).expand(extra_rows, -1).to(tensor.dtype).contiguous()
-
-    added = _computed("mean rows", (extra_rows, *planned.shape[1:]), planned.dtype, make)
-    return Planned.concat_rows([planned, added])
 
 
 def init_model(
@@ -87,8 +71,6 @@ def init_model(
     shard_size: str = "5GB",
     progress=None,
 ) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
     from .conversion import write_checkpoint
 
     vision, text = Path(vision), Path(text)
@@ -115,18 +97,8 @@ def init_model(
     embed = text_canonical["model.embed_tokens.weight"]
     dtype = embed.dtype
     with tempfile.TemporaryDirectory(prefix="mmzoo-init-") as tmp:
-        tokenizer = AutoTokenizer.from_pretrained(str(text))
-        if IMAGE_TOKEN not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
-        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        tokenizer.save_pretrained(tmp)
-        vocab = int(text_cfg["vocab_size"])
-        if image_token_id >= vocab:
-            grow = image_token_id + 1 - vocab
-            for key in ("model.embed_tokens.weight", "lm_head.weight"):
-                if key in text_canonical:
-                    text_canonical[key] = _mean_rows(text_canonical[key], grow)
-            text_cfg["vocab_size"] = image_token_id + 1
+        image_token_id, _ = add_image_token(text, Path(tmp))
+        text_cfg = grow_vocab(text_canonical, text_cfg, image_token_id + 1)
         strategy = "default" if vision_cfg["model_type"] == "clip_vision_model" else "full"
         patches = (vision_cfg["image_size"] // vision_cfg["patch_size"]) ** 2
         spec = ModelSpec(
@@ -150,11 +122,4 @@ def init_model(
         validate(ckpt)
         write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress)
     return {"output": str(out), "format": tgt_fmt, "image_token_id": image_token_id, "vocab_size": text_cfg["vocab_size"],
-            "projector": projector, "seed": seed, "dtype": from_torch_name(dtype)}
-
-
-def from_torch_name(dtype: str) -> str:
-    return CONFIG_DTYPE_NAMES.get(dtype, dtype)
-
-
-_ = from_torch  # re-exported for callers that hold torch dtypes
+            "projector": projector, "seed": seed, "dtype": CONFIG_DTYPE_NAMES.get(dtype, dtype)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from . import formats
 from .errors import MmzooError, OutputExists
 from .formats.common import validate
+from .image_token import ensure_image_token
 from .io.checkpoint import parse_size
 from .io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
 from .io.tensors import digest
@@ -130,10 +132,15 @@ def convert(
         from .upcycle import upcycle  # dense -> MoE while converting (see mmzoo/upcycle)
 
         ckpt = upcycle(ckpt, **moe)
-    if on_start is not None:
-        on_start(ckpt)
-    write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress, llava_vision_tower=llava_vision_tower)
-    result = ConversionResult(Path(src), Path(out), ckpt.format, tgt_fmt, len(ckpt.tensors), sum(t.nbytes for t in ckpt.tensors.values()))
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="mmzoo-tokenizer-") as scratch:
+        if tgt_fmt == "hf":  # transformers' Llava needs an image token; LLaVA-repo checkpoints have none
+            note = ensure_image_token(ckpt, Path(scratch))
+            notes += [note] if note else []
+        if on_start is not None:
+            on_start(ckpt)
+        write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress, llava_vision_tower=llava_vision_tower)
+    result = ConversionResult(Path(src), Path(out), ckpt.format, tgt_fmt, len(ckpt.tensors), sum(t.nbytes for t in ckpt.tensors.values()), notes=notes)
     if verify:
         verify_against(ckpt, Path(out), tgt_fmt)
         result.verified = True

@@ -130,3 +130,39 @@ def test_tied_embeddings_round_trip(tmp_path):
         expected = model.eval()(**inputs).logits
         for path in ("int", "llava", "hf2"):
             assert torch.equal(mmzoo.load_model(tmp_path / path)(**inputs).logits, expected), path
+
+
+def test_genuine_llava_without_image_token_gets_one_when_converted_to_hf(tmp_path):
+    """Checkpoints from the LLaVA code mark images with -200 and have no <image> token."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from mmzoo.tiny import build_llm, build_vision
+
+    build_llm(tmp_path / "llm", "llama")
+    build_vision(tmp_path / "clip", "clip")
+    mmzoo.init_model(tmp_path / "clip", tmp_path / "llm", tmp_path / "llava", tgt_fmt="llava")
+    text_dir = tmp_path / "llava" / "text_model_llava"
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copyfile(tmp_path / "llm" / name, text_dir / name)
+    state = load_file(text_dir / "model.safetensors")
+    vocab = len(AutoTokenizer.from_pretrained(tmp_path / "llm"))
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = state[key][:vocab].clone()
+    save_file(state, text_dir / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((text_dir / "config.json").read_text())
+    config.pop("mmzoo")
+    config["vocab_size"] = vocab
+    (text_dir / "config.json").write_text(json.dumps(config))
+    assert mmzoo.read_checkpoint(tmp_path / "llava").spec.image_token_id is None
+
+    result = mmzoo.convert(tmp_path / "llava", tmp_path / "hf", tgt_fmt="hf", verify=True)
+    assert any("<image>" in note for note in result.notes)
+    model, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert model.config.image_token_id == vocab and model.config.text_config.vocab_size == vocab + 1
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").convert_tokens_to_ids("<image>") == vocab
+    embed = model.get_input_embeddings().weight.detach()
+    assert torch.equal(embed[:vocab], state["model.embed_tokens.weight"])
+    assert torch.allclose(embed[vocab], state["model.embed_tokens.weight"].mean(0), atol=1e-7)
+    with torch.no_grad():
+        assert torch.isfinite(model(**sample_inputs(model)).logits).all()

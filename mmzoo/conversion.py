@@ -141,6 +141,10 @@ def convert(
             on_start(ckpt)
         write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress, llava_vision_tower=llava_vision_tower)
     result = ConversionResult(Path(src), Path(out), ckpt.format, tgt_fmt, len(ckpt.tensors), sum(t.nbytes for t in ckpt.tensors.values()), notes=notes)
+    if ckpt.spec.moe:
+        from .upcycle import conversion_notes
+
+        result.notes.extend(conversion_notes(ckpt, tgt_fmt))
     if verify:
         verify_against(ckpt, Path(out), tgt_fmt)
         result.verified = True

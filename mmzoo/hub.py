@@ -1,7 +1,7 @@
 """Share checkpoints through the Hugging Face Hub (or any Hub-compatible mirror).
 
-``push`` checks a checkpoint, writes a model card if the folder has none and uploads the folder with
-``huggingface_hub`` (``upload_folder``: resumable, multi-commit for large folders). ``pull`` resolves a
+``push`` checks a checkpoint and uploads it in one ``huggingface_hub`` commit, adding a generated
+model card when the folder has no README.md (the folder itself is never modified). ``pull`` resolves a
 revision to its commit, downloads that exact commit with ``snapshot_download`` into a temporary sibling
 of OUT, verifies every file against the Hub's tree listing (git blob sha1 / LFS sha256), checks the
 checkpoint, optionally converts it, records where it came from in ``OUT/.mmzoo-hub.json`` and only then

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from ..errors import UnknownArchitecture
-from . import text, vision
+from . import moe, text, vision
 from .base import Table
 
 TEXT_TABLES: dict[str, Table] = {"llama": text.LLAMA, "mistral": text.MISTRAL, "qwen2": text.QWEN2, "phi3": text.PHI3}
+# MoE LLMs (mmzoo.archs.moe): Mixtral and Qwen2-MoE natively, mmzoo_moe for layouts only mmzoo models
+TEXT_TABLES.update({"mixtral": moe.MIXTRAL, "qwen2_moe": moe.QWEN2_MOE, "mmzoo_moe": moe.MMZOO_MOE})
 VISION_TABLES: dict[str, Table] = {"clip_vision_model": vision.CLIP, "siglip_vision_model": vision.SIGLIP}
 
 # model_type -> the HF class a folder of that family declares in "architectures"
 TEXT_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+TEXT_CLASSES.update({"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"})
 VISION_CLASSES = {"clip_vision_model": "CLIPVisionModel", "siglip_vision_model": "SiglipVisionModel"}
 # a full CLIP/SigLIP config (not just the vision part) can be given as a vision folder
 VISION_ALIASES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}

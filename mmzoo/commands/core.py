@@ -36,7 +36,7 @@ def convert(
     moe_layers: Annotated[str, typer.Option("--moe-layers", help="all | even | odd | comma list such as 0,3,5.", rich_help_panel="Upcycling")] = "all",
     moe_target: Annotated[Optional[list[str]], typer.Option("--moe-target", help="text | vision | projector (repeatable).", rich_help_panel="Upcycling")] = None,
     router_init: Annotated[str, typer.Option("--router-init", help="zeros | normal:STD.", rich_help_panel="Upcycling")] = "normal:0.02",
-    router_aux_loss_coef: Annotated[float, typer.Option("--router-aux-loss-coef", help="Load-balancing loss weight.", rich_help_panel="Upcycling")] = 0.01,
+    router_aux_loss_coef: Annotated[Optional[float], typer.Option("--router-aux-loss-coef", help="Load-balancing loss weight (default 0.01; modality style: 0.001).", rich_help_panel="Upcycling")] = None,
     vision_aux_loss_coef: Annotated[Optional[float], typer.Option("--vision-aux-loss-coef", help="Separate weight for image tokens (MoIIE).", rich_help_panel="Upcycling")] = None,
     capacity_factor: Annotated[Optional[float], typer.Option("--capacity-factor", help="Expert capacity factor (LLaVA-MoD: 1.5).", rich_help_panel="Upcycling")] = None,
     seed: Seed = 0,

@@ -11,6 +11,7 @@ from ..errors import MmzooError, UnknownFormat
 # name -> module; detection order matters (internal and moe-llava markers are the most specific)
 FORMAT_MODULES: dict[str, str] = {
     "internal": "mmzoo.formats.internal",
+    "moe-llava": "mmzoo.formats.moe_llava",
     "llava": "mmzoo.formats.llava",
     "hf": "mmzoo.formats.hf",
 }

@@ -43,6 +43,10 @@ def to_canonical(spec: ModelSpec, parts: dict[str, dict[str, Planned]], *, drop_
             raise UnexpectedTensor(f"projector tensor {name!r} is not one of {', '.join(PROJECTOR_NAMES)}", path=where)
         tensors[f"projector.{name}"] = planned
     tensors.update({f"text_model.{k}": v for k, v in text.items()})
+    if spec.moe is None:  # a Mixtral / Qwen2-MoE / mmzoo_moe text_config: record its MoE layout
+        from ..archs.moe import layout_from_config
+
+        spec.moe = layout_from_config(spec.text_config)
     return tensors
 
 
@@ -60,10 +64,13 @@ def validate(ckpt: Checkpoint) -> None:
     spec, where = ckpt.spec, str(ckpt.path)
     checks = [("text_model.", text_arch.expected_shapes(spec.text_config)), ("image_model.", vision_arch.expected_shapes(spec.vision_config))]
     moe_layers = set((spec.moe or {}).get("layers", []))
+    vision_moe_layers = set((spec.moe or {}).get("vision_layers", []))
     for prefix, shapes in checks:
         for name, shape in shapes.items():
             full = prefix + name
             if prefix == "text_model." and moe_layers and ".mlp." in name and int(name.split(".")[2]) in moe_layers:
+                continue
+            if prefix == "image_model." and vision_moe_layers and ".mlp." in name and int(name.split(".")[2]) in vision_moe_layers:
                 continue
             planned = ckpt.tensors.get(full)
             if planned is None:
@@ -76,6 +83,12 @@ def validate(ckpt: Checkpoint) -> None:
         expected = {"projector.linear_1.weight": (text_hidden, vision_hidden), "projector.linear_2.weight": (text_hidden, text_hidden)}
     else:
         expected = {"projector.linear_1.weight": (text_hidden, vision_hidden)}
+    if spec.moe:  # router and expert shapes of every MoE site (mmzoo.archs.moe); a MoE projector replaces the dense one
+        from ..archs.moe import expected_moe_shapes
+
+        if "projector" in (spec.moe.get("targets") or []):
+            expected = {}
+        expected.update(expected_moe_shapes(spec))
     for name, shape in expected.items():
         planned = ckpt.tensors.get(name)
         if planned is None:

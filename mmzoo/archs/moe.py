@@ -1,0 +1,152 @@
+"""MoE text architectures and mmzoo's canonical MoE tensor names.
+
+Canonical names (relative to the component; a dense MLP at ``P`` = ``model.layers.L.mlp.`` for text,
+``encoder.layers.L.mlp.`` for vision, or the whole projector, becomes):
+
+- ``P gate.weight``                      router, [num_experts, hidden]
+- ``P experts.E.<dense names>``          expert E, the dense MLP's own tensor names
+  (text ``{gate,up,down}_proj.weight``, vision ``fc{1,2}.{weight,bias}``, projector ``linear_{1,2}.*``)
+- ``P shared_expert.<dense names>``      the shared expert (style ``shared``)
+- ``P shared_expert_gate.weight``        its sigmoid gate, [1, hidden]
+- ``P residual.<dense names>`` and ``P coefficient.{weight,bias}``  DeepSpeed-MoE ``use_residual``
+  (PR-MoE, read from MoE-LLaVA checkpoints): output = moe * c0 + residual * c1, c = softmax(coefficient)
+
+For text these are exactly the Qwen2-MoE native names; Mixtral spells them
+``block_sparse_moe.gate.weight`` / ``block_sparse_moe.experts.E.w{1,3,2}.weight`` (gate, up, down).
+``text_config.model_type == "mmzoo_moe"`` marks a layout no transformers architecture expresses
+(modality routing, residual MoE, vision/projector experts): it lives in the internal and moe-llava
+formats and loads through ``mmzoo.upcycle.moe_modeling``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UnknownArchitecture
+from ..io.tensors import Planned
+from .base import Rule, Table
+from .text import _COMMON, _SEPARATE
+
+MIXTRAL = Table(
+    "mixtral",
+    _COMMON
+    + _SEPARATE
+    + (
+        Rule("model.layers.{L}.block_sparse_moe.gate.weight", "model.layers.{L}.mlp.gate.weight"),
+        Rule("model.layers.{L}.block_sparse_moe.experts.{E}.w1.weight", "model.layers.{L}.mlp.experts.{E}.gate_proj.weight"),
+        Rule("model.layers.{L}.block_sparse_moe.experts.{E}.w3.weight", "model.layers.{L}.mlp.experts.{E}.up_proj.weight"),
+        Rule("model.layers.{L}.block_sparse_moe.experts.{E}.w2.weight", "model.layers.{L}.mlp.experts.{E}.down_proj.weight"),
+    ),
+)
+
+QWEN2_MOE = Table(
+    "qwen2_moe",
+    _COMMON
+    + _SEPARATE
+    + (
+        Rule("model.layers.{L}.mlp.gate.weight"),
+        Rule("model.layers.{L}.mlp.experts.{E}.{gate_proj|up_proj|down_proj}.weight"),
+        Rule("model.layers.{L}.mlp.shared_expert.{gate_proj|up_proj|down_proj}.weight"),
+        Rule("model.layers.{L}.mlp.shared_expert_gate.weight"),
+    ),
+)
+
+NATIVE_FORMATS = "internal or moe-llava"
+
+
+class MmzooMoeTable(Table):
+    """The text table of layouts no transformers class expresses: the hf/llava writers refuse clearly."""
+
+    def _refuse(self) -> None:
+        raise UnknownArchitecture(
+            "this MoE layout (modality routing, residual MoE, vision/projector experts, or an LLM that neither "
+            "Mixtral nor Qwen2-MoE expresses exactly) has no transformers architecture; write it with "
+            f"--tgt-fmt {NATIVE_FORMATS}"
+        )
+
+    def to_canonical(self, tensors: dict[str, Planned], config: dict, **_: Any) -> dict[str, Planned]:
+        self._refuse()
+        return {}
+
+    def from_canonical(self, tensors: dict[str, Planned], **_: Any) -> dict[str, Planned]:
+        self._refuse()
+        return {}
+
+
+MMZOO_MOE = MmzooMoeTable("mmzoo_moe", ())
+
+MOE_TEXT_TYPES = ("mixtral", "qwen2_moe", "mmzoo_moe")
+MOE_CONFIG_KEY = "mmzoo_moe"  # the full layout, kept inside text_config so hf folders round-trip it
+
+
+def base_text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The dense config an ``mmzoo_moe`` text config was made from."""
+    out = {k: v for k, v in cfg.items() if k not in ("base_model_type", MOE_CONFIG_KEY)}
+    out["model_type"] = cfg.get("base_model_type", "llama")
+    return out
+
+
+def layout_from_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """``spec.moe`` for a text config read from a folder (None for a dense LLM)."""
+    model_type = cfg.get("model_type")
+    if model_type not in MOE_TEXT_TYPES:
+        return None
+    if isinstance(cfg.get(MOE_CONFIG_KEY), dict):
+        return dict(cfg[MOE_CONFIG_KEY])
+    layers = cfg.get("num_hidden_layers", 0)
+    if model_type == "mixtral":
+        return {
+            "style": "mixtral", "num_experts": cfg.get("num_local_experts", 8), "top_k": cfg.get("num_experts_per_tok", 2),
+            "layers": list(range(layers)), "targets": ["text"], "router_aux_loss_coef": cfg.get("router_aux_loss_coef", 0.001),
+            "hf_arch": "mixtral", "base_model_type": "mistral", "origin": "read from a Mixtral text_config",
+        }
+    if model_type == "qwen2_moe":
+        only = set(cfg.get("mlp_only_layers") or [])
+        step = cfg.get("decoder_sparse_step", 1) or 1
+        return {
+            "style": "shared", "num_experts": cfg.get("num_experts", 60), "top_k": cfg.get("num_experts_per_tok", 4),
+            "layers": [i for i in range(layers) if i not in only and (i + 1) % step == 0], "targets": ["text"],
+            "router_aux_loss_coef": cfg.get("router_aux_loss_coef", 0.001), "norm_topk_prob": cfg.get("norm_topk_prob", False),
+            "hf_arch": "qwen2_moe", "base_model_type": "qwen2" if cfg.get("qkv_bias", True) else "llama",
+            "origin": "read from a Qwen2-MoE text_config",
+        }
+    raise UnknownArchitecture("an mmzoo_moe text_config must carry its MoE layout under 'mmzoo_moe'")
+
+
+def dense_mlp_names(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The dense MLP of one MoE site: tensor names (relative to the site) and shapes."""
+    if target == "text":
+        # Qwen2-MoE experts use moe_intermediate_size; Mixtral's and mmzoo_moe's intermediate_size is the expert's
+        hidden, inter = text_cfg["hidden_size"], text_cfg.get("moe_intermediate_size") or text_cfg["intermediate_size"]
+        return {"gate_proj.weight": (inter, hidden), "up_proj.weight": (inter, hidden), "down_proj.weight": (hidden, inter)}
+    if target == "vision":
+        hidden, inter = vision_cfg["hidden_size"], vision_cfg["intermediate_size"]
+        return {"fc1.weight": (inter, hidden), "fc1.bias": (inter,), "fc2.weight": (hidden, inter), "fc2.bias": (hidden,)}
+    hidden, text_hidden = vision_cfg["hidden_size"], text_cfg["hidden_size"]
+    return {"linear_1.weight": (text_hidden, hidden), "linear_2.weight": (text_hidden, text_hidden)}
+
+
+def site_prefixes(moe: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(target, full canonical prefix, layer index or -1 for the projector) for every MoE site of a layout."""
+    out: list[tuple[str, str, int]] = []
+    for layer in moe.get("layers", []) or []:
+        out.append(("text", f"text_model.model.layers.{layer}.mlp.", layer))
+    for layer in moe.get("vision_layers", []) or []:
+        out.append(("vision", f"image_model.encoder.layers.{layer}.mlp.", layer))
+    if "projector" in (moe.get("targets") or []):
+        out.append(("projector", "projector.", -1))
+    return out
+
+
+def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """Canonical tensors every MoE site of ``spec.moe`` must have (router and experts)."""
+    moe = spec.moe or {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    num = moe.get("num_experts", 0)
+    for target, prefix, _ in site_prefixes(moe):
+        dense = dense_mlp_names(target, spec.text_config, spec.vision_config)
+        hidden = spec.text_config["hidden_size"] if target == "text" else spec.vision_config["hidden_size"]
+        shapes[prefix + "gate.weight"] = (num, hidden)
+        for e in range(num):
+            for name, shape in dense.items():
+                shapes[f"{prefix}experts.{e}.{name}"] = shape
+    return shapes

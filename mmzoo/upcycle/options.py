@@ -1,0 +1,129 @@
+"""Validated upcycling options (what ``mmzoo convert --moe-*`` passes)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from ..errors import UpcycleError
+
+STYLES = ("mixtral", "shared", "modality")
+TARGETS = ("text", "vision", "projector")
+DEFAULT_AUX = 0.01  # MoE-LLaVA / Mixtral-style load balancing
+DEFAULT_MODALITY_AUX = 0.001  # MoIIE: per modality
+
+
+class UpcycleOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_experts: int = 4
+    top_k: int = 2
+    style: Literal["mixtral", "shared", "modality"] = "mixtral"
+    layers: str | list[int] = "all"  # all | even | odd | "0,3,5" | [0, 3, 5]
+    targets: tuple[Literal["text", "vision", "projector"], ...] = ("text",)
+    router_init: str = "normal:0.02"  # zeros | normal:STD
+    router_aux_loss_coef: float | None = None  # default 0.01 (modality: 0.001)
+    vision_aux_loss_coef: float | None = None  # image tokens' weight (modality; default = the text weight)
+    capacity_factor: float | None = None  # None: dropless (LLaVA-MoD trains with 1.5)
+    seed: int = 0
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets(cls, value):
+        if value is None:
+            return ("text",)
+        if isinstance(value, str):
+            value = [value]
+        out = []
+        for item in value:
+            for part in str(item).split(","):
+                part = part.strip()
+                if part and part not in out:
+                    out.append(part)
+        return tuple(out) or ("text",)
+
+    @property
+    def text_aux(self) -> float:
+        if self.router_aux_loss_coef is not None:
+            return self.router_aux_loss_coef
+        return DEFAULT_MODALITY_AUX if self.style == "modality" else DEFAULT_AUX
+
+    @property
+    def image_aux(self) -> float:
+        return self.vision_aux_loss_coef if self.vision_aux_loss_coef is not None else self.text_aux
+
+    def router_std(self) -> float:
+        text = self.router_init.strip().lower()
+        if text in ("zeros", "zero", "0"):
+            return 0.0
+        if text == "normal":
+            return 0.02
+        if text.startswith("normal:"):
+            try:
+                std = float(text.split(":", 1)[1])
+            except ValueError:
+                std = -1.0
+            if std >= 0:
+                return std
+        raise UpcycleError(f"invalid --router-init {self.router_init!r} (zeros or normal:STD, e.g. normal:0.02)")
+
+
+def parse_options(**options) -> UpcycleOptions:
+    try:
+        opts = UpcycleOptions(**options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "options"
+        raise UpcycleError(f"invalid upcycling option {where}: {first.get('msg')} (got {first.get('input')!r})") from None
+    if opts.num_experts < 1:
+        raise UpcycleError(f"--moe-experts must be at least 1 (got {opts.num_experts})")
+    if not 1 <= opts.top_k <= opts.num_experts:
+        raise UpcycleError(f"--moe-top-k must be between 1 and --moe-experts ({opts.num_experts}); got {opts.top_k}")
+    if opts.capacity_factor is not None and opts.capacity_factor <= 0:
+        raise UpcycleError(f"--capacity-factor must be positive (got {opts.capacity_factor})")
+    for coef in (opts.router_aux_loss_coef, opts.vision_aux_loss_coef):
+        if coef is not None and coef < 0:
+            raise UpcycleError(f"aux loss coefficients must be >= 0 (got {coef})")
+    opts.router_std()
+    return opts
+
+
+def parse_layers(spec: str | list[int], num_layers: int, what: str) -> list[int]:
+    """``all`` | ``even`` | ``odd`` | ``0,3,5`` (negative indices count from the end) -> sorted layer list."""
+    if isinstance(spec, (list, tuple)):
+        items: list[str] = [str(i) for i in spec]
+    else:
+        text = str(spec).strip().lower()
+        if text == "all":
+            return list(range(num_layers))
+        if text == "even":
+            return list(range(0, num_layers, 2))
+        if text == "odd":
+            return list(range(1, num_layers, 2))
+        items = [p.strip() for p in text.split(",") if p.strip()]
+        if not items:
+            raise UpcycleError(f"invalid --moe-layers {spec!r} (all, even, odd or a comma list such as 0,3,5)")
+    layers: set[int] = set()
+    for item in items:
+        try:
+            index = int(item)
+        except ValueError:
+            raise UpcycleError(f"invalid --moe-layers {spec!r} (all, even, odd or a comma list such as 0,3,5)") from None
+        if not -num_layers <= index < num_layers:
+            raise UpcycleError(f"--moe-layers: layer {index} is out of range (the {what} has {num_layers} layers: 0..{num_layers - 1})")
+        layers.add(index % num_layers)
+    return sorted(layers)
+
+
+def modality_experts(num_experts: int, top_k: int) -> dict[str, list[int]]:
+    """MoIIE-style assignment: intra-modality experts for image and for text tokens, the rest shared
+    (inter-modality). With N experts, N//3 are image-only, N//3 text-only, the rest take both."""
+    per = num_experts // 3
+    out = {"image": list(range(per)), "text": list(range(per, 2 * per)), "shared": list(range(2 * per, num_experts))}
+    allowed = num_experts - per
+    if top_k > allowed:
+        raise UpcycleError(
+            f"--moe-style modality with {num_experts} experts lets each token choose among {allowed} "
+            f"({per} image-only, {per} text-only, {num_experts - 2 * per} shared); --moe-top-k {top_k} is too large"
+        )
+    return out

@@ -2,10 +2,11 @@
 
 Builds a synthetic hf LLaVA checkpoint (random bf16 weights, CLIP-L-like vision tower + a ~1B Llama,
 about 2.3 GB in ~400 MB shards), then times, each in its own process (peak RSS measured by
-/usr/bin/time): `cp -r`, `mmzoo convert` hf → internal and internal → hf, and transformers
+/usr/bin/time): `cp -r`, `mmzoo convert` hf → internal, internal → hf, hf → llava, hf → hf upcycled to 4
+experts (time per output GB), and transformers
 `from_pretrained` + `save_pretrained`. Prints wall-time ratios to `cp` and peak RSS.
 
-    python benchmarks/convert_bench.py --workdir /tmp/mmzoo-bench [--size-gb 2.3] [--keep]
+    python benchmarks/convert_bench.py --workdir /tmp/mmzoo-bench [--scale 1.0] [--repeat 3] [--keep]
 """
 from __future__ import annotations
 
@@ -92,6 +93,10 @@ def build_checkpoint(folder: Path, scale: float = 1.0) -> int:
     return total
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def timed(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one command, via /usr/bin/time. Dirty pages from earlier
     runs are flushed first so no run pays for another's write-back."""
@@ -136,31 +141,31 @@ def main() -> None:
         ("mmzoo convert hf → internal", convert(src, "internal"), "internal"),
         ("mmzoo convert internal → hf", convert(work / "internal0", "hf"), "hf"),
         ("mmzoo convert hf → llava", convert(src, "llava"), "llava"),
+        ("mmzoo convert hf → hf, upcycled to 4 experts (mixtral style)",
+         lambda out: [*convert(src, "hf")(out), "--moe-experts", "4", "--moe-layers", "all"], "moe"),
     ]
     timed(["cp", "-r", str(src), str(work / "warm")])  # warm the page cache so every run reads from memory
     shutil.rmtree(work / "warm")
     samples: dict[str, list[tuple[float, int]]] = {label: [] for label, _, _ in commands}
+    output_bytes: dict[str, int] = {}
     for i in range(args.repeat):  # interleaved, so background noise hits every command alike
         for label, make, name in commands:
-            samples[label].append(timed(make(work / f"{name}{i}")))
+            out = work / f"{name}{i}"
+            samples[label].append(timed(make(out)))
+            output_bytes[label] = folder_bytes(out)
             if i > 0:
-                shutil.rmtree(work / f"{name}{i}")
-    runs = [(label, statistics.median(w for w, _ in s), max(r for _, r in s)) for label, s in samples.items()]
-    try:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from upcycle_bench_row import bench_upcycle  # noqa: E402
-
-        row = bench_upcycle(src, work)
-        runs.append((row["label"], row["seconds"], row["rss_kib"]))
-    except ModuleNotFoundError:
-        pass
+                shutil.rmtree(out)
+    runs = [(label, statistics.median(w for w, _ in s), max(r for _, r in s), output_bytes[label]) for label, s in samples.items()]
     if not args.skip_transformers:
-        runs.append(("transformers from_pretrained + save_pretrained", *timed([sys.executable, "-c", TRANSFORMERS_ROUTE, str(src), str(work / "tf")])))
-    base = runs[0][1]
+        label = "transformers from_pretrained + save_pretrained"
+        runs.append((label, *timed([sys.executable, "-c", TRANSFORMERS_ROUTE, str(src), str(work / "tf")]), folder_bytes(work / "tf")))
+    base, base_per_gb = runs[0][1], runs[0][1] / (runs[0][3] / 1e9)
     print(f"\nmedian of {args.repeat} interleaved runs; page cache warm; dirty pages synced before each run")
-    print(f"\n| run | wall s | × cp | s per GB | peak RSS |\n|---|---:|---:|---:|---:|")
-    for label, wall, rss in runs:
-        print(f"| {label} | {wall:.2f} | {wall / base:.2f} | {wall / gb:.2f} | {rss / 1024:.0f} MiB |")
+    print("\n| run | output GB | wall s | × cp wall | s per output GB | × cp per GB | peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, wall, rss, nbytes in runs:
+        per_gb = wall / (nbytes / 1e9)
+        print(f"| {label} | {nbytes / 1e9:.2f} | {wall:.2f} | {wall / base:.2f} | {per_gb:.2f} | {per_gb / base_per_gb:.2f} | {rss / 1024:.0f} MiB |")
     if not args.keep:
         shutil.rmtree(work)
 

@@ -1,0 +1,132 @@
+"""Benchmark `mmzoo preprocess` against pure `tokenizers` batch encoding of the same rendered texts.
+
+    python benchmarks/preprocess_bench.py --samples 100000 --workers 2
+
+Builds (in a temp folder) a byte-level BPE tokenizer with an 8k vocabulary, 64 small PNGs and N
+synthetic LLaVA conversations (1-3 rounds, 70% with an image), then times, in one run:
+  1. tokenizers `encode_batch` (all cores, Rust threads) of the fully rendered texts,
+  2. the same with `encode_batch_fast` (no offsets: the fastest tokenizers can do),
+  3. the whole `mmzoo preprocess` (JSONL parsing, validation, image checks, rendering, tokenizing,
+     masks, gzip'd H5 shards, manifest) with --workers W.
+The target is (3) <= 1.5x (1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the a cat dog red blue sofa park ball image picture shows left right small large two three man woman "
+         "standing sitting near next to window street car bus tree sky cloud water boat lake food bowl fruit table "
+         "what where how many color describe detail is are there in on of with and very quite bright dark").split()
+
+
+def build_tokenizer(folder: Path, vocab: int = 8000) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(1)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(4000)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    fast.save_pretrained(folder)
+
+
+def sentence(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+
+
+def build_data(path: Path, n: int, n_images: int) -> None:
+    rng = random.Random(0)
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(n):
+            row: dict = {"id": f"s{i}", "conversations": []}
+            has_image = rng.random() < 0.7
+            for r in range(rng.randint(1, 3)):
+                q = sentence(rng, 5, 20)
+                if r == 0 and has_image:
+                    q = "<image>\n" + q
+                row["conversations"] += [{"from": "human", "value": q}, {"from": "gpt", "value": sentence(rng, 10, 60)}]
+            if has_image:
+                row["image"] = f"img_{rng.randrange(n_images):03d}.png"
+            handle.write(json.dumps(row) + "\n")
+
+
+def rendered_texts(data: Path, tok_dir: Path, template: str) -> list[str]:
+    """The exact texts mmzoo tokenizes (its own renderer), joined per sample."""
+    from mmzoo.preprocess.encode import TokenizerInfo
+    from mmzoo.preprocess.templates import make_renderer, parse_turns
+
+    info = TokenizerInfo.load(tok_dir)
+    render = make_renderer(template, info.bos, info.eos, info.chat_template)
+    texts = []
+    with data.open(encoding="utf-8") as handle:
+        for line in handle:
+            texts.append("".join(s.text for s in render(parse_turns(json.loads(line)["conversations"]))))
+    return texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--template", default="vicuna_v1")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    from tokenizers import Tokenizer
+
+    from mmzoo.preprocess import preprocess
+    from mmzoo.tiny import make_images
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        tok_dir, images, data = tmp_path / "tok", tmp_path / "images", tmp_path / "data.jsonl"
+        build_tokenizer(tok_dir)
+        make_images(images, 64, size=32)
+        build_data(data, args.samples, 64)
+        texts = rendered_texts(data, tok_dir, args.template)
+        tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+
+        t0 = time.perf_counter()
+        encs = tok.encode_batch(texts, add_special_tokens=False)
+        t_batch = time.perf_counter() - t0
+        n_text_tokens = sum(len(e.ids) for e in encs)
+        del encs
+        t0 = time.perf_counter()
+        tok.encode_batch_fast(texts, add_special_tokens=False)
+        t_fast = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        manifest = preprocess([data], images, tok_dir, tmp_path / "out", template=args.template, num_image_tokens=576,
+                              max_seq_len=4096, workers=args.workers)
+        t_mmzoo = time.perf_counter() - t0
+
+    stats = manifest["statistics"]
+    figures = {
+        "samples": args.samples, "workers": args.workers, "template": args.template,
+        "text_tokens": n_text_tokens, "tokens_written": stats["tokens"], "samples_written": stats["samples_written"],
+        "tokenizers_encode_batch_s": round(t_batch, 3), "tokenizers_encode_batch_fast_s": round(t_fast, 3),
+        "mmzoo_preprocess_s": round(t_mmzoo, 3),
+        "ratio_vs_encode_batch": round(t_mmzoo / t_batch, 3), "ratio_vs_encode_batch_fast": round(t_mmzoo / t_fast, 3),
+        "mmzoo_samples_per_s": round(args.samples / t_mmzoo),
+    }
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    print("target (mmzoo <= 1.5x encode_batch):", "MET" if t_mmzoo <= 1.5 * t_batch else "NOT MET")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

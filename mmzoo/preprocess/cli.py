@@ -1,0 +1,71 @@
+"""``mmzoo preprocess``: registered by mmzoo.cli; every heavy import happens inside the command."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+TEMPLATE_HELP = "auto (the tokenizer's chat_template), plain (pretraining: image + caption), vicuna_v1, llama3, phi3, chatml, qwen."
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("preprocess")
+    def preprocess_command(
+        data: Annotated[list[Path], typer.Option("--data", help="LLaVA data: a .json list or .jsonl file; repeat for several (read in the order given).")],
+        images: Annotated[Path, typer.Option("--images", help="Image root; `image` paths in the data are relative to it (absolute or '..' paths are rejected).")],
+        tokenizer: Annotated[Path, typer.Option("--tokenizer", help="A tokenizer folder or any checkpoint mmzoo reads (hf, llava, internal).")],
+        out: Annotated[Path, typer.Option("-o", "--out", help="Output folder for the shards, manifest.json and rejected.jsonl.")],
+        template: Annotated[str, typer.Option("--template", help=TEMPLATE_HELP)] = "auto",
+        max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longest sample in tokens, image tokens included.")] = 2048,
+        num_image_tokens: Annotated[Optional[int], typer.Option("--num-image-tokens", help="Tokens per image (e.g. 576 for CLIP-L/14 at 336px).")] = None,
+        model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint whose vision config gives the tokens per image (instead of --num-image-tokens).")] = None,
+        truncate: Annotated[bool, typer.Option("--truncate/--skip-long", help="Cut over-long samples after the last assistant turn that fits (never inside an image), or skip them (default).")] = False,
+        workers: Annotated[int, typer.Option("--workers", help="Tokenizer processes; the output is identical for any value.")] = 1,
+        samples_per_shard: Annotated[int, typer.Option("--samples-per-shard", help="Samples per shard-XXXXX.h5 file.")] = 10000,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT: finished shards are kept, the rest is redone.")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only once the new output is complete).")] = False,
+        strict: Annotated[bool, typer.Option("--strict", help="Fail on the first rejected sample instead of listing it in rejected.jsonl.")] = False,
+        format: Annotated[str, typer.Option("--format", help="mmzoo (documented H5 shards, read by mmzoo.preprocess.H5Dataset) or cerebras (modelzoo layout).")] = "mmzoo",
+        no_image_check: Annotated[bool, typer.Option("--no-image-check", help="Only check that image files exist; skip decoding them (faster on huge sets).")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or statistics table.")] = False,
+        debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    ) -> None:
+        """Tokenize LLaVA conversation data into H5 shards for training.
+
+        Each <image> marker becomes N image tokens; the loss mask covers assistant answers and their end-of-turn token. Bad rows, missing or unsafe images and over-long samples are rejected, counted by reason and listed in OUT/rejected.jsonl.
+
+        Example: mmzoo preprocess --data llava_instruct_150k.json --images coco/train2017 --tokenizer ./llava-hf --model ./llava-hf --template vicuna_v1 --workers 8 -o data/instruct
+        """
+        from rich.console import Console
+
+        from . import preprocess
+
+        console = Console(stderr=True)
+        manifest = preprocess(
+            data, images, tokenizer, out, template=template, max_seq_len=max_seq_len, num_image_tokens=num_image_tokens,
+            model=model, truncate=truncate, workers=workers, samples_per_shard=samples_per_shard, resume=resume,
+            overwrite=overwrite, strict=strict, format=format, check_images=not no_image_check, console=console,
+            progress=not quiet,
+        )
+        if not quiet:
+            print_statistics(console, manifest, out)
+
+
+def print_statistics(console: Any, manifest: dict[str, Any], out: Path) -> None:
+    from rich.table import Table
+
+    stats = manifest["statistics"]
+    table = Table(title=f"mmzoo preprocess -> {out}", show_header=False)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    rows = [("samples read", stats["samples_read"]), ("samples written", stats["samples_written"]),
+            ("truncated", stats["truncated"]), ("tokens", stats["tokens"]), ("loss tokens", stats["loss_tokens"]),
+            ("images", stats["images"]), ("files", len(manifest["shards"]))]
+    for name, value in rows:
+        table.add_row(name, f"{value:,}")
+    for reason, count in stats["rejected"].items():
+        table.add_row(f"rejected: {reason}", f"[red]{count:,}")
+    console.print(table)
+    if stats["rejected"]:
+        console.print(f"rejected samples are listed in {out / 'rejected.jsonl'}")

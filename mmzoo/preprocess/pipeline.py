@@ -1,0 +1,304 @@
+"""``preprocess()``: read rows in order, encode them in worker processes, write shards in order.
+
+Results come back in input order (bounded window of chunks in flight), so the shards, manifest and
+rejection list are the same whatever ``workers`` is. After each finished shard a checkpoint records how
+many input rows it covers, the statistics so far and the size of rejected.jsonl: ``resume`` restarts
+from there and produces exactly what an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import ConfigError, MmzooError, OutputExists
+from .encode import REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker
+from .sources import check_sources, chunked, iter_rows
+from .templates import TEMPLATES, make_renderer
+from .writer import FORMAT_VERSION, TMP_SUFFIX, MmzooWriter
+
+FORMATS = ("mmzoo", "cerebras")
+CHECKPOINT = {"mmzoo": ".progress.json", "cerebras": "checkpoint.txt"}
+CHUNK_ROWS = 512  # rows per task: large enough to amortise IPC, small enough to keep workers busy
+
+
+def new_stats() -> dict[str, Any]:
+    return {"samples_read": 0, "samples_written": 0, "rejected": {}, "truncated": 0,
+            "tokens": 0, "loss_tokens": 0, "images": 0}
+
+
+def preprocess(
+    data: list[str | Path] | str | Path,
+    images: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    template: str = "auto",
+    max_seq_len: int = 2048,
+    num_image_tokens: int | None = None,
+    model: str | Path | None = None,
+    truncate: bool = False,
+    workers: int = 1,
+    samples_per_shard: int = 10000,
+    resume: bool = False,
+    overwrite: bool = False,
+    strict: bool = False,
+    format: str = "mmzoo",
+    check_images: bool = True,
+    console: Any = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Tokenize LLaVA conversations into H5 shards under ``out``; returns the manifest (a dict)."""
+    paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
+    _check_options(template, format, max_seq_len, workers, samples_per_shard, resume, overwrite, num_image_tokens, model)
+    check_sources(paths)
+    image_root = Path(images)
+    if not image_root.is_dir():
+        raise MmzooError("image folder not found", path=image_root)
+    n_img = _resolve_num_image_tokens(num_image_tokens, model, tokenizer)
+    info = TokenizerInfo.load(tokenizer)
+    make_renderer(template, info.bos, info.eos, info.chat_template)  # fail early on a bad/missing template
+    params = {
+        "data": [str(p) for p in paths], "images": str(image_root), "tokenizer": str(tokenizer), "template": template,
+        "max_seq_len": max_seq_len, "num_image_tokens": n_img, "truncate": truncate, "format": format,
+        "samples_per_shard": samples_per_shard, "image_token_id": info.image_token_id, "pad_token_id": info.pad_id,
+        "check_images": check_images,
+    }
+    settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images)
+    target = Path(out)
+    work, state = _prepare_output(target, params, format, resume, overwrite)
+    if state.get("complete"):
+        return state["manifest"]
+    run = _Run(work, paths, params, settings, info, format, strict, state)
+    run.execute(workers, console if progress else None)
+    manifest = run.finish()
+    if work != target:  # --overwrite: swap in the complete new output only now
+        _swap(work, target)
+    return manifest
+
+
+def _check_options(template: str, format: str, max_seq_len: int, workers: int, per_shard: int, resume: bool,
+                   overwrite: bool, num_image_tokens: int | None, model: Any) -> None:
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown template {template!r}", hint="choose one of " + ", ".join(TEMPLATES))
+    if format not in FORMATS:
+        raise ConfigError(f"unknown format {format!r}", hint="mmzoo or cerebras")
+    if max_seq_len < 8 or workers < 1 or per_shard < 1:
+        raise ConfigError("--max-seq-len must be >= 8, --workers and --samples-per-shard >= 1")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if num_image_tokens is not None and model is not None:
+        raise ConfigError("give --num-image-tokens or --model, not both")
+    if num_image_tokens is not None and num_image_tokens < 1:
+        raise ConfigError("--num-image-tokens must be >= 1")
+
+
+def _resolve_num_image_tokens(n: int | None, model: str | Path | None, tokenizer: str | Path) -> int:
+    from ..locate import num_image_tokens
+
+    if n is not None:
+        return n
+    source = model if model is not None else tokenizer
+    try:
+        return int(num_image_tokens(source))
+    except (MmzooError, KeyError, TypeError) as exc:
+        if model is not None:
+            raise MmzooError(f"cannot read the vision config ({exc})", path=model) from None
+        raise MmzooError("the number of image tokens is unknown", hint="give --num-image-tokens N or --model CHECKPOINT") from None
+
+
+# -- output folder, checkpoint, resume ---------------------------------------------------------
+def _prepare_output(target: Path, params: dict, format: str, resume: bool, overwrite: bool) -> tuple[Path, dict]:
+    exists = target.exists() and (not target.is_dir() or any(target.iterdir()))
+    if target.exists() and not target.is_dir():
+        raise OutputExists("exists and is not a folder", path=target)
+    if exists and overwrite:
+        work = target.parent / f".{target.name}.mmzoo-partial"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        return work, {}
+    if exists and not resume:
+        raise OutputExists("output folder exists and is not empty", path=target, hint="use --resume or --overwrite")
+    target.mkdir(parents=True, exist_ok=True)
+    if not exists:
+        return target, {}
+    manifest_path = target / ("data_params.json" if format == "cerebras" else "manifest.json")
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        _same_params(manifest.get("parameters", {}), params, target)
+        return target, {"complete": True, "manifest": manifest}
+    checkpoint = target / CHECKPOINT[format]
+    state: dict = {}
+    if checkpoint.is_file():
+        state = json.loads(checkpoint.read_text(encoding="utf-8"))
+        _same_params(state.get("parameters", {}), params, target)
+    keep = {s["file"] for s in state.get("shards", [])}
+    for path in target.iterdir():  # partial files and shards written after the last checkpoint are redone
+        if path.name.endswith(TMP_SUFFIX) or (path.suffix == ".h5" and path.name not in keep):
+            path.unlink()
+    return target, state
+
+
+def _same_params(old: dict, new: dict, target: Path) -> None:
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise MmzooError(f"cannot resume: parameters differ from the interrupted run ({', '.join(changed)})", path=target,
+                         hint="use --overwrite to start again")
+
+
+def _swap(work: Path, target: Path) -> None:
+    old = target.parent / f".{target.name}.mmzoo-old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(work, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _Run:
+    def __init__(self, out: Path, paths: list[Path], params: dict, settings: Settings, info: TokenizerInfo,
+                 format: str, strict: bool, state: dict):
+        self.out, self.paths, self.params, self.settings, self.format, self.strict = out, paths, params, settings, format, strict
+        self.stats: dict[str, Any] = state.get("statistics") or new_stats()
+        self.rows_done: int = state.get("rows_consumed", 0)
+        rejected = out / "rejected.jsonl"
+        with rejected.open("ab") as handle:  # drop rejections recorded after the last checkpoint
+            handle.truncate(state.get("rejected_bytes", 0))
+        self.rejected = rejected.open("a", encoding="utf-8")
+        shards = state.get("shards", [])
+        if format == "cerebras":
+            from .cerebras import CerebrasWriter
+
+            self.writer: Any = CerebrasWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id, info.pad_id, shards)
+        else:
+            attrs = {"image_token_id": info.image_token_id, "num_image_tokens": params["num_image_tokens"],
+                     "max_seq_len": params["max_seq_len"], "template": params["template"], "tokenizer": params["tokenizer"]}
+            self.writer = MmzooWriter(out, params["samples_per_shard"], attrs, shards)
+
+    # -- encoding, in order ------------------------------------------------------------------------
+    def _pool(self, workers: int) -> Any:
+        if workers == 1:
+            return None
+        import multiprocessing
+
+        # fork (where it exists): no re-import of __main__, so it works from scripts, notebooks and stdin.
+        # The pool is created before the progress thread starts, and workers only run tokenizers
+        # sequentially (its fork guard disables rayon in children), so no inherited lock can bite.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        return ctx.Pool(workers, initializer=init_worker, initargs=(self.settings,))
+
+    def _results(self, pool: Any, workers: int) -> Iterator[list[Sample | Rejection]]:
+        chunks = chunked(iter_rows(self.paths, skip=self.rows_done), CHUNK_ROWS)
+        if pool is None:
+            encoder = Encoder(self.settings)
+            yield from map(encoder.encode_rows, chunks)
+            return
+        window: deque = deque()
+        for chunk in chunks:
+            window.append(pool.apply_async(encode_chunk, (chunk,)))
+            if len(window) >= 4 * workers:  # bounded: memory stays flat on huge inputs
+                yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
+
+    def execute(self, workers: int, console: Any) -> None:
+        pool = self._pool(workers)
+        bar = _Progress(console, self.stats["samples_read"])
+        try:
+            for results in self._results(pool, workers):
+                for result in results:
+                    self._take(result)
+                bar.update(self.stats["samples_read"], self.stats["samples_written"])
+        finally:
+            bar.stop()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        self.writer.close()
+
+    def _take(self, result: Sample | Rejection) -> None:
+        stats = self.stats
+        stats["samples_read"] += 1
+        if isinstance(result, Rejection):
+            self._reject(result)
+            return
+        stats["samples_written"] += 1
+        stats["tokens"] += len(result.input_ids)
+        stats["loss_tokens"] += int(result.loss_mask.sum())
+        stats["images"] += len(result.images)
+        stats["truncated"] += int(result.truncated)
+        if self.writer.add(result):
+            self._checkpoint(result.row + 1)
+
+    def _reject(self, rej: Rejection) -> None:
+        source = self.paths[rej.source]
+        where = "line" if source.suffix.lower() == ".jsonl" else "index"
+        if self.strict:
+            raise MmzooError(f"{source}:{rej.position}: sample {rej.sample_id or '?'} rejected: {rej.reason} ({rej.detail}) [--strict]")
+        counts = self.stats["rejected"]
+        counts[rej.reason] = counts.get(rej.reason, 0) + 1
+        record = {"source": str(source), where: rej.position, "id": rej.sample_id, "reason": rej.reason, "detail": rej.detail}
+        self.rejected.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def _checkpoint(self, rows_consumed: int) -> None:
+        self.rejected.flush()
+        _write_json(self.out / CHECKPOINT[self.format], {
+            "parameters": self.params, "rows_consumed": rows_consumed, "statistics": self.stats,
+            "rejected_bytes": self.rejected.tell(), "shards": self.writer.shards,
+        })
+
+    def finish(self) -> dict[str, Any]:
+        self.rejected.close()
+        stats = dict(self.stats, rejected=dict(sorted(self.stats["rejected"].items(), key=lambda kv: REASONS.index(kv[0]))))
+        manifest = {"format": self.format, "format_version": FORMAT_VERSION, "shards": self.writer.shards,
+                    "parameters": self.params, "statistics": stats}
+        if self.format == "cerebras":
+            manifest["max_num_img"] = self.writer.max_num_img
+            _write_json(self.out / "data_params.json", manifest)
+            self._checkpoint_complete()
+        else:
+            _write_json(self.out / "manifest.json", manifest)
+            (self.out / CHECKPOINT["mmzoo"]).unlink(missing_ok=True)
+        return manifest
+
+    def _checkpoint_complete(self) -> None:
+        (self.out / CHECKPOINT["cerebras"]).unlink(missing_ok=True)
+
+
+class _Progress:
+    """A rich progress line with samples/s; silent when no console is given."""
+
+    def __init__(self, console: Any, start: int):
+        self.progress = None
+        if console is None:
+            return
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]preprocess[/]"), BarColumn(bar_width=None),
+            TextColumn("{task.completed:,} samples ({task.fields[written]:,} kept)"),
+            TextColumn("[cyan]{task.fields[rate]:,.0f} samples/s"), TimeElapsedColumn(),
+            console=console, transient=False,
+        )
+        self.task = self.progress.add_task("preprocess", total=None, completed=start, written=0, rate=0.0)
+        self.start, self.first, self.t0 = start, start, time.perf_counter()
+        self.progress.start()
+
+    def update(self, read: int, written: int) -> None:
+        if self.progress is not None:
+            rate = (read - self.first) / max(time.perf_counter() - self.t0, 1e-9)
+            self.progress.update(self.task, completed=read, written=written, rate=rate)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,86 @@
+"""Shard writers. A shard is written under a temporary name and renamed once complete, so a file with
+its final name is always whole; that is what makes ``--resume`` safe after a kill."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .encode import Sample
+
+FORMAT_VERSION = 1
+TMP_SUFFIX = ".tmp"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _compressed(f, name: str, data: np.ndarray, chunk: int, dtype=None) -> None:
+    """gzip level 1 + shuffle; chunks sized for cheap random access of one sample. track_times=False
+    keeps the bytes of a shard independent of when (and by how many workers) it was written."""
+    kwargs: dict[str, Any] = dict(dtype=dtype or data.dtype, track_times=False)
+    if len(data):
+        kwargs.update(compression="gzip", compression_opts=1, shuffle=True, chunks=(min(len(data), chunk),))
+    f.create_dataset(name, data=data, **kwargs)
+
+
+class MmzooWriter:
+    """``shard-XXXXX.h5`` files of ``samples_per_shard`` samples each (see docs/preprocess.md)."""
+
+    def __init__(self, out: Path, samples_per_shard: int, attrs: dict[str, Any], shards: list[dict] | None = None):
+        self.out, self.per_shard, self.attrs = out, samples_per_shard, attrs
+        self.shards: list[dict] = list(shards or [])
+        self.pending: list[Sample] = []
+
+    def add(self, sample: Sample) -> bool:
+        """Buffer a sample; True when this completed (wrote) a shard."""
+        self.pending.append(sample)
+        if len(self.pending) >= self.per_shard:
+            self._write()
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.pending:
+            self._write()
+
+    def _write(self) -> None:
+        import h5py
+
+        samples, self.pending = self.pending, []
+        name = f"shard-{len(self.shards):05d}.h5"
+        tmp = self.out / (name + TMP_SUFFIX)
+        lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        image_counts = np.array([len(s.images) for s in samples], dtype=np.int64)
+        image_offsets = np.concatenate([[0], np.cumsum(image_counts)]).astype(np.int64)
+        input_ids = np.concatenate([s.input_ids for s in samples]).astype(np.int32, copy=False)
+        loss_mask = np.concatenate([s.loss_mask for s in samples]).astype(np.uint8, copy=False)
+        strings = h5py.string_dtype("utf-8")
+        with h5py.File(tmp, "w") as f:
+            _compressed(f, "input_ids", input_ids, 1 << 15)
+            _compressed(f, "loss_mask", loss_mask, 1 << 15)
+            _compressed(f, "offsets", offsets, 1 << 13)
+            _compressed(f, "image_offsets", image_offsets, 1 << 13)
+            _compressed(f, "image_paths", np.array([p for s in samples for p in s.images], dtype=object), 1 << 10, strings)
+            _compressed(f, "sample_ids", np.array([s.sample_id for s in samples], dtype=object), 1 << 10, strings)
+            for key, value in self.attrs.items():
+                f.attrs[key] = value
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["n_samples"] = len(samples)
+        os.replace(tmp, self.out / name)
+        self.shards.append({
+            "file": name, "n_samples": len(samples), "n_tokens": int(offsets[-1]),
+            "sha256": sha256(self.out / name),
+        })
+
+    def state(self) -> dict:
+        return {"shards": self.shards}

@@ -70,12 +70,20 @@ def preprocess(
     }
     settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images)
     target = Path(out)
+    fresh = not (target.exists() and any(target.iterdir())) or overwrite
     work, state = _prepare_output(target, params, format, resume, overwrite)
     if state.get("complete"):
         return state["manifest"]
     run = _Run(work, paths, params, settings, info, format, strict, state)
-    run.execute(workers, console if progress else None)
-    manifest = run.finish()
+    try:
+        run.execute(workers, console if progress else None)
+        manifest = run.finish()
+    except MmzooError:
+        # A run that fails on bad input (e.g. --strict) leaves nothing behind it started from scratch;
+        # an interrupted run (Ctrl-C, kill) keeps its finished shards for --resume.
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     if work != target:  # --overwrite: swap in the complete new output only now
         _swap(work, target)
     return manifest

@@ -71,6 +71,7 @@ def test_strict_turns_a_rejection_into_an_error(tmp_path, image_root, tok_dir):
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD[0], BAD[-2][0]])
     with pytest.raises(MmzooError, match="missing_image"):
         preprocess([data], image_root, tok_dir, tmp_path / "out", template="chatml", num_image_tokens=N_IMG, strict=True)
+    assert not (tmp_path / "out").exists()  # a failed fresh run leaves nothing behind
 
 
 LONG = {"id": "long", "image": ["img_000.png", "img_001.png"], "conversations": conv(

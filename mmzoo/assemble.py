@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
 from .errors import ConfigError, MmzooError, UnknownArchitecture

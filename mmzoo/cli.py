@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 
@@ -21,15 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (it is only replaced once the new output is complete).")]
-
-
-def _set_debug(debug: bool) -> None:
-    if debug:
-        os.environ["MMZOO_DEBUG"] = "1"
-
 
 def _register_commands() -> None:
     from .commands import core

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MissingDependency, MmzooError
-from .io.dtypes import to_torch
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
@@ -111,7 +110,3 @@ def load_processor(path: str | Path):
         write_json(folder / "processor_config.json", processor_config(ckpt))
         (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
         return AutoProcessor.from_pretrained(tmp)
-
-
-def torch_dtype(name: str):
-    return to_torch(name)

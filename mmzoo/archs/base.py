@@ -103,14 +103,8 @@ class Table:
             if name in used:
                 continue
             for rule in self.rules:
-                if not rule.targets:
-                    continue
-                match = rule._canon_re[0].match(name) if len(rule.targets) == 1 else None
-                if len(rule.targets) > 1:
-                    for i, regex in enumerate(rule._canon_re):
-                        match = regex.match(name)
-                        if match:
-                            break
+                # a fused native tensor is found through any of its canonical parts
+                match = next((m for m in (regex.match(name) for regex in rule._canon_re) if m), None)
                 if not match:
                     continue
                 values = list(match.groups())
@@ -126,11 +120,3 @@ class Table:
                 if not drop_unmatched:
                     raise UnexpectedTensor(f"tensor {name!r} matches no {self.name} rule", path=where or None)
         return out
-
-
-def prefixed(prefix: str, tensors: dict[str, Planned]) -> dict[str, Planned]:
-    return {prefix + k: v for k, v in tensors.items()}
-
-
-def strip_prefix(prefix: str, tensors: dict[str, Planned]) -> dict[str, Planned]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._output import console, error_console, progress_bytes
+from ._output import console, progress_bytes
 
 Src = Annotated[Path, typer.Argument(help="Checkpoint folder to read (format auto-detected).", show_default=False)]
 Out = Annotated[Path, typer.Option("-o", "--output", help="Output folder (written to a temporary sibling, renamed when complete).", show_default=False)]

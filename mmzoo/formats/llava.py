@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..archs import TEXT_CLASSES
 from ..errors import ConfigError, UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES

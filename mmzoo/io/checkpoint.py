@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import CorruptFile, MissingTensor, MmzooError
@@ -172,7 +171,3 @@ def _write_tensor(fd: int, planned: Planned, open_fds: dict[Path, int]) -> None:
         return
     tensor = materialize(planned)
     write_all(fd, tensor.reshape(-1).view(__import__("torch").uint8).numpy().tobytes() if tensor.numel() else b"")
-
-
-def iter_names(tensors: Iterable[str], prefix: str) -> list[str]:
-    return [n for n in tensors if n.startswith(prefix)]

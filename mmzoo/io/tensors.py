@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable
 
 from ..errors import ShapeMismatch
@@ -138,7 +137,6 @@ def _piece_tensor(piece: Piece):
 
     src = piece.source
     if src.stored is not None:
-        rows_total = src.shape[0] if src.shape else 1
         nbytes = (piece.rows * src.row_bytes) if src.shape else src.stored.nbytes
         offset = src.stored.offset + piece.row_start * src.row_bytes
         with open(src.stored.file, "rb") as handle:
@@ -147,7 +145,6 @@ def _piece_tensor(piece: Piece):
         shape = (piece.rows, *src.shape[1:]) if src.shape else ()
         tensor = torch.frombuffer(raw, dtype=to_torch(src.dtype)) if raw else torch.empty(0, dtype=to_torch(src.dtype))
         tensor = tensor.reshape(shape)
-        del rows_total
     else:
         assert src.load is not None, f"source {src.name} has no data"
         tensor = src.load()
@@ -162,12 +159,6 @@ def _piece_tensor(piece: Piece):
             raise ValueError(f"unknown op {op}")
     return tensor
 
-
-def source_path(planned: Planned) -> Path | None:
-    for piece in planned.pieces:
-        if piece.source.stored is not None:
-            return piece.source.stored.file
-    return None
 
 
 def iter_bytes(planned: Planned, chunk: int = 16 << 20):

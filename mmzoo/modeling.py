@@ -71,21 +71,30 @@ def load_model(path: str | Path, *, dtype: str | None = None, attn_implementatio
 
 
 def model_from_checkpoint(ckpt, *, attn_implementation: str = "sdpa"):
-    import torch
-
     config = llava_config(ckpt.spec)
     state = state_dict_for(ckpt)
-    float_dtypes = [t.dtype for t in state.values() if t.is_floating_point()]
-    dtype = max(set(float_dtypes), key=float_dtypes.count) if float_dtypes else torch.float32
-    model = build_empty(config, dtype, attn_implementation)
+    model = build_empty(config, dominant_dtype(state), attn_implementation)
+    return load_state(model, state, config, ckpt.path).eval()
+
+
+def dominant_dtype(state: dict[str, Any]):
+    """The floating dtype most tensors have: the dtype to build the model in."""
+    import torch
+
+    floats = [t.dtype for t in state.values() if t.is_floating_point()]
+    return max(set(floats), key=floats.count) if floats else torch.float32
+
+
+def load_state(model, state: dict[str, Any], config, where):
+    """Assign every tensor (no copies, dtypes kept); the only key allowed missing is a tied lm_head."""
     result = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if config.text_config.tie_word_embeddings else set()
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
-        raise MmzooError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}", path=ckpt.path)
+        raise MmzooError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}", path=where)
     if tied:
         model.tie_weights()
-    return model.eval()
+    return model
 
 
 def load_processor(path: str | Path):

@@ -1,0 +1,95 @@
+"""Run folder layout and checkpoint bookkeeping.
+
+``output_dir/``
+  ``params.yaml``           the resolved config
+  ``metrics.jsonl``         one JSON line per step
+  ``meta/``                 the source checkpoint's spec, tensor list, tokenizer and image processor
+                            (what ``mmzoo export`` needs besides the weights)
+  ``checkpoints/step_0000100/``  DeepSpeed checkpoints (any ZeRO stage); ``COMPLETE`` marks a finished one
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import MmzooError
+
+TAG = re.compile(r"step_(\d+)\Z")
+COMPLETE = "COMPLETE"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """Finished checkpoints by step (a folder without ``COMPLETE`` was interrupted while saving)."""
+    root = checkpoints_dir(run_dir)
+    out: dict[int, Path] = {}
+    if root.is_dir():
+        for child in root.iterdir():
+            match = TAG.match(child.name)
+            if match and child.is_dir() and (child / COMPLETE).is_file():
+                out[int(match.group(1))] = child
+    return dict(sorted(out.items()))
+
+
+def latest(run_dir: Path) -> tuple[int, Path] | None:
+    found = list_checkpoints(run_dir)
+    if not found:
+        return None
+    step = max(found)
+    return step, found[step]
+
+
+def mark_complete(path: Path, info: dict[str, Any]) -> None:
+    (path / COMPLETE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def prune(run_dir: Path, keep: int | None) -> None:
+    if not keep:
+        return
+    found = list_checkpoints(run_dir)
+    for step in list(found)[:-keep]:
+        shutil.rmtree(found[step], ignore_errors=True)
+
+
+def save_meta(ckpt, run_dir: Path) -> None:
+    """Everything but the weights that an export needs, so the run folder stands on its own."""
+    from ..formats.common import copy_files, write_json
+
+    meta = Path(run_dir) / "meta"
+    if meta.exists():
+        shutil.rmtree(meta)
+    (meta / "tokenizer").mkdir(parents=True)
+    write_json(meta / "spec.json", ckpt.spec.model_dump(mode="json"))
+    write_json(meta / "tensors.json", {n: {"dtype": p.dtype, "shape": list(p.shape)} for n, p in ckpt.tensors.items()})
+    copy_files(ckpt.tokenizer_files, meta / "tokenizer")
+    if ckpt.extra_files:
+        copy_files(ckpt.extra_files, meta / "extra")
+    if ckpt.image_processor is not None:
+        write_json(meta / "preprocessor_config.json", ckpt.image_processor)
+    write_json(meta / "source.json", {"path": str(ckpt.path), "format": ckpt.format})
+
+
+def load_meta(run_dir: Path):
+    """(spec, {name: (dtype, shape)}, tokenizer files, image processor, extra files, source info)."""
+    from ..locate import read_json
+    from ..spec import ModelSpec
+
+    meta = Path(run_dir) / "meta"
+    if not (meta / "spec.json").is_file():
+        raise MmzooError("not an mmzoo training run (no meta/spec.json)", path=run_dir)
+    spec = ModelSpec.model_validate(read_json(meta / "spec.json"))
+    tensors = {n: (v["dtype"], tuple(v["shape"])) for n, v in read_json(meta / "tensors.json").items()}
+    tokenizer = {p.name: p for p in sorted((meta / "tokenizer").iterdir()) if p.is_file()}
+    extra = {p.name: p for p in sorted((meta / "extra").iterdir())} if (meta / "extra").is_dir() else {}
+    processor = read_json(meta / "preprocessor_config.json") if (meta / "preprocessor_config.json").is_file() else None
+    return spec, tensors, tokenizer, processor, extra, read_json(meta / "source.json")

@@ -1,0 +1,86 @@
+"""``mmzoo train`` and ``mmzoo export`` (registered by mmzoo.cli; heavy imports only inside the commands)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_command(
+        params: Annotated[Path, typer.Option("--params", help="Training config (yaml); see docs/train.md and configs/.")],
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set train.lr=1e-4 (repeatable).")] = None,
+        nproc: Annotated[int, typer.Option("--nproc", help="Processes per node (GPUs per node; CPU processes over gloo).")] = 1,
+        resume: Annotated[str, typer.Option("--resume", help="auto: continue from the newest checkpoint in output_dir; never: refuse if there is one.")] = "auto",
+        hostfile: Annotated[Optional[Path], typer.Option("--hostfile", help="DeepSpeed hostfile (multi-node; passed to the deepspeed launcher).")] = None,
+        num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Number of nodes (passed to the deepspeed launcher).")] = None,
+        master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Rendezvous address (multi-node).")] = None,
+        master_port: Annotated[Optional[int], typer.Option("--master-port", help="Rendezvous port.")] = None,
+        launcher: Annotated[str, typer.Option("--launcher", help="auto | torchrun | deepspeed.")] = "auto",
+        print_command: Annotated[bool, typer.Option("--print-command", help="Print the launch command and exit.")] = False,
+        debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    ) -> None:
+        """Train a VLM stage (pretrain | sft | moe) with DeepSpeed ZeRO 0-3.
+
+        Example: mmzoo train --params configs/tiny-sft.yaml --nproc 2 --set train.max_steps=20
+        """
+        import shlex
+        import subprocess
+        import sys
+
+        import yaml
+
+        from ..commands._output import console
+        from ..errors import MmzooError
+        from .config import gradient_accumulation, load_config
+        from .launch import build_command, choose_launcher
+
+        if resume not in ("auto", "never"):
+            raise MmzooError(f"invalid --resume {resume!r} (allowed: auto, never)")
+        cfg = load_config(params, set_)
+        kind = choose_launcher(nproc, hostfile=hostfile, num_nodes=num_nodes, launcher=launcher)
+        if hostfile is None:  # world size known here; with a hostfile each worker checks it
+            gradient_accumulation(cfg, nproc * (num_nodes or 1))
+        resolved = Path(cfg.output_dir) / "params.yaml"
+        command = build_command(resolved, nproc=nproc, resume=resume, hostfile=hostfile, num_nodes=num_nodes,
+                                master_addr=master_addr, master_port=master_port, launcher=launcher)
+        if print_command:
+            console.print(shlex.join(command), soft_wrap=True, highlight=False)
+            return
+        if kind == "inprocess":
+            from .loop import run_training
+
+            summary = run_training(cfg, resume=resume, console=console)
+            console.print(f"[green]done[/]: {summary['steps']} steps, checkpoints in {Path(cfg.output_dir) / 'checkpoints'}; "
+                          f"export with `mmzoo export {cfg.output_dir} --tgt-fmt hf -o OUT`")
+            return
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        resolved.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
+        console.print(f"[bold]launching[/] {shlex.join(command)}", soft_wrap=True, highlight=False)
+        code = subprocess.call(command)
+        if code:
+            sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
+            sys.exit(2)
+        console.print(f"[green]done[/]: checkpoints in {Path(cfg.output_dir) / 'checkpoints'}")
+
+    @app.command("export")
+    def export_command(
+        run_dir: Annotated[Path, typer.Argument(help="A training run folder (output_dir).")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Output checkpoint folder.")],
+        tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf | llava | internal | moe-llava.")] = "hf",
+        step: Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the latest).")] = None,
+        dtype: Annotated[str, typer.Option("--dtype", help="keep (the source checkpoint's dtypes) | bf16 | fp16 | fp32.")] = "keep",
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+        debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    ) -> None:
+        """Consolidate a ZeRO checkpoint (any stage, any world size) into a normal checkpoint with tokenizer and processor.
+
+        Example: mmzoo export runs/tiny-sft --tgt-fmt hf -o tiny-sft-hf
+        """
+        from ..commands._output import console
+        from .export import export
+
+        result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
+        console.print(f"[green]exported[/] step {result['step']} of {run_dir} → {output} ({tgt_fmt}, {result['tensors']} tensors)")

@@ -1,0 +1,256 @@
+"""The training config (``mmzoo train --params x.yaml``): a strict pydantic model plus ``--set`` overrides.
+
+Every section forbids unknown keys; a bad value or key becomes one :class:`ConfigError` line naming the
+key and the allowed values. Paths are taken as written (relative paths are relative to the working
+directory, like the seeds' shell scripts).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+STAGES = ("pretrain", "sft", "moe")
+PRECISIONS = ("bf16", "fp16", "fp32")
+SCHEDULERS = ("cosine", "linear", "constant")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Strict):
+    path: Path  # output of `mmzoo preprocess` (manifest.json + shards)
+    images: Path  # image root the preprocessed samples' image paths are relative to
+
+
+class TrainSection(_Strict):
+    max_steps: int | None = None
+    epochs: float | None = None
+    micro_batch_size: int = 4
+    global_batch_size: int = 128
+    lr: float | None = None  # None: the stage default (pretrain 1e-3, sft/moe 2e-5)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    freeze: list[str] | None = None  # None: the stage default
+    train_only: list[str] = []
+    seed: int = 0
+    save_every: int = 500
+    keep_checkpoints: int | None = None  # keep only the newest N step checkpoints (None: keep all)
+    log_every: int = 1
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+    @field_validator("micro_batch_size", "global_batch_size", "save_every", "log_every")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("warmup_ratio", "min_lr_ratio")
+    @classmethod
+    def _ratio(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError("must be between 0 and 1")
+        return value
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("freeze", "train_only")
+    @classmethod
+    def _regexes(cls, value: list[str] | None) -> list[str] | None:
+        import re
+
+        for pattern in value or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regex ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainSection":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of max_steps or epochs")
+        return self
+
+
+class DeepSpeedSection(_Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_param: bool = False  # ZeRO-3 only
+    overrides: dict[str, Any] = {}  # merged last into the generated DeepSpeed config (expert use)
+
+
+class MoeSection(_Strict):
+    router_aux_loss_coef: float | None = None  # None: the checkpoint's layout (set at upcycling), else 0.01
+    vision_aux_loss_coef: float | None = None  # image tokens' coefficient (MoIIE); None: same as text
+    capacity_factor: float | None = None  # None: the checkpoint's layout (None there = dropless)
+
+    @field_validator("router_aux_loss_coef", "vision_aux_loss_coef")
+    @classmethod
+    def _coef(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+
+class TrainConfig(_Strict):
+    stage: Literal["pretrain", "sft", "moe"]
+    model: Path
+    data: DataSection
+    train: TrainSection = TrainSection(max_steps=1000)
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    moe: MoeSection = MoeSection()
+    output_dir: Path
+
+    @property
+    def lr(self) -> float:
+        from .stages import STAGE_DEFAULTS
+
+        return self.train.lr if self.train.lr is not None else STAGE_DEFAULTS[self.stage].lr
+
+    def dump(self) -> dict[str, Any]:
+        """A plain dict (paths as strings) that validates back into the same config."""
+        return self.model_dump(mode="json")
+
+
+def gradient_accumulation(cfg: TrainConfig, world_size: int) -> int:
+    per_step = cfg.train.micro_batch_size * world_size
+    if cfg.train.global_batch_size % per_step:
+        raise ConfigError(
+            f"train.global_batch_size {cfg.train.global_batch_size} is not a multiple of micro_batch_size × processes "
+            f"({cfg.train.micro_batch_size} × {world_size} = {per_step})"
+        )
+    return cfg.train.global_batch_size // per_step
+
+
+def total_steps(cfg: TrainConfig, dataset_size: int) -> int:
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.train.epochs * dataset_size / cfg.train.global_batch_size))
+
+
+# -- loading, overrides, one-line errors -----------------------------------------------------------
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=1e-4", "deepspeed.zero_stage=3"]`` -> nested dict (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"invalid --set {item!r} (expected key.sub=value, e.g. train.lr=1e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r} conflicts with another --set for {part!r}")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, data: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a yaml file (or ``data``), apply ``--set`` overrides, validate (one-line ConfigError on failure)."""
+    import yaml
+
+    where = str(path) if path is not None else "params"
+    raw: Any = dict(data or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("params file not found", path=p)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=p) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("the params file must be a YAML mapping", path=where)
+    raw = merge(raw, parse_overrides(overrides))
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_error(exc), path=where) from None
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = TrainConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line: the key, what is wrong, and what is allowed."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(p for p in first.get("loc", ()))
+    key = ".".join(str(p) for p in loc) or "params"
+    kind = first.get("type", "")
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent is not None else "?"
+        return f"unknown key {key!r} (allowed in {'.'.join(map(str, loc[:-1])) or 'the top level'}: {allowed}){more}"
+    if kind == "missing":
+        return f"missing key {key!r}{more}"
+    if kind == "literal_error":
+        expected = first.get("ctx", {}).get("expected", "")
+        return f"invalid {key}: {first.get('input')!r} (allowed: {expected.replace(' or ', ', ')}){more}"
+    msg = first.get("msg", "invalid")
+    msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    shown = first.get("input")
+    got = "" if isinstance(shown, dict) else f" (got {shown!r})"
+    return f"invalid {key}: {msg}{got}{more}"

@@ -1,0 +1,370 @@
+"""One training process: DeepSpeed engine, seeded data order, metrics, checkpoints, resume.
+
+Runs the same way under ``torchrun`` / the ``deepspeed`` launcher (RANK, WORLD_SIZE… set by them) and in
+process for a single process (``mmzoo train --nproc 1``), where it sets those variables itself.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError, MmzooError
+from .config import TrainConfig, gradient_accumulation, total_steps
+
+IGNORE_INDEX = -100
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def single_process_env() -> None:
+    """A launcher-less process still needs the torch.distributed rendezvous variables."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+
+
+def pick_accelerator() -> str:
+    """DeepSpeed picks its accelerator at import: CUDA when there is one, else the CPU backend (gloo)."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return os.environ["DS_ACCELERATOR"]
+
+
+def lr_lambda(total: int, warmup_ratio: float, kind: str, min_ratio: float) -> Callable[[int], float]:
+    warmup = int(math.ceil(total * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+        return min_ratio + (1.0 - min_ratio) * decay
+
+    return factor
+
+
+def deepspeed_config(cfg: TrainConfig, accumulation: int, world: int) -> dict[str, Any]:
+    t, d = cfg.train, cfg.deepspeed
+    zero: dict[str, Any] = {"stage": d.zero_stage}
+    if d.offload_optimizer:
+        if d.zero_stage == 0:
+            raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3")
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if d.offload_param:
+        if d.zero_stage != 3:
+            raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage 3")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if d.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": t.micro_batch_size * accumulation * world,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,  # the client torch AdamW (no JIT-built DeepSpeed Adam)
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if t.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif t.precision == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    from .config import merge
+
+    return merge(config, d.overrides)
+
+
+def _optimizer(model, cfg: TrainConfig):
+    import torch
+
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps, foreach=False)
+
+
+def _to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+    if batch.get("pixel_values") is not None:
+        inputs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=float_dtype)
+    return inputs
+
+
+class MetricsLog:
+    """``metrics.jsonl`` on rank 0; on resume the lines after the resumed step are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        kept = []
+        if path.is_file() and resume_step > 0:
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(line)
+                except (ValueError, KeyError):
+                    continue
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
+                 on_finish: Callable[[Any, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one process of a (possibly multi-process) run; returns a summary (the same on every rank)."""
+    if resume not in ("auto", "never"):
+        raise ConfigError(f"invalid --resume {resume!r} (allowed: auto, never)")
+    from ..modeling import check_attn_implementation
+
+    check_attn_implementation(cfg.train.attn_implementation)
+    accelerator = pick_accelerator()
+    launched_here = "RANK" not in os.environ
+    single_process_env()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+    import torch.distributed as dist
+
+    import deepspeed
+
+    from . import checkpoint as ck
+    from .data import TrainData, micro_batch_indices
+    from .moe import RouterTap, layout_coefficients, mark_leaf_modules
+    from .names import memory_layout
+    from .stages import select_trainable
+
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        deepspeed.init_distributed(dist_backend="gloo" if accelerator == "cpu" else "nccl", verbose=False)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    is_main = rank == 0
+    out_dir = Path(cfg.output_dir)
+    try:
+        if cfg.train.precision == "fp16" and accelerator == "cpu":
+            raise ConfigError("train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)")
+        accumulation = gradient_accumulation(cfg, world)
+        existing = ck.latest(out_dir)
+        if existing and resume == "never":
+            raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
+                             "or choose another output_dir", path=out_dir)
+        from ..conversion import read_checkpoint
+        from ..modeling import load_model
+
+        source = read_checkpoint(cfg.model)
+        if cfg.stage == "moe" and not source.spec.moe:
+            raise ConfigError(f"stage moe needs an MoE checkpoint; {cfg.model} is dense (upcycle it with "
+                              "`mmzoo convert --moe-experts N`, or use stage sft)")
+        data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+        steps = total_steps(cfg, len(data))
+        if is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            (out_dir / "params.yaml").write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
+            ck.save_meta(source, out_dir)
+        dist.barrier()
+
+        torch.manual_seed(cfg.train.seed)
+        model = load_model(cfg.model, attn_implementation=cfg.train.attn_implementation)
+        model.train()
+        float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.train.precision]
+        model.to(float_dtype)
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        layout = memory_layout(source)
+        names = [n for n, _ in model.named_parameters()]
+        verdict = select_trainable(names, layout, cfg.stage, cfg.train.freeze, cfg.train.train_only)
+        for name, param in model.named_parameters():
+            param.requires_grad_(verdict[name])
+        n_train = sum(p.numel() for n, p in model.named_parameters() if verdict[n])
+        n_total = sum(p.numel() for p in model.parameters())
+
+        tap = None
+        if source.spec.moe:
+            text_coef, image_coef = layout_coefficients(source.spec, cfg.moe)
+            tap = RouterTap(model, image_token_id=source.spec.image_token_id, text_coef=text_coef, image_coef=image_coef)
+            if cfg.moe.capacity_factor is not None:
+                if not tap.own_aux:
+                    raise ConfigError("moe.capacity_factor needs an mmzoo MoE layout (upcycle with --tgt-fmt internal)")
+                for _, block in tap.blocks:
+                    block.capacity_factor = cfg.moe.capacity_factor
+            if cfg.deepspeed.zero_stage == 3:
+                mark_leaf_modules(model)
+
+        optimizer = _optimizer(model, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(steps, cfg.train.warmup_ratio, cfg.train.lr_scheduler, cfg.train.min_lr_ratio))
+        ds_config = deepspeed_config(cfg, accumulation, world)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+
+        start = 0
+        if resume == "auto" and existing:
+            load_dir, _ = engine.load_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=existing[1].name,
+                                                 load_optimizer_states=True, load_lr_scheduler_states=True)
+            if load_dir is None:
+                raise MmzooError("could not load the checkpoint", path=existing[1])
+            start = existing[0]
+        metrics = MetricsLog(out_dir / "metrics.jsonl", start, is_main)
+        summary = {"steps": steps, "start_step": start, "world_size": world, "accumulation": accumulation,
+                   "trainable_parameters": n_train, "parameters": n_total, "zero_stage": cfg.deepspeed.zero_stage}
+        if is_main and console is not None:
+            console.print(f"[bold]mmzoo train[/] stage {cfg.stage}: {n_train:,}/{n_total:,} parameters trainable, "
+                          f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × accumulation {accumulation} "
+                          f"= {cfg.train.global_batch_size}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, "
+                          f"{steps} steps" + (f", resuming after step {start}" if start else ""))
+        last: dict[str, Any] = {}
+        with _progress(console if is_main else None, steps, start) as advance:
+            for step in range(start, steps):
+                record = _train_step(engine, data, tap, cfg, step, rank, world, accumulation, float_dtype, scheduler)
+                last = record
+                if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
+                    metrics.write(record)
+                advance(record)
+                if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
+                    _save(engine, out_dir, step + 1, cfg, is_main)
+        summary["last"] = last
+        dist.barrier()
+        if on_finish is not None:
+            on_finish(engine, summary)
+        dist.barrier()
+        return summary
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            try:
+                import deepspeed.comm.comm as ds_comm
+
+                import deepspeed.utils.groups as ds_groups
+
+                ds_comm.cdb = None  # let a later in-process run initialise again (DeepSpeed caches its groups)
+                for name in dir(ds_groups):
+                    if name.startswith("_") and "GROUP" in name:
+                        value = getattr(ds_groups, name)
+                        setattr(ds_groups, name, {} if isinstance(value, dict) else None)
+            except Exception:  # noqa: BLE001
+                pass
+        if launched_here:
+            for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+                os.environ.pop(key, None)
+
+
+def _train_step(engine, data, tap, cfg: TrainConfig, step: int, rank: int, world: int, accumulation: int,
+                float_dtype, scheduler) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    from .data import micro_batch_indices
+
+    torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout / jitter: same on resume
+    lr = scheduler.get_last_lr()[0]
+    started = time.perf_counter()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, lm_loss, aux_loss, tokens
+    for micro in range(accumulation):
+        indices = micro_batch_indices(data.order, step, micro, rank, accumulation=accumulation, world=world,
+                                      micro_batch_size=cfg.train.micro_batch_size)
+        batch = _to_device(data.batch(indices), engine.device, float_dtype)
+        if tap is not None:
+            tap.start(batch["input_ids"])
+        output = engine(**batch)
+        if tap is not None:
+            aux = tap.aux_loss(output, output.loss)
+            if tap.own_aux:
+                lm_loss, loss = output.loss - aux.detach(), output.loss
+            else:
+                lm_loss, loss = output.loss, output.loss + aux
+        else:
+            aux = output.loss.new_zeros(())
+            lm_loss = loss = output.loss
+        engine.backward(loss)
+        engine.step()
+        sums += torch.tensor([float(loss.detach()), float(lm_loss.detach()), float(aux.detach()), float(batch["attention_mask"].sum())], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(sums)
+    seconds = time.perf_counter() - started
+    n = accumulation * world
+    grad_norm = engine.get_global_grad_norm()
+    record = {
+        "step": step + 1,
+        "loss": float(sums[0] / n),
+        "lm_loss": float(sums[1] / n),
+        "aux_loss": float(sums[2] / n),
+        "lr": float(lr),
+        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "tokens": int(sums[3]),
+        "tokens_per_s": float(sums[3] / seconds) if seconds > 0 else None,
+        "seconds": round(seconds, 4),
+    }
+    if tap is not None:
+        record["expert_load"] = tap.take_load()
+    return record
+
+
+def _save(engine, out_dir: Path, step: int, cfg: TrainConfig, is_main: bool) -> None:
+    import torch.distributed as dist
+
+    from . import checkpoint as ck
+
+    tag = ck.tag_for(step)
+    engine.save_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=tag, client_state={"step": step})
+    dist.barrier()
+    if is_main:
+        ck.mark_complete(ck.checkpoints_dir(out_dir) / tag, {"step": step, "zero_stage": cfg.deepspeed.zero_stage,
+                                                             "world_size": dist.get_world_size()})
+        ck.prune(out_dir, cfg.train.keep_checkpoints)
+    dist.barrier()
+
+
+class _progress:
+    """A rich progress line (rank 0 only): step, loss, lr, grad norm, tokens/s."""
+
+    def __init__(self, console, total: int, start: int):
+        self.console, self.total, self.start = console, total, start
+        self.progress = None
+
+    def __enter__(self):
+        if self.console is None:
+            return lambda record: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                                 TimeRemainingColumn(), console=self.console, transient=False)
+        self.progress.start()
+        task = self.progress.add_task("", total=self.total, completed=self.start)
+
+        def advance(record: dict[str, Any]) -> None:
+            grad = record["grad_norm"]
+            text = (f"loss {record['loss']:.4f} (lm {record['lm_loss']:.4f}, aux {record['aux_loss']:.4f}) "
+                    f"lr {record['lr']:.2e} |g| {grad if grad is None else f'{grad:.3f}'} "
+                    f"{record['tokens_per_s'] or 0:,.0f} tok/s")
+            self.progress.update(task, completed=record["step"], description=text)
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False

@@ -1,0 +1,32 @@
+"""The per-process entry point the launchers start: ``python -m mmzoo.train.worker --params P --resume auto``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmzoo.train.worker")
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--resume", default="auto", choices=["auto", "never"])
+    parser.add_argument("--local_rank", type=int, default=None)  # passed by some launchers
+    args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from rich.console import Console
+
+    from ..errors import MmzooError
+    from .config import load_config
+    from .loop import run_training
+
+    try:
+        run_training(load_config(args.params), resume=args.resume, console=Console(stderr=True))
+    except MmzooError as exc:
+        sys.stderr.write(f"mmzoo: error: {exc.one_line()}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

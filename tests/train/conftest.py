@@ -1,0 +1,78 @@
+"""Tiny real models and real `mmzoo preprocess` output for the training tests (built once per session)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ANSWERS = ["A red sofa with a cat.", "Two dogs play in the park.", "A bowl of fruit on a table.", "A boat on a calm lake."]
+
+
+@dataclass
+class Workspace:
+    root: Path
+    hf: Path
+    moe: Path
+    images: Path
+    data: Path
+
+    def config(self, name: str, **sections) -> dict:
+        cfg = {
+            "stage": "sft", "model": str(self.hf),
+            "data": {"path": str(self.data), "images": str(self.images)},
+            "train": {"max_steps": 3, "micro_batch_size": 2, "global_batch_size": 4, "lr": 1e-3, "precision": "fp32",
+                      "warmup_ratio": 0.0, "save_every": 2, "seed": 0},
+            "deepspeed": {"zero_stage": 2},
+            "output_dir": str(self.root / "runs" / name),
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                cfg[key] = {**cfg.get(key, {}), **value}
+            else:
+                cfg[key] = value
+        return cfg
+
+    def write(self, name: str, **sections) -> Path:
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(self.config(name, **sections)))
+        return path
+
+
+@pytest.fixture(scope="session")
+def ws(tmp_path_factory) -> Workspace:
+    from mmzoo.conversion import convert
+    from mmzoo.preprocess import preprocess
+    from mmzoo.tiny import build_llava, make_images
+
+    root = tmp_path_factory.mktemp("train")
+    hf = root / "hf"
+    build_llava(hf)
+    images = root / "images"
+    make_images(images, 4)
+    rows = [{"id": f"s{i}", "image": f"img_{i % 4:03d}.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": ANSWERS[i % 4]}]} for i in range(8)]
+    (root / "data.json").write_text(json.dumps(rows))
+    data = root / "pp"
+    preprocess([root / "data.json"], images, hf, data, template="plain", model=hf, max_seq_len=128)
+    moe = root / "moe"
+    convert(hf, moe, tgt_fmt="internal", moe=dict(num_experts=4, top_k=2, style="modality", layers="all",
+                                                    router_aux_loss_coef=0.01, vision_aux_loss_coef=0.02))
+    return Workspace(root, hf, moe, images, data)
+
+
+def run_mmzoo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "mmzoo.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

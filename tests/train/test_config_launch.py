@@ -1,0 +1,127 @@
+"""Config validation (one clear line, exit 2), --set overrides, stage freeze rules, launch commands."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmzoo.errors import ConfigError
+from mmzoo.train.config import load_config, parse_overrides
+from mmzoo.train.launch import build_command, choose_launcher
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _cli_error(capsys, *args: str) -> str:
+    from mmzoo.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_unknown_key_is_one_line_naming_key_and_allowed_values(ws, tmp_path, capsys):
+    cfg = ws.config("bad")
+    cfg["train"]["learning_rate"] = 1e-3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    line = _cli_error(capsys, "train", "--params", str(path))
+    assert "train.learning_rate" in line and "max_steps" in line and "micro_batch_size" in line
+
+
+def test_bad_value_names_key_and_allowed_values(ws, tmp_path, capsys):
+    path = ws.write("bad2")
+    line = _cli_error(capsys, "train", "--params", str(path), "--set", "train.precision=bf32")
+    assert "train.precision" in line and "bf16" in line and "fp32" in line
+    line = _cli_error(capsys, "train", "--params", str(path), "--set", "deepspeed.zero_stage=4")
+    assert "deepspeed.zero_stage" in line and "0, 1, 2, 3" in line
+    line = _cli_error(capsys, "train", "--params", str(path), "--set", "stage=finetune")
+    assert "stage" in line and "pretrain" in line and "moe" in line
+    line = _cli_error(capsys, "train", "--params", str(path), "--set", "train.global_batch_size=5")
+    assert "global_batch_size" in line
+
+
+def test_set_overrides_nested_keys_with_yaml_values(ws):
+    cfg = load_config(ws.write("ovr"), ["train.lr=1e-4", "deepspeed.zero_stage=3", "train.freeze=['^projector\\.']",
+                                        "moe.vision_aux_loss_coef=0.05"])
+    assert cfg.train.lr == 1e-4 and cfg.deepspeed.zero_stage == 3 and cfg.train.freeze == ["^projector\\."]
+    assert cfg.moe.vision_aux_loss_coef == 0.05
+    assert parse_overrides(["a.b.c=x", "a.d=2"]) == {"a": {"b": {"c": "x"}, "d": 2}}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_overrides(["novalue"])
+    with pytest.raises(ConfigError, match="exactly one of max_steps or epochs"):
+        load_config(ws.write("both"), ["train.epochs=1"])
+
+
+def test_stage_defaults_and_rules_on_canonical_names(ws):
+    from mmzoo.conversion import read_checkpoint
+    from mmzoo.train.names import canonical_names, memory_layout
+    from mmzoo.train.stages import select_trainable
+
+    ckpt = read_checkpoint(ws.hf)
+    layout = memory_layout(ckpt)
+    names = list(layout)
+
+    def trainable(stage, freeze=None, train_only=()):
+        verdict = select_trainable(names, layout, stage, freeze, list(train_only))
+        return {canonical_names(layout, n)[0].split(".")[0] for n, v in verdict.items() if v}
+
+    assert trainable("pretrain") == {"projector"}
+    assert trainable("sft") == {"projector", "text_model"}
+    assert trainable("sft", freeze=[]) == {"projector", "text_model", "image_model"}
+    assert trainable("sft", train_only=[r"^text_model\.model\.layers\.1\."]) == {"text_model"}
+    with pytest.raises(ConfigError, match=r"train.freeze\[0\].*matches no parameter"):
+        select_trainable(names, layout, "sft", ["^vision_tower\\."], [])
+    with pytest.raises(ConfigError, match="no trainable parameter"):
+        select_trainable(names, layout, "sft", ["."], [])
+
+
+def test_moe_stage_trains_experts_and_routers(ws):
+    from mmzoo.conversion import read_checkpoint
+    from mmzoo.train.names import canonical_names, memory_layout
+    from mmzoo.train.stages import select_trainable
+
+    layout = memory_layout(read_checkpoint(ws.moe))
+    verdict = select_trainable(list(layout), layout, "moe", None, [])
+    routers = [n for n in verdict if n.endswith("mlp.gate.weight")]
+    experts = [n for n in verdict if ".mlp.experts." in n]
+    assert routers and experts and all(verdict[n] for n in routers + experts)
+    assert not any(v for n, v in verdict.items() if canonical_names(layout, n)[0].startswith("image_model."))
+
+
+def test_launch_commands():
+    params = Path("runs/x/params.yaml")
+    assert choose_launcher(1) == "inprocess"
+    assert choose_launcher(2) == "torchrun"
+    assert choose_launcher(8, num_nodes=2) == "deepspeed"
+    cmd = build_command(params, nproc=2, master_port=29555)
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                   "--master_addr", "127.0.0.1", "--master_port", "29555", "-m", "mmzoo.train.worker",
+                   "--params", str(params), "--resume", "auto"]
+    cmd = build_command(params, nproc=8, hostfile=Path("/job/hostfile"), num_nodes=4, master_addr="10.0.0.1",
+                        master_port=29500, resume="never")
+    assert cmd == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", "/job/hostfile", "--num_nodes", "4",
+                   "--num_gpus", "8", "--master_addr", "10.0.0.1", "--master_port", "29500",
+                   "--module", "mmzoo.train.worker", "--params", str(params), "--resume", "never"]
+    with pytest.raises(ConfigError, match="DeepSpeed launcher"):
+        choose_launcher(2, hostfile=Path("h"), launcher="torchrun")
+
+
+def test_print_command_from_cli(ws, capsys):
+    from mmzoo.cli import main
+
+    main(["train", "--params", str(ws.write("pc")), "--nproc", "4", "--hostfile", "hosts", "--num-nodes", "2",
+          "--master-addr", "node0", "--print-command"])
+    out = capsys.readouterr().out
+    assert "deepspeed.launcher.runner --hostfile hosts --num_nodes 2 --num_gpus 4 --master_addr node0" in out
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.stage in ("pretrain", "sft", "moe")

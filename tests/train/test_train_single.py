@@ -2,6 +2,7 @@
 engine, an upcycled MoE model trains with its aux loss and expert load logged."""
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
@@ -105,3 +106,29 @@ def test_upcycled_moe_trains_with_aux_loss_and_expert_load(ws, tmp_path):
     model = load_model(out)
     with torch.no_grad():
         assert model(**_probe(ws)).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("style,layers,arch", [("mixtral", "all", "mixtral"), ("shared", "even", "qwen2_moe")])
+def test_transformers_moe_blocks_train_with_aux_loss_from_router_hooks(ws, tmp_path, style, layers, arch):
+    """Upcycled to a built-in transformers MoE (Mixtral / Qwen2-MoE text config): Llava drops the
+    router logits, so the aux loss comes from hooks on the routers; it must be there and train them."""
+    from mmzoo.conversion import convert, read_checkpoint
+    from mmzoo.io.tensors import materialize
+
+    moe_hf = tmp_path / f"moe-{style}"
+    convert(ws.hf, moe_hf, tgt_fmt="hf", moe=dict(num_experts=4, top_k=2, style=style, layers=layers, router_aux_loss_coef=0.01))
+    assert read_checkpoint(moe_hf).spec.text_type == arch
+    cfg = load_config(ws.write(f"moe-{style}", stage="moe", model=str(moe_hf), train={"max_steps": 2}))
+    run_training(cfg)
+    rows = metrics(cfg.output_dir)
+    moe_layers = {"text.0", "text.1"} if layers == "all" else {"text.0"}
+    for r in rows:
+        assert r["aux_loss"] > 0 and abs(r["loss"] - r["lm_loss"] - r["aux_loss"]) < 1e-5
+        assert set(r["expert_load"]) == moe_layers
+        assert all(abs(sum(v) - 1) < 1e-3 and len(v) == 4 for v in r["expert_load"].values())
+    out = tmp_path / f"export-{style}"
+    export(cfg.output_dir, out, tgt_fmt="hf")
+    router = "text_model.model.layers.0.mlp.gate.weight"
+    trained, start = read_checkpoint(out), read_checkpoint(moe_hf)
+    assert trained.spec.text_type == arch
+    assert not torch.equal(materialize(trained.tensors[router]), materialize(start.tensors[router]))

@@ -32,12 +32,3 @@ class TinyCheckpoints:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> TinyCheckpoints:
     return TinyCheckpoints(tmp_path_factory.mktemp("tiny"))
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """Run the real CLI in a subprocess (exit code, stdout, stderr)."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "mmzoo.cli", *args], capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout, proc.stderr

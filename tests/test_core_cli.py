@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from cli_helpers import run_cli
 
 
 def _snapshot(folder):

@@ -1,7 +1,7 @@
 """`mmzoo demo` runs the whole pipeline offline and checks itself."""
 from __future__ import annotations
 
-from conftest import run_cli
+from cli_helpers import run_cli
 
 
 def test_demo_runs_end_to_end(tmp_path):

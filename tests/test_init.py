@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import mmzoo
-from conftest import run_cli
+from cli_helpers import run_cli
 from mmzoo.tiny import build_llm, build_vision, sample_inputs
 
 

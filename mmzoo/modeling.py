@@ -109,8 +109,8 @@ def load_processor(path: str | Path):
     from .formats.hf import processor_config
 
     ckpt = read_checkpoint(path)
-    if ckpt.format == "hf":
-        return AutoProcessor.from_pretrained(str(path))
+    if ckpt.format == "hf":  # the processor never needs the folder's remote MoE modeling code
+        return AutoProcessor.from_pretrained(str(path), trust_remote_code=False)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         copy_files(ckpt.tokenizer_files, folder)

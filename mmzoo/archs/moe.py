@@ -13,12 +13,16 @@ Canonical names (relative to the component; a dense MLP at ``P`` = ``model.layer
 
 For text these are exactly the Qwen2-MoE native names; Mixtral spells them
 ``block_sparse_moe.gate.weight`` / ``block_sparse_moe.experts.E.w{1,3,2}.weight`` (gate, up, down).
-``text_config.model_type == "mmzoo_moe"`` marks a layout no transformers architecture expresses
-(modality routing, residual MoE, vision/projector experts): it lives in the internal and moe-llava
-formats and loads through ``mmzoo.upcycle.moe_modeling``.
+``text_config.model_type == "mmzoo_moe"`` marks a layout no built-in transformers architecture
+expresses (modality routing, residual MoE, vision/projector experts, LLMs with biases or partial
+rotary): it loads through mmzoo's own modules (``mmzoo.upcycle.remote.modeling_mmzoo_moe``), in-process
+and, for ``hf`` folders, as transformers remote code. Its native names are the dense architecture's,
+with MoE sites as above (``MoeSites``); ``component_tables`` picks the tables of a checkpoint.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnknownArchitecture
@@ -50,17 +54,15 @@ QWEN2_MOE = Table(
     ),
 )
 
-NATIVE_FORMATS = "internal or moe-llava"
-
 
 class MmzooMoeTable(Table):
-    """The text table of layouts no transformers class expresses: the hf/llava writers refuse clearly."""
+    """Placeholder for ``mmzoo_moe`` in the text registry: its names depend on the dense architecture it
+    was made from, so callers use ``component_tables(spec)`` (``MoeSites`` over the base table)."""
 
     def _refuse(self) -> None:
         raise UnknownArchitecture(
-            "this MoE layout (modality routing, residual MoE, vision/projector experts, or an LLM that neither "
-            "Mixtral nor Qwen2-MoE expresses exactly) has no transformers architecture; write it with "
-            f"--tgt-fmt {NATIVE_FORMATS}"
+            "an mmzoo_moe text model maps its tensors through its base architecture's table "
+            "(mmzoo.archs.moe.component_tables); this caller has no spec to find it"
         )
 
     def to_canonical(self, tensors: dict[str, Planned], config: dict, **_: Any) -> dict[str, Planned]:
@@ -70,6 +72,80 @@ class MmzooMoeTable(Table):
     def from_canonical(self, tensors: dict[str, Planned], **_: Any) -> dict[str, Planned]:
         self._refuse()
         return {}
+
+
+PROJECTOR = Table("projector", (Rule("linear_{1|2}.{weight|bias}"),))
+
+# an MoE site is an MLP (``....mlp.``) or, for the projector, the component itself (empty prefix)
+_SITE = r"((?:.*?\.)?mlp\.|)"
+_GROUP = re.compile(_SITE + r"(experts\.\d+\.|shared_expert\.|residual\.)(.*)\Z")
+_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|shared_expert_gate\.weight|coefficient\.weight|coefficient\.bias)\Z")
+
+
+@dataclass(frozen=True)
+class MoeSites:
+    """A component's table with mmzoo MoE sites in it (the in-memory / hf names of mmzoo's MoeBlock).
+
+    Inside expert, shared-expert and residual groups the dense MLP's names go through ``dense`` (fusing
+    what the dense architecture fuses, e.g. Phi-3 ``gate_up_proj``); routers, the shared expert's gate
+    and residual coefficients keep their names; everything else is the dense table's."""
+
+    dense: Table
+
+    @property
+    def name(self) -> str:
+        return f"{self.dense.name} (MoE)"
+
+    @staticmethod
+    def _split(tensors: dict[str, Planned]):
+        plain: dict[str, Planned] = {}
+        kept: dict[str, Planned] = {}
+        grouped: dict[tuple[str, str], dict[str, Planned]] = {}
+        for name, planned in tensors.items():
+            if match := _GROUP.match(name):
+                grouped.setdefault((match.group(1), match.group(2)), {})[match.group(1) + match.group(3)] = planned
+            elif _SITE_TENSOR.match(name):
+                kept[name] = planned
+            else:
+                plain[name] = planned
+        return plain, kept, grouped
+
+    def to_canonical(self, tensors: dict[str, Planned], config: dict, *, drop_unmatched: bool = False, where: str = "") -> dict[str, Planned]:
+        plain, out, grouped = self._split(tensors)
+        out = {**self.dense.to_canonical(plain, config, drop_unmatched=drop_unmatched, where=where), **out}
+        for (site, group), members in grouped.items():
+            canon = self.dense.to_canonical(members, config, drop_unmatched=drop_unmatched, where=where)
+            out.update({site + group + k[len(site):]: v for k, v in canon.items()})
+        return out
+
+    def from_canonical(self, tensors: dict[str, Planned], *, drop_unmatched: bool = False, where: str = "") -> dict[str, Planned]:
+        plain, out, grouped = self._split(tensors)
+        out = {**self.dense.from_canonical(plain, drop_unmatched=drop_unmatched, where=where), **out}
+        for (site, group), members in grouped.items():
+            native = self.dense.from_canonical(members, drop_unmatched=drop_unmatched, where=where)
+            out.update({site + group + k[len(site):]: v for k, v in native.items()})
+        return out
+
+
+def component_tables(spec, where: str = "") -> dict[str, Any]:
+    """The tables mapping each component of ``spec`` (text, vision, projector) between native and
+    canonical names: the architecture's own, or ``MoeSites`` over the dense one where mmzoo's MoE
+    blocks sit. ``projector`` is None for a dense projector (its names need no mapping)."""
+    from . import text_table, vision_table
+
+    moe = spec.moe or {}
+    if spec.text_type == "mmzoo_moe":
+        base = spec.text_config.get("base_model_type") or moe.get("base_model_type") or "llama"
+        if base in MOE_TEXT_TYPES:
+            raise UnknownArchitecture(f"an mmzoo_moe text model cannot be based on {base!r}", path=where or None)
+        text: Any = MoeSites(text_table(base, where))
+    else:
+        text = text_table(spec.text_type, where)
+    vision: Any = vision_table(spec.vision_type, where)
+    if moe.get("vision_layers"):
+        vision = MoeSites(vision)
+    projector = MoeSites(PROJECTOR) if "projector" in (moe.get("targets") or []) else None
+    return {"text": text, "vision": vision, "projector": projector}
 
 
 MMZOO_MOE = MmzooMoeTable("mmzoo_moe", ())

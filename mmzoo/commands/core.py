@@ -141,8 +141,14 @@ def inspect(
 def _moe_line(moe) -> str:
     if not moe:
         return "dense"
-    layers = moe.get("layers")
-    return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')} · layers {layers} · targets {moe.get('targets', ['text'])}"
+    where = []
+    if moe.get("layers"):
+        where.append(f"text layers {moe['layers']}")
+    if moe.get("vision_layers"):
+        where.append(f"vision layers {moe['vision_layers']}")
+    if "projector" in (moe.get("targets") or []):
+        where.append("projector")
+    return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')} · " + ", ".join(where)
 
 
 def diff(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..archs import text as text_arch
-from ..archs import text_table, vision as vision_arch, vision_table
+from ..archs import vision as vision_arch
 from ..errors import MissingTensor, ShapeMismatch, UnexpectedTensor
 from ..io.tensors import Planned
 from ..spec import Checkpoint, ModelSpec
@@ -33,29 +33,40 @@ def split_by_prefix(
 
 
 def to_canonical(spec: ModelSpec, parts: dict[str, dict[str, Planned]], *, drop_unmatched: bool, where: str) -> dict[str, Planned]:
-    vision = vision_table(spec.vision_type, where).to_canonical(parts["vision"], spec.vision_config, drop_unmatched=drop_unmatched, where=where)
-    text = text_table(spec.text_type, where).to_canonical(parts["text"], spec.text_config, drop_unmatched=drop_unmatched, where=where)
-    tensors = {f"image_model.{k}": v for k, v in vision.items()}
-    for name, planned in parts["projector"].items():
-        if name not in PROJECTOR_NAMES:
-            if drop_unmatched:
-                continue
-            raise UnexpectedTensor(f"projector tensor {name!r} is not one of {', '.join(PROJECTOR_NAMES)}", path=where)
-        tensors[f"projector.{name}"] = planned
-    tensors.update({f"text_model.{k}": v for k, v in text.items()})
-    if spec.moe is None:  # a Mixtral / Qwen2-MoE / mmzoo_moe text_config: record its MoE layout
-        from ..archs.moe import layout_from_config
+    from ..archs.moe import component_tables, layout_from_config
 
+    if spec.moe is None:  # a Mixtral / Qwen2-MoE / mmzoo_moe text_config: record its MoE layout
         spec.moe = layout_from_config(spec.text_config)
+    tables = component_tables(spec, where)  # MoE sites of mmzoo_moe layouts (mmzoo.archs.moe.MoeSites)
+    vision = tables["vision"].to_canonical(parts["vision"], spec.vision_config, drop_unmatched=drop_unmatched, where=where)
+    text = tables["text"].to_canonical(parts["text"], spec.text_config, drop_unmatched=drop_unmatched, where=where)
+    tensors = {f"image_model.{k}": v for k, v in vision.items()}
+    if tables["projector"] is not None:  # an MoE projector
+        projector = tables["projector"].to_canonical(parts["projector"], {}, drop_unmatched=drop_unmatched, where=where)
+        tensors.update({f"projector.{k}": v for k, v in projector.items()})
+    else:
+        for name, planned in parts["projector"].items():
+            if name not in PROJECTOR_NAMES:
+                if drop_unmatched:
+                    continue
+                raise UnexpectedTensor(f"projector tensor {name!r} is not one of {', '.join(PROJECTOR_NAMES)}", path=where)
+            tensors[f"projector.{name}"] = planned
+    tensors.update({f"text_model.{k}": v for k, v in text.items()})
     return tensors
 
 
 def native_components(ckpt: Checkpoint) -> dict[str, dict[str, Planned]]:
     """Canonical tensors -> each component's native names (fusing what the architecture fuses)."""
+    from ..archs.moe import component_tables
+
     spec, where = ckpt.spec, str(ckpt.path)
-    text = text_table(spec.text_type, where).from_canonical(ckpt.component("text_model."), where=where)
-    vision = vision_table(spec.vision_type, where).from_canonical(ckpt.component("image_model."), where=where)
-    return {"vision": vision, "projector": ckpt.component("projector."), "text": text}
+    tables = component_tables(spec, where)
+    text = tables["text"].from_canonical(ckpt.component("text_model."), where=where)
+    vision = tables["vision"].from_canonical(ckpt.component("image_model."), where=where)
+    projector = ckpt.component("projector.")
+    if tables["projector"] is not None:
+        projector = tables["projector"].from_canonical(projector, where=where)
+    return {"vision": vision, "projector": projector, "text": text}
 
 
 def validate(ckpt: Checkpoint) -> None:

@@ -3,7 +3,9 @@
 Reading accepts the three key spellings seen in the wild (4.x ``language_model.model.*`` +
 ``vision_tower.vision_model.*``, 5.x saved ``vision_tower.*``, 5.x in-memory ``model.language_model.*``
 + ``lm_head.weight``). Writing uses what ``save_pretrained`` writes in transformers 5.x, which 4.x
-also loads.
+also loads. MoE layouts no built-in class expresses are written with mmzoo's remote code
+(``mmzoo.upcycle.remote``: ``model_type: mmzoo_moe_llava``, ``auto_map``, the two Python files, weights
+under the model's in-memory names); loading them needs ``trust_remote_code=True``.
 """
 from __future__ import annotations
 
@@ -54,11 +56,18 @@ def detect(path: Path) -> bool:
         data = read_json(config)
     except ConfigError:
         return True  # a config.json that is not JSON: let read() report it
-    return data.get("model_type") == "llava" or "LlavaForConditionalGeneration" in (data.get("architectures") or [])
+    if data.get("model_type") == "llava" or "LlavaForConditionalGeneration" in (data.get("architectures") or []):
+        return True
+    from ..upcycle.remote import is_remote_config
+
+    return is_remote_config(data)
 
 
 def spec_from_config(config: dict[str, Any], where: Path) -> ModelSpec:
-    if config.get("model_type") not in (None, "llava"):
+    from ..upcycle import remote
+
+    own = _OWN_KEYS | set(remote.CONFIG_KEYS) if remote.is_remote_config(config) else _OWN_KEYS
+    if config.get("model_type") not in (None, "llava", remote.MODEL_TYPE):
         raise UnknownArchitecture(f"model_type {config.get('model_type')!r} is not llava", path=where)
     vision = dict(config.get("vision_config") or {})
     text = dict(config.get("text_config") or {})
@@ -74,7 +83,7 @@ def spec_from_config(config: dict[str, Any], where: Path) -> ModelSpec:
         vision_feature_select_strategy=config.get("vision_feature_select_strategy", "default"),
         image_seq_length=config.get("image_seq_length"),
         dtype=config.get("dtype") or config.get("torch_dtype"),
-        extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
+        extra={k: v for k, v in config.items() if k not in own},
     )
 
 
@@ -130,8 +139,15 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
     spec = ckpt.spec
     if spec.image_token_id is None:
         raise ConfigError("the checkpoint has no image token id; the hf layout needs one", path=ckpt.path)
-    write_json(out / "config.json", config_dict(spec))
-    tensors = rename(native_components(ckpt), WRITE_PREFIXES)
+    from ..upcycle import remote
+
+    if remote.needs_remote_code(spec):  # mmzoo's MoE modules as transformers remote code, in-memory names
+        write_json(out / "config.json", remote.hf_config(ckpt, config_dict(spec)))
+        remote.copy_code(out)
+        tensors = rename(native_components(ckpt), MEMORY_PREFIXES)
+    else:
+        write_json(out / "config.json", config_dict(spec))
+        tensors = rename(native_components(ckpt), WRITE_PREFIXES)
     write_weights(out, dict(sorted(tensors.items())), max_shard_bytes=shard_bytes, progress=progress)
     copy_files(ckpt.tokenizer_files, out)
     copy_files(ckpt.extra_files, out)

@@ -3,7 +3,8 @@
 ``upcycle(ckpt, **options)`` turns a dense canonical ``Checkpoint`` into an MoE one, lazily: every
 expert is a copy of the dense MLP (byte ranges of the source file), routers are seeded computed
 tensors, and the layout is recorded in ``spec.moe`` (and, for the text model, in ``text_config``:
-a Mixtral or Qwen2-MoE config when one expresses the layout exactly, else ``model_type: mmzoo_moe``).
+a Mixtral or Qwen2-MoE config when one expresses the layout exactly, else ``model_type: mmzoo_moe``,
+which ``hf`` folders hold with mmzoo's own modeling code as transformers remote code, ``remote/``).
 Styles: ``mixtral`` (softmax top-k over copies), ``shared`` (shared expert + routed experts, scaled so
 the output equals the dense MLP), ``modality`` (MoIIE: image-only, text-only and shared experts,
 routing masked by token modality). Canonical tensor names: see ``mmzoo.archs.moe``; user guide:
@@ -29,5 +30,14 @@ def upcycle(ckpt: Checkpoint, **options: Any) -> Checkpoint:
 def conversion_notes(ckpt: Checkpoint, tgt_fmt: str) -> list[str]:
     """Behavioural caveats of writing this (MoE) checkpoint as ``tgt_fmt`` (for ConversionResult.notes)."""
     from ..formats.moe_llava import conversion_notes as moe_llava_notes
+    from .remote import needs_remote_code
 
-    return moe_llava_notes(ckpt, tgt_fmt)
+    notes = moe_llava_notes(ckpt, tgt_fmt)
+    if tgt_fmt == "hf" and needs_remote_code(ckpt.spec):
+        why = (ckpt.spec.moe or {}).get("hf_unsupported")
+        notes.append(
+            "no built-in transformers class expresses this MoE layout" + (f" ({why})" if why else "") + "; the hf folder "
+            "ships mmzoo's modeling code (configuration_mmzoo_moe.py, modeling_mmzoo_moe.py): load it with "
+            "AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)"
+        )
+    return notes

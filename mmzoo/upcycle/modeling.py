@@ -3,22 +3,22 @@
 - Text-only layouts with a Mixtral / Qwen2-MoE ``text_config``: transformers' own
   ``LlavaForConditionalGeneration`` (experts fused in memory as transformers 5.x does).
 - Everything else (``mmzoo_moe``: modality routing, residual MoE, vision/projector experts, LLMs the
-  built-in MoE classes do not express): the dense transformers Llava with its MLPs replaced by
-  ``mmzoo.upcycle.moe_modeling.MoeBlock``; forward returns logits plus ``aux_loss`` (added to ``loss``
-  when labels are given).
+  built-in MoE classes do not express): ``MmzooMoeLlavaForConditionalGeneration``, the class an ``hf``
+  folder of the same layout loads as remote code (``mmzoo/upcycle/remote/modeling_mmzoo_moe.py``): the
+  dense transformers Llava with its MLPs replaced by ``MoeBlock``, built from the same config.json dict
+  the hf writer writes; forward returns logits plus ``aux_loss`` (added to ``loss`` when labels are given).
 """
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from ..archs import text_table, vision_table
-from ..archs.moe import base_text_config
+from ..archs import vision_table
+from ..archs.moe import MoeSites
 from ..errors import MmzooError
 from ..io.tensors import Planned, materialize
 
 _EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight\Z")
-_GROUP = re.compile(r"(.*?\.mlp\.)(experts\.\d+\.|shared_expert\.|residual\.)(.*)\Z")
 
 
 def load_moe_model(ckpt, *, attn_implementation: str = "sdpa"):
@@ -55,26 +55,8 @@ def _vision_and_projector(ckpt) -> dict[str, Planned]:
 
 
 def _native(tensors: dict[str, Planned], table) -> dict[str, Planned]:
-    """Canonical -> in-memory names of one component. Inside expert/shared/residual groups the dense
-    MLP's names go through ``table`` too (fusing what the dense architecture fuses, e.g. Phi-3
-    gate_up_proj); routers, gates and coefficients keep their canonical names."""
-    plain: dict[str, Planned] = {}
-    extra: dict[str, Planned] = {}
-    grouped: dict[tuple[str, str], dict[str, Planned]] = {}
-    for name, planned in tensors.items():
-        match = _GROUP.match(name)
-        if match:
-            grouped.setdefault((match.group(1), match.group(2)), {})[match.group(1) + match.group(3)] = planned
-        elif _is_moe_extra(name):
-            extra[name] = planned
-        else:
-            plain[name] = planned
-    out = table.from_canonical(plain)
-    out.update(extra)
-    for (site, group), members in grouped.items():
-        native = table.from_canonical(members)
-        out.update({site + group + k[len(site):]: v for k, v in native.items()})
-    return out
+    """Canonical -> in-memory names of one component with MoE sites (``mmzoo.archs.moe.MoeSites``)."""
+    return MoeSites(table).from_canonical(tensors)
 
 
 def _builtin_model(ckpt, attn_implementation: str):
@@ -107,43 +89,28 @@ def _builtin_model(ckpt, attn_implementation: str):
 
 
 def _mmzoo_model(ckpt, attn_implementation: str):
-    from ..modeling import build_empty, llava_config
-    from .moe_modeling import ModalityContext, MoeBlock, install_hooks
+    """The remote-code class, from the config.json an hf folder of this checkpoint would have."""
+    from ..formats.hf import config_dict
+    from ..modeling import state_dict_for
+    from .remote import hf_config
+    from .remote.modeling_mmzoo_moe import MmzooMoeLlavaConfig, MmzooMoeLlavaForConditionalGeneration
 
-    spec = ckpt.spec
-    moe = spec.moe or {}
-    dense_text = base_text_config(spec.text_config) if spec.text_type == "mmzoo_moe" else spec.text_config
-    dense_spec = spec.model_copy(update={"text_config": dense_text})
-    config = llava_config(dense_spec)
-    dense_type = dense_text.get("model_type", "llama")
+    config = MmzooMoeLlavaConfig.from_dict(hf_config(ckpt, config_dict(ckpt.spec)))
+    state = state_dict_for(ckpt)
+    model = _build(MmzooMoeLlavaForConditionalGeneration, config, _dtype_of(state), attn_implementation)
+    return _finish(model, state, config, ckpt)
 
-    native = _native(ckpt.component("text_model."), text_table(dense_type))
-    state_plan = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v for k, v in native.items()}
-    state_plan.update(_vision_and_projector(ckpt))
-    state = {k: materialize(v) for k, v in state_plan.items()}
-    model = build_empty(config, _dtype_of(state), attn_implementation)
 
-    context = ModalityContext(image_token_id=spec.image_token_id)
-    residual = any(".residual." in k for k in ckpt.tensors)
-    coefficient_bias = any(k.endswith("coefficient.bias") for k in ckpt.tensors)
-    common = dict(num_experts=moe["num_experts"], top_k=moe["top_k"], style=moe["style"], layout=moe, context=context,
-                  residual=residual, coefficient_bias=coefficient_bias)
-    lm, tower = model.model.language_model, model.model.vision_tower
-    for layer in moe.get("layers") or []:
-        block = lm.layers[layer]
-        block.mlp = MoeBlock(block.mlp, hidden=dense_text["hidden_size"], modality="text", **common)
-    for layer in moe.get("vision_layers") or []:
-        block = tower.encoder.layers[layer]
-        block.mlp = MoeBlock(block.mlp, hidden=spec.vision_config["hidden_size"], modality="image", **common)
-    if "projector" in (moe.get("targets") or []):
-        model.model.multi_modal_projector = MoeBlock(
-            model.model.multi_modal_projector, hidden=spec.vision_config["hidden_size"], modality="image", **common)
-    model = _finish(model, state, config, ckpt)
-    context.blocks = [m for m in model.modules() if isinstance(m, MoeBlock)]
-    install_hooks(model, context)
-    model.mmzoo_moe = moe
+def _build(cls, config, dtype, attn_implementation: str):
+    """Instantiate without random init (every parameter is overwritten), as ``mmzoo.modeling.build_empty``."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with no_init_weights():
+            model = cls._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    finally:
+        torch.set_default_dtype(previous)
     return model
-
-
-def _is_moe_extra(name: str) -> bool:
-    return name.endswith((".mlp.gate.weight", ".mlp.shared_expert_gate.weight", ".mlp.coefficient.weight", ".mlp.coefficient.bias"))

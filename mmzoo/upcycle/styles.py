@@ -51,7 +51,8 @@ def zeros_source(name: str, shape: tuple[int, ...], dtype: str) -> Source:
 
 
 def hf_arch_for(cfg: dict[str, Any], base: str, style: str, targets, text_layers: list[int]) -> tuple[str | None, str]:
-    """The transformers MoE architecture that expresses this layout exactly, or (None, why not)."""
+    """The built-in transformers MoE architecture that expresses this layout exactly, or (None, why not):
+    then the text_config is ``mmzoo_moe`` and ``hf`` folders carry mmzoo's remote code."""
     if style not in ("mixtral", "shared"):
         return None, f"{style} routing"
     if tuple(targets) != ("text",):
@@ -62,7 +63,9 @@ def hf_arch_for(cfg: dict[str, Any], base: str, style: str, targets, text_layers
         return None, "MLP biases"
     if base == "llama" and cfg.get("attention_bias"):
         return None, "attention biases (o_proj)"
-    if base == "phi3" and cfg.get("partial_rotary_factor", 1.0) not in (None, 1.0):
+    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
+    partial = cfg.get("partial_rotary_factor") or rope.get("partial_rotary_factor")
+    if base == "phi3" and partial not in (None, 1.0):
         return None, "Phi-3 partial rotary embeddings"
     all_layers = text_layers == list(range(cfg["num_hidden_layers"]))
     if style == "mixtral" and all_layers and base in ("llama", "mistral"):

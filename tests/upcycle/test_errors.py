@@ -40,11 +40,20 @@ def test_upcycling_an_moe_checkpoint_fails(dense, out):
         convert(first, out(), tgt_fmt="internal", moe=_moe())
 
 
-@pytest.mark.parametrize("options", [dict(style="modality"), dict(targets=["vision"]), dict(targets=["projector"])])
-def test_hf_refuses_layouts_it_cannot_hold(dense, out, options):
+def test_hf_refuses_a_linear_projector_with_a_clear_error(dense, out):
+    """Every upcycled layout now has an hf form (built-in class or mmzoo's remote code); what the hf Llava
+    layout cannot hold at all is still refused before anything is written."""
+    from dataclasses import replace
+
+    from mmzoo import read_checkpoint
+    from mmzoo.conversion import write_checkpoint
+    from mmzoo.upcycle import upcycle
+
+    ckpt = upcycle(read_checkpoint(dense("llama").path), **_moe(style="modality"))
+    linear = replace(ckpt, spec=ckpt.spec.model_copy(update={"projector_type": "linear"}))
     path = out()
-    with pytest.raises(UnknownArchitecture, match="--tgt-fmt internal or moe-llava"):
-        convert(dense("llama").path, path, tgt_fmt="hf", moe=_moe(**options))
+    with pytest.raises(UnknownArchitecture, match="no 'linear' projector"):
+        write_checkpoint(linear, path, "hf")
     assert not path.exists()
 
 
@@ -60,9 +69,9 @@ def test_moe_llava_refuses_shared_and_dense(dense, out):
 def test_cli_errors_and_inspect(dense, out):
     src = str(dense("llama").path)
     bad = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", src, "-o", str(out()), "--tgt-fmt", "hf",
-                          "--moe-experts", "4", "--moe-style", "modality"], capture_output=True, text=True, timeout=300)
+                          "--moe-experts", "4", "--moe-top-k", "5"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
-    assert "internal or moe-llava" in bad.stderr and "Traceback" not in bad.stderr
+    assert "--moe-top-k must be between" in bad.stderr and "Traceback" not in bad.stderr
     path = out()
     ok = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", src, "-o", str(path), "--tgt-fmt", "hf",
                          "--moe-experts", "4", "--moe-top-k", "2", "--moe-layers", "even", "--seed", "5"],

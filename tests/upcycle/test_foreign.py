@@ -8,7 +8,7 @@ import torch
 from upcycle_helpers import TOL, load_hf, max_diff
 
 from mmzoo import convert, inspect, load_model, read_checkpoint
-from mmzoo.errors import UnknownArchitecture, UpcycleError
+from mmzoo.errors import UpcycleError
 
 
 def test_transformers_mixtral_llava_is_read_as_moe(tmp_path):
@@ -86,8 +86,18 @@ def test_foreign_moe_llava_with_residual(dense, out):
     convert(folder, internal, tgt_fmt="internal", verify=True)
     convert(internal, back, tgt_fmt="moe-llava", verify=True)
     assert max_diff(load_model(back), ref) <= TOL
-    with pytest.raises(UnknownArchitecture, match="internal or moe-llava"):
-        convert(folder, out("hf"), tgt_fmt="hf")
+    # hf: mmzoo's residual MoE blocks as remote code
+    from transformers import AutoModelForImageTextToText
+
+    hf = out("hf")
+    convert(folder, hf, tgt_fmt="hf", verify=True)
+    assert json.loads((hf / "config.json").read_text())["mmzoo_moe_blocks"] == {"residual": True, "coefficient_bias": True}
+    assert max_diff(AutoModelForImageTextToText.from_pretrained(hf, trust_remote_code=True).eval(), ref) <= TOL
+    again = out("moe-llava")
+    convert(hf, again, tgt_fmt="moe-llava", verify=True)
+    from mmzoo import diff
+
+    assert diff(folder, hf)["equal"] and diff(folder, again)["equal"]
 
 
 def test_training_forward_adds_aux_loss(dense, out):

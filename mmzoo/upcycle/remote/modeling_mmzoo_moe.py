@@ -1,0 +1,236 @@
+"""mmzoo's MoE modules and the LLaVA model that uses them (plain torch + transformers; no mmzoo import).
+
+This one file is both what ``mmzoo.load_model`` runs in-process (``mmzoo.upcycle.moe_modeling``
+re-exports it) and what mmzoo copies verbatim into ``hf`` folders of MoE layouts that no built-in
+transformers class expresses, next to ``configuration_mmzoo_moe.py``; such a folder loads with
+``AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)`` on a machine without mmzoo.
+
+``MmzooMoeLlavaForConditionalGeneration`` is transformers' ``LlavaForConditionalGeneration`` (dense
+LLM, vision tower and projector) whose selected MLPs are replaced by ``MoeBlock`` as
+``config.mmzoo_moe`` (the layout) says: LLM layers ``layers``, vision encoder layers ``vision_layers``,
+and the whole projector when ``targets`` has ``projector``.
+
+``MoeBlock``'s parameters use mmzoo's canonical names relative to the replaced module (``gate.weight``,
+``experts.E.*``, ``shared_expert.*``, ``shared_expert_gate.weight``, ``residual.*``, ``coefficient.*``;
+inside a group the dense MLP's own names, e.g. Phi-3 ``gate_up_proj``).
+
+Routing: router = Linear(hidden, E, bias=False); probabilities = softmax over the experts a token may
+use (``modality``: image-only + shared experts for image tokens, text-only + shared for text tokens); the
+top-k are renormalised to sum to 1 (Mixtral semantics). ``shared``: + sigmoid(shared_expert_gate(x)) *
+shared_expert(x). ``residual`` (DeepSpeed ``use_residual``): moe * c0 + residual(x) * c1 with
+c = softmax(coefficient(x)). A capacity factor drops overflow tokens (in order) only in training mode;
+evaluation is dropless. The load-balancing loss is the Switch/Mixtral one, E * sum_e f_e * P_e, computed
+separately for image and text tokens in ``modality`` style and weighted by the layout's coefficients;
+the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given.
+
+Modality: image tokens are the positions of ``config.image_token_id`` in ``input_ids`` (or, without
+``input_ids``, the ``inputs_embeds`` rows equal to that token's embedding — Llava's own placeholder
+rule), recorded before every ``LlavaModel`` forward; every token of the vision tower and the projector
+is an image token.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+from .configuration_mmzoo_moe import MmzooMoeLlavaConfig
+
+
+@dataclass
+class ModalityContext:
+    """Shared by the MoE blocks of one model: which LLM positions are image tokens in the current forward."""
+
+    image_token_id: int | None = None
+    image_mask: torch.Tensor | None = None  # [batch, seq] bool
+    blocks: list = field(default_factory=list)
+
+
+class MoeBlock(nn.Module):
+    def __init__(self, dense: nn.Module, *, hidden: int, num_experts: int, top_k: int, style: str,
+                 modality: str, layout: dict[str, Any], context: ModalityContext, residual: bool = False,
+                 coefficient_bias: bool = True):
+        super().__init__()
+        self.num_experts, self.top_k, self.style, self.modality = num_experts, top_k, style, modality
+        self.capacity_factor = layout.get("capacity_factor")
+        self.text_coef = float(layout.get("router_aux_loss_coef") or 0.0)
+        self.image_coef = float(layout.get("vision_aux_loss_coef", self.text_coef) or 0.0)
+        self.context = [context]  # a list so the module tree does not adopt it
+        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
+        if style == "shared":
+            self.shared_expert = copy.deepcopy(dense)
+            self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
+        if residual:
+            self.residual = copy.deepcopy(dense)
+            self.coefficient = nn.Linear(hidden, 2, bias=coefficient_bias)
+        # experts text tokens may not use (image-only ones) and image tokens may not use (text-only ones);
+        # plain lists, not a buffer: a buffer would be left uninitialised by transformers' meta-device loading
+        assignment = layout.get("modality_experts") if style == "modality" else None
+        self._forbidden = ([int(e) for e in assignment["image"]], [int(e) for e in assignment["text"]]) if assignment else ([], [])
+        self.last_aux_loss: torch.Tensor | None = None
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        """[2, num_experts] bool: row 0 the experts text tokens may use, row 1 those image tokens may use."""
+        allowed = torch.ones(2, self.num_experts, dtype=torch.bool, device=self.gate.weight.device)
+        for row, experts in enumerate(self._forbidden):
+            if experts:
+                allowed[row, experts] = False
+        return allowed
+
+    def _image_tokens(self, tokens: int, device) -> torch.Tensor:
+        if self.modality == "image":
+            return torch.ones(tokens, dtype=torch.bool, device=device)
+        mask = self.context[0].image_mask
+        if mask is None or mask.numel() != tokens:
+            return torch.zeros(tokens, dtype=torch.bool, device=device)
+        return mask.reshape(-1).to(device)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        tokens = x.shape[0]
+        is_image = self._image_tokens(tokens, x.device)
+        logits = self.gate(x).float()
+        allowed = self.allowed.to(x.device)[is_image.long()]  # [T, E]
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        capacity = None
+        if self.training and self.capacity_factor:
+            capacity = max(1, math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts))
+        out = None
+        for e in range(self.num_experts):
+            token_idx, slot = torch.where(top_i == e)
+            if capacity is not None and token_idx.numel() > capacity:
+                token_idx, slot = token_idx[:capacity], slot[:capacity]
+            if token_idx.numel() == 0:
+                continue
+            y = self.experts[e](x[token_idx]) * top_w[token_idx, slot, None].to(x.dtype)
+            if out is None:
+                out = x.new_zeros(tokens, y.shape[-1])
+            out.index_add_(0, token_idx, y)
+        if out is None:  # no token at all
+            out = self.experts[0](x) * 0
+        if self.style == "shared":
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        if hasattr(self, "residual"):
+            coef = torch.softmax(self.coefficient(x), dim=-1)
+            out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
+        self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
+        return out.reshape(*shape[:-1], out.shape[-1])
+
+    def _aux_loss(self, probs: torch.Tensor, top_i: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+        total = probs.new_zeros(())
+        groups = [(is_image, self.image_coef), (~is_image, self.text_coef)] if self.style == "modality" or self.modality == "image" else [(None, self.text_coef)]
+        for mask, coef in groups:
+            p = probs if mask is None else probs[mask]
+            i = top_i if mask is None else top_i[mask]
+            if p.shape[0] == 0 or coef == 0:
+                continue
+            chosen = torch.zeros_like(p).scatter_(1, i, 1.0)
+            fraction = chosen.mean(dim=0) / self.top_k
+            total = total + coef * self.num_experts * (fraction * p.mean(dim=0)).sum()
+        return total
+
+
+def moe_blocks(model: nn.Module) -> list[MoeBlock]:
+    return [m for m in model.modules() if isinstance(m, MoeBlock)]
+
+
+def install_moe(model: LlavaForConditionalGeneration, layout: dict[str, Any], *, residual: bool = False,
+                coefficient_bias: bool = True) -> ModalityContext:
+    """Replace the MLPs ``layout`` selects (LLM ``layers``, vision ``vision_layers``, the projector) by
+    ``MoeBlock`` copies of them; returns the context the blocks share (the hooks fill it)."""
+    config = model.config
+    context = ModalityContext(image_token_id=config.image_token_id)
+    common = dict(num_experts=int(layout["num_experts"]), top_k=int(layout["top_k"]), style=layout["style"], layout=layout,
+                  context=context, residual=residual, coefficient_bias=coefficient_bias)
+    inner = model.model
+    lm, tower = inner.language_model, inner.vision_tower
+    text_hidden, vision_hidden = config.text_config.hidden_size, config.vision_config.hidden_size
+    for layer in layout.get("layers") or []:
+        block = lm.layers[layer]
+        block.mlp = MoeBlock(block.mlp, hidden=text_hidden, modality="text", **common)
+    for layer in layout.get("vision_layers") or []:
+        block = tower.encoder.layers[layer]
+        block.mlp = MoeBlock(block.mlp, hidden=vision_hidden, modality="image", **common)
+    if "projector" in (layout.get("targets") or []):
+        inner.multi_modal_projector = MoeBlock(inner.multi_modal_projector, hidden=vision_hidden, modality="image", **common)
+    context.blocks = moe_blocks(model)
+    return context
+
+
+def image_token_mask(llava_model: nn.Module, image_token_id: int | None, input_ids, inputs_embeds) -> torch.Tensor | None:
+    """[batch, seq] bool: the image-token positions, as ``LlavaModel.get_placeholder_mask`` finds them."""
+    if image_token_id is None:
+        return None
+    if input_ids is not None:
+        return input_ids == image_token_id
+    if inputs_embeds is None:
+        return None
+    embedding = llava_model.get_input_embeddings()
+    token = embedding(torch.full((), image_token_id, dtype=torch.long, device=inputs_embeds.device))
+    return (inputs_embeds == token).all(-1)
+
+
+def install_hooks(model: nn.Module, context: ModalityContext) -> None:
+    """Before each ``LlavaModel`` forward: record the image-token positions and clear the blocks' losses.
+    After the top model's forward: attach ``aux_loss`` and add it to ``loss``.
+
+    The hooks find the context on the module they run on (``_mmzoo_context``), so a deep copy of the
+    model routes with its own copy. The mask is kept after the forward (a gradient-checkpointing
+    recompute in backward needs it); the next forward replaces it."""
+    inner = getattr(model, "model", model)
+    model._mmzoo_context = context
+    inner._mmzoo_context = context
+    inner.register_forward_pre_hook(_before_forward, with_kwargs=True)
+    model.register_forward_hook(_after_forward, with_kwargs=True)
+
+
+def _before_forward(module, args, kwargs):
+    context = module._mmzoo_context
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    context.image_mask = image_token_mask(module, context.image_token_id, input_ids, kwargs.get("inputs_embeds"))
+    for block in context.blocks:
+        block.last_aux_loss = None
+    return None
+
+
+def _after_forward(module, _args, _kwargs, output):
+    losses = [b.last_aux_loss for b in module._mmzoo_context.blocks if b.last_aux_loss is not None]
+    if not losses:
+        return output
+    aux = torch.stack(losses).sum()
+    try:
+        output["aux_loss"] = aux
+        if output.get("loss") is not None:
+            output["loss"] = output["loss"] + aux.to(output["loss"].dtype)
+    except (TypeError, AttributeError):  # return_dict=False: a tuple
+        pass
+    return output
+
+
+class MmzooMoeLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """``LlavaForConditionalGeneration`` with mmzoo's MoE blocks where ``config.mmzoo_moe`` puts them."""
+
+    config_class = MmzooMoeLlavaConfig
+
+    def __init__(self, config: MmzooMoeLlavaConfig):
+        super().__init__(config)
+        blocks = config.mmzoo_moe_blocks or {}
+        context = install_moe(self, config.mmzoo_moe, residual=bool(blocks.get("residual")),
+                                          coefficient_bias=bool(blocks.get("coefficient_bias", True)))
+        install_hooks(self, context)
+        self.mmzoo_moe = dict(config.mmzoo_moe)
+        self.post_init()  # again: tied weights, no-split modules and init flags of the new modules
+
+
+__all__ = ["MmzooMoeLlavaForConditionalGeneration", "MoeBlock", "ModalityContext", "install_moe", "install_hooks", "moe_blocks"]

@@ -11,11 +11,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from ..archs import vision_table
 from ..archs.moe import MoeSites
-from ..errors import MmzooError
 from ..io.tensors import Planned, materialize
 
 _EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight\Z")
@@ -27,24 +25,6 @@ def load_moe_model(ckpt, *, attn_implementation: str = "sdpa"):
     builtin = spec.text_type in ("mixtral", "qwen2_moe") and not moe.get("vision_layers") and "projector" not in (moe.get("targets") or [])
     model = _builtin_model(ckpt, attn_implementation) if builtin else _mmzoo_model(ckpt, attn_implementation)
     return model.eval()
-
-
-def _dtype_of(state: dict[str, Any]):
-    import torch
-
-    floats = [t.dtype for t in state.values() if t.is_floating_point()]
-    return max(set(floats), key=floats.count) if floats else torch.float32
-
-
-def _finish(model, state: dict[str, Any], config, ckpt):
-    result = model.load_state_dict(state, strict=False, assign=True)
-    tied = {"lm_head.weight"} if config.text_config.tie_word_embeddings else set()
-    missing = [k for k in result.missing_keys if k not in tied]
-    if missing or result.unexpected_keys:
-        raise MmzooError(f"MoE checkpoint does not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}", path=ckpt.path)
-    if tied:
-        model.tie_weights()
-    return model
 
 
 def _vision_and_projector(ckpt) -> dict[str, Planned]:
@@ -62,7 +42,7 @@ def _native(tensors: dict[str, Planned], table) -> dict[str, Planned]:
 def _builtin_model(ckpt, attn_implementation: str):
     import torch
 
-    from ..modeling import build_empty, llava_config
+    from ..modeling import build_empty, dominant_dtype, llava_config, load_state
 
     config = llava_config(ckpt.spec)
     text = ckpt.component("text_model.")
@@ -84,21 +64,21 @@ def _builtin_model(ckpt, attn_implementation: str):
         prefix = f"model.language_model.layers.{layer}.mlp.experts."
         state[prefix + "gate_up_proj"] = torch.stack([torch.cat([materialize(p["gate_proj"]), materialize(p["up_proj"])], 0) for p in parts])
         state[prefix + "down_proj"] = torch.stack([materialize(p["down_proj"]) for p in parts])
-    model = build_empty(config, _dtype_of(state), attn_implementation)
-    return _finish(model, state, config, ckpt)
+    model = build_empty(config, dominant_dtype(state), attn_implementation)
+    return load_state(model, state, config, ckpt.path)
 
 
 def _mmzoo_model(ckpt, attn_implementation: str):
     """The remote-code class, from the config.json an hf folder of this checkpoint would have."""
     from ..formats.hf import config_dict
-    from ..modeling import state_dict_for
+    from ..modeling import dominant_dtype, load_state, state_dict_for
     from .remote import hf_config
     from .remote.modeling_mmzoo_moe import MmzooMoeLlavaConfig, MmzooMoeLlavaForConditionalGeneration
 
     config = MmzooMoeLlavaConfig.from_dict(hf_config(ckpt, config_dict(ckpt.spec)))
     state = state_dict_for(ckpt)
-    model = _build(MmzooMoeLlavaForConditionalGeneration, config, _dtype_of(state), attn_implementation)
-    return _finish(model, state, config, ckpt)
+    model = _build(MmzooMoeLlavaForConditionalGeneration, config, dominant_dtype(state), attn_implementation)
+    return load_state(model, state, config, ckpt.path)
 
 
 def _build(cls, config, dtype, attn_implementation: str):

@@ -152,7 +152,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     import deepspeed
 
     from . import checkpoint as ck
-    from .data import TrainData, micro_batch_indices
+    from .data import TrainData
     from .moe import RouterTap, layout_coefficients, mark_leaf_modules
     from .names import memory_layout
     from .stages import select_trainable

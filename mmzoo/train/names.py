@@ -74,7 +74,7 @@ def memory_layout(ckpt: Checkpoint) -> Layout:
         layout: Layout = {}
         text = marked.component("text_model.")
         for name, planned in text.items():
-            match = moe_modeling._EXPERT.match(name)
+            match = moe_modeling.EXPERT_NAME.match(name)
             if match:
                 layer, expert, proj = int(match.group(1)), int(match.group(2)), match.group(3)
                 rows = planned.shape[0]
@@ -88,16 +88,16 @@ def memory_layout(ckpt: Checkpoint) -> Layout:
             else:
                 memory = "model.language_model." + name[len("model."):] if name.startswith("model.") else name
                 layout[memory] = _parts(Planned.of(Source("text_model." + name, planned.dtype, planned.shape)))
-        for name, planned in moe_modeling._vision_and_projector(marked).items():
+        for name, planned in moe_modeling.vision_and_projector_memory_names(marked).items():
             layout[name] = _parts(planned)
         return layout
     dense_text = base_text_config(spec.text_config) if spec.text_type == "mmzoo_moe" else spec.text_config
-    native = moe_modeling._native(marked.component("text_model."), text_table(dense_text.get("model_type", "llama")))
+    native = moe_modeling.native_memory_names(marked.component("text_model."), text_table(dense_text.get("model_type", "llama")))
     layout = {}
     for name, planned in native.items():
         memory = "model.language_model." + name[len("model."):] if name.startswith("model.") else name
         layout[memory] = _parts(planned)
-    for name, planned in moe_modeling._vision_and_projector(marked).items():
+    for name, planned in moe_modeling.vision_and_projector_memory_names(marked).items():
         layout[name] = _parts(planned)
     return layout
 

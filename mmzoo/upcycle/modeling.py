@@ -16,7 +16,7 @@ from ..archs import vision_table
 from ..archs.moe import MoeSites
 from ..io.tensors import Planned, materialize
 
-_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight\Z")
+EXPERT_NAME = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight\Z")
 
 
 def load_moe_model(ckpt, *, attn_implementation: str = "sdpa"):
@@ -27,14 +27,14 @@ def load_moe_model(ckpt, *, attn_implementation: str = "sdpa"):
     return model.eval()
 
 
-def _vision_and_projector(ckpt) -> dict[str, Planned]:
-    vision = _native(ckpt.component("image_model."), vision_table(ckpt.spec.vision_type))
+def vision_and_projector_memory_names(ckpt) -> dict[str, Planned]:
+    vision = native_memory_names(ckpt.component("image_model."), vision_table(ckpt.spec.vision_type))
     out = {f"model.vision_tower.{k}": v for k, v in vision.items()}
     out.update({f"model.multi_modal_projector.{k}": v for k, v in ckpt.component("projector.").items()})
     return out
 
 
-def _native(tensors: dict[str, Planned], table) -> dict[str, Planned]:
+def native_memory_names(tensors: dict[str, Planned], table) -> dict[str, Planned]:
     """Canonical -> in-memory names of one component with MoE sites (``mmzoo.archs.moe.MoeSites``)."""
     return MoeSites(table).from_canonical(tensors)
 
@@ -49,14 +49,14 @@ def _builtin_model(ckpt, attn_implementation: str):
     experts: dict[tuple[int, int], dict[str, Planned]] = {}
     state_plan: dict[str, Planned] = {}
     for name, planned in text.items():
-        match = _EXPERT.match(name)
+        match = EXPERT_NAME.match(name)
         if match:
             experts.setdefault((int(match.group(1)), int(match.group(2))), {})[match.group(3)] = planned
         elif name.startswith("model."):
             state_plan["model.language_model." + name[len("model."):]] = planned
         else:
             state_plan[name] = planned
-    state_plan.update(_vision_and_projector(ckpt))
+    state_plan.update(vision_and_projector_memory_names(ckpt))
     state = {k: materialize(v) for k, v in state_plan.items()}
     for layer in sorted({layer for layer, _ in experts}):
         indices = sorted(e for l_, e in experts if l_ == layer)

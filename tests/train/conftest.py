@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +65,3 @@ def ws(tmp_path_factory) -> Workspace:
     convert(hf, moe, tgt_fmt="internal", moe=dict(num_experts=4, top_k=2, style="modality", layers="all",
                                                     router_aux_loss_coef=0.01, vision_aux_loss_coef=0.02))
     return Workspace(root, hf, moe, images, data)
-
-
-def run_mmzoo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "mmzoo.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import metrics, run_mmzoo
+from train_helpers import metrics, run_mmzoo
 
 LOSS_RTOL = 1e-5  # fp32 on CPU: ZeRO stages differ only in reduction order
 

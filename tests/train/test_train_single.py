@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from conftest import metrics
+from train_helpers import metrics
 from mmzoo.train.config import load_config
 from mmzoo.train.export import export
 from mmzoo.train.loop import run_training

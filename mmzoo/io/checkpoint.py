@@ -114,6 +114,7 @@ def write_weights(
     basename: str = "model",
     progress=None,
     metadata: dict[str, str] | None = None,
+    parallel_shards: int = 2,
 ) -> list[Path]:
     """Write tensors as ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + index.
 
@@ -126,28 +127,36 @@ def write_weights(
         if len(groups) == 1
         else [f"{basename}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
     )
-    weight_map: dict[str, str] = {}
-    written: list[Path] = []
-    open_fds: dict[Path, int] = {}
-    try:
-        for group, filename in zip(groups, names):
-            pending = [PendingTensor(n, tensors[n].dtype, tensors[n].shape) for n in group]
-            header, order = build_header(pending, metadata)
-            path = folder / filename
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                write_all(fd, header)
-                for entry in order:
-                    _write_tensor(fd, tensors[entry.name], open_fds)
-                    weight_map[entry.name] = filename
-                    if progress is not None:
-                        progress(tensors[entry.name].nbytes)
-            finally:
-                os.close(fd)
-            written.append(path)
-    finally:
-        for fd in open_fds.values():
+
+    def write_shard(group: list[str], filename: str) -> Path:
+        pending = [PendingTensor(n, tensors[n].dtype, tensors[n].shape) for n in group]
+        header, order = build_header(pending, metadata)
+        path = folder / filename
+        open_fds: dict[Path, int] = {}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, header)
+            for entry in order:
+                _write_tensor(fd, tensors[entry.name], open_fds)
+                if progress is not None:
+                    progress(tensors[entry.name].nbytes)
+        finally:
             os.close(fd)
+            for src_fd in open_fds.values():
+                os.close(src_fd)
+        return path
+
+    # Shards are independent files: copying two at a time keeps both cores' page-cache copies busy
+    # (copy_file_range releases the GIL). Each shard's content does not depend on the order.
+    workers = max(1, min(parallel_shards, len(groups)))
+    if workers == 1:
+        written = [write_shard(g, f) for g, f in zip(groups, names)]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            written = list(pool.map(write_shard, groups, names))
+    weight_map = {name: filename for group, filename in zip(groups, names) for name in group}
     if len(groups) > 1:
         total = sum(t.nbytes for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

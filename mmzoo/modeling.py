@@ -39,17 +39,19 @@ def state_dict_for(ckpt) -> dict[str, Any]:
     return {name: materialize(planned) for name, planned in rename(native_components(ckpt), MEMORY_PREFIXES).items()}
 
 
-def build_empty(config, dtype, attn_implementation: str):
-    """Instantiate without spending time on random init (every parameter is overwritten)."""
+def build_empty(config, dtype, attn_implementation: str, cls=None):
+    """Instantiate ``cls`` (default: LlavaForConditionalGeneration) without spending time on random
+    init (every parameter is overwritten)."""
     import torch
-    from transformers import LlavaForConditionalGeneration
     from transformers.initialization import no_init_weights
 
+    if cls is None:
+        from transformers import LlavaForConditionalGeneration as cls
     previous = torch.get_default_dtype()
     try:
         torch.set_default_dtype(dtype)
         with no_init_weights():
-            model = LlavaForConditionalGeneration._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+            model = cls._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     finally:
         torch.set_default_dtype(previous)
     return model

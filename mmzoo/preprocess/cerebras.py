@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from .encode import Sample
-from .writer import TMP_SUFFIX, sha256
+from .writer import TMP_SUFFIX, BufferedShardWriter, sha256
 
 TARGET_FILE_BYTES = 1 << 20
 
 
-class CerebrasWriter:
+class CerebrasWriter(BufferedShardWriter):
     def __init__(self, out: Path, msl: int, num_patches: int, image_token_id: int, pad_id: int, shards: list[dict] | None = None):
         self.out, self.msl, self.num_patches = out, msl, num_patches
         self.image_token_id, self.pad_id = image_token_id, pad_id
@@ -31,20 +31,8 @@ class CerebrasWriter:
         # (streaming writers cannot know the dataset's true maximum before the last file).
         self.max_num_img = max(1, msl // max(1, num_patches))
         per_example = 5 * msl * 4 + self.max_num_img * num_patches * 4
-        self.per_file = max(1, TARGET_FILE_BYTES // per_example)
-        self.shards: list[dict] = list(shards or [])
-        self.pending: list[Sample] = []
-
-    def add(self, sample: Sample) -> bool:
-        self.pending.append(sample)
-        if len(self.pending) >= self.per_file:
-            self._write()
-            return True
-        return False
-
-    def close(self) -> None:
-        if self.pending:
-            self._write()
+        super().__init__(shards)
+        self.per_shard = max(1, TARGET_FILE_BYTES // per_example)  # examples per ~1 MiB file
 
     def _example(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
         msl = self.msl

@@ -32,12 +32,13 @@ def _compressed(f, name: str, data: np.ndarray, chunk: int, dtype=None) -> None:
     f.create_dataset(name, data=data, **kwargs)
 
 
-class MmzooWriter:
-    """``shard-XXXXX.h5`` files of ``samples_per_shard`` samples each (see docs/preprocess.md)."""
+class BufferedShardWriter:
+    """Buffers samples and writes a shard file each ``per_shard`` samples (``_write`` does the file)."""
 
-    def __init__(self, out: Path, samples_per_shard: int, attrs: dict[str, Any], shards: list[dict] | None = None):
-        self.out, self.per_shard, self.attrs = out, samples_per_shard, attrs
-        self.shards: list[dict] = list(shards or [])
+    per_shard: int
+
+    def __init__(self, shards: list[dict] | None = None):
+        self.shards: list[dict] = list(shards or [])  # finished shards, as listed in the manifest
         self.pending: list[Sample] = []
 
     def add(self, sample: Sample) -> bool:
@@ -51,6 +52,17 @@ class MmzooWriter:
     def close(self) -> None:
         if self.pending:
             self._write()
+
+    def _write(self) -> None:
+        raise NotImplementedError
+
+
+class MmzooWriter(BufferedShardWriter):
+    """``shard-XXXXX.h5`` files of ``samples_per_shard`` samples each (see docs/preprocess.md)."""
+
+    def __init__(self, out: Path, samples_per_shard: int, attrs: dict[str, Any], shards: list[dict] | None = None):
+        super().__init__(shards)
+        self.out, self.per_shard, self.attrs = out, samples_per_shard, attrs
 
     def _write(self) -> None:
         import h5py

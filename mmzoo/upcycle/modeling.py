@@ -71,26 +71,11 @@ def _builtin_model(ckpt, attn_implementation: str):
 def _mmzoo_model(ckpt, attn_implementation: str):
     """The remote-code class, from the config.json an hf folder of this checkpoint would have."""
     from ..formats.hf import config_dict
-    from ..modeling import dominant_dtype, load_state, state_dict_for
+    from ..modeling import build_empty, dominant_dtype, load_state, state_dict_for
     from .remote import hf_config
     from .remote.modeling_mmzoo_moe import MmzooMoeLlavaConfig, MmzooMoeLlavaForConditionalGeneration
 
     config = MmzooMoeLlavaConfig.from_dict(hf_config(ckpt, config_dict(ckpt.spec)))
     state = state_dict_for(ckpt)
-    model = _build(MmzooMoeLlavaForConditionalGeneration, config, dominant_dtype(state), attn_implementation)
+    model = build_empty(config, dominant_dtype(state), attn_implementation, cls=MmzooMoeLlavaForConditionalGeneration)
     return load_state(model, state, config, ckpt.path)
-
-
-def _build(cls, config, dtype, attn_implementation: str):
-    """Instantiate without random init (every parameter is overwritten), as ``mmzoo.modeling.build_empty``."""
-    import torch
-    from transformers.initialization import no_init_weights
-
-    previous = torch.get_default_dtype()
-    try:
-        torch.set_default_dtype(dtype)
-        with no_init_weights():
-            model = cls._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
-    finally:
-        torch.set_default_dtype(previous)
-    return model

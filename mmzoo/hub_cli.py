@@ -55,7 +55,7 @@ def push(
         return
     where = result["pr_url"] or f"{result['url']} @ {result['revision']}"
     console.print(f"[green]pushed[/] {path} ({result['format']}, {len(result['files'])} files) -> {where}")
-    console.print(f"  commit {result['commit']}" + ("  (model card README.md written)" if result["card_written"] else ""))
+    console.print(f"  commit {result['commit']}" + ("  (generated model card added as README.md)" if result["card_written"] else ""))
     if result["branch_created"]:
         console.print(f"  created branch {result['revision']} from main")
 

@@ -47,7 +47,11 @@ class CerebrasWriter(BufferedShardWriter):
         is_img = data[0] == self.image_token_id
         is_img[n:] = False
         data[4] = is_img
-        loc = np.full((self.max_num_img, self.num_patches), -1, dtype=np.int32)
+        # As modelzoo's multimodal generator: image placeholders hold pad_id (token_modality_idx marks
+        # them), labels after an image token likewise, and absent image slots point at position MSL.
+        data[0, is_img] = self.pad_id
+        data[2, :n][np.asarray(s.input_ids[1:]) == self.image_token_id] = self.pad_id
+        loc = np.full((self.max_num_img, self.num_patches), msl, dtype=np.int32)
         positions = np.flatnonzero(is_img)
         # The last placeholder of an image that ends the sample is dropped by the shift; keep whole images only.
         whole = len(positions) // self.num_patches

@@ -84,6 +84,7 @@ def test_cerebras_layout(tmp_path, good_jsonl, image_root, tok_dir, tokenizer):
     assert params["statistics"]["samples_written"] == len(GOOD) and params == manifest
     max_img = msl // N_IMG
     image_id = tokenizer.token_to_id("<image>")
+    ds_pad_id = manifest["parameters"]["pad_token_id"]
     files = sorted(out.glob("output_chunk_0_*.h5"))
     assert [f.name for f in files] == [s["file"] for s in manifest["shards"]]
     i = 0
@@ -96,7 +97,9 @@ def test_cerebras_layout(tmp_path, good_jsonl, image_root, tok_dir, tokenizer):
             for k in range(n):
                 ids, mask = stored[i]["ids"], stored[i]["mask"]
                 L = len(ids) - 1
-                assert np.array_equal(data[k, 0, :L], ids[:-1]) and np.array_equal(data[k, 2, :L], ids[1:])
+                pad = ds_pad_id  # modelzoo stores image placeholders as pad_id (token_modality_idx marks them)
+                as_stored = lambda a: np.where(a == image_id, pad, a)  # noqa: E731
+                assert np.array_equal(data[k, 0, :L], as_stored(ids[:-1])) and np.array_equal(data[k, 2, :L], as_stored(ids[1:]))
                 assert np.array_equal(data[k, 1, :L], mask[1:]) and not data[k, 1, L:].any()
                 assert not data[k, 3, :L].any() and data[k, 3, L:].all()
                 assert np.array_equal(data[k, 4, :L], (ids[:-1] == image_id).astype(np.int32))
@@ -104,8 +107,9 @@ def test_cerebras_layout(tmp_path, good_jsonl, image_root, tok_dir, tokenizer):
                 assert bool(has_img[k]) == bool(images)
                 assert list(paths[k]) == images + ["None"] * (max_img - len(images))
                 for j in range(len(images)):
-                    assert (data[k, 0, loc[k, j]] == image_id).all() and np.array_equal(np.diff(loc[k, j]), np.ones(N_IMG - 1))
-                assert (loc[k, len(images):] == -1).all()
+                    assert (data[k, 4, loc[k, j]] == 1).all() and (data[k, 0, loc[k, j]] == pad).all()
+                    assert np.array_equal(np.diff(loc[k, j]), np.ones(N_IMG - 1))
+                assert (loc[k, len(images):] == msl).all()
                 i += 1
     assert i == len(GOOD)
 

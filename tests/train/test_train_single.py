@@ -132,3 +132,19 @@ def test_transformers_moe_blocks_train_with_aux_loss_from_router_hooks(ws, tmp_p
     trained, start = read_checkpoint(out), read_checkpoint(moe_hf)
     assert trained.spec.text_type == arch
     assert not torch.equal(materialize(trained.tensors[router]), materialize(start.tensors[router]))
+
+
+def test_bf16_training_runs_and_exports(ws, tmp_path):
+    """precision: bf16 (what GPUs train with) also runs on DeepSpeed's CPU accelerator."""
+    cfg = load_config(ws.write("bf16", train={"max_steps": 3, "precision": "bf16", "lr": 5e-3, "lr_scheduler": "constant"}))
+    run_training(cfg)
+    rows = metrics(cfg.output_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    out = tmp_path / "bf16-hf"
+    export(cfg.output_dir, out, tgt_fmt="hf", dtype="bf16")
+    model = LlavaForConditionalGeneration.from_pretrained(str(out))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        assert model.eval()(**_probe(ws)).logits.isfinite().all()

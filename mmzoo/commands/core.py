@@ -186,7 +186,12 @@ def diff(
 
 
 def formats(debug: Debug = False) -> None:
-    """List the supported formats, architectures and conversion pairs."""
+    """List the supported formats, architectures and conversion pairs.
+
+    Example:
+
+      mmzoo formats
+    """
     from rich.table import Table
 
     from .. import archs
@@ -212,7 +217,18 @@ def demo(
     overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Reuse an existing demo folder.")] = True,
     debug: Debug = False,
 ) -> None:
-    """Run the whole pipeline on tiny models built in-process (offline, a few minutes on 2 cores)."""
+    """Run the whole pipeline on tiny models built in-process (offline; well under a minute on 2 cores).
+
+    Builds a tiny CLIP + Llama + tokenizer, assembles them (init), converts hf → internal → llava → hf
+    and checks the round trip, then preprocesses a few images, upcycles to MoE and trains
+    pretrain → sft → moe with an export. Every step checks its own result.
+
+    Examples:
+
+      mmzoo demo -o mmzoo-demo
+
+      HF_TOKEN=hf_demo mmzoo demo -o mmzoo-demo --hub-endpoint http://127.0.0.1:8765
+    """
     from ..demo import run_demo
 
     run_demo(output, hub_endpoint=hub_endpoint, overwrite=overwrite)

@@ -88,8 +88,7 @@ def init(
 ) -> None:
     """Assemble a new VLM from a vision encoder and an LLM, with a fresh projector.
 
-    Adds the <image> token to the tokenizer (growing the embeddings by its mean-initialised row when
-    needed) and copies both pretrained models byte for byte.
+    Adds the <image> token to the tokenizer (growing the embeddings by its mean-initialised row when needed) and copies both pretrained models byte for byte.
 
     Example:
 
@@ -219,9 +218,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on tiny models built in-process (offline; well under a minute on 2 cores).
 
-    Builds a tiny CLIP + Llama + tokenizer, assembles them (init), converts hf → internal → llava → hf
-    and checks the round trip, then preprocesses a few images, upcycles to MoE and trains
-    pretrain → sft → moe with an export. Every step checks its own result.
+    Builds a tiny CLIP + Llama + tokenizer, assembles them (init), converts hf → internal → llava → hf and checks the round trip, then preprocesses a few images, upcycles to MoE and trains pretrain → sft → moe with an export. Every step checks its own result.
 
     Examples:
 

@@ -34,6 +34,7 @@ from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
 from .common import processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .llava import CLIP_MODEL_ONLY, TEXT_PREFIXES, VISION_PREFIXES  # the same LLaVA-repo key spellings
 
 NAME = "moe-llava"
 DESCRIPTION = "MoE-LLaVA / LLaVA-MoD / MoIIE DeepSpeed-MoE layout: config.json with a moe dict + deepspeed_moe expert keys + image_tower/"
@@ -42,15 +43,6 @@ CLASSES = {
     "qwen2": "MoELLaVAQwen2ForCausalLM", "phi3": "MoELLaVAPhi3ForCausalLM",
 }
 VISION_DIR = "image_tower"
-TEXT_PREFIXES = [
-    ("model.mm_projector.0.", "projector", "linear_1."),
-    ("model.mm_projector.2.", "projector", "linear_2."),
-    ("model.mm_projector.", "projector", "linear_1."),
-    ("model.", "text", "model."),
-    ("lm_head.", "text", "lm_head."),
-]
-VISION_PREFIXES = [("vision_model.", "vision", ""), ("", "vision", "")]
-CLIP_MODEL_ONLY = ("text_model.", "logit_scale", "visual_projection.", "text_projection.")
 _MM_KEYS = {
     "moe", "mmzoo", "mm_vision_tower", "mm_image_tower", "mm_video_tower", "mm_hidden_size", "mm_projector_type",
     "mm_vision_select_layer", "mm_vision_select_feature", "mm_use_im_start_end", "mm_use_im_patch_token",

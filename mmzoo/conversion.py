@@ -27,7 +27,16 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
     if not root.exists():
         raise MmzooError("does not exist", path=root)
     name = fmt or formats.detect(root)
-    ckpt = formats.get(name).read(root, drop_unmatched=drop_unmatched)
+    module = formats.get(name)
+    if fmt and not module.detect(root):
+        from .errors import UnknownFormat
+
+        try:
+            looks = f"it looks like {formats.detect(root)}"
+        except MmzooError:
+            looks = "no format was recognised"
+        raise UnknownFormat(f"is not a {fmt} checkpoint ({looks}; drop --src-fmt to auto-detect)", path=root)
+    ckpt = module.read(root, drop_unmatched=drop_unmatched)
     validate(ckpt)
     return ckpt
 

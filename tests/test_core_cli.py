@@ -210,3 +210,11 @@ def test_inspect_diff_and_formats(tiny, tmp_path):
 
     code, stdout, _ = run_cli("formats")
     assert code == 0 and all(word in stdout for word in ("hf", "llava", "internal", "phi3", "siglip_vision_model"))
+
+
+def test_wrong_src_fmt_is_a_clear_error(tiny, tmp_path):
+    for fmt in ("internal", "llava", "moe-llava"):
+        code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf", "--src-fmt", fmt)
+        _assert_one_line_error(code, stderr, f"is not a {fmt} checkpoint", "it looks like hf")
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal", "--src-fmt", "hf")
+    assert code == 0, stderr

@@ -51,6 +51,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(code)
     except MmzooError as exc:
         _fail(exc.one_line(), exc)
+    except OSError as exc:  # disk full, permissions, a file where a folder should be: the user's to fix
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        _fail(f"{where}{exc.strerror or exc}", exc)
     except KeyboardInterrupt:
         sys.stderr.write("mmzoo: interrupted\n")
         sys.exit(130)

@@ -218,3 +218,10 @@ def test_wrong_src_fmt_is_a_clear_error(tiny, tmp_path):
         _assert_one_line_error(code, stderr, f"is not a {fmt} checkpoint", "it looks like hf")
     code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal", "--src-fmt", "hf")
     assert code == 0, stderr
+
+
+def test_os_errors_are_one_line(tiny, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "a-file" / "out"), "--tgt-fmt", "internal")
+    _assert_one_line_error(code, stderr, "a-file")
+    assert (tmp_path / "a-file").read_text() == "not a folder"

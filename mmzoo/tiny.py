@@ -203,3 +203,24 @@ def sample_inputs(model_or_config, tokenizer=None, n_images: int = 1, seq_text: 
     input_ids = torch.tensor([ids])
     pixel_values = torch.randn(n_images, vcfg.num_channels, vcfg.image_size, vcfg.image_size, generator=gen)
     return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.ones_like(input_ids)}
+
+
+CAPTIONS = ["A red sofa with a cat.", "Two dogs play in the park.", "A bowl of fruit on a table.", "A boat on a calm lake."]
+
+
+def make_caption_dataset(folder: Path, checkpoint: Path, samples: int = 8) -> tuple[Path, Path]:
+    """Four images, ``samples`` one-turn caption conversations, preprocessed with the plain template
+    and ``checkpoint``'s tokenizer. Returns (image folder, preprocessed folder)."""
+    import json
+
+    from .preprocess import preprocess
+
+    images = folder / "images"
+    make_images(images, 4)
+    rows = [{"id": f"s{i}", "image": f"img_{i % 4:03d}.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": CAPTIONS[i % 4]}]}
+        for i in range(samples)]
+    (folder / "data.json").write_text(json.dumps(rows))
+    data = folder / "data"
+    preprocess([folder / "data.json"], images, checkpoint, data, template="plain", model=checkpoint, max_seq_len=128)
+    return images, data

@@ -5,14 +5,10 @@ stage starts from the previous stage's export, as the seeds' recipes chain them.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
-
-ANSWERS = ["A red sofa with a cat.", "Two dogs play in the park.", "A bowl of fruit on a table.", "A boat on a calm lake."]
-
 
 def _config(stage: str, model: Path, data: Path, images: Path, out: Path, zero: int, steps: int = 3) -> dict[str, Any]:
     return {
@@ -24,8 +20,7 @@ def _config(stage: str, model: Path, data: Path, images: Path, out: Path, zero: 
 
 
 def run_demo_step(hf_checkpoint: Path, workdir: Path, console) -> dict[str, Any]:
-    from ..preprocess import preprocess
-    from ..tiny import make_images
+    from ..tiny import make_caption_dataset
     from .config import load_config
     from .export import export
     from .loop import run_training
@@ -35,13 +30,7 @@ def run_demo_step(hf_checkpoint: Path, workdir: Path, console) -> dict[str, Any]
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    images = workdir / "images"
-    make_images(images, 4)
-    rows = [{"id": f"s{i}", "image": f"img_{i % 4:03d}.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": ANSWERS[i % 4]}]} for i in range(8)]
-    (workdir / "data.json").write_text(json.dumps(rows))
-    data = workdir / "data"
-    preprocess([workdir / "data.json"], images, hf_checkpoint, data, template="plain", model=hf_checkpoint, max_seq_len=128)
+    images, data = make_caption_dataset(workdir, Path(hf_checkpoint))
 
     report: dict[str, Any] = {}
     model = Path(hf_checkpoint)

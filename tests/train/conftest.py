@@ -1,7 +1,6 @@
 """Tiny real models and real `mmzoo preprocess` output for the training tests (built once per session)."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,6 @@ import yaml
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ANSWERS = ["A red sofa with a cat.", "Two dogs play in the park.", "A bowl of fruit on a table.", "A boat on a calm lake."]
 
 
 @dataclass
@@ -48,19 +46,12 @@ class Workspace:
 @pytest.fixture(scope="session")
 def ws(tmp_path_factory) -> Workspace:
     from mmzoo.conversion import convert
-    from mmzoo.preprocess import preprocess
-    from mmzoo.tiny import build_llava, make_images
+    from mmzoo.tiny import build_llava, make_caption_dataset
 
     root = tmp_path_factory.mktemp("train")
     hf = root / "hf"
     build_llava(hf)
-    images = root / "images"
-    make_images(images, 4)
-    rows = [{"id": f"s{i}", "image": f"img_{i % 4:03d}.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": ANSWERS[i % 4]}]} for i in range(8)]
-    (root / "data.json").write_text(json.dumps(rows))
-    data = root / "pp"
-    preprocess([root / "data.json"], images, hf, data, template="plain", model=hf, max_seq_len=128)
+    images, data = make_caption_dataset(root, hf)
     moe = root / "moe"
     convert(hf, moe, tgt_fmt="internal", moe=dict(num_experts=4, top_k=2, style="modality", layers="all",
                                                     router_aux_loss_coef=0.01, vision_aux_loss_coef=0.02))

@@ -15,8 +15,10 @@ def register(app: typer.Typer) -> None:
         nproc: Annotated[int, typer.Option("--nproc", help="Processes per node (GPUs per node; CPU processes over gloo).")] = 1,
         resume: Annotated[str, typer.Option("--resume", help="auto: continue from the newest checkpoint in output_dir; never: refuse if there is one.")] = "auto",
         hostfile: Annotated[Optional[Path], typer.Option("--hostfile", help="DeepSpeed hostfile (multi-node; passed to the deepspeed launcher).")] = None,
-        num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Number of nodes (passed to the deepspeed launcher).")] = None,
-        master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Rendezvous address (multi-node).")] = None,
+        num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Number of nodes taking part.")] = None,
+        node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="This node's rank when every node runs `mmzoo train` itself "
+                                                         "(SLURM/Kubernetes, no ssh): torchrun, or the DeepSpeed launcher with --hostfile.")] = None,
+        master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Rendezvous address: node 0 (multi-node).")] = None,
         master_port: Annotated[Optional[int], typer.Option("--master-port", help="Rendezvous port.")] = None,
         launcher: Annotated[str, typer.Option("--launcher", help="auto | torchrun | deepspeed.")] = "auto",
         print_command: Annotated[bool, typer.Option("--print-command", help="Print the launch command and exit.")] = False,
@@ -24,9 +26,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a VLM stage (pretrain | sft | moe) with DeepSpeed ZeRO 0-3.
 
-        Example: mmzoo train --params configs/tiny-sft.yaml --nproc 2 --set train.max_steps=20
+        Examples:
+
+          mmzoo train --params configs/tiny-sft.yaml --nproc 2 --set train.max_steps=20
+
+          mmzoo train --params x.yaml --hostfile hosts --num-nodes 2 --nproc 8 --master-addr node-1   # ssh to the hosts
+
+          mmzoo train --params x.yaml --num-nodes 2 --node-rank $SLURM_NODEID --nproc 8 --master-addr node-1  # on every node
         """
+        import os
         import shlex
+        import socket
         import subprocess
         import sys
 
@@ -40,12 +50,13 @@ def register(app: typer.Typer) -> None:
         if resume not in ("auto", "never"):
             raise MmzooError(f"invalid --resume {resume!r} (allowed: auto, never)")
         cfg = load_config(params, set_)
-        kind = choose_launcher(nproc, hostfile=hostfile, num_nodes=num_nodes, launcher=launcher)
+        kind = choose_launcher(nproc, hostfile=hostfile, num_nodes=num_nodes, node_rank=node_rank,
+                               master_addr=master_addr, launcher=launcher)
         if hostfile is None:  # world size known here; with a hostfile each worker checks it
             gradient_accumulation(cfg, nproc * (num_nodes or 1))
         resolved = Path(cfg.output_dir) / "params.yaml"
         command = build_command(resolved, nproc=nproc, resume=resume, hostfile=hostfile, num_nodes=num_nodes,
-                                master_addr=master_addr, master_port=master_port, launcher=launcher)
+                                node_rank=node_rank, master_addr=master_addr, master_port=master_port, launcher=launcher)
         if print_command:
             console.print(shlex.join(command), soft_wrap=True, highlight=False)
             return
@@ -57,7 +68,11 @@ def register(app: typer.Typer) -> None:
                           f"export with `mmzoo export {cfg.output_dir} --tgt-fmt hf -o OUT`")
             return
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        resolved.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
+        # Every node of a --node-rank run writes this file into the shared output_dir while the other
+        # nodes' workers may be reading it: write a private sibling and rename it into place.
+        private = resolved.with_name(f".params.{os.getpid()}.{socket.gethostname()}.yaml")
+        private.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
+        os.replace(private, resolved)
         console.print(f"[bold]launching[/] {shlex.join(command)}", soft_wrap=True, highlight=False)
         code = subprocess.call(command)
         if code:

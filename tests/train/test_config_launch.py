@@ -108,8 +108,33 @@ def test_launch_commands():
     assert cmd == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", "/job/hostfile", "--num_nodes", "4",
                    "--num_gpus", "8", "--master_addr", "10.0.0.1", "--master_port", "29500",
                    "--module", "mmzoo.train.worker", "--params", str(params), "--resume", "never"]
-    with pytest.raises(ConfigError, match="DeepSpeed launcher"):
+    with pytest.raises(ConfigError, match="--node-rank"):
         choose_launcher(2, hostfile=Path("h"), launcher="torchrun")
+
+
+def test_per_node_launch_commands():
+    params = Path("runs/x/params.yaml")
+    assert choose_launcher(8, num_nodes=4, node_rank=3, master_addr="n0") == "torchrun"
+    assert choose_launcher(8, hostfile=Path("h"), node_rank=1, master_addr="n0") == "deepspeed"
+    cmd = build_command(params, nproc=8, num_nodes=4, node_rank=3, master_addr="10.0.0.1", master_port=29500)
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "4", "--node_rank", "3",
+                   "--nproc_per_node", "8", "--master_addr", "10.0.0.1", "--master_port", "29500",
+                   "-m", "mmzoo.train.worker", "--params", str(params), "--resume", "auto"]
+    cmd = build_command(params, nproc=8, hostfile=Path("/job/hosts"), node_rank=1, master_addr="10.0.0.1")
+    assert cmd == [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", "/job/hosts", "--no_ssh",
+                   "--node_rank", "1", "--num_gpus", "8", "--master_addr", "10.0.0.1",
+                   "--module", "mmzoo.train.worker", "--params", str(params), "--resume", "auto"]
+    bad = [
+        (dict(num_nodes=2, node_rank=0), "--master-addr"),
+        (dict(node_rank=0, master_addr="n0"), "--num-nodes"),
+        (dict(num_nodes=2, node_rank=2, master_addr="n0"), "out of range"),
+        (dict(num_nodes=2, node_rank=-1, master_addr="n0"), ">= 0"),
+        (dict(node_rank=0, master_addr="n0", launcher="deepspeed"), "--hostfile"),
+        (dict(hostfile=Path("h"), node_rank=0, master_addr="n0", launcher="torchrun"), "--num-nodes instead"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            choose_launcher(8, **kwargs)
 
 
 def test_print_command_from_cli(ws, capsys):
@@ -119,6 +144,11 @@ def test_print_command_from_cli(ws, capsys):
           "--master-addr", "node0", "--print-command"])
     out = capsys.readouterr().out
     assert "deepspeed.launcher.runner --hostfile hosts --num_nodes 2 --num_gpus 4 --master_addr node0" in out
+    main(["train", "--params", str(ws.write("pc")), "--nproc", "1", "--num-nodes", "2", "--node-rank", "1",
+          "--master-addr", "node0", "--print-command"])
+    assert "torch.distributed.run --nnodes 2 --node_rank 1 --nproc_per_node 1 --master_addr node0" in capsys.readouterr().out
+    line = _cli_error(capsys, "train", "--params", str(ws.write("pc")), "--num-nodes", "2", "--node-rank", "1")
+    assert "--node-rank needs --master-addr" in line
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

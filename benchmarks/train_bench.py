@@ -2,11 +2,12 @@
 
 Builds a LLaVA model of the requested size (CLIP vision + Llama LLM, random weights, real BPE tokenizer),
 preprocesses a synthetic caption set with `mmzoo preprocess`, trains ``--steps`` steps with the given
-stage / ZeRO stage / precision, and reports tokens/s (median over steps after the first) and
-MFU = tokens/s × FLOPs/token / peak FLOP/s, with FLOPs/token = 6·N (N: parameters of the LLM + projector,
-every token passes them forward and backward) + 2·N_vision·(image tokens / sequence tokens) (the frozen
-vision tower runs forward only) + 12·L·d·T (attention scores, PaLM appendix B). ``--peak-tflops`` is the
-device's dense peak for the precision used (H100 SXM bf16: 989; a CPU: measure or look it up).
+stage / ZeRO stage / precision, and reports tokens/s and model TFLOP/s (medians over the steps after the
+first, as `metrics.jsonl` logs them) and MFU = model FLOP/s / peak FLOP/s. Model FLOPs are the closed form
+of mmzoo.train.flops — every matrix product of forward and backward for the stage's trainable set (a frozen
+vision tower runs forward only), attention's QKᵀ and AV included, recomputation excluded (PaLM, appendix B) —
+which tests/train/test_flops.py checks against torch's FlopCounterMode. ``--peak-tflops`` is the device's
+dense peak for the precision used (H100 SXM bf16: 989; 0 = measure a large matmul here, for CPUs).
 
   python benchmarks/train_bench.py --preset tiny --steps 6 --peak-tflops 0.2            # CPU, minutes
   python benchmarks/train_bench.py --preset 1b --precision bf16 --attn flash_attention_2 --peak-tflops 989  # GPU
@@ -118,30 +119,25 @@ def main(argv=None) -> int:
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     timed = rows[1:] if len(rows) > 1 else rows
     tokens_per_s = statistics.median(r["tokens_per_s"] for r in timed)
+    tflops = statistics.median(r["tflops"] for r in timed)
     seq = statistics.mean(r["tokens"] for r in timed) / args.micro_batch_size
 
-    from transformers import LlavaConfig
-
-    config = LlavaConfig.from_pretrained(model)
-    t, v = config.text_config, config.vision_config
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     with torch.device("meta"):
-        meta = LlavaForConditionalGeneration(config)
+        meta = LlavaForConditionalGeneration(LlavaConfig.from_pretrained(model))
     n_vision = sum(p.numel() for n, p in meta.named_parameters() if "vision_tower" in n)
     n_llm = sum(p.numel() for n, p in meta.named_parameters() if "vision_tower" not in n)
-    image_tokens = (v.image_size // v.patch_size) ** 2
-    flops_per_token = 6 * n_llm + 2 * n_vision * (image_tokens + 1) / seq + 12 * t.num_hidden_layers * t.hidden_size * seq
     peak_source = "given"
     if args.peak_tflops <= 0:
         args.peak_tflops, peak_source = measured_peak_tflops(args.precision), "measured (matmul)"
-    mfu = tokens_per_s * flops_per_token / (args.peak_tflops * 1e12)
+    mfu = tflops / args.peak_tflops
     result = {
         "preset": args.preset, "parameters": n_llm + n_vision, "device": "cuda" if torch.cuda.is_available() else "cpu",
         "precision": args.precision, "attn": args.attn, "zero_stage": args.zero_stage, "stage": args.stage,
         "micro_batch_size": args.micro_batch_size, "seq_len": round(seq, 1), "steps": args.steps,
-        "tokens_per_s": round(tokens_per_s, 1), "flops_per_token": int(flops_per_token),
-        "achieved_tflops": round(tokens_per_s * flops_per_token / 1e12, 4), "peak_tflops": round(args.peak_tflops, 4), "peak_source": peak_source,
+        "tokens_per_s": round(tokens_per_s, 1), "model_flops_per_token": int(tflops * 1e12 / tokens_per_s),
+        "achieved_tflops": round(tflops, 4), "peak_tflops": round(args.peak_tflops, 4), "peak_source": peak_source,
         "mfu": round(mfu, 4), "final_loss": round(summary["last"]["loss"], 4), "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))

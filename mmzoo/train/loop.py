@@ -221,6 +221,9 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         ds_config = deepspeed_config(cfg, accumulation, world)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
 
+        from .flops import StepFlopsCounter
+
+        flops = StepFlopsCounter(model)
         start = 0
         if resume == "auto" and existing:
             load_dir, _ = engine.load_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=existing[1].name,
@@ -239,7 +242,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         last: dict[str, Any] = {}
         with _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
-                record = _train_step(engine, data, tap, cfg, step, rank, world, accumulation, float_dtype, scheduler)
+                record = _train_step(engine, data, tap, cfg, step, rank, world, accumulation, float_dtype, scheduler, flops)
                 last = record
                 if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                     metrics.write(record)
@@ -273,7 +276,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
 
 
 def _train_step(engine, data, tap, cfg: TrainConfig, step: int, rank: int, world: int, accumulation: int,
-                float_dtype, scheduler) -> dict[str, Any]:
+                float_dtype, scheduler, flops) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
@@ -282,7 +285,7 @@ def _train_step(engine, data, tap, cfg: TrainConfig, step: int, rank: int, world
     torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout / jitter: same on resume
     lr = scheduler.get_last_lr()[0]
     started = time.perf_counter()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, lm_loss, aux_loss, tokens
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, lm_loss, aux_loss, tokens, model FLOPs
     for micro in range(accumulation):
         indices = micro_batch_indices(data.order, step, micro, rank, accumulation=accumulation, world=world,
                                       micro_batch_size=cfg.train.micro_batch_size)
@@ -301,7 +304,10 @@ def _train_step(engine, data, tap, cfg: TrainConfig, step: int, rank: int, world
             lm_loss = loss = output.loss
         engine.backward(loss)
         engine.step()
-        sums += torch.tensor([float(loss.detach()), float(lm_loss.detach()), float(aux.detach()), float(batch["attention_mask"].sum())], dtype=torch.float64)
+        pixels = batch.get("pixel_values")
+        step_flops = flops(*batch["input_ids"].shape, 0 if pixels is None else pixels.shape[0])
+        sums += torch.tensor([float(loss.detach()), float(lm_loss.detach()), float(aux.detach()),
+                              float(batch["attention_mask"].sum()), float(step_flops or 0)], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(sums)
     seconds = time.perf_counter() - started
@@ -316,6 +322,8 @@ def _train_step(engine, data, tap, cfg: TrainConfig, step: int, rank: int, world
         "grad_norm": float(grad_norm) if grad_norm is not None else None,
         "tokens": int(sums[3]),
         "tokens_per_s": float(sums[3] / seconds) if seconds > 0 else None,
+        # model FLOP/s of all processes together (mmzoo.train.flops; MFU = this / (peak × processes))
+        "tflops": float(sums[4] / seconds / 1e12) if flops.supported and seconds > 0 else None,
         "seconds": round(seconds, 4),
     }
     if tap is not None:
@@ -339,7 +347,7 @@ def _save(engine, out_dir: Path, step: int, cfg: TrainConfig, is_main: bool) -> 
 
 
 class _progress:
-    """A rich progress line (rank 0 only): step, loss, lr, grad norm, tokens/s."""
+    """A rich progress line (rank 0 only): step, loss, lr, grad norm, tokens/s, model TFLOP/s."""
 
     def __init__(self, console, total: int, start: int):
         self.console, self.total, self.start = console, total, start
@@ -359,7 +367,8 @@ class _progress:
             grad = record["grad_norm"]
             text = (f"loss {record['loss']:.4f} (lm {record['lm_loss']:.4f}, aux {record['aux_loss']:.4f}) "
                     f"lr {record['lr']:.2e} |g| {grad if grad is None else f'{grad:.3f}'} "
-                    f"{record['tokens_per_s'] or 0:,.0f} tok/s")
+                    f"{record['tokens_per_s'] or 0:,.0f} tok/s"
+                    + (f" {record['tflops']:.3g} TFLOP/s" if record.get("tflops") else ""))
             self.progress.update(task, completed=record["step"], description=text)
 
         return advance

@@ -42,7 +42,9 @@ def test_sft_loss_falls_freeze_holds_and_export_matches_engine(ws, tmp_path):
     losses = [r["loss"] for r in rows]
     assert losses[-1] < losses[0] - 1.0, losses  # a tiny overfit set: the loss must fall clearly
     for r in rows:
-        assert set(r) >= {"step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s"}
+        assert set(r) >= {"step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "tflops"}
+        # model FLOPs (exact form checked in test_flops): at least 6 per trained LLM weight per real token
+        assert r["tflops"] * 1e12 / r["tokens_per_s"] >= 6 * _llm_linear_weights(ws)
     assert (cfg.output_dir / "params.yaml").is_file()
     assert sorted(p.name for p in (cfg.output_dir / "checkpoints").glob("step_*")) == ["step_0000005", "step_0000010"]
 
@@ -60,6 +62,11 @@ def test_sft_loss_falls_freeze_holds_and_export_matches_engine(ws, tmp_path):
     from transformers import AutoProcessor
 
     assert AutoProcessor.from_pretrained(str(out)).tokenizer is not None
+
+
+def _llm_linear_weights(ws) -> int:
+    return sum(t.numel() for k, t in _state(ws.hf).items()
+               if t.dim() == 2 and ("language_model.layers" in k or k == "lm_head.weight"))
 
 
 def test_pretrain_trains_only_the_projector_and_exports_every_format(ws, tmp_path):
@@ -89,6 +96,7 @@ def test_upcycled_moe_trains_with_aux_loss_and_expert_load(ws, tmp_path):
     rows = metrics(cfg.output_dir)
     for r in rows:
         assert r["aux_loss"] > 0 and abs(r["loss"] - r["lm_loss"] - r["aux_loss"]) < 1e-5
+        assert r["tflops"] is None  # routed layers: no closed form
         assert set(r["expert_load"]) == {"text.0", "text.1"}
         assert all(abs(sum(v) - 1) < 1e-3 and len(v) == 4 for v in r["expert_load"].values())
     out = tmp_path / "moe-export"
@@ -124,6 +132,7 @@ def test_transformers_moe_blocks_train_with_aux_loss_from_router_hooks(ws, tmp_p
     moe_layers = {"text.0", "text.1"} if layers == "all" else {"text.0"}
     for r in rows:
         assert r["aux_loss"] > 0 and abs(r["loss"] - r["lm_loss"] - r["aux_loss"]) < 1e-5
+        assert r["tflops"] is None  # routed layers: no closed form
         assert set(r["expert_load"]) == moe_layers
         assert all(abs(sum(v) - 1) < 1e-3 and len(v) == 4 for v in r["expert_load"].values())
     out = tmp_path / f"export-{style}"

@@ -1,0 +1,105 @@
+"""The closed-form model FLOPs (mmzoo.train.flops, the numerator of the training benchmark's MFU) against
+torch's FlopCounterMode on real transformers LLaVA models: exact integer equality, per stage."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop, sdpa_flop_count
+
+from mmzoo.train.flops import training_step_flops
+
+# torch's counter knows the CUDA attention kernels; teach it the CPU one with the same formulas, so the
+# models run as they train (sdpa) and their attention is counted.
+def _as_is(formula):
+    """torch's registered formulas already take tensors (they unwrap shapes themselves): mark them raw."""
+    def counted(*args, **kwargs):
+        return formula(*args, **kwargs)
+
+    counted._get_raw = True
+    return counted
+
+
+def _model_backward(grad_out, query, key, value, *args, **kwargs) -> int:
+    """dQ, dK, dV and dP: twice the forward. torch's own backward formula adds the kernel's recomputation of
+    QKᵀ (hardware FLOPs); MFU counts model FLOPs, as the eager parametrisation below confirms."""
+    return 2 * sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _as_is(sdpa_flop),
+             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _as_is(_model_backward)}
+
+
+def _counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
+
+
+ARCHS = [("llama", "clip"), ("qwen2", "siglip"), ("phi3", "clip")]
+
+
+@pytest.fixture(scope="module", params=ARCHS, ids=lambda a: "+".join(a))
+def checkpoint(request, tmp_path_factory):
+    from mmzoo.tiny import build_llava
+
+    out = tmp_path_factory.mktemp("flops") / "+".join(request.param)
+    build_llava(out, text_arch=request.param[0], vision_arch=request.param[1])
+    return out
+
+
+def _batch(model, sequences: int):
+    from mmzoo.tiny import sample_inputs
+
+    rows = [sample_inputs(model, n_images=2, seq_text=5, seed=seed) for seed in range(sequences)]
+    batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+    batch["labels"] = batch["input_ids"].clone()
+    return batch
+
+
+def _counted(model, batch) -> int:
+    with _counter() as counter:
+        model(**batch).loss.backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("trained", [("projector",), ("projector", "text"), ("vision", "projector", "text"), ("text",), ()],
+                         ids=lambda t: "+".join(t) or "nothing")
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_closed_form_equals_counted(checkpoint, trained, attn):
+    from mmzoo.modeling import load_model
+
+    model = load_model(checkpoint, attn_implementation=attn)
+    for name, param in model.named_parameters():
+        part = "vision" if "vision_tower." in name else "projector" if "multi_modal_projector." in name else "text"
+        param.requires_grad_(part in trained)
+    if not trained:  # nothing trains: the loss has no graph; count a forward only
+        model.lm_head.weight.requires_grad_(False)
+    batch = _batch(model, sequences=3)
+    sequences, seq_len = batch["input_ids"].shape
+    expected = training_step_flops(model, sequences=sequences, seq_len=seq_len, images=batch["pixel_values"].shape[0])
+    assert _counted_attention_share(model, batch) > 0.05  # attention is really in the count
+    if not trained:
+        with _counter() as counter, torch.no_grad():
+            model(**batch)
+        assert counter.get_total_flops() == expected.total
+        return
+    assert _counted(model, batch) == expected.total
+    assert expected.vision > 0 and expected.projector > 0 and expected.text > expected.projector
+
+
+def _counted_attention_share(model, batch) -> float:
+    with _counter() as counter, torch.no_grad():
+        model(**batch)
+    ops = counter.get_flop_counts()["Global"]
+    products = ("aten.mm", "aten.addmm", "aten.convolution")  # linear layers and the patch embedding
+    return sum(v for op, v in ops.items() if str(op) not in products) / counter.get_total_flops()
+
+
+def test_moe_models_are_refused(tmp_path):
+    from mmzoo.conversion import convert
+    from mmzoo.errors import MmzooError
+    from mmzoo.modeling import load_model
+    from mmzoo.tiny import build_llava
+
+    build_llava(tmp_path / "dense")
+    convert(tmp_path / "dense", tmp_path / "moe", tgt_fmt="internal", moe=dict(num_experts=2, top_k=1))
+    with pytest.raises(MmzooError, match="dense models"):
+        training_step_flops(load_model(tmp_path / "moe"), sequences=1, seq_len=8, images=1)

@@ -102,6 +102,9 @@ class TrainSection(_Strict):
     def _length(self) -> "TrainSection":
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of max_steps or epochs")
+        if self.attn_implementation == "flash_attention_2" and self.precision == "fp32":
+            # flash-attn kernels exist for half precision only; transformers would fail at the first forward
+            raise ValueError("attn_implementation flash_attention_2 needs precision bf16 or fp16 (or use sdpa with fp32)")
         return self
 
 

@@ -142,6 +142,11 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
 
     check_attn_implementation(cfg.train.attn_implementation)
     accelerator = pick_accelerator()
+    if accelerator == "cpu":  # before any process group or model exists
+        if cfg.train.precision == "fp16":
+            raise ConfigError("train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)")
+        if cfg.train.attn_implementation == "flash_attention_2":
+            raise ConfigError("train.attn_implementation flash_attention_2 needs a CUDA GPU (allowed on CPU: sdpa, eager)")
     launched_here = "RANK" not in os.environ
     single_process_env()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -164,8 +169,6 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     is_main = rank == 0
     out_dir = Path(cfg.output_dir)
     try:
-        if cfg.train.precision == "fp16" and accelerator == "cpu":
-            raise ConfigError("train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)")
         accumulation = gradient_accumulation(cfg, world)
         existing = ck.latest(out_dir)
         if existing and resume == "never":

@@ -44,6 +44,16 @@ def test_bad_value_names_key_and_allowed_values(ws, tmp_path, capsys):
     assert "stage" in line and "pretrain" in line and "moe" in line
     line = _cli_error(capsys, "train", "--params", str(path), "--set", "train.global_batch_size=5")
     assert "global_batch_size" in line
+    line = _cli_error(capsys, "train", "--params", str(path), "--set", "train.attn_implementation=flash_attention_2")
+    assert "flash_attention_2 needs precision bf16 or fp16" in line
+
+
+def test_gpu_only_settings_are_one_line_on_cpu(ws, capsys, monkeypatch):
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    path = ws.write("gpu-only")
+    line = _cli_error(capsys, "train", "--params", str(path), "--set", "train.precision=fp16")
+    assert line == "mmzoo: error: train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)"
+    assert not (ws.root / "runs" / "gpu-only").exists()  # refused before anything was written
 
 
 def test_set_overrides_nested_keys_with_yaml_values(ws):

@@ -26,6 +26,14 @@ class _Strict(BaseModel):
 class DataSection(_Strict):
     path: Path  # output of `mmzoo preprocess` (manifest.json + shards)
     images: Path  # image root the preprocessed samples' image paths are relative to
+    num_workers: int = 2  # processes reading and collating micro batches ahead of the step (0: in process)
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
 
 
 class TrainSection(_Strict):

@@ -104,9 +104,10 @@ def _optimizer(model, cfg: TrainConfig):
 
 
 def _to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+    # non_blocking: pinned batches (CUDA) copy while the previous micro batch still computes
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
     if batch.get("pixel_values") is not None:
-        inputs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=float_dtype)
+        inputs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=float_dtype, non_blocking=True)
     return inputs
 
 
@@ -242,10 +243,15 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                           f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × accumulation {accumulation} "
                           f"= {cfg.train.global_batch_size}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, "
                           f"{steps} steps" + (f", resuming after step {start}" if start else ""))
+        from .data import micro_batch_stream
+
+        batches = micro_batch_stream(data, first_step=start, last_step=steps, rank=rank, accumulation=accumulation,
+                                     world=world, micro_batch_size=cfg.train.micro_batch_size,
+                                     num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda")
         last: dict[str, Any] = {}
         with _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
-                record = _train_step(engine, data, tap, cfg, step, rank, world, accumulation, float_dtype, scheduler, flops)
+                record = _train_step(engine, batches, tap, cfg, step, world, accumulation, float_dtype, scheduler, flops)
                 last = record
                 if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                     metrics.write(record)
@@ -278,21 +284,17 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 os.environ.pop(key, None)
 
 
-def _train_step(engine, data, tap, cfg: TrainConfig, step: int, rank: int, world: int, accumulation: int,
+def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, world: int, accumulation: int,
                 float_dtype, scheduler, flops) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
-
-    from .data import micro_batch_indices
 
     torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout / jitter: same on resume
     lr = scheduler.get_last_lr()[0]
     started = time.perf_counter()
     sums = torch.zeros(5, dtype=torch.float64)  # loss, lm_loss, aux_loss, tokens, model FLOPs
-    for micro in range(accumulation):
-        indices = micro_batch_indices(data.order, step, micro, rank, accumulation=accumulation, world=world,
-                                      micro_batch_size=cfg.train.micro_batch_size)
-        batch = _to_device(data.batch(indices), engine.device, float_dtype)
+    for _ in range(accumulation):
+        batch = _to_device(next(batches), engine.device, float_dtype)
         if tap is not None:
             tap.start(batch["input_ids"])
         output = engine(**batch)

@@ -157,3 +157,13 @@ def test_bf16_training_runs_and_exports(ws, tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     with torch.no_grad():
         assert model.eval()(**_probe(ws)).logits.isfinite().all()
+
+
+def test_data_workers_read_the_same_batches(ws):
+    """Micro batches prepared ahead by DataLoader workers are the ones the training process would read."""
+    rows = {}
+    for workers in (0, 2):
+        cfg = load_config(ws.write(f"workers{workers}", data={"num_workers": workers}, train={"max_steps": 3}))
+        run_training(cfg)
+        rows[workers] = [(r["step"], r["loss"], r["tokens"], r["grad_norm"]) for r in metrics(cfg.output_dir)]
+    assert rows[0] == rows[2] and len(rows[0]) == 3

@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--num-workers", type=int, default=2, help="data.num_workers (batches prepared ahead)")
     parser.add_argument("--peak-tflops", type=float, required=True,
                         help="device peak dense TFLOP/s for --precision; 0 = measure a large matmul here (CPU)")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     (work / "data.json").write_text(json.dumps(rows))
     preprocess([work / "data.json"], work / "images", model, work / "data", template="plain", model=model, max_seq_len=4096, overwrite=True)
     cfg = load_config(data={
-        "stage": args.stage, "model": str(model), "data": {"path": str(work / "data"), "images": str(work / "images")},
+        "stage": args.stage, "model": str(model), "data": {"path": str(work / "data"), "images": str(work / "images"), "num_workers": args.num_workers},
         "train": {"max_steps": args.steps, "micro_batch_size": args.micro_batch_size, "global_batch_size": args.micro_batch_size,
                   "precision": args.precision, "attn_implementation": args.attn, "save_every": 10**9, "warmup_ratio": 0.0},
         "deepspeed": {"zero_stage": args.zero_stage}, "output_dir": str(work / f"run-{time.time_ns()}"),
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     result = {
         "preset": args.preset, "parameters": n_llm + n_vision, "device": "cuda" if torch.cuda.is_available() else "cpu",
         "precision": args.precision, "attn": args.attn, "zero_stage": args.zero_stage, "stage": args.stage,
-        "micro_batch_size": args.micro_batch_size, "seq_len": round(seq, 1), "steps": args.steps,
+        "micro_batch_size": args.micro_batch_size, "num_workers": args.num_workers, "seq_len": round(seq, 1), "steps": args.steps,
         "tokens_per_s": round(tokens_per_s, 1), "model_flops_per_token": int(tflops * 1e12 / tokens_per_s),
         "achieved_tflops": round(tflops, 4), "peak_tflops": round(args.peak_tflops, 4), "peak_source": peak_source,
         "mfu": round(mfu, 4), "final_loss": round(summary["last"]["loss"], 4), "torch_threads": torch.get_num_threads(),

@@ -167,3 +167,32 @@ def test_data_workers_read_the_same_batches(ws):
         run_training(cfg)
         rows[workers] = [(r["step"], r["loss"], r["tokens"], r["grad_norm"]) for r in metrics(cfg.output_dir)]
     assert rows[0] == rows[2] and len(rows[0]) == 3
+
+
+@pytest.mark.parametrize("stage", ["sft", "pretrain"])
+def test_gradient_checkpointing_gives_the_same_training(ws, stage):
+    """Recomputing activations in backward changes memory, not the numbers (fp32: up to reduction order)."""
+    rows, active = {}, {}
+    for checkpointing in (False, True):
+        name = f"gc-{stage}-{checkpointing}"
+        cfg = load_config(ws.write(name, stage=stage, train={"max_steps": 3, "gradient_checkpointing": checkpointing}))
+        run_training(cfg, on_finish=lambda engine, _: active.setdefault(checkpointing, engine.module.is_gradient_checkpointing))
+        rows[checkpointing] = metrics(cfg.output_dir)
+    assert active == {False: False, True: True}
+    for plain, recomputed in zip(rows[False], rows[True]):
+        assert recomputed["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+        assert recomputed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5) and plain["grad_norm"] > 0
+
+
+def test_gradient_checkpointing_with_an_upcycled_moe_model(ws):
+    rows, active = {}, {}
+    for checkpointing in (False, True):
+        cfg = load_config(ws.write(f"gc-moe-{checkpointing}", stage="moe", model=str(ws.moe),
+                                   train={"max_steps": 2, "gradient_checkpointing": checkpointing}))
+        run_training(cfg, on_finish=lambda engine, _: active.setdefault(checkpointing, engine.module.is_gradient_checkpointing))
+        rows[checkpointing] = metrics(cfg.output_dir)
+    assert active == {False: False, True: True}
+    for plain, recomputed in zip(rows[False], rows[True]):
+        assert recomputed["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+        assert recomputed["aux_loss"] == pytest.approx(plain["aux_loss"], rel=1e-6) and plain["aux_loss"] > 0
+        assert recomputed["expert_load"] == plain["expert_load"]

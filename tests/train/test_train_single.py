@@ -196,3 +196,27 @@ def test_gradient_checkpointing_with_an_upcycled_moe_model(ws):
         assert recomputed["loss"] == pytest.approx(plain["loss"], rel=1e-6)
         assert recomputed["aux_loss"] == pytest.approx(plain["aux_loss"], rel=1e-6) and plain["aux_loss"] > 0
         assert recomputed["expert_load"] == plain["expert_load"]
+
+
+def test_offload_epochs_retention_and_overrides(ws):
+    """ZeRO-2 with the optimizer offloaded trains like ZeRO-2; `epochs` sets the step count from the data size;
+    keep_checkpoints prunes old steps; deepspeed.overrides reach the engine."""
+    plain = load_config(ws.write("off-plain", train={"max_steps": 2}))
+    run_training(plain)
+    offloaded = load_config(ws.write("off-cpu", train={"max_steps": 2}, deepspeed={"offload_optimizer": True}))
+    flags = {}
+    run_training(offloaded, on_finish=lambda engine, _: flags.update(offload=engine.zero_cpu_offload()))
+    assert flags == {"offload": True}
+    assert [r["loss"] for r in metrics(offloaded.output_dir)] == pytest.approx([r["loss"] for r in metrics(plain.output_dir)], rel=1e-6)
+
+    seen = {}
+    cfg = load_config(ws.write("epochs", train={"max_steps": None, "epochs": 1.5, "save_every": 1, "keep_checkpoints": 2},
+                               deepspeed={"overrides": {"gradient_clipping": 0.25}}))
+    summary = run_training(cfg, on_finish=lambda engine, _: seen.update(clip=engine.gradient_clipping()))
+    from mmzoo.preprocess import H5Dataset
+
+    samples = len(H5Dataset(ws.data, ws.images))
+    assert summary["steps"] == -(-3 * samples // (2 * 4))  # ceil(1.5 × samples / global batch 4)
+    assert sorted(p.name for p in (cfg.output_dir / "checkpoints").glob("step_*")) == \
+        [f"step_{s:07d}" for s in (summary["steps"] - 1, summary["steps"])]
+    assert seen["clip"] == 0.25

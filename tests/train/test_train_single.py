@@ -199,7 +199,7 @@ def test_gradient_checkpointing_with_an_upcycled_moe_model(ws):
 
 
 def test_offload_epochs_retention_and_overrides(ws):
-    """ZeRO-2 with the optimizer offloaded trains like ZeRO-2; `epochs` sets the step count from the data size;
+    """ZeRO-2 with the optimizer offloaded, and ZeRO-3 with parameters and optimizer offloaded, train like ZeRO-2; `epochs` sets the step count from the data size;
     keep_checkpoints prunes old steps; deepspeed.overrides reach the engine."""
     plain = load_config(ws.write("off-plain", train={"max_steps": 2}))
     run_training(plain)
@@ -207,6 +207,10 @@ def test_offload_epochs_retention_and_overrides(ws):
     flags = {}
     run_training(offloaded, on_finish=lambda engine, _: flags.update(offload=engine.zero_cpu_offload()))
     assert flags == {"offload": True}
+    zero3 = load_config(ws.write("off-z3", train={"max_steps": 2},
+                                 deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_param": True}))
+    run_training(zero3)
+    assert [r["loss"] for r in metrics(zero3.output_dir)] == pytest.approx([r["loss"] for r in metrics(plain.output_dir)], rel=1e-5)
     assert [r["loss"] for r in metrics(offloaded.output_dir)] == pytest.approx([r["loss"] for r in metrics(plain.output_dir)], rel=1e-6)
 
     seen = {}

@@ -28,9 +28,16 @@ def consolidated_state(tag_dir: Path) -> dict[str, Any]:
     if stage == 0 or (stage is None and not any(tag_dir.glob("*optim_states.pt"))):
         states = torch.load(model_states, map_location="cpu", weights_only=False)
         return {k: v for k, v in states["module"].items()}
+    import contextlib
+    import io
+
+    from .loop import pick_accelerator
+
+    pick_accelerator()  # name DeepSpeed's accelerator ourselves: no "unable to detect" warning on CPU machines
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints would interleave with mmzoo's output
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     empty = [k for k, v in state.items() if v.numel() == 0]
     if empty:
         raise MmzooError(f"the consolidated checkpoint has empty tensors ({', '.join(empty[:3])})", path=tag_dir)

@@ -287,7 +287,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
 def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, world: int, accumulation: int,
                 float_dtype, scheduler, flops) -> dict[str, Any]:
     import torch
-    import torch.distributed as dist
+
+    from .collectives import sum_over_processes
 
     torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout / jitter: same on resume
     lr = scheduler.get_last_lr()[0]
@@ -313,8 +314,7 @@ def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, world: int, a
         step_flops = flops(*batch["input_ids"].shape, 0 if pixels is None else pixels.shape[0])
         sums += torch.tensor([float(loss.detach()), float(lm_loss.detach()), float(aux.detach()),
                               float(batch["attention_mask"].sum()), float(step_flops or 0)], dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(sums)
+    sums = sum_over_processes(sums)
     seconds = time.perf_counter() - started
     n = accumulation * world
     grad_norm = engine.get_global_grad_norm()

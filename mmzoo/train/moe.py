@@ -109,7 +109,7 @@ class RouterTap:
 
     def take_load(self) -> dict[str, list[float]]:
         """Share of routed assignments per expert for each MoE layer since the last call (summed over ranks)."""
-        import torch.distributed as dist
+        from .collectives import sum_over_processes
 
         out: dict[str, list[float]] = {}
         names = [name for name, _ in self.blocks]
@@ -120,8 +120,7 @@ class RouterTap:
         for row, name in enumerate(names):
             if name in self.counts:
                 table[row, : self.counts[name].numel()] = self.counts[name].cpu()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(table)
+        table = sum_over_processes(table)
         for row, name in enumerate(names):
             total = float(table[row].sum())
             out[short_name(name)] = [round(float(v) / total, 4) if total else 0.0 for v in table[row]]

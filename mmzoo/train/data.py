@@ -58,13 +58,42 @@ class TrainData:
         self.dataset = H5Dataset(path, images, processor.image_processor)
         self.collate = Collator(self.dataset.pad_token_id)
         self.order = SampleOrder(len(self.dataset), seed)
-        self.template = self.dataset.manifest.get("parameters", {}).get("template")
+        self.parameters = self.dataset.manifest.get("parameters", {})
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def batch(self, indices: list[int]) -> dict[str, Any]:
         return self.collate([self.dataset[i] for i in indices])
+
+
+def check_data_fits_model(parameters: dict[str, Any], model_path: Path, image_token_id: int | None,
+                          stage: str) -> list[str]:
+    """Refuse preprocessed data the model cannot read (one clear line instead of a shape error deep in
+    the first forward); return warnings for data that runs but is probably not what the stage wants."""
+    from ..locate import num_image_tokens
+
+    data_image_id = parameters.get("image_token_id")
+    if image_token_id is not None and data_image_id is not None and data_image_id != image_token_id:
+        raise MmzooError(f"the data marks images with token id {data_image_id} but the model's image token is "
+                         f"{image_token_id}: preprocess again with this model's tokenizer", path=model_path)
+    data_tokens = parameters.get("num_image_tokens")
+    try:
+        model_tokens = num_image_tokens(model_path)
+    except (MmzooError, KeyError, TypeError):  # a layout locate cannot read: the forward will tell
+        model_tokens = None
+    if data_tokens is not None and model_tokens is not None and data_tokens != model_tokens:
+        raise MmzooError(f"the data has {data_tokens} tokens per image but the model's vision tower makes "
+                         f"{model_tokens}: preprocess again with --model {model_path}", path=model_path)
+    warnings = []
+    template = parameters.get("template")
+    if stage == "pretrain" and template not in (None, "plain"):
+        warnings.append(f"stage pretrain usually trains on caption data preprocessed with --template plain "
+                        f"(this data: {template})")
+    if stage in ("sft", "moe") and template == "plain":
+        warnings.append(f"stage {stage} usually trains on conversations in the LLM's chat template "
+                        "(this data was preprocessed with --template plain)")
+    return warnings
 
 
 class _MicroBatches(torch.utils.data.Dataset):

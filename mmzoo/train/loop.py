@@ -158,7 +158,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     import deepspeed
 
     from . import checkpoint as ck
-    from .data import TrainData
+    from .data import TrainData, check_data_fits_model
     from .moe import RouterTap, layout_coefficients, mark_leaf_modules
     from .names import memory_layout
     from .stages import select_trainable
@@ -183,6 +183,9 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             raise ConfigError(f"stage moe needs an MoE checkpoint; {cfg.model} is dense (upcycle it with "
                               "`mmzoo convert --moe-experts N`, or use stage sft)")
         data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+        for warning in check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage):
+            if is_main and console is not None:
+                console.print(f"[yellow]warning[/]: {warning}")
         steps = total_steps(cfg, len(data))
         if is_main:
             out_dir.mkdir(parents=True, exist_ok=True)

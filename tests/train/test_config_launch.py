@@ -165,3 +165,31 @@ def test_print_command_from_cli(ws, capsys):
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.stage in ("pretrain", "sft", "moe")
+
+
+def test_data_that_does_not_fit_the_model_is_one_line(ws, tmp_path, capsys):
+    """Data preprocessed for another vision tower or tokenizer fails before training, not in the first forward."""
+    import json
+    import shutil
+
+    from mmzoo.preprocess import preprocess
+
+    other = tmp_path / "data-9"
+    preprocess([ws.root / "data.json"], ws.images, ws.hf, other, template="plain", num_image_tokens=9, max_seq_len=128)
+    line = _cli_error(capsys, "train", "--params", str(ws.write("fit1", data={"path": str(other)})))
+    assert "9 tokens per image" in line and "makes 16" in line and "--model" in line
+
+    renamed = tmp_path / "hf-other-image-token"
+    shutil.copytree(ws.hf, renamed)
+    config = json.loads((renamed / "config.json").read_text())
+    config["image_token_index"] = 7
+    (renamed / "config.json").write_text(json.dumps(config))
+    line = _cli_error(capsys, "train", "--params", str(ws.write("fit2", model=str(renamed))))
+    assert "token id 320" in line and "image token is 7" in line
+
+
+def test_stage_and_data_template_mismatch_is_a_warning(ws, capsys):
+    from mmzoo.cli import main
+
+    main(["train", "--params", str(ws.write("tmpl", train={"max_steps": 1}))])  # sft on plain caption data
+    assert "warning: stage sft usually trains on conversations" in capsys.readouterr().out

@@ -1,0 +1,81 @@
+"""Training on CUDA: bf16 and fp16 (DeepSpeed loss scaling), flash-attn, NCCL across two GPUs.
+
+Skipped where there is no CUDA device (this project's CI machines). On a GPU machine run
+`python -m pytest tests/train/test_train_gpu.py -v`. Training runs in a subprocess with DS_ACCELERATOR=cuda:
+DeepSpeed fixes its accelerator at import, and the CPU tests of this session have already imported it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from train_helpers import metrics
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_flash = pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs flash-attn (mmzoo[flash])")
+
+
+def _train(ws, name: str, nproc: int = 1, **sections):
+    params = ws.write(name, **sections)
+    env = {**os.environ, "DS_ACCELERATOR": "cuda"}
+    proc = subprocess.run([sys.executable, "-m", "mmzoo.cli", "train", "--params", str(params), "--nproc", str(nproc)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return ws.root / "runs" / name
+
+
+def _exported_logits_are_finite(run, out) -> None:
+    from mmzoo.modeling import load_model
+    from mmzoo.tiny import sample_inputs
+    from mmzoo.train.export import export
+
+    export(run, out, tgt_fmt="hf")
+    model = load_model(out).eval()
+    with torch.no_grad():
+        assert model(**sample_inputs(model)).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_training(ws, tmp_path, precision):
+    run = _train(ws, f"gpu-{precision}", train={"max_steps": 8, "precision": precision, "lr": 5e-3,
+                                                 "lr_scheduler": "constant", "save_every": 8})
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(math.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"], rows
+    assert all(r["tflops"] and r["tflops"] > 0 for r in rows)
+    _exported_logits_are_finite(run, tmp_path / precision)
+
+
+@needs_flash
+def test_flash_attention_agrees_with_sdpa_and_trains(ws, tmp_path):
+    from mmzoo.modeling import load_model
+    from mmzoo.tiny import sample_inputs
+
+    logits = {}
+    for attn in ("sdpa", "flash_attention_2"):
+        model = load_model(ws.hf, attn_implementation=attn).to("cuda", torch.bfloat16).eval()
+        inputs = {k: v.to("cuda") for k, v in sample_inputs(model).items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+        with torch.no_grad():
+            logits[attn] = model(**inputs).logits.float()
+    assert torch.allclose(logits["flash_attention_2"], logits["sdpa"], atol=5e-2), \
+        float((logits["flash_attention_2"] - logits["sdpa"]).abs().max())
+    run = _train(ws, "gpu-flash", train={"max_steps": 4, "precision": "bf16", "attn_implementation": "flash_attention_2"})
+    assert all(math.isfinite(r["loss"]) for r in metrics(run))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_gpus_over_nccl_dense_and_moe_zero3(ws, tmp_path):
+    dense = {stage: [r["loss"] for r in metrics(_train(ws, f"gpu-nccl-z{stage}", nproc=2, train={"max_steps": 3, "precision": "fp32"},
+                                                        deepspeed={"zero_stage": stage}))] for stage in (0, 3)}
+    assert dense[3] == pytest.approx(dense[0], rel=1e-4)
+    run = _train(ws, "gpu-nccl-moe", nproc=2, stage="moe", model=str(ws.moe), train={"max_steps": 2, "precision": "bf16"},
+                 deepspeed={"zero_stage": 3})
+    rows = metrics(run)
+    assert all(r["aux_loss"] > 0 and r["expert_load"] for r in rows)

@@ -53,6 +53,24 @@ def mark_complete(path: Path, info: dict[str, Any]) -> None:
     (path / COMPLETE).write_text(json.dumps(info, indent=2) + "\n")
 
 
+def check_resumable(path: Path, step: int, *, world_size: int, zero_stage: int) -> None:
+    """DeepSpeed partitions ZeRO-1/2/3 optimizer states by process and cannot re-partition them on load:
+    refuse a resume with another world size or ZeRO stage in one line, naming both ways forward."""
+    try:
+        saved = json.loads((path / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return  # a marker from an older mmzoo: let DeepSpeed judge
+    was_world, was_stage = saved.get("world_size"), saved.get("zero_stage")
+    if was_world is None or was_stage is None:
+        return
+    if was_stage != zero_stage or (zero_stage > 0 and was_world != world_size):
+        raise MmzooError(
+            f"the checkpoint of step {step} was written by {was_world} process(es) with ZeRO-{was_stage}; this run has "
+            f"{world_size} with ZeRO-{zero_stage}, and DeepSpeed cannot re-partition optimizer states: resume with "
+            f"the same --nproc/--num-nodes and deepspeed.zero_stage, or export it (`mmzoo export`) and start a new run "
+            "from the export", path=path)
+
+
 def prune(run_dir: Path, keep: int | None) -> None:
     if not keep:
         return

@@ -175,6 +175,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         if existing and resume == "never":
             raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
                              "or choose another output_dir", path=out_dir)
+        if existing and resume == "auto":  # before any model is loaded
+            ck.check_resumable(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)
         from ..conversion import read_checkpoint
         from ..modeling import load_model
 

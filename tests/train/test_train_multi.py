@@ -70,3 +70,14 @@ def test_moe_zero3_two_processes(ws, tmp_path):
     export(run, tmp_path / "moe", tgt_fmt="moe-llava")
     ckpt = read_checkpoint(tmp_path / "moe")
     assert all(p.nbytes > 0 for p in ckpt.tensors.values())
+
+
+def test_resume_with_another_world_size_is_one_line(ws, zero_runs, capsys):
+    from mmzoo.cli import main
+
+    with pytest.raises(SystemExit) as exc:  # in process: one process instead of the two that wrote it
+        main(["train", "--params", str(zero_runs[2] / "params.yaml"), "--nproc", "1", "--set", "train.max_steps=6"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written by 2 process(es) with ZeRO-2; this run has 1" in err[0], err
+    assert len(metrics(zero_runs[2])) == 4  # nothing trained, nothing logged

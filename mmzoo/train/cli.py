@@ -67,6 +67,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"[green]done[/]: {summary['steps']} steps, checkpoints in {Path(cfg.output_dir) / 'checkpoints'}; "
                           f"export with `mmzoo export {cfg.output_dir} --tgt-fmt hf -o OUT`")
             return
+        # Judge what can be judged from files here, once, before the launcher starts N processes that would
+        # each fail with the same line inside a launcher failure report.
+        from .loop import pick_accelerator
+        from .preflight import check_settings, preflight
+
+        check_settings(cfg, resume, pick_accelerator())
+        for warning in preflight(cfg, resume=resume, world=None if hostfile else nproc * (num_nodes or 1)).warnings:
+            console.print(f"[yellow]warning[/]: {warning}")
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         # Every node of a --node-rank run writes this file into the shared output_dir while the other
         # nodes' workers may be reading it: write a private sibling and rename it into place.
@@ -74,7 +82,7 @@ def register(app: typer.Typer) -> None:
         private.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
         os.replace(private, resolved)
         console.print(f"[bold]launching[/] {shlex.join(command)}", soft_wrap=True, highlight=False)
-        code = subprocess.call(command)
+        code = subprocess.call(command, env={**os.environ, "MMZOO_PREFLIGHT_SHOWN": "1"})
         if code:
             sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
             sys.exit(2)

@@ -137,17 +137,10 @@ class MetricsLog:
 def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                  on_finish: Callable[[Any, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one process of a (possibly multi-process) run; returns a summary (the same on every rank)."""
-    if resume not in ("auto", "never"):
-        raise ConfigError(f"invalid --resume {resume!r} (allowed: auto, never)")
-    from ..modeling import check_attn_implementation
+    from .preflight import check_settings, preflight
 
-    check_attn_implementation(cfg.train.attn_implementation)
     accelerator = pick_accelerator()
-    if accelerator == "cpu":  # before any process group or model exists
-        if cfg.train.precision == "fp16":
-            raise ConfigError("train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)")
-        if cfg.train.attn_implementation == "flash_attention_2":
-            raise ConfigError("train.attn_implementation flash_attention_2 needs a CUDA GPU (allowed on CPU: sdpa, eager)")
+    check_settings(cfg, resume, accelerator)  # before any process group or model exists
     launched_here = "RANK" not in os.environ
     single_process_env()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -158,7 +151,6 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     import deepspeed
 
     from . import checkpoint as ck
-    from .data import TrainData, check_data_fits_model
     from .moe import RouterTap, layout_coefficients, mark_leaf_modules
     from .names import memory_layout
     from .stages import select_trainable
@@ -171,23 +163,13 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     out_dir = Path(cfg.output_dir)
     try:
         accumulation = gradient_accumulation(cfg, world)
-        existing = ck.latest(out_dir)
-        if existing and resume == "never":
-            raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
-                             "or choose another output_dir", path=out_dir)
-        if existing and resume == "auto":  # before any model is loaded
-            ck.check_resumable(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)
-        from ..conversion import read_checkpoint
+        checked = preflight(cfg, resume=resume, world=world)  # before any model is loaded
+        source, data, existing = checked.source, checked.data, checked.resume_from
+        if is_main and console is not None and not os.environ.get("MMZOO_PREFLIGHT_SHOWN"):  # mmzoo train showed them
+            for warning in checked.warnings:
+                console.print(f"[yellow]warning[/]: {warning}")
         from ..modeling import load_model
 
-        source = read_checkpoint(cfg.model)
-        if cfg.stage == "moe" and not source.spec.moe:
-            raise ConfigError(f"stage moe needs an MoE checkpoint; {cfg.model} is dense (upcycle it with "
-                              "`mmzoo convert --moe-experts N`, or use stage sft)")
-        data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
-        for warning in check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage):
-            if is_main and console is not None:
-                console.print(f"[yellow]warning[/]: {warning}")
         steps = total_steps(cfg, len(data))
         if is_main:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -81,3 +81,12 @@ def test_resume_with_another_world_size_is_one_line(ws, zero_runs, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "written by 2 process(es) with ZeRO-2; this run has 1" in err[0], err
     assert len(metrics(zero_runs[2])) == 4  # nothing trained, nothing logged
+
+
+def test_multi_process_refusals_are_one_line_before_launching(ws):
+    params = ws.write("preflight", train={"max_steps": 1})
+    assert run_mmzoo("train", "--params", str(params)).returncode == 0  # one process writes step 1
+    proc = run_mmzoo("train", "--params", str(params), "--nproc", "2", "--set", "train.max_steps=2")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "written by 1 process(es)" in proc.stderr
+    assert "launching" not in proc.stdout  # refused by mmzoo train itself, no launcher report

@@ -1,0 +1,56 @@
+"""Checks that need no process group and no model weights: run by ``mmzoo train`` before it launches
+anything (one clear line instead of a launcher's failure report per process) and again by every worker."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MmzooError
+from .config import TrainConfig, gradient_accumulation
+
+
+@dataclass
+class Preflight:
+    source: Any  # the model checkpoint, read lazily (headers only)
+    data: Any  # TrainData
+    resume_from: tuple[int, Path] | None  # the checkpoint --resume auto continues from
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_settings(cfg: TrainConfig, resume: str, accelerator: str) -> None:
+    from ..modeling import check_attn_implementation
+
+    if resume not in ("auto", "never"):
+        raise ConfigError(f"invalid --resume {resume!r} (allowed: auto, never)")
+    check_attn_implementation(cfg.train.attn_implementation)
+    if accelerator == "cpu":
+        if cfg.train.precision == "fp16":
+            raise ConfigError("train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)")
+        if cfg.train.attn_implementation == "flash_attention_2":
+            raise ConfigError("train.attn_implementation flash_attention_2 needs a CUDA GPU (allowed on CPU: sdpa, eager)")
+
+
+def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
+    """Everything about the run that can be judged from files; ``world`` None: not known here (hostfile)."""
+    from . import checkpoint as ck
+    from .data import TrainData, check_data_fits_model
+
+    if world is not None:
+        gradient_accumulation(cfg, world)
+    out_dir = Path(cfg.output_dir)
+    existing = ck.latest(out_dir)
+    if existing and resume == "never":
+        raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
+                         "or choose another output_dir", path=out_dir)
+    if existing and world is not None:
+        ck.check_resumable(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)
+    from ..conversion import read_checkpoint
+
+    source = read_checkpoint(cfg.model)
+    if cfg.stage == "moe" and not source.spec.moe:
+        raise ConfigError(f"stage moe needs an MoE checkpoint; {cfg.model} is dense (upcycle it with "
+                          "`mmzoo convert --moe-experts N`, or use stage sft)")
+    data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+    warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
+    return Preflight(source, data, existing, warnings)

@@ -240,9 +240,16 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             for step in range(start, steps):
                 record = _train_step(engine, batches, tap, cfg, step, world, accumulation, float_dtype, scheduler, flops)
                 last = record
-                if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
+                diverged = not math.isfinite(record["loss"])  # the same on every rank: summed over them
+                if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps or diverged:
                     metrics.write(record)
                 advance(record)
+                if diverged:
+                    kept = ck.latest(out_dir)
+                    raise MmzooError(
+                        f"the loss is {record['loss']} at step {step + 1} (lr {record['lr']:.2e}): training diverged; "
+                        "lower train.lr or raise train.warmup_ratio (bf16 is steadier than fp16); nothing after step "
+                        f"{kept[0] if kept else 0} was saved")
                 if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
                     _save(engine, out_dir, step + 1, cfg, is_main)
         summary["last"] = last

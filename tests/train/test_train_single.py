@@ -2,6 +2,8 @@
 engine, an upcycled MoE model trains with its aux loss and expert load logged."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
@@ -224,3 +226,21 @@ def test_offload_epochs_retention_and_overrides(ws):
     assert sorted(p.name for p in (cfg.output_dir / "checkpoints").glob("step_*")) == \
         [f"step_{s:07d}" for s in (summary["steps"] - 1, summary["steps"])]
     assert seen["clip"] == 0.25
+
+
+def test_divergence_stops_with_one_line(ws, capsys):
+    """A loss that is no longer finite stops the run at once (logged, nothing saved after it)."""
+    from mmzoo.cli import main
+
+    params = ws.write("diverge", train={"max_steps": 6, "save_every": 1, "lr": 1e30, "lr_scheduler": "constant",
+                                        "warmup_ratio": 0.0})
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--params", str(params)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training diverged" in err[0], err
+    rows = metrics(ws.root / "runs" / "diverge")
+    assert not math.isfinite(rows[-1]["loss"]) and all(math.isfinite(r["loss"]) for r in rows[:-1])
+    saved = sorted(p.name for p in (ws.root / "runs" / "diverge" / "checkpoints").glob("step_*"))
+    assert saved == [f"step_{s:07d}" for s in range(1, len(rows))]
+    assert f"nothing after step {len(rows) - 1} was saved" in err[0]

@@ -71,6 +71,34 @@ def check_resumable(path: Path, step: int, *, world_size: int, zero_stage: int) 
             "from the export", path=path)
 
 
+# Settings a resumed run may change without it being news: where it writes, how long it runs, how it logs.
+_FREE_TO_CHANGE = {"output_dir", "train.max_steps", "train.epochs", "train.save_every", "train.keep_checkpoints",
+                   "train.log_every", "data.num_workers"}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings(path: Path, params: dict[str, Any]) -> list[str]:
+    """``key old → new`` for every setting that differs from the run that wrote the checkpoint at ``path``."""
+    try:
+        saved = json.loads((path / COMPLETE).read_text()).get("params")
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    before, after = _flat(saved), _flat(params)
+    return [f"{key} {before.get(key)!r} → {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if key not in _FREE_TO_CHANGE and before.get(key) != after.get(key)]
+
+
 def prune(run_dir: Path, keep: int | None) -> None:
     if not keep:
         return

@@ -340,7 +340,7 @@ def _save(engine, out_dir: Path, step: int, cfg: TrainConfig, is_main: bool) -> 
     dist.barrier()
     if is_main:
         ck.mark_complete(ck.checkpoints_dir(out_dir) / tag, {"step": step, "zero_stage": cfg.deepspeed.zero_stage,
-                                                             "world_size": dist.get_world_size()})
+                                                             "world_size": dist.get_world_size(), "params": cfg.dump()})
         ck.prune(out_dir, cfg.train.keep_checkpoints)
     dist.barrier()
 

@@ -53,4 +53,10 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
                           "`mmzoo convert --moe-experts N`, or use stage sft)")
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
     warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
+    if existing and resume == "auto":
+        changed = ck.changed_settings(existing[1], cfg.dump())
+        if changed:
+            warnings.append(f"resuming step {existing[0]} with changed settings: {'; '.join(changed)} — the optimizer "
+                            "and LR schedule continue from the checkpoint's state, and the loss curve will not match "
+                            "an uninterrupted run")
     return Preflight(source, data, existing, warnings)

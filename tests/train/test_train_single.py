@@ -244,3 +244,16 @@ def test_divergence_stops_with_one_line(ws, capsys):
     saved = sorted(p.name for p in (ws.root / "runs" / "diverge" / "checkpoints").glob("step_*"))
     assert saved == [f"step_{s:07d}" for s in range(1, len(rows))]
     assert f"nothing after step {len(rows) - 1} was saved" in err[0]
+
+
+def test_resume_names_changed_settings(ws, capsys):
+    from mmzoo.cli import main
+
+    params = str(ws.write("changed", train={"max_steps": 1, "save_every": 1}))
+    main(["train", "--params", params])
+    capsys.readouterr()
+    main(["train", "--params", params, "--set", "train.max_steps=2"])  # running longer is not news
+    assert "changed settings" not in capsys.readouterr().out
+    main(["train", "--params", params, "--set", "train.max_steps=3", "--set", "train.lr=0.0005"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "resuming step 2 with changed settings: train.lr 0.001 → 0.0005 —" in out

@@ -53,22 +53,54 @@ def mark_complete(path: Path, info: dict[str, Any]) -> None:
     (path / COMPLETE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def check_resumable(path: Path, step: int, *, world_size: int, zero_stage: int) -> None:
-    """DeepSpeed partitions ZeRO-1/2/3 optimizer states by process and cannot re-partition them on load:
-    refuse a resume with another world size or ZeRO stage in one line, naming both ways forward."""
+def needs_universal(path: Path, step: int, *, world_size: int, zero_stage: int) -> bool:
+    """Whether resuming from ``path`` needs DeepSpeed's universal checkpoint format.
+
+    ZeRO-1/2/3 partition the optimizer states by process, so a resume with another world size goes through
+    a universal checkpoint (``universal_checkpoint``), which DeepSpeed re-partitions on load. A change of ZeRO
+    stage is refused in one line."""
     try:
         saved = json.loads((path / COMPLETE).read_text())
     except (OSError, ValueError):
-        return  # a marker from an older mmzoo: let DeepSpeed judge
+        return False  # a marker from an older mmzoo: let DeepSpeed judge
     was_world, was_stage = saved.get("world_size"), saved.get("zero_stage")
     if was_world is None or was_stage is None:
-        return
-    if was_stage != zero_stage or (zero_stage > 0 and was_world != world_size):
+        return False
+    if was_stage != zero_stage:
         raise MmzooError(
-            f"the checkpoint of step {step} was written by {was_world} process(es) with ZeRO-{was_stage}; this run has "
-            f"{world_size} with ZeRO-{zero_stage}, and DeepSpeed cannot re-partition optimizer states: resume with "
-            f"the same --nproc/--num-nodes and deepspeed.zero_stage, or export it (`mmzoo export`) and start a new run "
-            "from the export", path=path)
+            f"the checkpoint of step {step} was written with ZeRO-{was_stage} and this run uses ZeRO-{zero_stage}: "
+            f"resume with deepspeed.zero_stage {was_stage}, or export it (`mmzoo export`) and start a new run from "
+            "the export", path=path)
+    return was_stage > 0 and was_world != world_size
+
+
+UNIVERSAL_SUFFIX = "_universal"
+
+
+def universal_checkpoint(path: Path) -> Path:
+    """The universal form of the DeepSpeed checkpoint at ``path`` (converted once, next to it, atomically)."""
+    import os
+    import subprocess
+    import sys
+
+    target = path.with_name(path.name + UNIVERSAL_SUFFIX)
+    if (target / COMPLETE).is_file():
+        return target
+    work = path.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(path),
+               "--output_folder", str(work), "--num_extract_workers", "1", "--num_merge_workers", "1",
+               "--inject_missing_state"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        shutil.rmtree(work, ignore_errors=True)
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise MmzooError(f"could not convert the checkpoint to DeepSpeed's universal format for a resume with another "
+                         f"world size ({last})", path=path)
+    shutil.copy2(path / COMPLETE, work / COMPLETE)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(work, target)
+    return target
 
 
 # Settings a resumed run may change without it being news: where it writes, how long it runs, how it logs.
@@ -105,6 +137,7 @@ def prune(run_dir: Path, keep: int | None) -> None:
     found = list_checkpoints(run_dir)
     for step in list(found)[:-keep]:
         shutil.rmtree(found[step], ignore_errors=True)
+        shutil.rmtree(found[step].with_name(found[step].name + UNIVERSAL_SUFFIX), ignore_errors=True)
 
 
 def save_meta(ckpt, run_dir: Path) -> None:

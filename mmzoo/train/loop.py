@@ -210,14 +210,33 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(steps, cfg.train.warmup_ratio, cfg.train.lr_scheduler, cfg.train.min_lr_ratio))
         ds_config = deepspeed_config(cfg, accumulation, world)
+        resume_dir = existing[1] if resume == "auto" and existing else None
+        if resume_dir is not None and checked.universal:
+            # another world size: DeepSpeed re-partitions ZeRO states only from its universal format
+            failure = None
+            if is_main:
+                if console is not None:
+                    console.print(f"converting step {existing[0]} to DeepSpeed's universal checkpoint format "
+                                  f"(written by another number of processes)")
+                try:
+                    ck.universal_checkpoint(resume_dir)
+                except MmzooError as exc:
+                    failure = exc  # raised after the barrier, so the other ranks do not wait for rank 0 forever
+            dist.barrier()
+            if failure is not None:
+                raise failure
+            if not (resume_dir.with_name(resume_dir.name + ck.UNIVERSAL_SUFFIX) / ck.COMPLETE).is_file():
+                raise MmzooError("rank 0 could not convert the checkpoint to the universal format", path=resume_dir)
+            resume_dir = ck.universal_checkpoint(resume_dir)  # made by rank 0: only looked up here
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
 
         from .flops import StepFlopsCounter
 
         flops = StepFlopsCounter(model)
         start = 0
-        if resume == "auto" and existing:
-            load_dir, _ = engine.load_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=existing[1].name,
+        if resume_dir is not None:
+            load_dir, _ = engine.load_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=resume_dir.name,
                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
             if load_dir is None:
                 raise MmzooError("could not load the checkpoint", path=existing[1])

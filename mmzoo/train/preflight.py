@@ -16,6 +16,7 @@ class Preflight:
     data: Any  # TrainData
     resume_from: tuple[int, Path] | None  # the checkpoint --resume auto continues from
     warnings: list[str] = field(default_factory=list)
+    universal: bool = False  # the resume changes the world size: through a universal checkpoint
 
 
 def check_settings(cfg: TrainConfig, resume: str, accelerator: str) -> None:
@@ -43,8 +44,9 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     if existing and resume == "never":
         raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
                          "or choose another output_dir", path=out_dir)
+    universal = False
     if existing and world is not None:
-        ck.check_resumable(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)
+        universal = ck.needs_universal(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)
     from ..conversion import read_checkpoint
 
     source = read_checkpoint(cfg.model)
@@ -59,4 +61,4 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
             warnings.append(f"resuming step {existing[0]} with changed settings: {'; '.join(changed)} — the optimizer "
                             "and LR schedule continue from the checkpoint's state, and the loss curve will not match "
                             "an uninterrupted run")
-    return Preflight(source, data, existing, warnings)
+    return Preflight(source, data, existing, warnings, universal)

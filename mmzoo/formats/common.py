@@ -8,11 +8,25 @@ from typing import Any
 
 from ..archs import text as text_arch
 from ..archs import vision as vision_arch
-from ..errors import MissingTensor, ShapeMismatch, UnexpectedTensor
+from ..errors import ConfigError, MissingTensor, ShapeMismatch, UnexpectedTensor
 from ..io.tensors import Planned
 from ..spec import Checkpoint, ModelSpec
 
 PROJECTOR_NAMES = ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias")
+
+
+def detection_config(path: Path) -> dict[str, Any] | None:
+    """``path/config.json`` for a format's ``detect()``: None when there is none or it is not JSON
+    (detection stays quiet; the format's ``read()`` reports a broken file)."""
+    from ..locate import read_json
+
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return read_json(config)
+    except ConfigError:
+        return None
 
 
 def split_by_prefix(

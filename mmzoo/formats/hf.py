@@ -17,7 +17,7 @@ from ..io.checkpoint import read_weights, write_weights
 from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
-from .common import copy_files, native_components, processor_from_folder, split_by_prefix, to_canonical, write_json
+from .common import copy_files, detection_config, native_components, processor_from_folder, split_by_prefix, to_canonical, write_json
 
 NAME = "hf"
 DESCRIPTION = "transformers LlavaForConditionalGeneration folder (config.json + safetensors + tokenizer + processor)"
@@ -49,13 +49,9 @@ _OWN_KEYS = {
 
 
 def detect(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = read_json(config)
-    except ConfigError:
-        return True  # a config.json that is not JSON: let read() report it
+    data = detection_config(path)
+    if data is None:
+        return (path / "config.json").is_file()  # a config.json that is not JSON: let read() report it
     if data.get("model_type") == "llava" or "LlavaForConditionalGeneration" in (data.get("architectures") or []):
         return True
     from ..upcycle.remote import is_remote_config

@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, UnknownArchitecture, UnknownFormat
+from ..errors import UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens, legacy_tokenizer_config, legacy_tokenizer_json
-from .common import native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 
 NAME = "llava"
 DESCRIPTION = "original LLaVA repo layout: image_model/ (CLIP) + text_model_llava/ (Llama/Mistral + mm_projector)"
@@ -55,12 +55,8 @@ def _text_dir(path: Path) -> Path | None:
 def detect(path: Path) -> bool:
     if (path / "image_model").is_dir() and _text_dir(path) is not None:
         return True
-    if (path / "config.json").is_file():
-        try:
-            return str(read_json(path / "config.json").get("model_type", "")).startswith("llava_")
-        except ConfigError:
-            return False
-    return False
+    data = detection_config(path)
+    return data is not None and str(data.get("model_type", "")).startswith("llava_")
 
 
 def _locate(path: Path) -> tuple[Path, Path]:

@@ -26,14 +26,14 @@ from typing import Any
 
 from ..archs import text_table
 from ..archs.moe import MOE_CONFIG_KEY, base_text_config
-from ..errors import ConfigError, UnknownArchitecture, UnknownFormat
+from ..errors import UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned, materialize
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
-from .common import processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 from .llava import CLIP_MODEL_ONLY, TEXT_PREFIXES, VISION_PREFIXES  # the same LLaVA-repo key spellings
 
 NAME = "moe-llava"
@@ -57,12 +57,8 @@ _CANON_GROUP = re.compile(r"(model\.layers\.\d+\.mlp\.)(experts\.(\d+)\.|residua
 
 
 def detect(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = read_json(config)
-    except ConfigError:
+    data = detection_config(path)
+    if data is None:
         return False
     moe = data.get("moe")
     return str(data.get("model_type", "")).startswith("moe_llava") or (isinstance(moe, dict) and "moe_enable" in moe)

@@ -53,19 +53,25 @@ def mark_complete(path: Path, info: dict[str, Any]) -> None:
     (path / COMPLETE).write_text(json.dumps(info, indent=2) + "\n")
 
 
+def read_marker(path: Path) -> dict[str, Any]:
+    """What ``COMPLETE`` records about the run that wrote the checkpoint at ``path`` ({} if unreadable)."""
+    try:
+        saved = json.loads((path / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def needs_universal(path: Path, step: int, *, world_size: int, zero_stage: int) -> bool:
     """Whether resuming from ``path`` needs DeepSpeed's universal checkpoint format.
 
     ZeRO-1/2/3 partition the optimizer states by process, so a resume with another world size goes through
     a universal checkpoint (``universal_checkpoint``), which DeepSpeed re-partitions on load. A change of ZeRO
     stage is refused in one line."""
-    try:
-        saved = json.loads((path / COMPLETE).read_text())
-    except (OSError, ValueError):
-        return False  # a marker from an older mmzoo: let DeepSpeed judge
+    saved = read_marker(path)
     was_world, was_stage = saved.get("world_size"), saved.get("zero_stage")
     if was_world is None or was_stage is None:
-        return False
+        return False  # a marker from an older mmzoo: let DeepSpeed judge
     if was_stage != zero_stage:
         raise MmzooError(
             f"the checkpoint of step {step} was written with ZeRO-{was_stage} and this run uses ZeRO-{zero_stage}: "
@@ -77,13 +83,18 @@ def needs_universal(path: Path, step: int, *, world_size: int, zero_stage: int) 
 UNIVERSAL_SUFFIX = "_universal"
 
 
+def universal_path(path: Path) -> Path:
+    """Where the universal form of the checkpoint at ``path`` lives (finished when it holds ``COMPLETE``)."""
+    return path.with_name(path.name + UNIVERSAL_SUFFIX)
+
+
 def universal_checkpoint(path: Path) -> Path:
     """The universal form of the DeepSpeed checkpoint at ``path`` (converted once, next to it, atomically)."""
     import os
     import subprocess
     import sys
 
-    target = path.with_name(path.name + UNIVERSAL_SUFFIX)
+    target = universal_path(path)
     if (target / COMPLETE).is_file():
         return target
     work = path.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -120,10 +131,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def changed_settings(path: Path, params: dict[str, Any]) -> list[str]:
     """``key old → new`` for every setting that differs from the run that wrote the checkpoint at ``path``."""
-    try:
-        saved = json.loads((path / COMPLETE).read_text()).get("params")
-    except (OSError, ValueError):
-        return []
+    saved = read_marker(path).get("params")
     if not isinstance(saved, dict):
         return []
     before, after = _flat(saved), _flat(params)
@@ -137,7 +145,7 @@ def prune(run_dir: Path, keep: int | None) -> None:
     found = list_checkpoints(run_dir)
     for step in list(found)[:-keep]:
         shutil.rmtree(found[step], ignore_errors=True)
-        shutil.rmtree(found[step].with_name(found[step].name + UNIVERSAL_SUFFIX), ignore_errors=True)
+        shutil.rmtree(universal_path(found[step]), ignore_errors=True)
 
 
 def save_meta(ckpt, run_dir: Path) -> None:

@@ -43,12 +43,11 @@ def register(app: typer.Typer) -> None:
         import yaml
 
         from ..commands._output import console
-        from ..errors import MmzooError
         from .config import gradient_accumulation, load_config
         from .launch import build_command, choose_launcher
+        from .preflight import check_resume, check_settings, preflight
 
-        if resume not in ("auto", "never"):
-            raise MmzooError(f"invalid --resume {resume!r} (allowed: auto, never)")
+        check_resume(resume)
         cfg = load_config(params, set_)
         kind = choose_launcher(nproc, hostfile=hostfile, num_nodes=num_nodes, node_rank=node_rank,
                                master_addr=master_addr, launcher=launcher)
@@ -70,7 +69,6 @@ def register(app: typer.Typer) -> None:
         # Judge what can be judged from files here, once, before the launcher starts N processes that would
         # each fail with the same line inside a launcher failure report.
         from .loop import pick_accelerator
-        from .preflight import check_settings, preflight
 
         check_settings(cfg, resume, pick_accelerator())
         for warning in preflight(cfg, resume=resume, world=None if hostfile else nproc * (num_nodes or 1)).warnings:

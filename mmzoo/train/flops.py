@@ -5,15 +5,15 @@ forward), the vision patch convolution, and attention's two batched products (QK
 4·T²·heads·head_dim per layer and sequence, causal masking included as computed, i.e. the full square).
 Backward costs one more product of the forward's size for the gradient of its input (when something before
 it trains) and one for the gradient of its weight (when that weight trains) — the familiar 6·N per token
-when everything trains; attention's backward is twice its forward (dQ, dK, dA, dV). Elementwise work (norms, activations,
-softmax) is left out, as in PaLM's MFU (appendix B); activation recomputation is not counted (model FLOPs,
-not hardware FLOPs). Vision layers after ``vision_feature_layer``, and SigLIP's pooling head, run forward only
+when everything trains; attention's backward is twice its forward (dQ, dK, dA, dV). Elementwise work
+(norms, activations, softmax) is left out, as in PaLM's MFU (appendix B); activation recomputation is not
+counted (model FLOPs, not hardware FLOPs). Vision layers after ``vision_feature_layer``, and SigLIP's pooling head, run forward only
 (LLaVA does not use their output).
 
 Whether an input needs its gradient is decided per component — vision tower, projector, LLM — from which
 parameters train, so the count is exact for the stage defaults (frozen or trained components) and for
 freeze rules that follow component boundaries. tests/train/test_flops.py checks it against torch's
-FlopCounterMode on real transformers models (eager attention, whose products the counter sees).
+FlopCounterMode on real transformers models, with eager and with sdpa attention.
 Dense models only: a routed MoE layer's cost depends on the routing.
 """
 from __future__ import annotations
@@ -55,6 +55,11 @@ def _vision_layer(name: str) -> int | None:
     return int(name.split(marker, 1)[1].split(".", 1)[0])
 
 
+def is_dense(model) -> bool:
+    """No routed experts: the closed form covers the model."""
+    return not any(".experts." in name for name, _ in model.named_parameters())
+
+
 def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> StepFlops:
     """FLOPs of forward + backward of ``model`` (a dense LLaVA as ``mmzoo.load_model`` returns it) on
     ``sequences`` sequences padded to ``seq_len`` positions (image tokens included) holding ``images`` images."""
@@ -62,7 +67,7 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> 
 
     config = model.config
     text_cfg, vision_cfg = config.text_config, config.vision_config
-    if any(".experts." in name for name, _ in model.named_parameters()):
+    if not is_dense(model):
         raise MmzooError("model FLOPs in closed form are for dense models (a routed MoE layer's cost depends on the routing)")
     trains = {"vision": False, "projector": False, "text": False}
     for name, param in model.named_parameters():
@@ -72,7 +77,7 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> 
         "projector": trains["vision"] or trains["projector"],
         "text": any(trains.values()),
     }
-    vision_positions = model.get_submodule(_find(model, "vision_tower")).embeddings.position_embedding.num_embeddings
+    vision_positions = _find(model, "vision_tower").embeddings.position_embedding.num_embeddings
     patches = (vision_cfg.image_size // vision_cfg.patch_size) ** 2
     strategy = getattr(config, "vision_feature_select_strategy", "default")
     projector_rows = images * (vision_positions - (1 if strategy == "default" else 0))
@@ -120,10 +125,10 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> 
     return StepFlops(**flops)
 
 
-def _find(model, suffix: str) -> str:
-    for name, _ in model.named_modules():
+def _find(model, suffix: str):
+    for name, module in model.named_modules():
         if name.endswith(suffix):
-            return name
+            return module
     raise MmzooError(f"the model has no {suffix} module (model FLOPs are computed for LLaVA models)")
 
 
@@ -134,7 +139,7 @@ class StepFlopsCounter:
     def __init__(self, model):
         self.model = model
         self._cache: dict[tuple[int, int, int], int] = {}
-        self.supported = not any(".experts." in name for name, _ in model.named_parameters())
+        self.supported = is_dense(model)
 
     def __call__(self, sequences: int, seq_len: int, images: int) -> int | None:
         if not self.supported:

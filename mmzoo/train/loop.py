@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, MmzooError
-from .config import TrainConfig, gradient_accumulation, total_steps
+from .config import TrainConfig, total_steps
 
 IGNORE_INDEX = -100
 
@@ -162,9 +162,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     is_main = rank == 0
     out_dir = Path(cfg.output_dir)
     try:
-        accumulation = gradient_accumulation(cfg, world)
         checked = preflight(cfg, resume=resume, world=world)  # before any model is loaded
-        source, data, existing = checked.source, checked.data, checked.resume_from
+        source, data, existing, accumulation = checked.source, checked.data, checked.resume_from, checked.accumulation
         if is_main and console is not None and not os.environ.get("MMZOO_PREFLIGHT_SHOWN"):  # mmzoo train showed them
             for warning in checked.warnings:
                 console.print(f"[yellow]warning[/]: {warning}")
@@ -225,9 +224,10 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             dist.barrier()
             if failure is not None:
                 raise failure
-            if not (resume_dir.with_name(resume_dir.name + ck.UNIVERSAL_SUFFIX) / ck.COMPLETE).is_file():
+            converted = ck.universal_path(resume_dir)  # made by rank 0; the other ranks only look it up
+            if not (converted / ck.COMPLETE).is_file():
                 raise MmzooError("rank 0 could not convert the checkpoint to the universal format", path=resume_dir)
-            resume_dir = ck.universal_checkpoint(resume_dir)  # made by rank 0: only looked up here
+            resume_dir = converted
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
 

@@ -17,13 +17,18 @@ class Preflight:
     resume_from: tuple[int, Path] | None  # the checkpoint --resume auto continues from
     warnings: list[str] = field(default_factory=list)
     universal: bool = False  # the resume changes the world size: through a universal checkpoint
+    accumulation: int | None = None  # gradient accumulation steps (None: world size not known here)
+
+
+def check_resume(resume: str) -> None:
+    if resume not in ("auto", "never"):
+        raise ConfigError(f"invalid --resume {resume!r} (allowed: auto, never)")
 
 
 def check_settings(cfg: TrainConfig, resume: str, accelerator: str) -> None:
     from ..modeling import check_attn_implementation
 
-    if resume not in ("auto", "never"):
-        raise ConfigError(f"invalid --resume {resume!r} (allowed: auto, never)")
+    check_resume(resume)
     check_attn_implementation(cfg.train.attn_implementation)
     if accelerator == "cpu":
         if cfg.train.precision == "fp16":
@@ -37,8 +42,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     from . import checkpoint as ck
     from .data import TrainData, check_data_fits_model
 
-    if world is not None:
-        gradient_accumulation(cfg, world)
+    accumulation = gradient_accumulation(cfg, world) if world is not None else None
     out_dir = Path(cfg.output_dir)
     existing = ck.latest(out_dir)
     if existing and resume == "never":
@@ -61,4 +65,4 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
             warnings.append(f"resuming step {existing[0]} with changed settings: {'; '.join(changed)} — the optimizer "
                             "and LR schedule continue from the checkpoint's state, and the loss curve will not match "
                             "an uninterrupted run")
-    return Preflight(source, data, existing, warnings, universal)
+    return Preflight(source, data, existing, warnings, universal, accumulation)

@@ -1,11 +1,23 @@
-"""Run the real mmzoo CLI in a subprocess."""
+"""Run the real mmzoo CLI in a subprocess; small helpers shared by the test folders."""
 from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+
+def mmzoo_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mmzoo.cli", *args]
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
     """Run the real CLI in a subprocess (exit code, stdout, stderr)."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "mmzoo.cli", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(mmzoo_command(*args), capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (the probing socket is closed on return)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

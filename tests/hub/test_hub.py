@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import free_port, mmzoo_command
 from hub_helpers import READ_TOKEN, USER, WRITE_TOKEN, siblings, tree_digest
 
 from mmzoo import hub
@@ -238,9 +238,7 @@ def test_push_refuses_a_path_that_is_not_a_checkpoint(server, tmp_path, ckpt):
 
 
 def test_network_unreachable(server, tmp_path, monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     dead = f"http://127.0.0.1:{port}"
     out = tmp_path / "out"
     with pytest.raises(HubError, match=rf"^network failure talking to {dead} during pull of alice/x: ConnectError"):
@@ -286,7 +284,7 @@ def test_cli_push_pull_and_errors(server, hub_env, ckpt, tmp_path, capsys):
     code, out, err = _cli(capsys, "hub", "push", str(tmp_path), "alice/cli-llava")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "mmzoo: error: refusing to push" in err
     # and once as a real process: exit status 2, one line on stderr
-    proc = subprocess.run([sys.executable, "-m", "mmzoo.cli", "hub", "pull", "alice/missing", "-o", str(tmp_path / "x")],
+    proc = subprocess.run(mmzoo_command("hub", "pull", "alice/missing", "-o", str(tmp_path / "x")),
                           capture_output=True, text=True, env=hub_env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"mmzoo: error: repository 'alice/missing' not found at {server.url}"]

@@ -1,11 +1,11 @@
 """sum_over_processes over a real 2-process gloo group (the NCCL branch needs GPUs: not runnable here)."""
 from __future__ import annotations
 
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from cli_helpers import free_port
 
 
 def _worker(rank: int, port: int, results) -> None:
@@ -21,9 +21,7 @@ def _worker(rank: int, port: int, results) -> None:
 
 
 def test_sums_over_two_processes_and_leaves_the_input():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(port, results), nprocs=2, join=True)
     for rank in (0, 1):

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from train_helpers import metrics
+from train_helpers import metrics, run_mmzoo
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_flash = pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs flash-attn (mmzoo[flash])")
@@ -23,9 +20,7 @@ needs_flash = pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None,
 
 def _train(ws, name: str, nproc: int = 1, **sections):
     params = ws.write(name, **sections)
-    env = {**os.environ, "DS_ACCELERATOR": "cuda"}
-    proc = subprocess.run([sys.executable, "-m", "mmzoo.cli", "train", "--params", str(params), "--nproc", str(nproc)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = run_mmzoo("train", "--params", str(params), "--nproc", str(nproc), timeout=600, accelerator="cuda")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return ws.root / "runs" / name
 

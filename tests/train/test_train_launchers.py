@@ -4,22 +4,14 @@ one per machine) through torchrun's static rendezvous and through the DeepSpeed 
 World size 2 everywhere, so each must reproduce the 2-process torchrun run of test_train_multi exactly."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 
 import pytest
 
-from train_helpers import metrics, run_mmzoo
+from cli_helpers import free_port, mmzoo_command
+from train_helpers import metrics, mmzoo_env, run_mmzoo
 
 KEYS = ("step", "loss", "lm_loss", "lr", "grad_norm", "tokens")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +30,7 @@ def _curve(run):
 def test_deepspeed_launcher_one_node(ws, reference):
     params = ws.write("launch-ds", train={"max_steps": 3, "save_every": 2})
     proc = run_mmzoo("train", "--params", str(params), "--nproc", "2", "--launcher", "deepspeed",
-                     "--master-port", str(_free_port()))
+                     "--master-port", str(free_port()))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "deepspeed.launcher.runner" in proc.stdout
     assert _curve(ws.root / "runs" / "launch-ds") == _curve(reference)
@@ -46,10 +38,9 @@ def test_deepspeed_launcher_one_node(ws, reference):
 
 def _two_nodes(ws, name: str, *extra: str) -> None:
     params = ws.write(name, train={"max_steps": 3, "save_every": 2})
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen([sys.executable, "-m", "mmzoo.cli", "train", "--params", str(params), "--nproc", "1",
-                               "--num-nodes", "2", "--node-rank", str(rank), *extra],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for rank in (0, 1)]
+    nodes = [subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", "1", "--num-nodes", "2",
+                                            "--node-rank", str(rank), *extra),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mmzoo_env()) for rank in (0, 1)]
     try:
         outputs = [node.communicate(timeout=240)[0] for node in nodes]
     finally:
@@ -60,7 +51,7 @@ def _two_nodes(ws, name: str, *extra: str) -> None:
 
 
 def test_two_nodes_with_torchrun(ws, reference):
-    _two_nodes(ws, "launch-tr2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()))
+    _two_nodes(ws, "launch-tr2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()))
     assert _curve(ws.root / "runs" / "launch-tr2") == _curve(reference)
 
 
@@ -68,7 +59,7 @@ def test_two_nodes_with_deepspeed_launcher_without_ssh(ws, reference, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")  # names are only labels with --no_ssh
     _two_nodes(ws, "launch-ds2", "--hostfile", str(hostfile), "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()))
+               "--master-port", str(free_port()))
     run = ws.root / "runs" / "launch-ds2"
     assert _curve(run) == _curve(reference)
 

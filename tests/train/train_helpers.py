@@ -4,13 +4,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_helpers import mmzoo_command
 
-def run_mmzoo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "mmzoo.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+def mmzoo_env(accelerator: str = "cpu") -> dict[str, str]:
+    """The environment of a training subprocess: DeepSpeed fixes its accelerator at import."""
+    env = {**os.environ, "DS_ACCELERATOR": accelerator}
+    if accelerator == "cpu":
+        env["OMP_NUM_THREADS"] = "1"  # several processes share 2 cores
+    return env
+
+
+def run_mmzoo(*args: str, timeout: int = 240, accelerator: str = "cpu") -> subprocess.CompletedProcess:
+    return subprocess.run(mmzoo_command(*args), capture_output=True, text=True, timeout=timeout, env=mmzoo_env(accelerator))
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -14,6 +14,7 @@ from .errors import MmzooError, OutputExists
 from .formats.common import validate
 from .image_token import ensure_image_token
 from .io.checkpoint import parse_size
+from .io.confine import confine_checkpoint, confine_checkpoint_files
 from .io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
 from .io.tensors import digest
 from .spec import Checkpoint
@@ -26,6 +27,7 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
     root = Path(path)
     if not root.exists():
         raise MmzooError("does not exist", path=root)
+    confine_checkpoint(root)  # nothing is read through a symlink that leaves the folder
     name = fmt or formats.detect(root)
     module = formats.get(name)
     if fmt and not module.detect(root):
@@ -37,6 +39,7 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
             looks = "no format was recognised"
         raise UnknownFormat(f"is not a {fmt} checkpoint ({looks}; drop --src-fmt to auto-detect)", path=root)
     ckpt = module.read(root, drop_unmatched=drop_unmatched)
+    confine_checkpoint_files(ckpt)
     validate(ckpt)
     return ckpt
 

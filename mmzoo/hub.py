@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import HubError, MmzooError, OutputExists
+from .io.confine import checkpoint_root, confined, self_contained
 
 HUB_RECORD = ".mmzoo-hub.json"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -38,7 +39,12 @@ def _push_files(src: Path) -> list[str]:
     """Files of a checkpoint folder to upload, relative POSIX paths (hub bookkeeping left out)."""
     from huggingface_hub.utils import filter_repo_objects
 
-    every = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    root = checkpoint_root(src)
+    # A symlink to a file outside the folder would upload that file: refuse it (HubError, one line).
+    try:
+        every = sorted(confined(p, root).relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    except MmzooError as exc:
+        raise HubError(f"refusing to push {src}: {exc.one_line()}") from exc
     return list(filter_repo_objects(every, ignore_patterns=_PUSH_IGNORE))
 
 
@@ -260,6 +266,7 @@ def push(
         info = mmzoo_api.check_checkpoint(src)
     except MmzooError as exc:
         raise HubError(f"refusing to push {src}: not a valid checkpoint: {exc.one_line()}") from exc
+    to_upload = _push_files(src)  # before any request: a symlink out of the folder is refused here
     if revision and _COMMIT.match(revision):
         raise HubError(f"--revision must name a branch to push to, not a commit ({revision[:12]})")
     if create_pr and revision not in (None, "main"):
@@ -281,7 +288,7 @@ def push(
             if revision not in {b.name for b in refs.branches}:
                 hf.create_branch(repo_id, branch=revision, revision="main", exist_ok=True)
                 branch_created = True
-        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(src / rel)) for rel in _push_files(src)]
+        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(src / rel)) for rel in to_upload]
         if card is not None:
             operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
         commit = hf.create_commit(
@@ -291,7 +298,7 @@ def push(
             commit_message=commit_message,
             create_pr=create_pr or None,
         )
-    files = sorted(_push_files(src) + (["README.md"] if card is not None else []))
+    files = sorted(to_upload + (["README.md"] if card is not None else []))
     return {
         "repo_id": repo_id,
         "endpoint": ep,
@@ -429,7 +436,8 @@ def pull(
                 p.rmdir()
         _verify_snapshot(download, tree)
         try:
-            checked = mmzoo_api.check_checkpoint(download)
+            with self_contained():  # a downloaded config may not send mmzoo to read a local folder
+                checked = mmzoo_api.check_checkpoint(download)
         except MmzooError as exc:
             raise HubError(f"{repo_id}@{sha[:12]} downloaded but is not a valid checkpoint: {exc.one_line()}") from exc
         src_fmt = checked.get("format")
@@ -447,7 +455,8 @@ def pull(
         if tgt_fmt and tgt_fmt != src_fmt:
             # Written in a temporary sibling: anything that records its own location must name OUT.
             extra = {"llava_vision_tower": str(out.resolve() / "image_model")} if tgt_fmt == "llava" else {}
-            mmzoo_api.convert(download, converted, tgt_fmt=tgt_fmt, src_fmt=src_fmt, overwrite=True, **extra)
+            with self_contained():
+                mmzoo_api.convert(download, converted, tgt_fmt=tgt_fmt, src_fmt=src_fmt, overwrite=True, **extra)
             record["converted_to"] = tgt_fmt
             final = converted
         (final / HUB_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

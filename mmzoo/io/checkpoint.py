@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import CorruptFile, MissingTensor, MmzooError
 from .dtypes import from_torch
+from .confine import checkpoint_root, confined
 from .safetensors_file import PendingTensor, build_header, copy_range, read_header, write_all
 from .tensors import Planned, Source, materialize
 
@@ -19,31 +20,44 @@ def has_weights(folder: Path) -> bool:
 
 
 def read_weights(folder: Path) -> dict[str, Source]:
-    """All tensors of a weights folder, lazily: headers only for safetensors, mmap for .bin."""
+    """All tensors of a weights folder, lazily: headers only for safetensors, mmap for .bin.
+
+    Every file read lies inside the folder (see :mod:`mmzoo.io.confine`)."""
     folder = Path(folder)
+    root = checkpoint_root(folder)
     if (folder / SAFE_INDEX).exists():
-        return _read_indexed(folder, folder / SAFE_INDEX, _safetensors_sources)
+        return _read_indexed(folder, confined(folder / SAFE_INDEX, root), _safetensors_sources, root)
     if (folder / "model.safetensors").exists():
-        return _safetensors_sources(folder / "model.safetensors")
+        return _safetensors_sources(confined(folder / "model.safetensors", root))
     if (folder / BIN_INDEX).exists():
-        return _read_indexed(folder, folder / BIN_INDEX, _bin_sources)
+        return _read_indexed(folder, confined(folder / BIN_INDEX, root), _bin_sources, root)
     if (folder / "pytorch_model.bin").exists():
-        return _bin_sources(folder / "pytorch_model.bin")
+        return _bin_sources(confined(folder / "pytorch_model.bin", root))
     raise MmzooError("no weights found (expected model.safetensors, a safetensors index or pytorch_model.bin)", path=folder)
 
 
-def _read_indexed(folder: Path, index_path: Path, read_file) -> dict[str, Source]:
+def _read_indexed(folder: Path, index_path: Path, read_file, root: Path) -> dict[str, Source]:
     try:
         index = json.loads(index_path.read_text())
         weight_map: dict[str, str] = index["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CorruptFile("index is not valid JSON with a weight_map", path=index_path) from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptFile("the index's weight_map must map tensor names to shard file names", path=index_path)
     sources: dict[str, Source] = {}
+    found_in: dict[str, str] = {}
     for shard in sorted(set(weight_map.values())):
-        shard_path = folder / shard
+        shard_path = confined(folder / shard, root, named_by=index_path)
         if not shard_path.exists():
             raise MissingTensor(f"index names shard {shard!r}, which does not exist", path=index_path)
-        sources.update(read_file(shard_path))
+        for name, source in read_file(shard_path).items():
+            if name in found_in:  # which copy is meant is anyone's guess: refuse rather than pick one
+                raise CorruptFile(f"tensor {name!r} is stored in two shards, {found_in[name]} and {shard}", path=index_path)
+            if name in weight_map and weight_map[name] != shard:
+                raise CorruptFile(f"the index puts tensor {name!r} in {weight_map[name]}, but it is stored in {shard}",
+                                  path=index_path)
+            found_in[name] = shard
+            sources[name] = source
     missing = sorted(set(weight_map) - set(sources))
     if missing:
         raise MissingTensor(f"tensor {missing[0]!r} is listed in the index but absent from {weight_map[missing[0]]}", path=index_path)

@@ -48,9 +48,11 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     except OSError as exc:
         raise CorruptFile(f"cannot read: {exc.strerror}", path=path) from exc
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_refuse_duplicate_keys)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CorruptFile("corrupt safetensors header (not JSON)", path=path) from None
+    except _DuplicateKey as exc:
+        raise CorruptFile(f"corrupt safetensors header: {exc.key!r} appears twice", path=path) from None
     if not isinstance(header, dict):
         raise CorruptFile("corrupt safetensors header", path=path)
     metadata = header.pop("__metadata__", None) or {}
@@ -60,11 +62,15 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     for name, info in header.items():
         try:
             dtype = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CorruptFile(f"corrupt header entry for tensor {name!r}", path=path) from None
-        if dtype not in ITEMSIZE:
+        if not all(_is_count(d) for d in shape):
+            raise CorruptFile(f"tensor {name!r} has an invalid shape {info['shape']} (dimensions must be whole numbers ≥ 0)", path=path)
+        if not (_is_count(begin) and _is_count(end)):
+            raise CorruptFile(f"tensor {name!r} has invalid data_offsets {info['data_offsets']}", path=path)
+        if not isinstance(dtype, str) or dtype not in ITEMSIZE:
             raise CorruptFile(f"tensor {name!r} has unsupported dtype {dtype}", path=path)
         expected = math.prod(shape) * ITEMSIZE[dtype]
         if end - begin != expected or begin < 0:
@@ -74,7 +80,41 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
                 f"truncated: tensor {name!r} needs bytes up to {data_start + end}, file has {size}", path=path
             )
         tensors[name] = StoredTensor(path, name, dtype, shape, data_start + begin, expected)
+    _refuse_overlaps(tensors, data_start, path)
     return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # json.loads keeps the last of two equal keys; a header naming a tensor twice is ambiguous, and
+    # the safetensors library itself refuses it, so mmzoo must not silently pick one.
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _is_count(value: object) -> bool:
+    # JSON gives floats (2.5, 1e3) and booleans (true == 1 in Python) where integers belong: refuse them.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _refuse_overlaps(tensors: dict[str, StoredTensor], data_start: int, path: Path) -> None:
+    """Two tensors sharing bytes would be written out as two independent copies of the same data."""
+    previous: StoredTensor | None = None
+    for tensor in sorted((t for t in tensors.values() if t.nbytes), key=lambda t: t.offset):
+        if previous is not None and tensor.offset < previous.offset + previous.nbytes:
+            raise CorruptFile(f"tensors {previous.name!r} and {tensor.name!r} overlap in the data buffer "
+                              f"(data_offsets [{previous.offset - data_start}, {previous.offset - data_start + previous.nbytes}] "
+                              f"and [{tensor.offset - data_start}, {tensor.offset - data_start + tensor.nbytes}])", path=path)
+        previous = tensor
 
 
 @dataclass

@@ -94,12 +94,18 @@ def universal_checkpoint(path: Path) -> Path:
     import subprocess
     import sys
 
+    from . import pickles
+
     target = universal_path(path)
     if (target / COMPLETE).is_file():
+        pickles.check_folder(target)  # it may have come with a shared run folder, not from this mmzoo
         return target
+    pickles.check_folder(path)
     work = path.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
-    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(path),
+    # DeepSpeed's converter unpickles with weights_only=False: run it with mmzoo's weights_only torch.load.
+    command = [sys.executable, "-c", "import sys; from mmzoo.train.pickles import run_module_weights_only; "
+               "run_module_weights_only('deepspeed.checkpoint.ds_to_universal')", "--input_folder", str(path),
                "--output_folder", str(work), "--num_extract_workers", "1", "--num_merge_workers", "1",
                "--inject_missing_state"]
     done = subprocess.run(command, capture_output=True, text=True)

@@ -18,16 +18,19 @@ EXPORT_DTYPES = ("keep", "bf16", "fp16", "fp32")
 
 def consolidated_state(tag_dir: Path) -> dict[str, Any]:
     """The full in-memory state dict of a saved engine (names as the model holds them)."""
-    import torch
+    from . import pickles
 
     info = json.loads((tag_dir / "COMPLETE").read_text()) if (tag_dir / "COMPLETE").is_file() else {}
     stage = info.get("zero_stage")
     model_states = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO-0/1/2 (ZeRO-3: zero_pp_rank_R_mp_rank_00_model_states.pt)
     if not any(tag_dir.glob("*model_states.pt")):
         raise MmzooError("no *model_states.pt: not a DeepSpeed checkpoint", path=tag_dir)
+    pickles.check_folder(tag_dir)  # a shared run folder is untrusted: no pickle runs code (see train/pickles.py)
     if stage == 0 or (stage is None and not any(tag_dir.glob("*optim_states.pt"))):
-        states = torch.load(model_states, map_location="cpu", weights_only=False)
-        return {k: v for k, v in states["module"].items()}
+        states = pickles.load(model_states)
+        if not isinstance(states, dict) or not isinstance(states.get("module"), dict):
+            raise MmzooError("not a DeepSpeed model-states file (no 'module' state dict)", path=model_states)
+        return dict(states["module"])
     import contextlib
     import io
 
@@ -36,7 +39,8 @@ def consolidated_state(tag_dir: Path) -> dict[str, Any]:
     pick_accelerator()  # name DeepSpeed's accelerator ourselves: no "unable to detect" warning on CPU machines
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints would interleave with mmzoo's output
+    # its progress prints would interleave with mmzoo's output; its torch.load calls become weights_only loads
+    with contextlib.redirect_stdout(io.StringIO()), pickles.weights_only_loads():
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     empty = [k for k, v in state.items() if v.numel() == 0]
     if empty:

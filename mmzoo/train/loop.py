@@ -236,8 +236,12 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         flops = StepFlopsCounter(model)
         start = 0
         if resume_dir is not None:
-            load_dir, _ = engine.load_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=resume_dir.name,
-                                                 load_optimizer_states=True, load_lr_scheduler_states=True)
+            from . import pickles
+
+            pickles.check_folder(resume_dir)  # a shared run folder is untrusted: its pickles may not run code
+            with pickles.weights_only_loads():
+                load_dir, _ = engine.load_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=resume_dir.name,
+                                                     load_optimizer_states=True, load_lr_scheduler_states=True)
             if load_dir is None:
                 raise MmzooError("could not load the checkpoint", path=existing[1])
             start = existing[0]

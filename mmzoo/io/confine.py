@@ -1,0 +1,108 @@
+"""Every file mmzoo reads from a checkpoint must lie inside that checkpoint's folder.
+
+A checkpoint is data someone else may have made: an index can name ``../secret.safetensors`` or an
+absolute path, and any file can be a symlink to ``/etc/passwd``. Following them would copy files from
+outside the folder into OUT (or upload them to the Hub), so each path is resolved (symlinks included)
+and refused in one line when it lands outside.
+
+The one legitimate outside link is the Hugging Face cache: ``models--org--name/snapshots/<rev>/x`` is a
+symlink to ``models--org--name/blobs/<sha>``, so inside a snapshot the boundary is the repository's cache
+folder, not the snapshot folder.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import MmzooError
+
+_HF_CACHE_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
+
+
+class OutsideCheckpoint(MmzooError):
+    """A file named by (or linked from) a checkpoint resolves outside its folder."""
+
+
+def checkpoint_root(folder: str | Path) -> Path:
+    """The folder every file of the checkpoint at ``folder`` must resolve into (resolved)."""
+    folder = Path(os.path.abspath(folder))
+    for candidate in (folder, *folder.parents):
+        parent = candidate.parent
+        if parent.name == "snapshots" and parent.parent.name.startswith(_HF_CACHE_REPO_PREFIXES):
+            return parent.parent.resolve()
+    return folder.resolve()
+
+
+def confined(path: str | Path, root: Path, *, named_by: str | Path | None = None) -> Path:
+    """``path`` (symlinks followed) when it lies inside ``root``; otherwise a one-line refusal."""
+    path = Path(path)
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13, OSError after
+        raise OutsideCheckpoint(f"cannot resolve {path} ({exc})", path=path) from None
+    if resolved == root or root in resolved.parents:
+        return path
+    how = "is a symlink to" if path.is_symlink() else "resolves to"
+    where = f" (named by {Path(named_by).name})" if named_by is not None else ""
+    raise OutsideCheckpoint(f"{path}{where} {how} {resolved}, outside the checkpoint folder {root}: refusing to read it",
+                            path=path)
+
+
+def confine_files(files: dict[str, Path], root: Path) -> None:
+    for path in files.values():
+        confined(path, root)
+
+
+# Folders of every layout whose files mmzoo reads (configs, tokenizer, weights, side files).
+_CHECKPOINT_SUBFOLDERS = ("", "tokenizer", "image_model", "text_model_llava", "text_model", "meta", "meta/tokenizer",
+                          "meta/extra")
+
+
+def confine_checkpoint(folder: str | Path) -> Path:
+    """Refuse a checkpoint whose folders hold a symlink (file or folder) that leaves it; returns the root.
+
+    Checked before anything is read, so not even a config.json is read from outside."""
+    folder = Path(folder)
+    root = checkpoint_root(folder)
+    for sub in _CHECKPOINT_SUBFOLDERS:
+        where = folder / sub if sub else folder
+        if sub and (where.is_symlink() or where.is_dir()):
+            confined(where, root)
+        if where.is_dir():
+            for entry in where.iterdir():
+                if entry.is_symlink():
+                    confined(entry, root)
+    return root
+
+
+_self_contained: ContextVar[bool] = ContextVar("mmzoo_self_contained", default=False)
+
+
+@contextmanager
+def self_contained() -> Iterator[None]:
+    """Within this block a checkpoint may not even name a folder outside itself (LLaVA's
+    ``mm_vision_tower`` as a local path): used for checkpoints downloaded from the Hub."""
+    token = _self_contained.set(True)
+    try:
+        yield
+    finally:
+        _self_contained.reset(token)
+
+
+def confine_checkpoint_files(ckpt) -> None:
+    """The files a read ``Checkpoint`` will copy (tokenizer, side files) lie inside its folder; inside a
+    ``self_contained()`` block its tensors' files too."""
+    root = checkpoint_root(ckpt.path)
+    for files in (ckpt.tokenizer_files, ckpt.extra_files):
+        for path in files.values():
+            confined(path, root)
+    if _self_contained.get():
+        for planned in ckpt.tensors.values():
+            for piece in planned.pieces:
+                source = piece.source
+                file = source.stored.file if source.stored is not None else source.origin
+                if file and Path(file).exists():
+                    confined(file, root)

@@ -54,9 +54,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except OSError as exc:  # disk full, permissions, a file where a folder should be: the user's to fix
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _fail(f"{where}{exc.strerror or exc}", exc)
-    except KeyboardInterrupt:
-        sys.stderr.write("mmzoo: interrupted\n")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM while an output is written (mmzoo.io.claim.Terminated)
+        _interrupted(args, exc)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - click usage errors and pydantic validation errors land here too
@@ -70,6 +69,24 @@ def main(argv: Optional[list[str]] = None) -> None:
         if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
             _fail(_pydantic_line(exc), exc)
         raise
+
+
+# Commands that keep their finished work on purpose, so that --resume continues after an interruption.
+_KEEPS_PROGRESS = {"preprocess": "finished shards are kept, --resume continues",
+                   "train": "finished checkpoints are kept, --resume auto continues"}
+
+
+def _interrupted(args: list[str], exc: KeyboardInterrupt) -> None:
+    from .io.claim import Terminated
+
+    if os.environ.get("MMZOO_DEBUG"):
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+    command = next((a for a in args if not a.startswith("-")), "")
+    sys.stderr.write(f"mmzoo: {what}, {_KEEPS_PROGRESS.get(command, 'nothing written')}\n")
+    sys.exit(code)
 
 
 def _pydantic_line(exc) -> str:

@@ -14,6 +14,7 @@ from .errors import MmzooError, OutputExists
 from .formats.common import validate
 from .image_token import ensure_image_token
 from .io.checkpoint import parse_size
+from .io.claim import exclusive_output
 from .io.confine import confine_checkpoint, confine_checkpoint_files
 from .io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
 from .io.tensors import digest
@@ -100,13 +101,19 @@ def commit_output(tmp: Path, out: Path) -> None:
 
 
 def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callable[[Path], None]) -> None:
-    tmp = prepare_output(Path(out), source, overwrite)
-    try:
-        write(tmp)
-        commit_output(tmp, Path(out))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Write OUT through a temporary sibling, holding OUT's lock (see mmzoo.io.claim): a second writer of the
+    same OUT fails in one line, SIGTERM and Ctrl-C leave nothing behind, stale partials of dead runs go."""
+    prepare_output(Path(out), source, overwrite)  # refuse before a lock file is made beside OUT...
+    with exclusive_output(Path(out)):
+        tmp = prepare_output(Path(out), source, overwrite)  # ...and again under the lock: another writer may have finished
+        try:
+            write(tmp)
+            if not overwrite and (Path(out).exists() or Path(out).is_symlink()):  # appeared meanwhile, not via mmzoo
+                raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
+            commit_output(tmp, Path(out))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwrite: bool = False, shard_size: str | int = "5GB",

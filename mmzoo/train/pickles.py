@@ -4,7 +4,8 @@ A ZeRO checkpoint (``*model_states.pt``, ``*optim_states.pt``, the universal for
 pickle, and a pickle can call any function while it loads. People share run folders, so mmzoo treats
 them like any downloaded file: torch's ``weights_only`` unpickler, which builds only tensors, plain
 containers and the classes listed here. The list is what real checkpoints hold (found by building
-ZeRO-0/1/2/3 checkpoints, fp32 and bf16, dense and MoE, and listing their globals with
+ZeRO-0/1/2/3 checkpoints, fp32 and bf16, dense and MoE, optimizer offload, and their universal
+conversions, and listing their globals with
 ``torch.serialization.get_unsafe_globals_in_checkpoint``); anything else is refused in one line that
 names the file and the type, before DeepSpeed sees the file.
 
@@ -27,7 +28,8 @@ from ..errors import CorruptFile
 ALLOWED_TYPES = (
     "deepspeed.runtime.zero.config.ZeroStageEnum",  # optimizer states: the ZeRO stage
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",  # optimizer states: static loss scale (fp32/bf16)
-    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",  # the same with fp16's dynamic scaling
+    # fp16's dynamic loss scaling (GPU runs; not observed on CPU, where mmzoo trains in fp32 or bf16)
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
     "deepspeed.utils.tensor_fragment.fragment_address",  # ZeRO-1/2: where each parameter's slice lives
 )
 

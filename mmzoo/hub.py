@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import HubError, MmzooError, OutputExists
+from .io.claim import exclusive_output
 from .io.confine import checkpoint_root, confined, self_contained
 
 HUB_RECORD = ".mmzoo-hub.json"
@@ -379,7 +380,25 @@ def pull(
 
     With ``tgt_fmt`` the snapshot is converted in the same step. With ``overwrite`` an existing OUT is
     replaced once the new one is complete, and files it already holds are reused instead of downloaded.
+    One pull (or convert) at a time writes OUT: a second one fails in one line (mmzoo.io.claim).
     """
+    _check_repo_id(repo_id)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_output(Path(out)):
+        return _pull(repo_id, Path(out), revision=revision, tgt_fmt=tgt_fmt, token=token, endpoint=endpoint,
+                     overwrite=overwrite)
+
+
+def _pull(
+    repo_id: str,
+    out: str | Path,
+    *,
+    revision: str | None = None,
+    tgt_fmt: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     from . import api as mmzoo_api
 
     _check_repo_id(repo_id)

@@ -41,12 +41,15 @@ _register_commands()
 
 def main(argv: Optional[list[str]] = None) -> None:
     from .errors import MmzooError
+    from .io.claim import Terminated
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         os.environ["MMZOO_DEBUG"] = "1"
     try:
         code = app(args=args, prog_name="mmzoo", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a returned 130
+            _interrupted(args, "interrupted", 130)
         if isinstance(code, int) and code:  # typer.Exit(code) is returned, not raised, outside standalone mode
             sys.exit(code)
     except MmzooError as exc:
@@ -54,8 +57,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     except OSError as exc:  # disk full, permissions, a file where a folder should be: the user's to fix
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _fail(f"{where}{exc.strerror or exc}", exc)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM while an output is written (mmzoo.io.claim.Terminated)
-        _interrupted(args, exc)
+    except KeyboardInterrupt:
+        _interrupted(args, "interrupted", 130)
+    except Terminated:  # SIGTERM while an output was being written (mmzoo.io.claim)
+        _interrupted(args, "terminated", 143)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - click usage errors and pydantic validation errors land here too
@@ -76,14 +81,7 @@ _KEEPS_PROGRESS = {"preprocess": "finished shards are kept, --resume continues",
                    "train": "finished checkpoints are kept, --resume auto continues"}
 
 
-def _interrupted(args: list[str], exc: KeyboardInterrupt) -> None:
-    from .io.claim import Terminated
-
-    if os.environ.get("MMZOO_DEBUG"):
-        import traceback
-
-        traceback.print_exception(type(exc), exc, exc.__traceback__)
-    what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+def _interrupted(args: list[str], what: str, code: int) -> None:
     command = next((a for a in args if not a.startswith("-")), "")
     sys.stderr.write(f"mmzoo: {what}, {_KEEPS_PROGRESS.get(command, 'nothing written')}\n")
     sys.exit(code)

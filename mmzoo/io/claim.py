@@ -8,8 +8,8 @@
   dies, however it dies, so a killed run never blocks the next one.
 - Inside the lock, temporary siblings (``.OUT.partial-PID``) of processes that no longer exist are
   removed: SIGKILL cannot be caught, so the next run cleans up after it.
-- SIGTERM inside the lock is turned into :class:`Terminated` (a ``KeyboardInterrupt``), so the same
-  cleanup that handles Ctrl-C removes the partial folder.
+- SIGTERM inside the lock is turned into the exception :class:`Terminated`, so the same cleanup that
+  handles Ctrl-C removes the partial folder.
 """
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ class OutputBusy(MmzooError):
     """Another process is writing the same output path."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived while an output was being written (handled like Ctrl-C: the partial output is removed)."""
+class Terminated(BaseException):
+    """SIGTERM arrived while an output was being written. Like KeyboardInterrupt it is no ``Exception``, so
+    only cleanup code (``except BaseException`` / ``finally``) sees it; unlike it, typer does not turn it into a
+    silent exit code."""
 
 
 def refuse_overlap(out: Path, inputs: Iterable[tuple[str, Path]]) -> None:
@@ -91,9 +93,6 @@ def lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}{LOCK_SUFFIX}"
 
 
-_held: set[Path] = set()
-
-
 @contextmanager
 def exclusive_output(out: Path) -> Iterator[None]:
     """Hold the write lock of ``out`` (and turn SIGTERM into :class:`Terminated`) inside the block."""
@@ -103,9 +102,6 @@ def exclusive_output(out: Path) -> Iterator[None]:
     if not out.parent.is_dir():
         raise MmzooError("parent folder does not exist", path=out.parent)
     path = lock_path(out)
-    if path in _held:  # re-entrant: hub pull converts into a sibling it already holds
-        yield
-        return
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -129,13 +125,11 @@ def exclusive_output(out: Path) -> Iterator[None]:
         os.close(fd)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _held.add(path)
     try:
         clear_stale_partials(out)
         with _sigterm_as_interrupt():
             yield
     finally:
-        _held.discard(path)
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -49,7 +49,7 @@ def refuse_overlap(out: Path, inputs: Iterable[tuple[str, Path]]) -> None:
         if target in source.parents:
             raise MmzooError(f"output contains the {what} ({path}): refusing to write over an input", path=out)
         if source.is_dir() and source in target.parents:
-            raise MmzooError(f"output lies inside the {what} folder ({path}): choose a folder outside the inputs",
+            raise MmzooError(f"output lies inside the {what} ({path}): choose a folder outside the inputs",
                              path=out)
 
 

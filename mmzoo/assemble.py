@@ -14,6 +14,7 @@ from .archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
 from .errors import ConfigError, MmzooError, UnknownArchitecture
 from .formats.common import processor_from_folder, split_by_prefix
 from .io.checkpoint import read_weights
+from .io.confine import confine_checkpoint
 from .image_token import add_image_token, computed, grow_vocab
 from .io.dtypes import CONFIG_DTYPE_NAMES
 from .io.tensors import Planned
@@ -77,6 +78,7 @@ def init_model(
     for folder in (vision, text):
         if not (folder / "config.json").is_file():
             raise MmzooError("is not a model folder (no config.json)", path=folder)
+        confine_checkpoint(folder)  # no symlink out of either folder is followed (mmzoo.io.confine)
     if projector not in ("mlp2x_gelu", "linear"):
         raise ConfigError(f"unknown projector {projector!r} (choose mlp2x_gelu or linear)")
     vision_cfg, vision_native = read_vision_folder(vision)

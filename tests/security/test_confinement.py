@@ -115,3 +115,16 @@ def test_a_subfolder_symlinked_to_outside_is_refused(tiny, tmp_path):
     (internal / "tokenizer").symlink_to(tmp_path / "tok-elsewhere")
     with pytest.raises(MmzooError, match="outside the checkpoint folder"):
         read_checkpoint(internal)
+
+
+def test_init_refuses_an_llm_folder_linking_outside(tmp_path):
+    from mmzoo.assemble import init_model
+    from mmzoo.tiny import build_llm, build_vision
+
+    build_vision(tmp_path / "clip", "clip")
+    build_llm(tmp_path / "llama", "llama")
+    shutil.move(tmp_path / "llama" / "tokenizer.json", tmp_path / "elsewhere.json")
+    (tmp_path / "llama" / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(MmzooError, match="tokenizer.json is a symlink to .*outside the checkpoint folder"):
+        init_model(tmp_path / "clip", tmp_path / "llama", tmp_path / "vlm", tgt_fmt="internal")
+    assert not (tmp_path / "vlm").exists()

@@ -177,9 +177,12 @@ def load_meta(run_dir: Path):
     from ..locate import read_json
     from ..spec import ModelSpec
 
+    from ..io.confine import confine_checkpoint
+
     meta = Path(run_dir) / "meta"
     if not (meta / "spec.json").is_file():
         raise MmzooError("not an mmzoo training run (no meta/spec.json)", path=run_dir)
+    confine_checkpoint(run_dir)  # export copies these files: none may be a symlink out of the run folder
     spec = ModelSpec.model_validate(read_json(meta / "spec.json"))
     tensors = {n: (v["dtype"], tuple(v["shape"])) for n, v in read_json(meta / "tensors.json").items()}
     tokenizer = {p.name: p for p in sorted((meta / "tokenizer").iterdir()) if p.is_file()}

@@ -114,3 +114,13 @@ def test_universal_conversion_refuses_crafted_files(run_dir, tmp_path):
     with pytest.raises(pickles.UnsafeCheckpoint, match="fp32.pt"):
         universal_checkpoint(tag)
     assert not marker.exists()
+
+
+def test_export_refuses_run_metadata_linking_outside(run_dir, tmp_path):
+    tokenizer = run_dir / "meta" / "tokenizer" / "tokenizer.json"
+    tokenizer.unlink()
+    tokenizer.symlink_to("/etc/passwd")
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("export", str(run_dir), "-o", str(out))
+    assert code == 2 and "tokenizer.json is a symlink to /etc/passwd, outside the checkpoint folder" in stderr, stderr
+    assert not out.exists()

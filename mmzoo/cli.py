@@ -78,7 +78,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 # Commands that keep their finished work on purpose, so that --resume continues after an interruption.
 _KEEPS_PROGRESS = {"preprocess": "finished shards are kept, --resume continues",
-                   "train": "finished checkpoints are kept, --resume auto continues"}
+                   "train": "finished checkpoints are kept, --resume auto continues",
+                   "demo": "the demo folder holds the steps finished so far"}
 
 
 def _interrupted(args: list[str], what: str, code: int) -> None:

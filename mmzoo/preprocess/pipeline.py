@@ -76,25 +76,31 @@ def preprocess(
     refuse_overlap(target, inputs + ([("model", Path(model))] if model is not None else []))
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_output(target):  # one preprocess (or convert) writes OUT at a time
-        fresh = not (target.exists() and any(target.iterdir())) or overwrite
-        work, state = _prepare_output(target, params, format, resume, overwrite)
-        if state.get("complete"):
-            return state["manifest"]
-        run = _Run(work, paths, params, settings, info, format, strict, state)
-        try:
-            if not state:  # mark the folder as mmzoo's from the start: only such a folder accepts --resume
-                run.checkpoint(0)
-            run.execute(workers, console if progress else None)
-            manifest = run.finish()
-        except MmzooError:
-            # A run that fails on bad input (e.g. --strict) leaves nothing behind it started from scratch;
-            # an interrupted run (Ctrl-C, kill) keeps its finished shards for --resume.
-            if fresh:
-                shutil.rmtree(work, ignore_errors=True)
-            raise
-        if work != target:  # --overwrite: swap in the complete new output only now
-            _swap(work, target)
-        return manifest
+        return _write(target, paths, params, settings, info, format, strict, resume, overwrite, workers,
+                      console if progress else None)
+
+
+def _write(target: Path, paths: list[Path], params: dict, settings: Settings, info: TokenizerInfo, format: str,
+           strict: bool, resume: bool, overwrite: bool, workers: int, console: Any) -> dict[str, Any]:
+    fresh = not (target.exists() and any(target.iterdir())) or overwrite
+    work, state = _prepare_output(target, params, format, resume, overwrite)
+    if state.get("complete"):
+        return state["manifest"]
+    run = _Run(work, paths, params, settings, info, format, strict, state)
+    try:
+        if not state:  # mark the folder as mmzoo's from the start: only such a folder accepts --resume
+            run._checkpoint(0)
+        run.execute(workers, console)
+        manifest = run.finish()
+    except MmzooError:
+        # A run that fails on bad input (e.g. --strict) leaves nothing behind it started from scratch;
+        # an interrupted run (Ctrl-C, kill) keeps its finished shards for --resume.
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if work != target:  # --overwrite: swap in the complete new output only now
+        _swap(work, target)
+    return manifest
 
 
 def _check_options(template: str, format: str, max_seq_len: int, workers: int, per_shard: int, resume: bool,
@@ -152,8 +158,10 @@ def _prepare_output(target: Path, params: dict, format: str, resume: bool, overw
         raise MmzooError(f"not an unfinished mmzoo preprocess output (no {CHECKPOINT[format]} or "
                          f"{manifest_path.name}): refusing to --resume into it, since resuming deletes the unfinished "
                          "files it finds", path=target, hint="choose an empty or new folder for -o")
-    state: dict = json.loads(checkpoint.read_text(encoding="utf-8"))
-    _same_params(state.get("parameters", {}), params, target)
+    state: dict = {}
+    if checkpoint.is_file():
+        state = json.loads(checkpoint.read_text(encoding="utf-8"))
+        _same_params(state.get("parameters", {}), params, target)
     keep = {s["file"] for s in state.get("shards", [])}
     for path in target.iterdir():  # partial files and shards written after the last checkpoint are redone
         if path.name.endswith(TMP_SUFFIX) or (path.suffix == ".h5" and path.name not in keep):
@@ -256,7 +264,7 @@ class _Run:
         stats["images"] += len(result.images)
         stats["truncated"] += int(result.truncated)
         if self.writer.add(result):
-            self.checkpoint(result.row + 1)
+            self._checkpoint(result.row + 1)
 
     def _reject(self, rej: Rejection) -> None:
         source = self.paths[rej.source]
@@ -268,7 +276,7 @@ class _Run:
         record = {"source": str(source), where: rej.position, "id": rej.sample_id, "reason": rej.reason, "detail": rej.detail}
         self.rejected.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def checkpoint(self, rows_consumed: int) -> None:
+    def _checkpoint(self, rows_consumed: int) -> None:
         self.rejected.flush()
         _write_json(self.out / CHECKPOINT[self.format], {
             "parameters": self.params, "rows_consumed": rows_consumed, "statistics": self.stats,

@@ -385,23 +385,14 @@ def pull(
     _check_repo_id(repo_id)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with exclusive_output(Path(out)):
-        return _pull(repo_id, Path(out), revision=revision, tgt_fmt=tgt_fmt, token=token, endpoint=endpoint,
-                     overwrite=overwrite)
+        return _pull(repo_id, Path(out), revision, tgt_fmt, token, endpoint, overwrite)
 
 
-def _pull(
-    repo_id: str,
-    out: str | Path,
-    *,
-    revision: str | None = None,
-    tgt_fmt: str | None = None,
-    token: str | None = None,
-    endpoint: str | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
+def _pull(repo_id: str, out: Path, revision: str | None, tgt_fmt: str | None, token: str | None, endpoint: str | None,
+          overwrite: bool) -> dict[str, Any]:
+    """:func:`pull`, with OUT's lock held."""
     from . import api as mmzoo_api
 
-    _check_repo_id(repo_id)
     ep = resolve_endpoint(endpoint)
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:

@@ -77,10 +77,11 @@ def clear_stale_partials(out: Path) -> list[Path]:
     if not out.parent.is_dir():
         return removed
     for entry in sorted(out.parent.iterdir()):
-        match = temporary.match(entry.name) or set_aside.match(entry.name)
+        previous_out = set_aside.match(entry.name)
+        match = previous_out or temporary.match(entry.name)
         if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
             continue
-        if set_aside.match(entry.name) and not (out.exists() or out.is_symlink()):
+        if previous_out and not (out.exists() or out.is_symlink()):
             os.replace(entry, out)
             continue
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()

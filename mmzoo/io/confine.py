@@ -51,11 +51,6 @@ def confined(path: str | Path, root: Path, *, named_by: str | Path | None = None
                             path=path)
 
 
-def confine_files(files: dict[str, Path], root: Path) -> None:
-    for path in files.values():
-        confined(path, root)
-
-
 # Folders of every layout whose files mmzoo reads (configs, tokenizer, weights, side files).
 _CHECKPOINT_SUBFOLDERS = ("", "tokenizer", "image_model", "text_model_llava", "text_model", "meta", "meta/tokenizer",
                           "meta/extra")

@@ -51,25 +51,21 @@ def confined(path: str | Path, root: Path, *, named_by: str | Path | None = None
                             path=path)
 
 
-# Folders of every layout whose files mmzoo reads (configs, tokenizer, weights, side files).
-_CHECKPOINT_SUBFOLDERS = ("", "tokenizer", "image_model", "text_model_llava", "text_model", "meta", "meta/tokenizer",
-                          "meta/extra")
+def confine_checkpoint(folder: str | Path, depth: int = 2) -> Path:
+    """Refuse a checkpoint holding a symlink (file or folder) that leaves it; returns the boundary.
 
-
-def confine_checkpoint(folder: str | Path) -> Path:
-    """Refuse a checkpoint whose folders hold a symlink (file or folder) that leaves it; returns the root.
-
-    Checked before anything is read, so not even a config.json is read from outside."""
+    Checked before anything is read, so not even a config.json is read from outside. Every layout keeps
+    the files mmzoo reads within two levels (``tokenizer/``, ``image_tower/``, ``meta/tokenizer/``...);
+    symlinked folders are checked, never entered."""
     folder = Path(folder)
     root = checkpoint_root(folder)
-    for sub in _CHECKPOINT_SUBFOLDERS:
-        where = folder / sub if sub else folder
-        if sub and (where.is_symlink() or where.is_dir()):
-            confined(where, root)
-        if where.is_dir():
-            for entry in where.iterdir():
-                if entry.is_symlink():
-                    confined(entry, root)
+    for current, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            entry = Path(current, name)
+            if entry.is_symlink():
+                confined(entry, root)
+        if len(Path(current).relative_to(folder).parts) >= depth:
+            dirs[:] = []
     return root
 
 

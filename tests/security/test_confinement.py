@@ -128,3 +128,14 @@ def test_init_refuses_an_llm_folder_linking_outside(tmp_path):
     with pytest.raises(MmzooError, match="tokenizer.json is a symlink to .*outside the checkpoint folder"):
         init_model(tmp_path / "clip", tmp_path / "llama", tmp_path / "vlm", tgt_fmt="internal")
     assert not (tmp_path / "vlm").exists()
+
+
+def test_moe_llava_image_tower_linking_outside_is_refused(tiny, tmp_path):
+    moe = tmp_path / "moe"
+    convert(tiny.hf(), moe, tgt_fmt="moe-llava", moe={"num_experts": 2, "top_k": 1, "layers": "all"})
+    tower = moe / "image_tower"
+    assert tower.is_dir()
+    shutil.move(tower / "config.json", tmp_path / "tower-config.json")
+    (tower / "config.json").symlink_to(tmp_path / "tower-config.json")
+    with pytest.raises(MmzooError, match="image_tower/config.json is a symlink to .*outside the checkpoint folder"):
+        read_checkpoint(moe)

@@ -86,3 +86,36 @@ def test_an_interrupted_run_marks_its_folder_from_the_start(inputs, tmp_path, ca
     monkeypatch.undo()
     assert _run(capsys, data, images, tok, out, "--resume")[0] == 0
     assert json.loads((out / "manifest.json").read_text())["statistics"]["samples_written"] == 4
+
+
+_SLOW_PREPROCESS = """
+import sys, time
+from mmzoo.preprocess import pipeline
+def slow(self, workers, console):
+    (self.out / "STARTED").write_text("")
+    time.sleep(60)
+pipeline._Run.execute = slow
+from mmzoo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_keeps_the_resumable_folder_and_says_so(inputs, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, images, tok = inputs
+    out = tmp_path / "shards"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPROCESS, "preprocess", "--data", str(data), "--images",
+                             str(images), "--tokenizer", str(tok), "-o", str(out), "--template", "plain", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "STARTED").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and stderr == "mmzoo: terminated, finished shards are kept, --resume continues\n"
+    assert (out / ".progress.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["shards", "work"]

@@ -122,6 +122,23 @@ def validate(ckpt: Checkpoint) -> None:
             raise ShapeMismatch(f"tensor {name!r} has shape {list(planned.shape)}, expected {list(shape)}", path=where)
 
 
+def transformers4_text_fields(text_config: dict[str, Any]) -> dict[str, Any]:
+    """The rope fields transformers 4.x reads (top-level ``rope_theta`` / ``rope_scaling``) for a 5.x
+    text config that keeps them in ``rope_parameters``; without them 4.x silently uses theta 10000.
+    Only fields the config lacks are returned."""
+    rope = text_config.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return {}
+    rope_type = rope.get("rope_type", "default")
+    fields: dict[str, Any] = {
+        "rope_theta": rope.get("rope_theta", 10000.0),
+        "rope_scaling": None if rope_type == "default" else {"type": rope_type, **{k: v for k, v in rope.items() if k != "rope_theta"}},
+    }
+    if "partial_rotary_factor" in rope:  # Phi-3 family: 4.x reads it at the top level
+        fields["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    return {k: v for k, v in fields.items() if k not in text_config}
+
+
 def copy_files(files: dict[str, Path], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, src in files.items():

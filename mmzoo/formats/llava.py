@@ -18,13 +18,14 @@ from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
-from ..tokenizer_files import added_tokens, legacy_tokenizer_config, legacy_tokenizer_json
-from .common import detection_config, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
+from .common import detection_config, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, transformers4_text_fields, write_json
 
 NAME = "llava"
 DESCRIPTION = "original LLaVA repo layout: image_model/ (CLIP) + text_model_llava/ (Llama/Mistral + mm_projector)"
 TEXT_DIRS = ("text_model_llava", "text_model")
 LLAVA_CLASSES = {"llama": ("LlavaLlamaForCausalLM", "llava_llama"), "mistral": ("LlavaMistralForCausalLM", "llava_mistral")}
+BASE_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 SUPPORTED = "Llama or Mistral LLM with a CLIP vision tower"
 
 TEXT_PREFIXES = [
@@ -103,7 +104,9 @@ def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> 
     if base_type not in LLAVA_CLASSES:
         raise UnknownArchitecture(f"LLM {text_cfg.get('model_type')!r} is not supported in the llava layout ({SUPPORTED})", path=where)
     text = {k: v for k, v in text_cfg.items() if k not in _LLAVA_KEYS and k not in notes.get("added_keys", [])}
-    text.update(notes.get("replaced", {"model_type": base_type}))
+    # a genuine LLaVA config names LLaVA's own class; the LLM is a plain *ForCausalLM
+    text.update(notes.get("replaced", {"model_type": base_type, "architectures": [BASE_CLASSES[base_type]]}))
+    text.pop("_name_or_path", None)  # the training machine's path (./checkpoints/vicuna-7b-v1.5)
     text = {k: v for k, v in text.items() if v is not None or k not in notes.get("replaced", {})}
     if "rope_parameters" not in text and "rope_theta" in text:  # a genuine 4.x config: keep what 5.x reads
         scaling = text.get("rope_scaling") or {}
@@ -170,12 +173,7 @@ def text_config(spec: ModelSpec, vision_tower: str, torch_dtype: str) -> dict[st
     config = dict(spec.text_config)
     replaced = {"model_type": config.get("model_type"), "architectures": config.get("architectures")}
     config.update(architectures=[cls], model_type=model_type)
-    added: dict[str, Any] = {"torch_dtype": torch_dtype}
-    rope = config.get("rope_parameters")
-    if isinstance(rope, dict):  # what transformers 4.x reads; without it 4.x silently uses theta 10000
-        added["rope_theta"] = rope.get("rope_theta", 10000.0)
-        rope_type = rope.get("rope_type", "default")
-        added["rope_scaling"] = None if rope_type == "default" else {"type": rope_type, **{k: v for k, v in rope.items() if k != "rope_theta"}}
+    added: dict[str, Any] = {"torch_dtype": torch_dtype, **transformers4_text_fields(config)}  # the LLaVA code runs 4.37
     added = {k: v for k, v in added.items() if k not in config}
     config.update(added)
     config.update(
@@ -208,10 +206,11 @@ def text_config(spec: ModelSpec, vision_tower: str, torch_dtype: str) -> dict[st
 
 def _write_tokenizer(ckpt: Checkpoint, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    template = chat_template(ckpt.tokenizer_files)  # transformers 4.37 reads it from tokenizer_config.json only
     for name, src in ckpt.tokenizer_files.items():
         if name == "tokenizer.json":
             (folder / name).write_text(legacy_tokenizer_json(src.read_text(encoding="utf-8")), encoding="utf-8")
         elif name == "tokenizer_config.json":
-            (folder / name).write_text(legacy_tokenizer_config(src.read_text(encoding="utf-8")), encoding="utf-8")
+            (folder / name).write_text(legacy_tokenizer_config(src.read_text(encoding="utf-8"), template), encoding="utf-8")
         else:
             (folder / name).write_bytes(src.read_bytes())

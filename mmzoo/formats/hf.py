@@ -165,6 +165,27 @@ def image_seq_length(spec: ModelSpec) -> int:
     return num_patches(spec.vision_config) + (1 if keeps_cls else 0)
 
 
+def transformers4_notes(spec: ModelSpec) -> list[str]:
+    """What transformers 4.x (4.46, measured) reads differently from 5.x in this hf folder, one line each."""
+    from ..upcycle import remote
+
+    if remote.needs_remote_code(spec):
+        return []  # the MoE note already says 4.x cannot load it
+    notes = []
+    if spec.vision_type != "clip_vision_model":
+        notes.append(
+            f"transformers 4.46's LlavaProcessor always counts a CLIP class token: for this {spec.vision_type} tower it expands "
+            f"<image> to one token more than image_seq_length ({image_seq_length(spec)}); the model itself loads and runs exactly"
+        )
+    text = spec.text_config
+    if text.get("model_type") == "qwen2_moe" and text.get("qkv_bias") is False:
+        notes.append(
+            "transformers 4.x's Qwen2-MoE always has q/k/v biases: it reports them missing and initialises them to zero, "
+            "which gives the same logits"
+        )
+    return notes
+
+
 def processor_config(ckpt: Checkpoint) -> dict[str, Any]:
     """LlavaProcessor settings; without patch_size the processor would not expand image tokens."""
     from ..tokenizer_files import token_for_id

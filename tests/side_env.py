@@ -89,6 +89,31 @@ def side_python(name: str, packages: list[str], probe: str, *, no_deps: tuple[st
     return str(python)
 
 
+def run_side_script(python: str, script: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a helper script in a side environment; fails the calling test with the script's stderr."""
+    proc = subprocess.run([python, str(script), *args], capture_output=True, text=True, env=clean_env(), timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script.name} failed in {python}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+TRANSFORMERS4_READER = Path(__file__).parent / "transformers4" / "read_with_transformers4.py"
+
+
+def read_with_transformers4(jobs: list[dict], workdir: Path) -> list[dict]:
+    """Read hf folders in transformers 4.46 (one subprocess for all jobs; see the script for the job
+    fields); returns what it saw, one dict per job."""
+    import json
+
+    import torch
+
+    for number, job in enumerate(jobs):
+        job.setdefault("out", str(workdir / f"transformers4-{number}.pt"))
+    (workdir / "transformers4-jobs.json").write_text(json.dumps(jobs))
+    run_side_script(transformers4_python(), TRANSFORMERS4_READER, str(workdir / "transformers4-jobs.json"))
+    return [torch.load(job["out"], weights_only=False) for job in jobs]
+
+
 # The two side environments the tests use. Their names are cache paths other checkouts share:
 # change a pin together with the probe that checks it.
 LLAVA_PACKAGES = ["transformers==4.37.2", "tokenizers<0.19", "numpy<2", "accelerate==0.26.1", "sentencepiece", "einops", "shortuuid", "protobuf"]

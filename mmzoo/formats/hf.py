@@ -118,6 +118,7 @@ def config_dict(spec: ModelSpec) -> dict[str, Any]:
     config["image_seq_length"] = spec.image_seq_length if spec.image_seq_length is not None else image_seq_length(spec)
     if spec.dtype:
         config["dtype"] = spec.dtype
+        config["torch_dtype"] = spec.dtype  # the 4.x name (from_pretrained(torch_dtype="auto") reads it)
     config.update(spec.extra)
     return config
 

@@ -26,6 +26,7 @@ DESCRIPTION = "original LLaVA repo layout: image_model/ (CLIP) + text_model_llav
 TEXT_DIRS = ("text_model_llava", "text_model")
 LLAVA_CLASSES = {"llama": ("LlavaLlamaForCausalLM", "llava_llama"), "mistral": ("LlavaMistralForCausalLM", "llava_mistral")}
 BASE_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+PROJECTOR_FILE = "mm_projector.bin"
 SUPPORTED = "Llama or Mistral LLM with a CLIP vision tower"
 
 TEXT_PREFIXES = [
@@ -42,7 +43,7 @@ _LLAVA_KEYS = {
     "mm_use_im_start_end", "mm_use_im_patch_token", "image_aspect_ratio", "tune_mm_mlp_adapter",
     "freeze_mm_mlp_adapter", "mm_patch_merge_type", "use_mm_proj", "tokenizer_padding_side",
     "tokenizer_model_max_length", "unfreeze_mm_vision_tower", "mm_projector_lr", "mm_vision_tower_lr",
-    "image_grid_pinpoints", "mmzoo",
+    "image_grid_pinpoints", "mm_resampler_type", "tune_mm_vision_resampler", "freeze_mm_vision_resampler", "mmzoo",
 }
 
 
@@ -57,7 +58,20 @@ def detect(path: Path) -> bool:
     if (path / "image_model").is_dir() and _text_dir(path) is not None:
         return True
     data = detection_config(path)
-    return data is not None and str(data.get("model_type", "")).startswith("llava_")
+    return data is not None and _base_type(data) is not None
+
+
+def _base_type(config: dict[str, Any]) -> str | None:
+    """The LLM family of a LLaVA-repo config, or None when it is not one. LLaVA-1.5's published
+    configs say ``model_type: llava`` (the same as transformers' Llava) with ``LlavaLlamaForCausalLM``;
+    mmzoo and later LLaVA code write ``llava_llama`` / ``llava_mistral``."""
+    model_type = str(config.get("model_type", ""))
+    if model_type.startswith("llava_"):
+        return model_type.removeprefix("llava_")
+    for base, (cls, _) in LLAVA_CLASSES.items():
+        if cls in (config.get("architectures") or []):
+            return base
+    return None
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
@@ -67,10 +81,28 @@ def _locate(path: Path) -> tuple[Path, Path]:
     tower = str(read_json(path / "config.json").get("mm_vision_tower", ""))
     if tower and Path(tower).is_dir():
         return path, Path(tower)
+    cached = _hub_cache_folder(tower)
+    if cached is not None:
+        return path, cached
     raise UnknownFormat(
-        f"LLaVA folder whose vision tower {tower!r} is not a local folder; download it and place it as image_model/ beside text_model_llava/",
+        f"LLaVA folder whose vision tower {tower!r} is neither a local folder nor in the Hugging Face cache; "
+        f"download it (hf download {tower}) or place it as image_model/ beside text_model_llava/",
         path=path,
     )
+
+
+def _hub_cache_folder(repo_id: str) -> Path | None:
+    """The cached snapshot of a Hub model given by name (LLaVA's configs name their vision tower, e.g.
+    openai/clip-vit-large-patch14-336), without any network access."""
+    if not repo_id or repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, not a valid repo id, or huggingface_hub missing: the caller explains
+        return None
+    return folder if (folder / "config.json").is_file() else None
 
 
 def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
@@ -87,7 +119,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     vision_tensors = {n: Planned.of(s) for n, s in read_weights(vision_dir).items() if not n.startswith(CLIP_MODEL_ONLY)}
     parts = split_by_prefix(vision_tensors, VISION_PREFIXES, drop_unmatched=drop_unmatched, where=str(vision_dir))
     text_parts = split_by_prefix(
-        {n: Planned.of(s) for n, s in read_weights(text_dir).items()}, TEXT_PREFIXES, drop_unmatched=drop_unmatched, where=str(text_dir)
+        {n: Planned.of(s) for n, s in _text_weights(text_dir).items()}, TEXT_PREFIXES, drop_unmatched=drop_unmatched, where=str(text_dir)
     )
     parts["projector"], parts["text"] = text_parts["projector"], text_parts["text"]
     canonical = to_canonical(spec, parts, drop_unmatched=drop_unmatched, where=where)
@@ -98,15 +130,39 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     return Checkpoint(spec, canonical, path, NAME, tokenizer_files, processor_from_folder(vision_dir), extra)
 
 
+def _text_weights(text_dir: Path) -> dict[str, Any]:
+    """The LLM weights, plus ``mm_projector.bin`` when the projector was saved apart (LLaVA's
+    pretraining stage writes only the projector there; a finetuned folder may carry both)."""
+    projector_file = text_dir / PROJECTOR_FILE
+    has_llm = any((text_dir / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+    if not has_llm and projector_file.is_file():
+        raise UnknownFormat(
+            f"holds only the projector ({PROJECTOR_FILE}, LLaVA's pretraining stage) and no LLM weights; "
+            "copy the base LLM's weights into the folder beside it (LLaVA loads them with --model-base)",
+            path=text_dir,
+        )
+    sources = read_weights(text_dir)
+    if projector_file.is_file():
+        from ..io.checkpoint import bin_sources
+
+        separate = bin_sources(projector_file)
+        both = sorted(set(separate) & set(sources))
+        if both:
+            raise UnknownFormat(f"{PROJECTOR_FILE} and the model weights both hold {both[0]!r}; remove one of them", path=text_dir)
+        sources.update(separate)
+    return sources
+
+
 def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> ModelSpec:
     notes = text_cfg.get("mmzoo") or {}
-    base_type = str(text_cfg.get("model_type", "llama")).removeprefix("llava_")
+    base_type = _base_type(text_cfg) or str(text_cfg.get("model_type", "llama"))
     if base_type not in LLAVA_CLASSES:
         raise UnknownArchitecture(f"LLM {text_cfg.get('model_type')!r} is not supported in the llava layout ({SUPPORTED})", path=where)
     text = {k: v for k, v in text_cfg.items() if k not in _LLAVA_KEYS and k not in notes.get("added_keys", [])}
     # a genuine LLaVA config names LLaVA's own class; the LLM is a plain *ForCausalLM
     text.update(notes.get("replaced", {"model_type": base_type, "architectures": [BASE_CLASSES[base_type]]}))
-    text.pop("_name_or_path", None)  # the training machine's path (./checkpoints/vicuna-7b-v1.5)
+    if not notes:  # a genuine LLaVA config: its _name_or_path is the training machine's folder name
+        text.pop("_name_or_path", None)
     text = {k: v for k, v in text.items() if v is not None or k not in notes.get("replaced", {})}
     if "rope_parameters" not in text and "rope_theta" in text:  # a genuine 4.x config: keep what 5.x reads
         scaling = text.get("rope_scaling") or {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ from safetensors.torch import load_file, save_file
 
 import mmzoo
 from mmzoo.tiny import build_llm, build_vision, sample_inputs
-from side_env import clean_env, transformers4_python
+from side_env import read_with_transformers4
 
-HERE = Path(__file__).parent
 PROMPT = "USER: <image>\nWhat is shown in the image? ASSISTANT:"
 MESSAGES = [{"role": "user", "content": "What is shown?"}, {"role": "assistant", "content": "A cat."}, {"role": "user", "content": "Where?"}]
 TEXTS = ["A photo of a cat sitting on a red sofa.", " two  spaces", "Ünïcödé 数字 🙂 </s> <image>"]
@@ -79,7 +77,6 @@ def read_by_4x(tiny, tmp_path_factory):
     """Builds every case, reads them all in transformers 4.46 in one subprocess; name -> (case, result)."""
     from PIL import Image
 
-    python = transformers4_python()
     root = tmp_path_factory.mktemp("t4")
     cases = _cases(tiny, root)
     remote = root / "upcycle-modality"
@@ -91,14 +88,10 @@ def read_by_4x(tiny, tmp_path_factory):
         case["inputs"] = sample_inputs(json_config(case["out"]))
         torch.save(case["inputs"], root / f"{name}.inputs.pt")
         jobs.append({"folder": str(case["out"]), "inputs": str(root / f"{name}.inputs.pt"), "image": str(image), "prompt": PROMPT,
-                     "messages": MESSAGES, "texts": TEXTS, "out": str(root / f"{name}.result.pt")})
-    jobs.append({"folder": str(remote), "remote": True, "out": str(root / "remote.result.pt")})
-    (root / "jobs.json").write_text(json.dumps(jobs))
-    proc = subprocess.run([python, str(HERE / "read_with_transformers4.py"), str(root / "jobs.json")],
-                          capture_output=True, text=True, env=clean_env(), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = {name: torch.load(root / f"{name}.result.pt", weights_only=False) for name in cases}
-    results["remote"] = torch.load(root / "remote.result.pt", weights_only=False)
+                     "messages": MESSAGES, "texts": TEXTS})
+    jobs.append({"folder": str(remote), "remote": True})
+    seen = read_with_transformers4(jobs, root)
+    results = dict(zip([*cases, "remote"], seen))
     return {"cases": cases, "results": results, "image": image, "remote": remote}
 
 

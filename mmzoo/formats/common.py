@@ -29,6 +29,20 @@ def detection_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def hub_cache_folder(repo_id: str) -> Path | None:
+    """The cached snapshot of a Hub model given by name (LLaVA's configs name their vision tower, e.g.
+    openai/clip-vit-large-patch14-336), without any network access."""
+    if not repo_id or repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, not a valid repo id, or huggingface_hub missing: the caller explains
+        return None
+    return folder if (folder / "config.json").is_file() else None
+
+
 def split_by_prefix(
     tensors: dict[str, Planned], prefixes: list[tuple[str, str, str]], *, drop_unmatched: bool, where: str
 ) -> dict[str, dict[str, Planned]]:

@@ -19,7 +19,7 @@ from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
-from .common import detection_config, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, transformers4_text_fields, write_json
+from .common import detection_config, hub_cache_folder, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, transformers4_text_fields, write_json
 
 NAME = "llava"
 DESCRIPTION = "original LLaVA repo layout: image_model/ (CLIP) + text_model_llava/ (Llama/Mistral + mm_projector)"
@@ -81,7 +81,7 @@ def _locate(path: Path) -> tuple[Path, Path]:
     tower = str(read_json(path / "config.json").get("mm_vision_tower", ""))
     if tower and Path(tower).is_dir():
         return path, Path(tower)
-    cached = _hub_cache_folder(tower)
+    cached = hub_cache_folder(tower)
     if cached is not None:
         return path, cached
     raise UnknownFormat(
@@ -89,20 +89,6 @@ def _locate(path: Path) -> tuple[Path, Path]:
         f"download it (hf download {tower}) or place it as image_model/ beside text_model_llava/",
         path=path,
     )
-
-
-def _hub_cache_folder(repo_id: str) -> Path | None:
-    """The cached snapshot of a Hub model given by name (LLaVA's configs name their vision tower, e.g.
-    openai/clip-vit-large-patch14-336), without any network access."""
-    if not repo_id or repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # not cached, not a valid repo id, or huggingface_hub missing: the caller explains
-        return None
-    return folder if (folder / "config.json").is_file() else None
 
 
 def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mmzoo
-from mmzoo.tiny import sample_inputs
+from mmzoo.tiny import CHAT_TEMPLATE, sample_inputs
 
 
 def _rewrite_keys(folder, rename):
@@ -83,6 +83,7 @@ def test_llava_output_speaks_transformers_4x(tiny, tmp_path):
     assert text["mm_vision_select_feature"] == "patch" and text["mm_hidden_size"] == 32
     tok_cfg = json.loads((tmp_path / "llava" / "text_model_llava" / "tokenizer_config.json").read_text())
     assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_cfg["chat_template"] == CHAT_TEMPLATE  # 4.x reads it here, not from chat_template.jinja
     merges = json.loads((tmp_path / "llava" / "text_model_llava" / "tokenizer.json").read_text())["model"]["merges"]
     assert isinstance(merges[0], str) and len(merges[0].split(" ")) == 2
     vision_keys = load_file(tmp_path / "llava" / "image_model" / "model.safetensors").keys()

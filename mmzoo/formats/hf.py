@@ -3,12 +3,14 @@
 Reading accepts the three key spellings seen in the wild (4.x ``language_model.model.*`` +
 ``vision_tower.vision_model.*``, 5.x saved ``vision_tower.*``, 5.x in-memory ``model.language_model.*``
 + ``lm_head.weight``). Writing uses the 4.x spelling (``language_model.model.*``,
-``vision_tower.vision_model.*``), which transformers 4.x loads as it is and 5.x maps on load — 5.x's own
-``save_pretrained`` drops the ``vision_model.`` infix, and 4.x then runs a random vision tower. The
-configs and tokenizer files carry what 4.x reads too (top-level ``rope_theta``, a tokenizer class 4.x
-knows, the chat template in tokenizer_config.json and chat_template.json). MoE layouts no built-in class expresses are written with mmzoo's remote code
-(``mmzoo.upcycle.remote``: ``model_type: mmzoo_moe_llava``, ``auto_map``, the two Python files, weights
-under the model's in-memory names); loading them needs ``trust_remote_code=True``.
+``vision_tower.vision_model.*``, as the published llava-hf checkpoints), which 4.x loads as it is and
+5.x maps on load; 5.x's own ``save_pretrained`` drops the ``vision_model.`` infix, and 4.x then runs a
+random vision tower. The configs and tokenizer files carry what 4.x reads too (top-level
+``rope_theta``, ``torch_dtype``, ``image_seq_length``, a tokenizer class 4.x knows, the chat template in
+tokenizer_config.json and chat_template.json). MoE layouts no built-in class expresses are written
+with mmzoo's remote code (``mmzoo.upcycle.remote``: ``model_type: mmzoo_moe_llava``, ``auto_map``, the
+two Python files, weights under the model's in-memory names); loading them needs
+``trust_remote_code=True`` and transformers 5.x.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import write_transformers4_tokenizer_files
-from .common import copy_files, detection_config, native_components, processor_from_folder, split_by_prefix, to_canonical, transformers4_text_fields, write_json
+from .common import (
+    copy_files, detection_config, native_components, processor_from_folder, split_by_prefix, to_canonical,
+    transformers4_text_fields, write_json,
+)
 
 NAME = "hf"
 DESCRIPTION = "transformers LlavaForConditionalGeneration folder (config.json + safetensors + tokenizer + processor)"

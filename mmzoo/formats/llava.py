@@ -19,7 +19,10 @@ from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
-from .common import detection_config, hub_cache_folder, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, transformers4_text_fields, write_json
+from .common import (
+    detection_config, hub_cache_folder, native_components, processor_from_folder, source_dtype, split_by_prefix,
+    to_canonical, transformers4_text_fields, write_json,
+)
 
 NAME = "llava"
 DESCRIPTION = "original LLaVA repo layout: image_model/ (CLIP) + text_model_llava/ (Llama/Mistral + mm_projector)"

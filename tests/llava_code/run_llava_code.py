@@ -19,4 +19,5 @@ pixel_values = image_processor.preprocess(Image.open(image_path).convert("RGB"),
 input_ids = tokenizer_image_token(prompt, tokenizer, -200, return_tensors="pt")[None]
 with torch.no_grad():
     logits = model(input_ids=input_ids, images=pixel_values.float()).logits
-torch.save({"logits": logits, "input_ids": input_ids, "pixel_values": pixel_values}, out_path)
+chat_template = getattr(tokenizer, "chat_template", None)
+torch.save({"logits": logits, "input_ids": input_ids, "pixel_values": pixel_values, "chat_template": chat_template}, out_path)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import mmzoo
+from mmzoo.tiny import CHAT_TEMPLATE
 
 from side_env import clean_env, llava_python as _llava_python
 
@@ -42,6 +43,7 @@ def test_llava_output_runs_in_the_original_llava_code(tiny, tmp_path, llava_pyth
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = torch.load(tmp_path / "out.pt")
+    assert theirs["chat_template"] == CHAT_TEMPLATE  # transformers 4.37 found it (in tokenizer_config.json)
 
     # LLaVA's builder loads weights in float16 on CPU (the script then computes in float32), so the
     # reference sees the same fp16 rounding of the weights; everything else must match exactly.

@@ -64,8 +64,8 @@ def _cases(tiny, root: Path) -> dict[str, dict]:
     cases["from-moe-llava"] = {"out": root / "from-moe-llava", "ref": root / "from-moe-llava"}
     build_vision(root / "parts-siglip", "siglip")
     build_llm(root / "parts-phi3", "phi3")
-    mmzoo.init_model(root / "parts-siglip", root / "parts-phi3", root / "init", tgt_fmt="hf", seed=1)
-    cases["init"] = {"out": root / "init", "ref": root / "init"}
+    info = mmzoo.init_model(root / "parts-siglip", root / "parts-phi3", root / "init", tgt_fmt="hf", seed=1)
+    cases["init"] = {"out": root / "init", "ref": root / "init", "notes": info["notes"]}
     for name, moe in MOE.items():  # the upcycles transformers expresses with built-in classes
         mmzoo.convert(src, root / f"upcycle-{name}", tgt_fmt="hf", moe=dict(num_experts=4, top_k=2, targets=["text"], **moe))
         cases[f"upcycle-{name}"] = {"out": root / f"upcycle-{name}", "ref": src}
@@ -158,6 +158,10 @@ def test_what_4x_reads_differently_is_said_at_convert_time(tiny, tmp_path):
     assert not mmzoo.convert(tiny.hf("llama", "clip"), tmp_path / "clip", tgt_fmt="hf").notes
     qwen2_moe = mmzoo.convert(tiny.hf("llama", "clip"), tmp_path / "moe", tgt_fmt="hf", moe=dict(num_experts=4, top_k=2, style="shared", layers="even", targets=["text"]))
     assert [note for note in qwen2_moe.notes if "Qwen2-MoE always has q/k/v biases" in note]
+
+
+def test_init_says_what_4x_reads_differently(read_by_4x):
+    assert [note for note in read_by_4x["cases"]["init"]["notes"] if "4.46's LlavaProcessor" in note and "siglip_vision_model" in note]
 
 
 def test_remote_moe_code_is_5x_only_and_the_conversion_says_so(read_by_4x, tiny, tmp_path):

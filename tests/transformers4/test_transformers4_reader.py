@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import mmzoo
 from mmzoo.tiny import build_llm, build_vision, sample_inputs
+from hf_spellings import newest as newest_spelling, rewrite_keys
 from side_env import read_with_transformers4
 
 PROMPT = "USER: <image>\nWhat is shown in the image? ASSISTANT:"
@@ -27,19 +27,6 @@ DENSE = [(text, vision) for text in ("llama", "mistral", "qwen2", "phi3") for vi
 MOE = {"mixtral": dict(style="mixtral", layers="all"), "qwen2_moe": dict(style="shared", layers="even")}
 TOL = 1e-5
 QKV_BIAS = re.compile(r"^language_model\.model\.layers\.\d+\.self_attn\.[qkv]_proj\.bias$")
-
-
-def _newest_spelling(folder: Path) -> None:
-    """Rewrite keys as a 5.x model's in-memory state dict (model.language_model.*, lm_head.*)."""
-    def rename(key: str) -> str:
-        if key.startswith("language_model.model."):
-            return "model.language_model." + key[len("language_model.model."):]
-        if key.startswith("language_model.lm_head."):
-            return key[len("language_model."):]
-        return "model." + key
-
-    state = load_file(folder / "model.safetensors")
-    save_file({rename(k): v for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 def _cases(tiny, root: Path) -> dict[str, dict]:
@@ -52,7 +39,7 @@ def _cases(tiny, root: Path) -> dict[str, dict]:
     src = tiny.hf("llama", "clip")
     newest = root / "src-newest"
     shutil.copytree(src, newest)
-    _newest_spelling(newest)
+    rewrite_keys(newest, newest_spelling)
     mmzoo.convert(newest, root / "from-newest-spelling", tgt_fmt="hf")
     cases["from-newest-spelling"] = {"out": root / "from-newest-spelling", "ref": src}
     for fmt in ("internal", "llava"):

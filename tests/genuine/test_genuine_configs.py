@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import mmzoo
@@ -97,8 +98,6 @@ def llava_hf(tmp_path_factory) -> Path:
 
 
 def test_synthesized_llava_hf_has_the_published_tensor_names(llava_hf):
-    from safetensors import safe_open
-
     with safe_open(llava_hf / "model.safetensors", "pt") as f:
         names = set(f.keys())
     assert names == _published_keys(_genuine("llava-1.5-7b-hf/model.safetensors.index.json"), 2, 3)
@@ -110,8 +109,6 @@ def test_llava_hf_to_hf_keeps_every_published_field(llava_hf, tmp_path):
     source = json.loads((llava_hf / "config.json").read_text())
     written = json.loads((out / "config.json").read_text())
     assert written == _expected_hf_config(source)
-    from safetensors import safe_open
-
     with safe_open(out / "model.safetensors", "pt") as f:  # the published spelling, which 4.x and 5.x both load
         assert set(f.keys()) == _published_keys(_genuine("llava-1.5-7b-hf/model.safetensors.index.json"), 2, 3)
     assert _same_tensors(llava_hf, out)

@@ -123,5 +123,8 @@ def init_model(
 
         validate(ckpt)
         write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress)
+    from .formats.hf import transformers4_notes
+
+    notes = transformers4_notes(spec) if tgt_fmt == "hf" else []
     return {"output": str(out), "format": tgt_fmt, "image_token_id": image_token_id, "vocab_size": text_cfg["vocab_size"],
-            "projector": projector, "seed": seed, "dtype": CONFIG_DTYPE_NAMES.get(dtype, dtype)}
+            "projector": projector, "seed": seed, "dtype": CONFIG_DTYPE_NAMES.get(dtype, dtype), "notes": notes}

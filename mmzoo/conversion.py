@@ -164,6 +164,10 @@ def convert(
         from .upcycle import conversion_notes
 
         result.notes.extend(conversion_notes(ckpt, tgt_fmt))
+    if tgt_fmt == "hf":
+        from .formats.hf import transformers4_notes
+
+        result.notes.extend(transformers4_notes(ckpt.spec))
     if verify:
         verify_against(ckpt, Path(out), tgt_fmt)
         result.verified = True

@@ -33,11 +33,46 @@ def legacy_tokenizer_json(text: str) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2)
 
 
-def legacy_tokenizer_config(text: str) -> str:
-    """5.x writes tokenizer_class "TokenizersBackend", unknown to 4.x; name a class 4.x has."""
+def chat_template(files: dict[str, Path]) -> str | None:
+    """The default chat template, wherever the files keep it: chat_template.jinja (5.x),
+    chat_template.json (4.x processors) or tokenizer_config.json (4.x tokenizers)."""
+    if "chat_template.jinja" in files:
+        return files["chat_template.jinja"].read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        if name in files:
+            template = json.loads(files[name].read_text(encoding="utf-8")).get("chat_template")
+            if isinstance(template, str):
+                return template
+    return None
+
+
+def legacy_tokenizer_config(text: str, template: str | None = None) -> str:
+    """What transformers 4.x needs in tokenizer_config.json: 5.x writes tokenizer_class
+    "TokenizersBackend" (unknown to 4.x: name a class both know), a list of extra_special_tokens (4.x:
+    additional_special_tokens) and keeps the chat template in chat_template.jinja (4.x tokenizers read
+    it from here). ``text`` comes back unchanged when it needs none of this."""
     data = json.loads(text)
+    changed = False
     if data.get("tokenizer_class") in (None, "TokenizersBackend"):
         data["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
     if "extra_special_tokens" in data and isinstance(data["extra_special_tokens"], list):
         data.setdefault("additional_special_tokens", data.pop("extra_special_tokens"))
-    return json.dumps(data, ensure_ascii=False, indent=2)
+        changed = True
+    if template is not None and "chat_template" not in data:
+        data["chat_template"] = template
+        changed = True
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n" if changed else text
+
+
+def write_transformers4_tokenizer_files(files: dict[str, Path], folder: Path) -> None:
+    """After the tokenizer files were copied to ``folder``: the 4.x-readable tokenizer_config.json and
+    chat_template.json (the processor's template in 4.x; 5.x reads it too, with the same content)."""
+    template = chat_template(files)
+    if "tokenizer_config.json" in files:
+        text = files["tokenizer_config.json"].read_text(encoding="utf-8")
+        legacy = legacy_tokenizer_config(text, template)
+        if legacy != text:
+            (folder / "tokenizer_config.json").write_text(legacy, encoding="utf-8")
+    if template is not None and "chat_template.json" not in files:
+        (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

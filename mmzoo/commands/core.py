@@ -99,6 +99,8 @@ def init(
     with progress_bytes("writing") as (start, advance):
         info = init_model(vision, text, output, tgt_fmt=tgt_fmt, projector=projector, seed=seed, overwrite=overwrite, shard_size=shard_size, progress=advance)
     console.print(f"[green]✓[/] assembled {tgt_fmt} checkpoint at [bold]{info['output']}[/] (image token id {info['image_token_id']}, vocab {info['vocab_size']}, projector {projector}, seed {seed})")
+    for note in info["notes"]:
+        console.print(f"  note: {note}")
 
 
 def inspect(

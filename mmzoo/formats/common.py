@@ -29,6 +29,20 @@ def detection_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def hub_cache_folder(repo_id: str) -> Path | None:
+    """The cached snapshot of a Hub model given by name (LLaVA's configs name their vision tower, e.g.
+    openai/clip-vit-large-patch14-336), without any network access."""
+    if not repo_id or repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, not a valid repo id, or huggingface_hub missing: the caller explains
+        return None
+    return folder if (folder / "config.json").is_file() else None
+
+
 def split_by_prefix(
     tensors: dict[str, Planned], prefixes: list[tuple[str, str, str]], *, drop_unmatched: bool, where: str
 ) -> dict[str, dict[str, Planned]]:
@@ -120,6 +134,23 @@ def validate(ckpt: Checkpoint) -> None:
             raise MissingTensor(f"tensor {name!r} is missing", path=where)
         if tuple(planned.shape) != shape:
             raise ShapeMismatch(f"tensor {name!r} has shape {list(planned.shape)}, expected {list(shape)}", path=where)
+
+
+def transformers4_text_fields(text_config: dict[str, Any]) -> dict[str, Any]:
+    """The rope fields transformers 4.x reads (top-level ``rope_theta`` / ``rope_scaling``) for a 5.x
+    text config that keeps them in ``rope_parameters``; without them 4.x silently uses theta 10000.
+    Only fields the config lacks are returned."""
+    rope = text_config.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return {}
+    rope_type = rope.get("rope_type", "default")
+    fields: dict[str, Any] = {
+        "rope_theta": rope.get("rope_theta", 10000.0),
+        "rope_scaling": None if rope_type == "default" else {"type": rope_type, **{k: v for k, v in rope.items() if k != "rope_theta"}},
+    }
+    if "partial_rotary_factor" in rope:  # Phi-3 family: 4.x reads it at the top level
+        fields["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    return {k: v for k, v in fields.items() if k not in text_config}
 
 
 def copy_files(files: dict[str, Path], folder: Path) -> None:

@@ -2,10 +2,15 @@
 
 Reading accepts the three key spellings seen in the wild (4.x ``language_model.model.*`` +
 ``vision_tower.vision_model.*``, 5.x saved ``vision_tower.*``, 5.x in-memory ``model.language_model.*``
-+ ``lm_head.weight``). Writing uses what ``save_pretrained`` writes in transformers 5.x, which 4.x
-also loads. MoE layouts no built-in class expresses are written with mmzoo's remote code
-(``mmzoo.upcycle.remote``: ``model_type: mmzoo_moe_llava``, ``auto_map``, the two Python files, weights
-under the model's in-memory names); loading them needs ``trust_remote_code=True``.
++ ``lm_head.weight``). Writing uses the 4.x spelling (``language_model.model.*``,
+``vision_tower.vision_model.*``, as the published llava-hf checkpoints), which 4.x loads as it is and
+5.x maps on load; 5.x's own ``save_pretrained`` drops the ``vision_model.`` infix, and 4.x then runs a
+random vision tower. The configs and tokenizer files carry what 4.x reads too (top-level
+``rope_theta``, ``torch_dtype``, ``image_seq_length``, a tokenizer class 4.x knows, the chat template in
+tokenizer_config.json and chat_template.json). MoE layouts no built-in class expresses are written
+with mmzoo's remote code (``mmzoo.upcycle.remote``: ``model_type: mmzoo_moe_llava``, ``auto_map``, the
+two Python files, weights under the model's in-memory names); loading them needs
+``trust_remote_code=True`` and transformers 5.x.
 """
 from __future__ import annotations
 
@@ -17,7 +22,11 @@ from ..io.checkpoint import read_weights, write_weights
 from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
-from .common import copy_files, detection_config, native_components, processor_from_folder, split_by_prefix, to_canonical, write_json
+from ..tokenizer_files import write_transformers4_tokenizer_files
+from .common import (
+    copy_files, detection_config, native_components, processor_from_folder, split_by_prefix, to_canonical,
+    transformers4_text_fields, write_json,
+)
 
 NAME = "hf"
 DESCRIPTION = "transformers LlavaForConditionalGeneration folder (config.json + safetensors + tokenizer + processor)"
@@ -34,8 +43,8 @@ READ_PREFIXES = [
     ("multi_modal_projector.", "projector", ""),
     ("model.multi_modal_projector.", "projector", ""),
 ]
-# (component, native prefix, written prefix) as transformers 5.x save_pretrained spells it
-WRITE_PREFIXES = {"vision": [("", "vision_tower.")], "projector": [("", "multi_modal_projector.")],
+# (component, native prefix, written prefix): the 4.x spelling, which both 4.x and 5.x load
+WRITE_PREFIXES = {"vision": [("", "vision_tower.vision_model.")], "projector": [("", "multi_modal_projector.")],
                   "text": [("model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")]}
 # the in-memory module names of a 5.x LlavaForConditionalGeneration (for load_state_dict)
 MEMORY_PREFIXES = {"vision": [("", "model.vision_tower.")], "projector": [("", "model.multi_modal_projector.")],
@@ -103,17 +112,18 @@ def config_dict(spec: ModelSpec) -> dict[str, Any]:
         "architectures": ["LlavaForConditionalGeneration"],
         "model_type": "llava",
         "vision_config": spec.vision_config,
-        "text_config": spec.text_config,
+        "text_config": {**spec.text_config, **transformers4_text_fields(spec.text_config)},
         "image_token_index": spec.image_token_id,
         "projector_hidden_act": spec.projector_hidden_act,
         "multimodal_projector_bias": spec.projector_bias,
         "vision_feature_layer": spec.vision_feature_layer,
         "vision_feature_select_strategy": spec.vision_feature_select_strategy,
     }
-    if spec.image_seq_length is not None:
-        config["image_seq_length"] = spec.image_seq_length
+    # without it transformers assumes LLaVA-1.5's 576 image tokens per image
+    config["image_seq_length"] = spec.image_seq_length if spec.image_seq_length is not None else image_seq_length(spec)
     if spec.dtype:
         config["dtype"] = spec.dtype
+        config["torch_dtype"] = spec.dtype  # the 4.x name (from_pretrained(torch_dtype="auto") reads it)
     config.update(spec.extra)
     return config
 
@@ -146,10 +156,40 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
         tensors = rename(native_components(ckpt), WRITE_PREFIXES)
     write_weights(out, dict(sorted(tensors.items())), max_shard_bytes=shard_bytes, progress=progress)
     copy_files(ckpt.tokenizer_files, out)
+    write_transformers4_tokenizer_files(ckpt.tokenizer_files, out)
     copy_files(ckpt.extra_files, out)
     if ckpt.image_processor is not None:
         write_json(out / "preprocessor_config.json", ckpt.image_processor)
         write_json(out / "processor_config.json", processor_config(ckpt))
+
+
+def image_seq_length(spec: ModelSpec) -> int:
+    """Image tokens per image: one per patch, plus CLIP's class token when the strategy keeps it."""
+    from ..archs.vision import num_patches
+
+    keeps_cls = spec.vision_type == "clip_vision_model" and spec.vision_feature_select_strategy == "full"
+    return num_patches(spec.vision_config) + (1 if keeps_cls else 0)
+
+
+def transformers4_notes(spec: ModelSpec) -> list[str]:
+    """What transformers 4.x (4.46, measured) reads differently from 5.x in this hf folder, one line each."""
+    from ..upcycle import remote
+
+    if remote.needs_remote_code(spec):
+        return []  # the MoE note already says 4.x cannot load it
+    notes = []
+    if spec.vision_type != "clip_vision_model":
+        notes.append(
+            f"transformers 4.46's LlavaProcessor always counts a CLIP class token: for this {spec.vision_type} tower it expands "
+            f"<image> to one token more than image_seq_length ({image_seq_length(spec)}); the model itself loads and runs exactly"
+        )
+    text = spec.text_config
+    if text.get("model_type") == "qwen2_moe" and text.get("qkv_bias") is False:
+        notes.append(
+            "transformers 4.x's Qwen2-MoE always has q/k/v biases: it reports them missing and initialises them to zero, "
+            "which gives the same logits"
+        )
+    return notes
 
 
 def processor_config(ckpt: Checkpoint) -> dict[str, Any]:

@@ -18,13 +18,18 @@ from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
-from ..tokenizer_files import added_tokens, legacy_tokenizer_config, legacy_tokenizer_json
-from .common import detection_config, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
+from .common import (
+    detection_config, hub_cache_folder, native_components, processor_from_folder, source_dtype, split_by_prefix,
+    to_canonical, transformers4_text_fields, write_json,
+)
 
 NAME = "llava"
 DESCRIPTION = "original LLaVA repo layout: image_model/ (CLIP) + text_model_llava/ (Llama/Mistral + mm_projector)"
 TEXT_DIRS = ("text_model_llava", "text_model")
 LLAVA_CLASSES = {"llama": ("LlavaLlamaForCausalLM", "llava_llama"), "mistral": ("LlavaMistralForCausalLM", "llava_mistral")}
+BASE_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+PROJECTOR_FILE = "mm_projector.bin"
 SUPPORTED = "Llama or Mistral LLM with a CLIP vision tower"
 
 TEXT_PREFIXES = [
@@ -41,7 +46,7 @@ _LLAVA_KEYS = {
     "mm_use_im_start_end", "mm_use_im_patch_token", "image_aspect_ratio", "tune_mm_mlp_adapter",
     "freeze_mm_mlp_adapter", "mm_patch_merge_type", "use_mm_proj", "tokenizer_padding_side",
     "tokenizer_model_max_length", "unfreeze_mm_vision_tower", "mm_projector_lr", "mm_vision_tower_lr",
-    "image_grid_pinpoints", "mmzoo",
+    "image_grid_pinpoints", "mm_resampler_type", "tune_mm_vision_resampler", "freeze_mm_vision_resampler", "mmzoo",
 }
 
 
@@ -56,7 +61,20 @@ def detect(path: Path) -> bool:
     if (path / "image_model").is_dir() and _text_dir(path) is not None:
         return True
     data = detection_config(path)
-    return data is not None and str(data.get("model_type", "")).startswith("llava_")
+    return data is not None and _base_type(data) is not None
+
+
+def _base_type(config: dict[str, Any]) -> str | None:
+    """The LLM family of a LLaVA-repo config, or None when it is not one. LLaVA-1.5's published
+    configs say ``model_type: llava`` (the same as transformers' Llava) with ``LlavaLlamaForCausalLM``;
+    mmzoo and later LLaVA code write ``llava_llama`` / ``llava_mistral``."""
+    model_type = str(config.get("model_type", ""))
+    if model_type.startswith("llava_"):
+        return model_type.removeprefix("llava_")
+    for base, (cls, _) in LLAVA_CLASSES.items():
+        if cls in (config.get("architectures") or []):
+            return base
+    return None
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
@@ -66,8 +84,12 @@ def _locate(path: Path) -> tuple[Path, Path]:
     tower = str(read_json(path / "config.json").get("mm_vision_tower", ""))
     if tower and Path(tower).is_dir():
         return path, Path(tower)
+    cached = hub_cache_folder(tower)
+    if cached is not None:
+        return path, cached
     raise UnknownFormat(
-        f"LLaVA folder whose vision tower {tower!r} is not a local folder; download it and place it as image_model/ beside text_model_llava/",
+        f"LLaVA folder whose vision tower {tower!r} is neither a local folder nor in the Hugging Face cache; "
+        f"download it (hf download {tower}) or place it as image_model/ beside text_model_llava/",
         path=path,
     )
 
@@ -86,7 +108,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     vision_tensors = {n: Planned.of(s) for n, s in read_weights(vision_dir).items() if not n.startswith(CLIP_MODEL_ONLY)}
     parts = split_by_prefix(vision_tensors, VISION_PREFIXES, drop_unmatched=drop_unmatched, where=str(vision_dir))
     text_parts = split_by_prefix(
-        {n: Planned.of(s) for n, s in read_weights(text_dir).items()}, TEXT_PREFIXES, drop_unmatched=drop_unmatched, where=str(text_dir)
+        {n: Planned.of(s) for n, s in _text_weights(text_dir).items()}, TEXT_PREFIXES, drop_unmatched=drop_unmatched, where=str(text_dir)
     )
     parts["projector"], parts["text"] = text_parts["projector"], text_parts["text"]
     canonical = to_canonical(spec, parts, drop_unmatched=drop_unmatched, where=where)
@@ -97,13 +119,39 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     return Checkpoint(spec, canonical, path, NAME, tokenizer_files, processor_from_folder(vision_dir), extra)
 
 
+def _text_weights(text_dir: Path) -> dict[str, Any]:
+    """The LLM weights, plus ``mm_projector.bin`` when the projector was saved apart (LLaVA's
+    pretraining stage writes only the projector there; a finetuned folder may carry both)."""
+    projector_file = text_dir / PROJECTOR_FILE
+    has_llm = any((text_dir / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+    if not has_llm and projector_file.is_file():
+        raise UnknownFormat(
+            f"holds only the projector ({PROJECTOR_FILE}, LLaVA's pretraining stage) and no LLM weights; "
+            "copy the base LLM's weights into the folder beside it (LLaVA loads them with --model-base)",
+            path=text_dir,
+        )
+    sources = read_weights(text_dir)
+    if projector_file.is_file():
+        from ..io.checkpoint import bin_sources
+
+        separate = bin_sources(projector_file)
+        both = sorted(set(separate) & set(sources))
+        if both:
+            raise UnknownFormat(f"{PROJECTOR_FILE} and the model weights both hold {both[0]!r}; remove one of them", path=text_dir)
+        sources.update(separate)
+    return sources
+
+
 def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> ModelSpec:
     notes = text_cfg.get("mmzoo") or {}
-    base_type = str(text_cfg.get("model_type", "llama")).removeprefix("llava_")
+    base_type = _base_type(text_cfg) or str(text_cfg.get("model_type", "llama"))
     if base_type not in LLAVA_CLASSES:
         raise UnknownArchitecture(f"LLM {text_cfg.get('model_type')!r} is not supported in the llava layout ({SUPPORTED})", path=where)
     text = {k: v for k, v in text_cfg.items() if k not in _LLAVA_KEYS and k not in notes.get("added_keys", [])}
-    text.update(notes.get("replaced", {"model_type": base_type}))
+    # a genuine LLaVA config names LLaVA's own class; the LLM is a plain *ForCausalLM
+    text.update(notes.get("replaced", {"model_type": base_type, "architectures": [BASE_CLASSES[base_type]]}))
+    if not notes:  # a genuine LLaVA config: its _name_or_path is the training machine's folder name
+        text.pop("_name_or_path", None)
     text = {k: v for k, v in text.items() if v is not None or k not in notes.get("replaced", {})}
     if "rope_parameters" not in text and "rope_theta" in text:  # a genuine 4.x config: keep what 5.x reads
         scaling = text.get("rope_scaling") or {}
@@ -170,12 +218,7 @@ def text_config(spec: ModelSpec, vision_tower: str, torch_dtype: str) -> dict[st
     config = dict(spec.text_config)
     replaced = {"model_type": config.get("model_type"), "architectures": config.get("architectures")}
     config.update(architectures=[cls], model_type=model_type)
-    added: dict[str, Any] = {"torch_dtype": torch_dtype}
-    rope = config.get("rope_parameters")
-    if isinstance(rope, dict):  # what transformers 4.x reads; without it 4.x silently uses theta 10000
-        added["rope_theta"] = rope.get("rope_theta", 10000.0)
-        rope_type = rope.get("rope_type", "default")
-        added["rope_scaling"] = None if rope_type == "default" else {"type": rope_type, **{k: v for k, v in rope.items() if k != "rope_theta"}}
+    added: dict[str, Any] = {"torch_dtype": torch_dtype, **transformers4_text_fields(config)}  # the LLaVA code runs 4.37
     added = {k: v for k, v in added.items() if k not in config}
     config.update(added)
     config.update(
@@ -208,10 +251,11 @@ def text_config(spec: ModelSpec, vision_tower: str, torch_dtype: str) -> dict[st
 
 def _write_tokenizer(ckpt: Checkpoint, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    template = chat_template(ckpt.tokenizer_files)  # transformers 4.37 reads it from tokenizer_config.json only
     for name, src in ckpt.tokenizer_files.items():
         if name == "tokenizer.json":
             (folder / name).write_text(legacy_tokenizer_json(src.read_text(encoding="utf-8")), encoding="utf-8")
         elif name == "tokenizer_config.json":
-            (folder / name).write_text(legacy_tokenizer_config(src.read_text(encoding="utf-8")), encoding="utf-8")
+            (folder / name).write_text(legacy_tokenizer_config(src.read_text(encoding="utf-8"), template), encoding="utf-8")
         else:
             (folder / name).write_bytes(src.read_bytes())

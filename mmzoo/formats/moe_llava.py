@@ -33,7 +33,7 @@ from ..io.tensors import Planned, materialize
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
-from .common import detection_config, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, hub_cache_folder, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 from .llava import CLIP_MODEL_ONLY, TEXT_PREFIXES, VISION_PREFIXES  # the same LLaVA-repo key spellings
 
 NAME = "moe-llava"
@@ -73,9 +73,12 @@ def _vision_dir(path: Path, config: dict[str, Any]) -> Path:
         tower = config.get(key)
         if tower and (Path(tower) / "config.json").is_file():
             return Path(tower)
+        cached = hub_cache_folder(str(tower or ""))  # published configs name the tower (openai/clip-vit-large-patch14-336)
+        if cached is not None:
+            return cached
     raise UnknownFormat(
-        f"MoE-LLaVA folder without a local vision tower ({config.get('mm_image_tower') or config.get('mm_vision_tower')!r}); "
-        f"download it and place it as {VISION_DIR}/ inside the folder", path=path
+        f"MoE-LLaVA folder whose vision tower ({config.get('mm_image_tower') or config.get('mm_vision_tower')!r}) is neither a local "
+        f"folder nor in the Hugging Face cache; download it or place it as {VISION_DIR}/ inside the folder", path=path
     )
 
 

@@ -72,6 +72,11 @@ def _safetensors_sources(path: Path) -> dict[str, Source]:
     return {name: Source(name, t.dtype, t.shape, stored=t, origin=str(path)) for name, t in tensors.items()}
 
 
+def bin_sources(path: Path) -> dict[str, Source]:
+    """The tensors of one ``.bin`` file (e.g. LLaVA's separate mm_projector.bin), loaded safely."""
+    return _bin_sources(path)
+
+
 def _bin_sources(path: Path) -> dict[str, Source]:
     import torch
 

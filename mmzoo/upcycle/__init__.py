@@ -38,6 +38,6 @@ def conversion_notes(ckpt: Checkpoint, tgt_fmt: str) -> list[str]:
         notes.append(
             "no built-in transformers class expresses this MoE layout" + (f" ({why})" if why else "") + "; the hf folder "
             "ships mmzoo's modeling code (configuration_mmzoo_moe.py, modeling_mmzoo_moe.py): load it with "
-            "AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)"
+            "AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True) in transformers 5.x (4.x cannot load it)"
         )
     return notes

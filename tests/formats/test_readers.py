@@ -9,31 +9,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mmzoo
-from mmzoo.tiny import sample_inputs
+from mmzoo.tiny import CHAT_TEMPLATE, sample_inputs
+from hf_spellings import newest, old_4x, rewrite_keys
 
 
-def _rewrite_keys(folder, rename):
-    state = load_file(folder / "model.safetensors")
-    save_file({rename(k): v for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
-
-
-def _old_4x(key: str) -> str:
-    return key.replace("vision_tower.", "vision_tower.vision_model.", 1)
-
-
-def _newest(key: str) -> str:
-    if key.startswith("language_model.model."):
-        return "model.language_model." + key[len("language_model.model."):]
-    if key.startswith("language_model.lm_head."):
-        return key[len("language_model."):]
-    return "model." + key
-
-
-@pytest.mark.parametrize("spelling", [_old_4x, _newest])
+@pytest.mark.parametrize("spelling", [old_4x, newest])
 def test_hf_reader_accepts_older_and_newer_key_spellings(tiny, tmp_path, spelling):
     src = tmp_path / "src"
     shutil.copytree(tiny.hf("llama", "clip"), src)
-    _rewrite_keys(src, spelling)
+    rewrite_keys(src, spelling)
     mmzoo.convert(src, tmp_path / "out", tgt_fmt="hf")
     assert mmzoo.diff(tiny.hf("llama", "clip"), tmp_path / "out")["equal"]
 
@@ -83,6 +67,7 @@ def test_llava_output_speaks_transformers_4x(tiny, tmp_path):
     assert text["mm_vision_select_feature"] == "patch" and text["mm_hidden_size"] == 32
     tok_cfg = json.loads((tmp_path / "llava" / "text_model_llava" / "tokenizer_config.json").read_text())
     assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_cfg["chat_template"] == CHAT_TEMPLATE  # 4.x reads it here, not from chat_template.jinja
     merges = json.loads((tmp_path / "llava" / "text_model_llava" / "tokenizer.json").read_text())["model"]["merges"]
     assert isinstance(merges[0], str) and len(merges[0].split(" ")) == 2
     vision_keys = load_file(tmp_path / "llava" / "image_model" / "model.safetensors").keys()

@@ -2,39 +2,23 @@
 logits as transformers 5.x on the hf original.
 
 The LLaVA code pins transformers 4.37 / tokenizers < 0.19, so it runs in its own virtual environment
-(system site-packages for torch). The environment is built once with pip from the package index and
-cached in ~/.cache/mmzoo-tests/llava-env (or set MMZOO_LLAVA_PYTHON to an existing interpreter).
+(tests/side_env.py: torch borrowed from the running interpreter), built once with pip from the package
+index and cached in ~/.cache/mmzoo-tests/llava-env (or set MMZOO_LLAVA_PYTHON to an existing interpreter).
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import mmzoo
+from mmzoo.tiny import CHAT_TEMPLATE
+
+from side_env import clean_env, llava_python as _llava_python
 
 HERE = Path(__file__).parent
-PACKAGES = ["transformers==4.37.2", "tokenizers<0.19", "numpy<2", "accelerate==0.26.1", "sentencepiece", "einops", "shortuuid", "protobuf"]
-
-
-def _llava_python() -> str:
-    if os.environ.get("MMZOO_LLAVA_PYTHON"):
-        return os.environ["MMZOO_LLAVA_PYTHON"]
-    env = Path.home() / ".cache" / "mmzoo-tests" / "llava-env"
-    python = env / "bin" / "python"
-    probe = [str(python), "-c", "import llava, transformers; assert transformers.__version__ == '4.37.2'"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return str(python)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(env)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, *PACKAGES], check=True, capture_output=True)
-    subprocess.run([*pip, "--no-deps", "llava-torch==1.2.2.post1"], check=True, capture_output=True)
-    subprocess.run(probe, check=True)
-    return str(python)
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +37,13 @@ def test_llava_output_runs_in_the_original_llava_code(tiny, tmp_path, llava_pyth
     image = tmp_path / "image.png"
     Image.new("RGB", (40, 30), (200, 10, 30)).save(image)
     prompt = "USER: <image>\nWhat is shown in the image? ASSISTANT:"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [llava_python, str(HERE / "run_llava_code.py"), str(tmp_path / "llava" / "text_model_llava"), str(image), prompt, str(tmp_path / "out.pt")],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True, text=True, env=clean_env(), timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = torch.load(tmp_path / "out.pt")
+    assert theirs["chat_template"] == CHAT_TEMPLATE  # transformers 4.37 found it (in tokenizer_config.json)
 
     # LLaVA's builder loads weights in float16 on CPU (the script then computes in float32), so the
     # reference sees the same fp16 rounding of the weights; everything else must match exactly.

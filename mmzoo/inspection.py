@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .config_diff import diff_configs
 from .conversion import read_checkpoint
 from .io.tensors import digest, materialize
 
@@ -54,9 +55,10 @@ def check_checkpoint(path: str | Path, fmt: str | None = None) -> dict[str, Any]
     return inspect(path, fmt)
 
 
-def diff(a: str | Path, b: str | Path, *, atol: float | None = None) -> dict[str, Any]:
-    """Compare tensors of two checkpoints by canonical name. Equal means identical bytes, or
-    within ``atol`` when given (dtype and shape must still match)."""
+def diff(a: str | Path, b: str | Path, *, atol: float | None = None, weights_only: bool = False) -> dict[str, Any]:
+    """Compare two checkpoints of any formats: tensors by canonical name (equal means identical bytes, or
+    within ``atol`` when given; dtype and shape must still match), then model, generation, processor and
+    tokenizer settings (:mod:`mmzoo.config_diff`) unless ``weights_only``."""
     left, right = read_checkpoint(a), read_checkpoint(b)
     rows: list[dict[str, Any]] = []
     for name in sorted(set(left.tensors) | set(right.tensors)):
@@ -71,8 +73,10 @@ def diff(a: str | Path, b: str | Path, *, atol: float | None = None) -> dict[str
             delta = _max_abs(lt, rt)
             if atol is None or not delta <= atol:
                 rows.append({"tensor": name, "problem": "values differ", "max_abs_diff": delta})
+    config_rows = None if weights_only else diff_configs(left, right)
     return {"a": str(a), "b": str(b), "a_format": left.format, "b_format": right.format,
-            "tensors": len(set(left.tensors) | set(right.tensors)), "equal": not rows, "differences": rows}
+            "tensors": len(set(left.tensors) | set(right.tensors)), "equal": not rows and not config_rows,
+            "differences": rows, "config_differences": config_rows}
 
 
 def _max_abs(lt, rt) -> float:

@@ -65,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - click usage errors and pydantic validation errors land here too
         click = _click_exceptions()
-        if isinstance(exc, click.Exit):
+        if isinstance(exc, typer.Exit):
             sys.exit(exc.exit_code)
         if isinstance(exc, click.NoArgsIsHelpError):  # `mmzoo hub` alone: the help is the answer
             exc.show()
@@ -100,6 +100,16 @@ def tidy_help(command) -> None:
             param._usage_display_name = lambda display=display: display  # typer ≥ 0.23 wraps required ones in {}
         elif getattr(param, "is_flag", False) and not getattr(param, "count", False):
             param.metavar = ""
+    if hasattr(command, "get_help_option"):  # -h/--help is made on demand, with the context's option names
+        make_help_option = command.get_help_option
+
+        def get_help_option(ctx, make_help_option=make_help_option):
+            option = make_help_option(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option
     for sub in getattr(command, "commands", {}).values():
         tidy_help(sub)
 

@@ -32,10 +32,10 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
         from .errors import UnknownFormat
 
         try:
-            looks = f"it looks like {formats.detect(root)}"
-        except MmzooError:
-            looks = "no format was recognised"
-        raise UnknownFormat(f"is not a {fmt} checkpoint ({looks}; drop --src-fmt to auto-detect)", path=root)
+            looks = f"it looks like {formats.detect(root)}; drop --src-fmt to auto-detect"
+        except MmzooError as exc:  # nothing recognised: say what it is instead (a plain LLM: use mmzoo init)
+            raise UnknownFormat(f"is not a {fmt} checkpoint: {exc}", path=root) from None
+        raise UnknownFormat(f"is not a {fmt} checkpoint ({looks})", path=root)
     ckpt = module.read(root, drop_unmatched=drop_unmatched)
     validate(ckpt)
     return ckpt

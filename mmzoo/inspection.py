@@ -31,7 +31,10 @@ def inspect(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
         "path": str(root),
         "format": ckpt.format,
         "vision": spec.vision_type,
-        "text": spec.text_type,
+        # An upcycled LLM is described by its dense architecture (a Llama upcycled into a Qwen2-MoE-shaped
+        # config is still a Llama); text_model_type says which config class it loads with.
+        "text": (spec.moe or {}).get("base_model_type") or spec.text_config.get("base_model_type") or spec.text_type,
+        "text_model_type": spec.text_type,
         "projector": spec.projector_type,
         "parameters": sum(by_component.values()),
         "parameters_by_component": {c: by_component.get(c, 0) for c in COMPONENTS},

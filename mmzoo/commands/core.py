@@ -11,7 +11,7 @@ from ._output import console, progress_bytes
 
 Src = Annotated[Path, typer.Argument(help="Checkpoint folder to read (format auto-detected).", show_default=False)]
 Out = Annotated[Path, typer.Option("-o", "--output", help="Output folder (written to a temporary sibling, renamed when complete).", show_default=False)]
-TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal (see `mmzoo formats`).", show_default=False)]
+TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal, moe-llava (see `mmzoo formats`).", show_default=False)]
 SrcFmt = Annotated[Optional[str], typer.Option("--src-fmt", help="Source format; detected when omitted.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only once the new output is complete).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
@@ -124,7 +124,8 @@ def inspect(
     table.add_row("format", info["format"])
     table.add_row("vision", f"{info['vision']} ({info['layers']['vision']} layers, hidden {info['hidden_size']['vision']})")
     table.add_row("projector", info["projector"])
-    table.add_row("text", f"{info['text']} ({info['layers']['text']} layers, hidden {info['hidden_size']['text']})")
+    loads_as = f", loads as {info['text_model_type']}" if info["text_model_type"] != info["text"] else ""
+    table.add_row("text", f"{info['text']} ({info['layers']['text']} layers, hidden {info['hidden_size']['text']}{loads_as})")
     table.add_row("parameters", f"{info['parameters']:,} (" + ", ".join(f"{k} {v:,}" for k, v in info["parameters_by_component"].items()) + ")")
     table.add_row("dtypes", ", ".join(f"{k}×{v}" for k, v in info["dtypes"].items()))
     n_shards = len(info["shards"])

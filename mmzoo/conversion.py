@@ -67,17 +67,33 @@ class ConversionResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def prepare_output(out: Path, source: Path | None, overwrite: bool) -> Path:
-    """Refuse unsafe outputs; return the temporary sibling to write into."""
-    out = out.absolute()
+def check_output(out: Path, source: Path | None, overwrite: bool) -> None:
+    """Refuse an unsafe OUT before any work: the source itself, inside it or around it, or an existing OUT
+    without ``overwrite``. A missing parent folder is fine: it is created (as every mmzoo command does)."""
+    out = Path(out).absolute()
     if source is not None:
-        src = source.resolve()
+        src = Path(source).resolve()
         if out.resolve() == src or src in out.resolve().parents or out.resolve() in src.parents:
             raise MmzooError("output must not be the source folder, inside it, or contain it", path=out)
     if out.exists() and not overwrite:
         raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
-    if not out.parent.exists():
-        raise MmzooError("parent folder does not exist", path=out.parent)
+
+
+def missing_parents(out: Path) -> list[Path]:
+    """The ancestors of ``out`` that do not exist yet, innermost first (removed again if the write fails)."""
+    missing = []
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def prepare_output(out: Path, source: Path | None, overwrite: bool) -> Path:
+    """Refuse unsafe outputs, create missing parent folders; return the temporary sibling to write into."""
+    out = out.absolute()
+    check_output(out, source, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -97,12 +113,18 @@ def commit_output(tmp: Path, out: Path) -> None:
 
 
 def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callable[[Path], None]) -> None:
+    created = missing_parents(out)
     tmp = prepare_output(Path(out), source, overwrite)
     try:
         write(tmp)
         commit_output(tmp, Path(out))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # a failed write leaves nothing behind, not even the folders made for it
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 

@@ -53,6 +53,10 @@ def push(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
+    if not result["changed"]:  # every file is already there: no commit, and no empty pull request
+        console.print(f"[yellow]unchanged[/]: {result['url']} @ {result['revision']} already holds these "
+                      f"{len(result['files'])} files; nothing pushed" + ("; no pull request opened" if create_pr else ""))
+        return
     where = result["pr_url"] or f"{result['url']} @ {result['revision']}"
     console.print(f"[green]pushed[/] {path} ({result['format']}, {len(result['files'])} files) -> {where}")
     console.print(f"  commit {result['commit']}" + ("  (generated model card added as README.md)" if result["card_written"] else ""))

@@ -46,9 +46,10 @@ def skip_shm_comm_build() -> None:
     """DeepSpeed's CPU backend compiles a C++ shared-memory extension on first use (minutes, silently, in a
     torch_extensions cache every venv on the machine shares and rebuilds). Only its inference all-reduce
     uses it; training all-reduces go through gloo either way, so mmzoo never builds it."""
-    import deepspeed.comm.torch as ds_torch
+    import importlib
 
-    ds_torch.build_shm_op = lambda: None
+    # not `import deepspeed.comm.torch as m`: that resolves to the attribute deepspeed.comm.torch, which is torch
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def lr_lambda(total: int, warmup_ratio: float, kind: str, min_ratio: float) -> Callable[[int], float]:

@@ -31,10 +31,8 @@ def inspect(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
         "path": str(root),
         "format": ckpt.format,
         "vision": spec.vision_type,
-        # An upcycled LLM is described by its dense architecture (a Llama upcycled into a Qwen2-MoE-shaped
-        # config is still a Llama); text_model_type says which config class it loads with.
-        "text": (spec.moe or {}).get("base_model_type") or spec.text_config.get("base_model_type") or spec.text_type,
-        "text_model_type": spec.text_type,
+        "text": llm_name(spec),
+        "text_model_type": spec.text_type,  # the config class it loads with
         "projector": spec.projector_type,
         "parameters": sum(by_component.values()),
         "parameters_by_component": {c: by_component.get(c, 0) for c in COMPONENTS},
@@ -50,6 +48,20 @@ def inspect(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
         "layers": {"vision": spec.vision_config.get("num_hidden_layers"), "text": spec.text_config.get("num_hidden_layers")},
         "hidden_size": {"vision": spec.vision_config.get("hidden_size"), "text": spec.text_config.get("hidden_size")},
     }
+
+
+# What mmzoo's MoE readers note for MoE LLMs published as such (archs/moe.py), as opposed to dense LLMs upcycled
+# by mmzoo or MoE-LLaVA, whose MoE config class is only a container for the experts
+PUBLISHED_MOE_ORIGINS = ("read from a Mixtral", "read from a Qwen2-MoE")
+
+
+def llm_name(spec) -> str:
+    """A Mixtral is a Mixtral; a Llama upcycled into a Qwen2-MoE-shaped (or MoE-LLaVA) config is a Llama."""
+    moe = spec.moe or {}
+    base = moe.get("base_model_type") or spec.text_config.get("base_model_type")
+    if not base or str(moe.get("origin", "")).startswith(PUBLISHED_MOE_ORIGINS):
+        return spec.text_type
+    return base
 
 
 def check_checkpoint(path: str | Path, fmt: str | None = None) -> dict[str, Any]:

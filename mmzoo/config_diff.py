@@ -26,6 +26,8 @@ BOOKKEEPING = frozenset({
 # How deep nested settings are reported field by field (``text_config.rope_parameters.rope_theta`` in the
 # model config, ``model.vocab`` in tokenizer.json); deeper values (a vocabulary) are compared whole.
 MODEL_DEPTH, FILE_DEPTH = 3, 2
+PROCESSOR_CONFIG = "processor_config.json"
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 # Files whose JSON is normalised to one spelling before comparing (the 4.x ↔ 5.x differences mmzoo writes)
 NORMALISE = {"tokenizer.json": legacy_tokenizer_json, "tokenizer_config.json": legacy_tokenizer_config}
 
@@ -33,9 +35,15 @@ NORMALISE = {"tokenizer.json": legacy_tokenizer_json, "tokenizer_config.json": l
 def diff_configs(left: Checkpoint, right: Checkpoint) -> list[dict[str, Any]]:
     """One row per differing setting: ``{"file", "field", "a", "b"}`` (long values shown by size and hash)."""
     rows = _diff_values("model config", left.spec.model_dump(), right.spec.model_dump(), limit=MODEL_DEPTH)
-    rows += _diff_values("preprocessor_config.json", left.image_processor or {}, right.image_processor or {})
-    for kind, a_files, b_files in (("tokenizer", left.tokenizer_files, right.tokenizer_files),
-                                   ("file", left.extra_files, right.extra_files)):
+    rows += _diff_values("image processor", left.image_processor or {}, right.image_processor or {})
+    rows += _diff_processor_configs(Path(left.path), Path(right.path))
+    # The chat template is one setting wherever it is kept (chat_template.jinja, chat_template.json or inside
+    # tokenizer_config.json: transformers 4.x and 5.x each read different ones)
+    a_template, b_template = chat_template(left.tokenizer_files), chat_template(right.tokenizer_files)
+    if a_template != b_template:
+        rows.append(_row("tokenizer", "chat_template", a_template, b_template))
+    for a_files, b_files in ((_without_templates(left.tokenizer_files), _without_templates(right.tokenizer_files)),
+                             (left.extra_files, right.extra_files)):
         for name in sorted(set(a_files) | set(b_files)):
             if name not in a_files or name not in b_files:
                 rows.append(_row(name, "(file)", "present" if name in a_files else "absent",
@@ -43,6 +51,36 @@ def diff_configs(left: Checkpoint, right: Checkpoint) -> list[dict[str, Any]]:
             else:
                 rows += _diff_files(name, a_files[name], b_files[name])
     return rows
+
+
+def _without_templates(files: dict[str, Path]) -> dict[str, Path]:
+    return {name: path for name, path in files.items() if name not in TEMPLATE_FILES}
+
+
+def chat_template(files: dict[str, Path]) -> Any:
+    """The tokenizer's chat template, from the file transformers 5 reads first, else where 4.x keeps it."""
+    if "chat_template.jinja" in files:
+        return files["chat_template.jinja"].read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        if name in files:
+            data = _json(name, files[name].read_bytes(), keep_template=True)
+            if isinstance(data, dict) and data.get("chat_template") is not None:
+                return data["chat_template"]
+    return None
+
+
+def _diff_processor_configs(a: Path, b: Path) -> list[dict[str, Any]]:
+    """The processor's own fields (patch_size, image_token, ...) of hf folders. Only hf folders have the file and
+    its writer derives it from the model config, so one side without it is not a difference."""
+    a_file, b_file = a / PROCESSOR_CONFIG, b / PROCESSOR_CONFIG
+    if not (a_file.is_file() and b_file.is_file()):
+        return []
+    a_data, b_data = _json(PROCESSOR_CONFIG, a_file.read_bytes()), _json(PROCESSOR_CONFIG, b_file.read_bytes())
+    if not (isinstance(a_data, dict) and isinstance(b_data, dict)):
+        return _diff_files(PROCESSOR_CONFIG, a_file, b_file)
+    nested = "image_processor"  # compared above, wherever a format keeps it
+    return _diff_values(PROCESSOR_CONFIG, {k: v for k, v in a_data.items() if k != nested},
+                        {k: v for k, v in b_data.items() if k != nested})
 
 
 def _diff_files(name: str, a: Path, b: Path) -> list[dict[str, Any]]:
@@ -56,14 +94,17 @@ def _diff_files(name: str, a: Path, b: Path) -> list[dict[str, Any]]:
     return [_row(name, "(content)", _digest(a_bytes), _digest(b_bytes))]
 
 
-def _json(name: str, data: bytes) -> Any:
+def _json(name: str, data: bytes, keep_template: bool = False) -> Any:
     try:
         text = data.decode("utf-8")
         if name in NORMALISE:
             text = NORMALISE[name](text)
-        return json.loads(text)
+        parsed = json.loads(text)
     except (UnicodeDecodeError, ValueError, AttributeError, TypeError):
         return None  # not comparable field by field: the content hash decides
+    if isinstance(parsed, dict) and not keep_template:
+        parsed.pop("chat_template", None)  # compared on its own (see chat_template)
+    return parsed
 
 
 def _diff_values(file: str, a: Any, b: Any, prefix: str = "", depth: int = 0, limit: int = FILE_DEPTH) -> list[dict[str, Any]]:

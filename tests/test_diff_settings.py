@@ -61,15 +61,17 @@ def test_generation_processor_and_tokenizer_files_are_compared(tiny, tmp_path):
     (changed / "chat_template.jinja").write_text((changed / "chat_template.jinja").read_text() + " ")
     processor = changed / "processor_config.json"
     _edit_json(processor, lambda p: (p.get("image_processor", p)).update(image_mean=[0.1, 0.2, 0.3]))
+    _edit_json(processor, lambda p: p.update(patch_size=p["patch_size"] * 2))
     import mmzoo
 
     result = mmzoo.diff(tiny.hf(), changed)
     found = {(row["file"], row["field"]) for row in result["config_differences"]}
     assert ("generation_config.json", "max_new_tokens") in found
     assert ("tokenizer_config.json", "model_max_length") in found
-    assert ("chat_template.jinja", "(content)") in found
-    assert ("preprocessor_config.json", "image_mean") in found
-    assert len(found) == 4 and not result["equal"] and result["differences"] == []
+    assert ("tokenizer", "chat_template") in found
+    assert ("image processor", "image_mean") in found
+    assert ("processor_config.json", "patch_size") in found
+    assert len(found) == 5 and not result["equal"] and result["differences"] == []
 
 
 def test_the_same_model_in_every_format_has_equal_settings(tiny, tmp_path):
@@ -83,3 +85,20 @@ def test_the_same_model_in_every_format_has_equal_settings(tiny, tmp_path):
         assert result["equal"] and result["config_differences"] == [], (other, result["config_differences"])
     code, stdout, _ = run_cli("diff", str(tiny.hf()), str(tmp_path / "llava"))
     assert code == 0 and "tensors and settings" in stdout
+
+
+def test_a_chat_template_is_one_setting_wherever_it_is_kept(tiny, tmp_path):
+    """transformers 5 reads chat_template.jinja, 4.x the template inside tokenizer_config.json: the same text
+    in either place is equal, another text in either place is a difference."""
+    import mmzoo
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny.hf(), moved)
+    template = (moved / "chat_template.jinja").read_text()
+    (moved / "chat_template.jinja").unlink()
+    _edit_json(moved / "tokenizer_config.json", lambda t: t.update(chat_template=template))
+    result = mmzoo.diff(tiny.hf(), moved)
+    assert result["equal"] and result["config_differences"] == []
+    _edit_json(moved / "tokenizer_config.json", lambda t: t.update(chat_template=template + "{# changed #}"))
+    rows = mmzoo.diff(tiny.hf(), moved)["config_differences"]
+    assert [(row["file"], row["field"]) for row in rows] == [("tokenizer", "chat_template")]

@@ -12,7 +12,7 @@ from cli_helpers import mmzoo_command, run_cli
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # What third-party libraries print unasked (mmzoo keeps it off the terminal; --debug shows it)
 NOISE = ("[WARNING]", "FutureWarning", "UserWarning", "built successfully", "Loading checkpoint shards",
-         "Writing model shards", "it/s]")
+         "Writing model shards", "it/s]", "OMP_NUM_THREADS")
 
 
 def test_quickstart_then_the_readme_training_example(tmp_path):

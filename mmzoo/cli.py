@@ -67,7 +67,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         click = _click_exceptions()
         if isinstance(exc, typer.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.NoArgsIsHelpError):  # `mmzoo hub` alone: the help is the answer
+        if isinstance(exc, getattr(click, "NoArgsIsHelpError", ())):  # `mmzoo hub` alone: the help is the answer
             exc.show()
             sys.exit(2)
         if isinstance(exc, click.UsageError):

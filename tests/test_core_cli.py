@@ -82,6 +82,14 @@ def _index_missing_shard(src):
     (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
+def _extra_tensor(src):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src / "model.safetensors")
+    state["language_model.model.layers.0.extra_adapter.weight"] = state["language_model.model.norm.weight"].clone()
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+
+
 def _unsupported_arch(src):
     cfg = json.loads((src / "config.json").read_text())
     cfg["text_config"]["model_type"] = "gpt_neox"
@@ -170,13 +178,7 @@ def test_output_inside_source_is_refused(tiny, tmp_path):
 
 
 def test_drop_unmatched_keys(tiny, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    src = tmp_path / "src"
-    shutil.copytree(tiny.hf(), src)
-    state = load_file(src / "model.safetensors")
-    state["language_model.model.layers.0.extra_adapter.weight"] = state["language_model.model.norm.weight"].clone()
-    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    src = _broken_copy(tiny, tmp_path, _extra_tensor)
     code, _, stderr = run_cli("convert", str(src), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal")
     _assert_one_line_error(code, stderr, "model.layers.0.extra_adapter.weight", "--drop-unmatched-keys")
     code, _, stderr = run_cli("convert", str(src), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal", "--drop-unmatched-keys")
@@ -268,13 +270,7 @@ def test_help_reads_like_a_unix_tool():
 
 
 def test_errors_suggest_only_options_the_command_has(tiny, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    src = tmp_path / "src"
-    shutil.copytree(tiny.hf(), src)
-    state = load_file(src / "model.safetensors")
-    state["language_model.model.layers.0.extra_adapter.weight"] = state["language_model.model.norm.weight"].clone()
-    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    src = _broken_copy(tiny, tmp_path, _extra_tensor)
     code, _, stderr = run_cli("inspect", str(src))  # inspect has no --drop-unmatched-keys: name the command that does
     _assert_one_line_error(code, stderr, "extra_adapter", "`mmzoo convert --drop-unmatched-keys`")
     code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "moe"), "--tgt-fmt", "moe-llava")

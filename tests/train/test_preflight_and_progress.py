@@ -1,18 +1,7 @@
 """What a new user meets in the first training runs: a wrong image folder, a narrow terminal."""
 from __future__ import annotations
 
-import pytest
-
-
-def _cli_error(capsys, *args: str) -> str:
-    from mmzoo.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
+from cli_helpers import cli_error as _cli_error
 
 
 def test_a_wrong_image_folder_is_one_line_before_anything_is_written(ws, tmp_path, capsys):

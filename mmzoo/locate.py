@@ -96,7 +96,7 @@ def not_a_vlm_hint(path: str | Path) -> str | None:
     if "vision_config" not in config and (
         any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or "num_hidden_layers" in config
     ):
-        what = model_type or architectures[0]
+        what = model_type or (architectures[0] if architectures else "no model_type")
         return (f"{root}: is a plain language model ({what}), not a vision-language model; assemble one with "
                 f"`mmzoo init --vision VISION --text {root} -o OUT`")
     return None

@@ -42,12 +42,16 @@ _register_commands()
 def main(argv: Optional[list[str]] = None) -> None:
     from .errors import MmzooError
     from .io.claim import Terminated
+    from .quiet import quiet_libraries
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         os.environ["MMZOO_DEBUG"] = "1"
+    quiet_libraries(progress_bars=bool(args) and args[0] == "hub")
     try:
-        code = app(args=args, prog_name="mmzoo", standalone_mode=False)
+        command = typer.main.get_command(app)
+        tidy_help(command)
+        code = command.main(args=args, prog_name="mmzoo", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a returned 130
             _interrupted(args, "interrupted", 130)
         if isinstance(code, int) and code:  # typer.Exit(code) is returned, not raised, outside standalone mode
@@ -64,13 +68,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - click usage errors and pydantic validation errors land here too
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+        click = _click_exceptions()
+        if isinstance(exc, typer.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, getattr(click, "NoArgsIsHelpError", ())):  # `mmzoo hub` alone: the help is the answer
             exc.show()
             sys.exit(2)
+        if isinstance(exc, click.UsageError):
+            ctx = exc.ctx
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _fail(f"{exc.format_message()}{where}", exc)
+        if isinstance(exc, click.ClickException):
+            _fail(exc.format_message(), exc)
         if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
             _fail(_pydantic_line(exc), exc)
         raise
@@ -86,6 +95,39 @@ def _interrupted(args: list[str], what: str, code: int) -> None:
     command = next((a for a in args if not a.startswith("-")), "")
     sys.stderr.write(f"mmzoo: {what}, {_KEEPS_PROGRESS.get(command, 'nothing written')}\n")
     sys.exit(code)
+
+
+def _click_exceptions():
+    """Typer ≥ 0.23 vendors click as ``typer._click`` (its exceptions are not ``click``'s); older ones use click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions
+    return exceptions
+
+
+def tidy_help(command) -> None:
+    """Help text as users of Unix tools read it: ``SRC`` rather than ``{src}`` in the usage line, and no
+    ``<bool>`` type beside on/off flags (typer's defaults). Applied to every command, whoever registered it."""
+    for param in getattr(command, "params", ()):
+        if getattr(param, "param_type_name", "") == "argument":
+            display = param.name.upper() if param.required else f"[{param.name.upper()}]"
+            param.metavar = param.name.upper()
+            param._usage_display_name = lambda display=display: display  # typer ≥ 0.23 wraps required ones in {}
+        elif getattr(param, "is_flag", False) and not getattr(param, "count", False):
+            param.metavar = ""
+    if hasattr(command, "get_help_option"):  # -h/--help is made on demand, with the context's option names
+        make_help_option = command.get_help_option
+
+        def get_help_option(ctx, make_help_option=make_help_option):
+            option = make_help_option(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
 
 
 def _pydantic_line(exc) -> str:

@@ -35,10 +35,10 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
         from .errors import UnknownFormat
 
         try:
-            looks = f"it looks like {formats.detect(root)}"
-        except MmzooError:
-            looks = "no format was recognised"
-        raise UnknownFormat(f"is not a {fmt} checkpoint ({looks}; drop --src-fmt to auto-detect)", path=root)
+            looks = f"it looks like {formats.detect(root)}; drop --src-fmt to auto-detect"
+        except MmzooError as exc:  # nothing recognised: say what it is instead (a plain LLM: use mmzoo init)
+            raise UnknownFormat(f"is not a {fmt} checkpoint: {exc}", path=root) from None
+        raise UnknownFormat(f"is not a {fmt} checkpoint ({looks})", path=root)
     ckpt = module.read(root, drop_unmatched=drop_unmatched)
     confine_checkpoint_files(ckpt)
     validate(ckpt)
@@ -71,17 +71,33 @@ class ConversionResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def prepare_output(out: Path, source: Path | None, overwrite: bool) -> Path:
-    """Refuse unsafe outputs; return the temporary sibling to write into."""
-    out = out.absolute()
+def check_output(out: Path, source: Path | None, overwrite: bool) -> None:
+    """Refuse an unsafe OUT before any work: the source itself, inside it or around it, or an existing OUT
+    without ``overwrite``. A missing parent folder is fine: it is created (as every mmzoo command does)."""
+    out = Path(out).absolute()
     if source is not None:
-        src = source.resolve()
+        src = Path(source).resolve()
         if out.resolve() == src or src in out.resolve().parents or out.resolve() in src.parents:
             raise MmzooError("output must not be the source folder, inside it, or contain it", path=out)
     if out.exists() and not overwrite:
         raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
-    if not out.parent.exists():
-        raise MmzooError("parent folder does not exist", path=out.parent)
+
+
+def missing_parents(out: Path) -> list[Path]:
+    """The ancestors of ``out`` that do not exist yet, innermost first (removed again if the write fails)."""
+    missing = []
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def prepare_output(out: Path, source: Path | None, overwrite: bool) -> Path:
+    """Refuse unsafe outputs, create missing parent folders; return the temporary sibling to write into."""
+    out = out.absolute()
+    check_output(out, source, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -103,17 +119,26 @@ def commit_output(tmp: Path, out: Path) -> None:
 def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callable[[Path], None]) -> None:
     """Write OUT through a temporary sibling, holding OUT's lock (see mmzoo.io.claim): a second writer of the
     same OUT fails in one line, SIGTERM and Ctrl-C leave nothing behind, stale partials of dead runs go."""
-    prepare_output(Path(out), source, overwrite)  # refuse before a lock file is made beside OUT...
-    with exclusive_output(Path(out)):
-        tmp = prepare_output(Path(out), source, overwrite)  # ...and again under the lock: another writer may have finished
-        try:
-            write(tmp)
-            if not overwrite and (Path(out).exists() or Path(out).is_symlink()):  # appeared meanwhile, not via mmzoo
-                raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
-            commit_output(tmp, Path(out))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    created = missing_parents(out)
+    try:
+        prepare_output(Path(out), source, overwrite)  # refuse before a lock file is made beside OUT...
+        with exclusive_output(Path(out)):
+            tmp = prepare_output(Path(out), source, overwrite)  # ...and again under the lock: another writer may have finished
+            try:
+                write(tmp)
+                if not overwrite and (Path(out).exists() or Path(out).is_symlink()):  # appeared meanwhile, not via mmzoo
+                    raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
+                commit_output(tmp, Path(out))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except BaseException:
+        for folder in created:  # a failed write leaves nothing behind, not even the folders made for it
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwrite: bool = False, shard_size: str | int = "5GB",

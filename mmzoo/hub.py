@@ -292,6 +292,9 @@ def push(
         operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(src / rel)) for rel in to_upload]
         if card is not None:
             operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
+        # huggingface_hub skips files the revision already holds and, when none is left, makes no commit (nor
+        # pull request) and answers with the current head: compare heads so "nothing changed" can be said.
+        head_before = hf.repo_info(repo_id, revision=revision or "main").sha
         commit = hf.create_commit(
             repo_id=repo_id,
             operations=operations,
@@ -299,12 +302,14 @@ def push(
             commit_message=commit_message,
             create_pr=create_pr or None,
         )
+    changed = commit.pr_url is not None if create_pr else commit.oid != head_before
     files = sorted(to_upload + (["README.md"] if card is not None else []))
     return {
         "repo_id": repo_id,
         "endpoint": ep,
         "url": f"{ep}/{repo_id}",
-        "revision": commit.pr_revision if create_pr else (revision or "main"),
+        "revision": commit.pr_revision if create_pr and changed else (revision or "main"),
+        "changed": changed,
         "commit": commit.oid,
         "commit_url": commit.commit_url,
         "pr_url": commit.pr_url,

@@ -53,6 +53,10 @@ def push(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
+    if not result["changed"]:  # every file is already there: no commit, and no empty pull request
+        console.print(f"[yellow]unchanged[/]: {result['url']} @ {result['revision']} already holds these "
+                      f"{len(result['files'])} files; nothing pushed" + ("; no pull request opened" if create_pr else ""))
+        return
     where = result["pr_url"] or f"{result['url']} @ {result['revision']}"
     console.print(f"[green]pushed[/] {path} ({result['format']}, {len(result['files'])} files) -> {where}")
     console.print(f"  commit {result['commit']}" + ("  (generated model card added as README.md)" if result["card_written"] else ""))
@@ -65,7 +69,7 @@ def pull(
     repo_id: Annotated[str, typer.Argument(help="Repository to download, owner/name.", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (downloaded to a temporary sibling, renamed when complete and verified).", show_default=False)],
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag, refs/pr/N or commit sha (default: main).", show_default=False)] = None,
-    tgt_fmt: Annotated[Optional[str], typer.Option("--tgt-fmt", help="Convert to this format in the same step: hf, llava, internal.", show_default=False)] = None,
+    tgt_fmt: Annotated[Optional[str], typer.Option("--tgt-fmt", help="Convert to this format in the same step: hf, llava, internal, moe-llava.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (files it already holds are reused).")] = False,
     token: Token = None,
     endpoint: Endpoint = None,

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .config_diff import diff_configs
 from .conversion import read_checkpoint
 from .io.tensors import digest, materialize
 
@@ -30,7 +31,8 @@ def inspect(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
         "path": str(root),
         "format": ckpt.format,
         "vision": spec.vision_type,
-        "text": spec.text_type,
+        "text": llm_name(spec),
+        "text_model_type": spec.text_type,  # the config class it loads with
         "projector": spec.projector_type,
         "parameters": sum(by_component.values()),
         "parameters_by_component": {c: by_component.get(c, 0) for c in COMPONENTS},
@@ -48,15 +50,30 @@ def inspect(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
     }
 
 
+# What mmzoo's MoE readers note for MoE LLMs published as such (archs/moe.py), as opposed to dense LLMs upcycled
+# by mmzoo or MoE-LLaVA, whose MoE config class is only a container for the experts
+PUBLISHED_MOE_ORIGINS = ("read from a Mixtral", "read from a Qwen2-MoE")
+
+
+def llm_name(spec) -> str:
+    """A Mixtral is a Mixtral; a Llama upcycled into a Qwen2-MoE-shaped (or MoE-LLaVA) config is a Llama."""
+    moe = spec.moe or {}
+    base = moe.get("base_model_type") or spec.text_config.get("base_model_type")
+    if not base or str(moe.get("origin", "")).startswith(PUBLISHED_MOE_ORIGINS):
+        return spec.text_type
+    return base
+
+
 def check_checkpoint(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
     """Validate a checkpoint completely (configs, index, every header and byte range, shapes) and
     return its ``inspect`` summary; raises an ``MmzooError`` naming the first problem."""
     return inspect(path, fmt)
 
 
-def diff(a: str | Path, b: str | Path, *, atol: float | None = None) -> dict[str, Any]:
-    """Compare tensors of two checkpoints by canonical name. Equal means identical bytes, or
-    within ``atol`` when given (dtype and shape must still match)."""
+def diff(a: str | Path, b: str | Path, *, atol: float | None = None, weights_only: bool = False) -> dict[str, Any]:
+    """Compare two checkpoints of any formats: tensors by canonical name (equal means identical bytes, or
+    within ``atol`` when given; dtype and shape must still match), then model, generation, processor and
+    tokenizer settings (:mod:`mmzoo.config_diff`) unless ``weights_only``."""
     left, right = read_checkpoint(a), read_checkpoint(b)
     rows: list[dict[str, Any]] = []
     for name in sorted(set(left.tensors) | set(right.tensors)):
@@ -71,8 +88,10 @@ def diff(a: str | Path, b: str | Path, *, atol: float | None = None) -> dict[str
             delta = _max_abs(lt, rt)
             if atol is None or not delta <= atol:
                 rows.append({"tensor": name, "problem": "values differ", "max_abs_diff": delta})
+    config_rows = None if weights_only else diff_configs(left, right)
     return {"a": str(a), "b": str(b), "a_format": left.format, "b_format": right.format,
-            "tensors": len(set(left.tensors) | set(right.tensors)), "equal": not rows, "differences": rows}
+            "tensors": len(set(left.tensors) | set(right.tensors)), "equal": not rows and not config_rows,
+            "differences": rows, "config_differences": config_rows}
 
 
 def _max_abs(lt, rt) -> float:

@@ -75,3 +75,28 @@ def num_image_tokens(path: str | Path) -> int:
     patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
     has_cls = cfg.get("model_type", "clip_vision_model") in ("clip_vision_model", "clip")
     return patches + (1 if has_cls and select_strategy(path) == "full" else 0)
+
+
+VISION_MODEL_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
+
+
+def not_a_vlm_hint(path: str | Path) -> str | None:
+    """What a folder no format recognises is instead, when it is one of the two halves ``mmzoo init``
+    assembles: a plain LLM or a vision encoder. None for anything else."""
+    root = Path(path)
+    try:
+        config = read_json(root / "config.json")
+    except MmzooError:
+        return None
+    model_type = str(config.get("model_type", ""))
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if model_type in VISION_MODEL_TYPES or any(a.startswith(("CLIP", "Siglip")) for a in architectures):
+        return (f"{root}: is a vision encoder ({model_type or architectures[0]}), not a vision-language model; assemble one "
+                f"with `mmzoo init --vision {root} --text LLM -o OUT`")
+    if "vision_config" not in config and (
+        any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or "num_hidden_layers" in config
+    ):
+        what = model_type or (architectures[0] if architectures else "no model_type")
+        return (f"{root}: is a plain language model ({what}), not a vision-language model; assemble one with "
+                f"`mmzoo init --vision VISION --text {root} -o OUT`")
+    return None

@@ -21,3 +21,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI in this process (pytest's capsys) where it must fail: exit code 2 and exactly one line on
+    stderr, which is returned."""
+    import pytest
+
+    from mmzoo.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]

@@ -82,6 +82,14 @@ def _index_missing_shard(src):
     (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
+def _extra_tensor(src):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src / "model.safetensors")
+    state["language_model.model.layers.0.extra_adapter.weight"] = state["language_model.model.norm.weight"].clone()
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+
+
 def _unsupported_arch(src):
     cfg = json.loads((src / "config.json").read_text())
     cfg["text_config"]["model_type"] = "gpt_neox"
@@ -116,7 +124,8 @@ def test_missing_folder_unknown_format_and_bad_target(tmp_path, tiny):
     _assert_one_line_error(code, stderr, "nope", "does not exist")
     (tmp_path / "empty").mkdir()
     code, _, stderr = run_cli("convert", str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf")
-    _assert_one_line_error(code, stderr, "cannot tell the checkpoint format", "--src-fmt")
+    _assert_one_line_error(code, stderr, "is not a checkpoint mmzoo reads", "mmzoo formats")
+    assert "--src-fmt" not in stderr  # no format can read it, so no --src-fmt would help
     code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "gguf")
     _assert_one_line_error(code, stderr, "unknown format 'gguf'", "hf")
     code, _, stderr = run_cli("convert", str(tiny.hf("qwen2", "clip")), "-o", str(tmp_path / "out"), "--tgt-fmt", "llava")
@@ -169,13 +178,7 @@ def test_output_inside_source_is_refused(tiny, tmp_path):
 
 
 def test_drop_unmatched_keys(tiny, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    src = tmp_path / "src"
-    shutil.copytree(tiny.hf(), src)
-    state = load_file(src / "model.safetensors")
-    state["language_model.model.layers.0.extra_adapter.weight"] = state["language_model.model.norm.weight"].clone()
-    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    src = _broken_copy(tiny, tmp_path, _extra_tensor)
     code, _, stderr = run_cli("convert", str(src), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal")
     _assert_one_line_error(code, stderr, "model.layers.0.extra_adapter.weight", "--drop-unmatched-keys")
     code, _, stderr = run_cli("convert", str(src), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal", "--drop-unmatched-keys")
@@ -225,3 +228,92 @@ def test_os_errors_are_one_line(tiny, tmp_path):
     code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "a-file" / "out"), "--tgt-fmt", "internal")
     _assert_one_line_error(code, stderr, "a-file")
     assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+def test_a_plain_llm_or_vision_folder_names_mmzoo_init(tmp_path):
+    from mmzoo.tiny import build_llm, build_vision
+
+    build_llm(tmp_path / "llm")
+    build_vision(tmp_path / "vision")
+    llm, vision = str(tmp_path / "llm"), str(tmp_path / "vision")
+    for args in (("inspect", llm), ("convert", llm, "-o", str(tmp_path / "o"), "--tgt-fmt", "hf"),
+                 ("convert", llm, "-o", str(tmp_path / "o"), "--tgt-fmt", "hf", "--src-fmt", "hf"), ("diff", llm, llm)):
+        code, _, stderr = run_cli(*args)
+        _assert_one_line_error(code, stderr, "plain language model (llama)", f"mmzoo init --vision VISION --text {llm}")
+        assert "--src-fmt" not in stderr, args  # neither "pass --src-fmt" nor "drop --src-fmt"
+    code, _, stderr = run_cli("inspect", vision)
+    _assert_one_line_error(code, stderr, "vision encoder (clip_vision_model)", f"mmzoo init --vision {vision} --text LLM")
+    assert not (tmp_path / "o").exists()
+
+
+def test_usage_mistakes_are_one_line_naming_the_help():
+    code, _, stderr = run_cli("inspect", "x", "--src-fmt", "hf")
+    _assert_one_line_error(code, stderr, "No such option: --src-fmt", "`mmzoo inspect --help`")
+    code, _, stderr = run_cli("convert")
+    _assert_one_line_error(code, stderr, "Missing argument 'SRC'", "`mmzoo convert --help`")
+    code, _, stderr = run_cli("convert", "a", "-o", "b", "--tgt-fmt", "hf", "--moe-experts", "four")
+    _assert_one_line_error(code, stderr, "--moe-experts")
+
+
+def test_help_reads_like_a_unix_tool():
+    code, stdout, _ = run_cli("convert", "--help")
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "Usage: mmzoo convert [OPTIONS] SRC" in text and "{src}" not in text
+    assert "<bool>" not in stdout and "--verify" in stdout
+    assert "moe-llava" in stdout  # --tgt-fmt lists every format it writes
+    for command in (("inspect",), ("diff",), ("train",), ("export",), ("hub", "push"), ("hub", "pull"), ("preprocess",)):
+        code, stdout, _ = run_cli(*command, "--help")
+        assert code == 0 and "<bool>" not in stdout and "{" not in stdout.split("Usage:")[1].splitlines()[0], command
+    code, stdout, _ = run_cli("hub", "pull", "--help")
+    assert "moe-llava" in stdout
+
+
+def test_errors_suggest_only_options_the_command_has(tiny, tmp_path):
+    src = _broken_copy(tiny, tmp_path, _extra_tensor)
+    code, _, stderr = run_cli("inspect", str(src))  # inspect has no --drop-unmatched-keys: name the command that does
+    _assert_one_line_error(code, stderr, "extra_adapter", "`mmzoo convert --drop-unmatched-keys`")
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "moe"), "--tgt-fmt", "moe-llava")
+    _assert_one_line_error(code, stderr, "dense", "`mmzoo convert SRC -o OUT --tgt-fmt moe-llava --moe-experts N`")
+
+
+def test_inspect_names_an_upcycled_llm_by_its_dense_architecture(tiny, tmp_path):
+    import mmzoo
+
+    mmzoo.convert(tiny.hf(), tmp_path / "moe-llava", tgt_fmt="moe-llava", moe=dict(num_experts=4, top_k=2, layers="even"))
+    code, stdout, stderr = run_cli("inspect", str(tmp_path / "moe-llava"), "--json")
+    assert code == 0, stderr
+    info = json.loads(stdout)
+    assert info["format"] == "moe-llava" and info["text"] == "llama" and info["text_model_type"] == "qwen2_moe"
+    code, stdout, _ = run_cli("inspect", str(tmp_path / "moe-llava"))
+    assert "llama (2 layers, hidden 64, loads as qwen2_moe)" in " ".join(stdout.split())
+    info = mmzoo.inspect(tiny.hf())
+    assert info["text"] == info["text_model_type"] == "llama"
+
+
+def test_a_missing_output_parent_is_created_and_removed_again_on_failure(tiny, tmp_path):
+    out = tmp_path / "new" / "deeper" / "out"
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(out), "--tgt-fmt", "internal")
+    assert code == 0, stderr
+    assert (out / "mmzoo.yaml").is_file()
+    code, _, stderr = run_cli("convert", str(tiny.hf("qwen2", "clip")), "-o", str(tmp_path / "gone" / "out"), "--tgt-fmt", "llava")
+    _assert_one_line_error(code, stderr, "qwen2")
+    assert not (tmp_path / "gone").exists()  # the parents made for a failed write are removed
+    from mmzoo.tiny import build_llm, build_vision
+
+    build_llm(tmp_path / "llm")
+    build_vision(tmp_path / "vision")
+    code, _, stderr = run_cli("init", "--vision", str(tmp_path / "vision"), "--text", str(tmp_path / "llm"),
+                              "-o", str(tmp_path / "made" / "vlm"))
+    assert code == 0, stderr
+    assert (tmp_path / "made" / "vlm" / "mmzoo.yaml").is_file()
+
+
+def test_export_refuses_an_existing_output_before_reading_the_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()  # not even a training run: the OUT check comes first, before any checkpoint is loaded
+    (tmp_path / "out").mkdir()
+    code, _, stderr = run_cli("export", str(run), "-o", str(tmp_path / "out"))
+    _assert_one_line_error(code, stderr, "already exists", "--overwrite")
+    code, _, stderr = run_cli("export", str(run), "-o", str(run / "inside"))
+    _assert_one_line_error(code, stderr, "must not be the source")

@@ -92,7 +92,7 @@ class Table:
             else:
                 if not drop_unmatched:
                     raise UnexpectedTensor(
-                        f"tensor {name!r} matches no {self.name} rule (pass --drop-unmatched-keys to drop it)", path=where or None
+                        f"tensor {name!r} matches no {self.name} rule (`mmzoo convert --drop-unmatched-keys` writes a copy without such tensors)", path=where or None
                     )
         return out
 

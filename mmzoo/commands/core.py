@@ -11,7 +11,7 @@ from ._output import console, progress_bytes
 
 Src = Annotated[Path, typer.Argument(help="Checkpoint folder to read (format auto-detected).", show_default=False)]
 Out = Annotated[Path, typer.Option("-o", "--output", help="Output folder (written to a temporary sibling, renamed when complete).", show_default=False)]
-TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal (see `mmzoo formats`).", show_default=False)]
+TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal, moe-llava (see `mmzoo formats`).", show_default=False)]
 SrcFmt = Annotated[Optional[str], typer.Option("--src-fmt", help="Source format; detected when omitted.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only once the new output is complete).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
@@ -126,7 +126,8 @@ def inspect(
     table.add_row("format", info["format"])
     table.add_row("vision", f"{info['vision']} ({info['layers']['vision']} layers, hidden {info['hidden_size']['vision']})")
     table.add_row("projector", info["projector"])
-    table.add_row("text", f"{info['text']} ({info['layers']['text']} layers, hidden {info['hidden_size']['text']})")
+    loads_as = f", loads as {info['text_model_type']}" if info["text_model_type"] != info["text"] else ""
+    table.add_row("text", f"{info['text']} ({info['layers']['text']} layers, hidden {info['hidden_size']['text']}{loads_as})")
     table.add_row("parameters", f"{info['parameters']:,} (" + ", ".join(f"{k} {v:,}" for k, v in info["parameters_by_component"].items()) + ")")
     table.add_row("dtypes", ", ".join(f"{k}×{v}" for k, v in info["dtypes"].items()))
     n_shards = len(info["shards"])
@@ -156,25 +157,34 @@ def diff(
     a: Annotated[Path, typer.Argument(help="First checkpoint (any format).", show_default=False)],
     b: Annotated[Path, typer.Argument(help="Second checkpoint (any format).", show_default=False)],
     atol: Annotated[Optional[float], typer.Option("--atol", help="Treat values within this absolute tolerance as equal.")] = None,
+    weights_only: Annotated[bool, typer.Option("--weights-only", help="Compare tensors only, not model/generation/processor/tokenizer settings.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     debug: Debug = False,
 ) -> None:
-    """Compare two checkpoints tensor by tensor in canonical names. Exit 0 when equal, 1 otherwise.
+    """Compare two checkpoints of any formats: tensors in canonical names, then model, generation, processor and tokenizer settings. Exit 0 when equal, 1 otherwise.
 
-    Example:
+    Settings are compared by meaning (the same field spelled by another format is equal); files without fields are compared by content hash.
+
+    Examples:
 
       mmzoo diff llava-hf roundtrip-hf
+
+      mmzoo diff run-a-export run-b-export --weights-only --atol 1e-6
     """
     from ..api import diff as run
 
-    result = run(a, b, atol=atol)
+    result = run(a, b, atol=atol, weights_only=weights_only)
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    elif result["equal"]:
-        console.print(f"[green]equal[/]: {result['tensors']} tensors ({result['a_format']} vs {result['b_format']})")
-    else:
-        from rich.table import Table
+        typer.echo(json.dumps(result, indent=2, default=str))
+        raise typer.Exit(0 if result["equal"] else 1)
+    settings = result["config_differences"] or []
+    compared = "tensors" if weights_only else "tensors and settings"
+    if result["equal"]:
+        console.print(f"[green]equal[/]: {result['tensors']} {compared} ({result['a_format']} vs {result['b_format']})")
+        raise typer.Exit(0)
+    from rich.table import Table
 
+    if result["differences"]:
         table = Table(title=f"{len(result['differences'])} of {result['tensors']} tensors differ")
         table.add_column("tensor")
         table.add_column("difference")
@@ -183,7 +193,24 @@ def diff(
             delta = row.get("max_abs_diff")
             table.add_row(row["tensor"], row["problem"], "" if delta is None else f"{delta:.3g}")
         console.print(table)
-    raise typer.Exit(0 if result["equal"] else 1)
+    else:
+        console.print(f"tensors: all {result['tensors']} equal")
+    if settings:
+        table = Table(title=f"{len(settings)} setting{'s' if len(settings) != 1 else ''} differ")
+        for column in ("file", "field", "A", "B"):
+            table.add_column(column, overflow="fold")
+        for row in settings:
+            table.add_row(row["file"], row["field"], _shown(row["a"]), _shown(row["b"]))
+        console.print(table)
+    elif not weights_only:
+        console.print("settings: equal")
+    raise typer.Exit(1)
+
+
+def _shown(value) -> str:
+    from rich.markup import escape
+
+    return escape(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
 def formats(debug: Debug = False) -> None:

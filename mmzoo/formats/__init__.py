@@ -37,6 +37,8 @@ def detect(path: str | Path) -> str:
     for name in FORMAT_MODULES:
         if get(name).detect(root):
             return name
-    raise UnknownFormat(
-        f"cannot tell the checkpoint format (looked for {', '.join(FORMAT_MODULES)}); pass --src-fmt", path=root
-    )
+    from ..locate import not_a_vlm_hint
+
+    # No --src-fmt suggestion: a folder no detector recognises is not readable as any format either.
+    raise UnknownFormat(not_a_vlm_hint(root) or f"is not a checkpoint mmzoo reads (looked for the {', '.join(FORMAT_MODULES)} "
+                        "layouts; see `mmzoo formats`)", path=root)

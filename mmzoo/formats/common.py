@@ -56,7 +56,7 @@ def split_by_prefix(
                 break
         else:
             if not drop_unmatched:
-                raise UnexpectedTensor(f"tensor {name!r} belongs to no known component (pass --drop-unmatched-keys to drop it)", path=where)
+                raise UnexpectedTensor(f"tensor {name!r} belongs to no known component (`mmzoo convert --drop-unmatched-keys` writes a copy without such tensors)", path=where)
     return parts
 
 

@@ -204,7 +204,8 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
 def check_supported(ckpt: Checkpoint) -> None:
     spec, moe = ckpt.spec, ckpt.spec.moe or {}
     if not moe:
-        raise UnknownArchitecture("the moe-llava layout holds MoE checkpoints; this one is dense (upcycle it with --moe-experts N)")
+        raise UnknownArchitecture("the moe-llava layout holds MoE checkpoints; this one is dense (upcycle a dense checkpoint while "
+                                  "converting it: `mmzoo convert SRC -o OUT --tgt-fmt moe-llava --moe-experts N`)")
     if moe.get("vision_layers") or "projector" in (moe.get("targets") or []):
         raise UnknownArchitecture("the moe-llava layout has MoE only in the LLM; vision/projector experts need --tgt-fmt internal")
     if moe.get("style") == "shared":

@@ -80,7 +80,10 @@ def register(app: typer.Typer) -> None:
         private.write_text(yaml.safe_dump(cfg.dump(), sort_keys=False))
         os.replace(private, resolved)
         console.print(f"[bold]launching[/] {shlex.join(command)}", soft_wrap=True, highlight=False)
-        code = subprocess.call(command, env={**os.environ, "MMZOO_PREFLIGHT_SHOWN": "1"})
+        env = {**os.environ, "MMZOO_PREFLIGHT_SHOWN": "1"}
+        if nproc > 1:  # torchrun's own default, set here so it does not print a 4-line banner about it
+            env.setdefault("OMP_NUM_THREADS", "1")
+        code = subprocess.call(command, env=env)
         if code:
             sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
             sys.exit(2)

@@ -92,9 +92,10 @@ def trained_checkpoint(run_dir: str | Path, step: int | None = None, dtype: str 
 def export(run_dir: str | Path, out: str | Path, *, tgt_fmt: str = "hf", step: int | None = None, dtype: str = "keep",
            overwrite: bool = False, shard_size: str = "5GB") -> dict[str, Any]:
     from .. import formats
-    from ..conversion import write_checkpoint
+    from ..conversion import check_output, write_checkpoint
 
-    formats.get(tgt_fmt)  # an unknown format fails before any work
+    formats.get(tgt_fmt)  # an unknown format, an existing OUT or OUT inside the run fail before any work
+    check_output(Path(out), Path(run_dir), overwrite)
     step, ckpt = trained_checkpoint(run_dir, step, dtype)
     write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size)
     return {"run_dir": str(run_dir), "step": step, "output": str(out), "format": tgt_fmt, "tensors": len(ckpt.tensors),

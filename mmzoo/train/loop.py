@@ -42,6 +42,16 @@ def pick_accelerator() -> str:
     return os.environ["DS_ACCELERATOR"]
 
 
+def skip_shm_comm_build() -> None:
+    """DeepSpeed's CPU backend compiles a C++ shared-memory extension on first use (minutes, silently, in a
+    torch_extensions cache every venv on the machine shares and rebuilds). Only its inference all-reduce
+    uses it; training all-reduces go through gloo either way, so mmzoo never builds it."""
+    import importlib
+
+    # not `import deepspeed.comm.torch as m`: that resolves to the attribute deepspeed.comm.torch, which is torch
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
 def lr_lambda(total: int, warmup_ratio: float, kind: str, min_ratio: float) -> Callable[[int], float]:
     warmup = int(math.ceil(total * warmup_ratio)) if warmup_ratio > 0 else 0
 
@@ -157,6 +167,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
 
     owns_group = not dist.is_initialized()
     if owns_group:
+        if accelerator == "cpu":
+            skip_shm_comm_build()
         deepspeed.init_distributed(dist_backend="gloo" if accelerator == "cpu" else "nccl", verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     is_main = rank == 0
@@ -368,8 +380,29 @@ def _save(engine, out_dir: Path, step: int, cfg: TrainConfig, is_main: bool) -> 
     dist.barrier()
 
 
+def progress_text(record: dict[str, Any], width: int) -> str:
+    """The metrics of one step in at most ``width`` characters: the fields a user watches first (loss,
+    throughput) are kept, the others are added while they fit, so a narrow terminal never shows nothing."""
+    grad = record.get("grad_norm")
+    fields = [
+        f"loss {record['loss']:.4f}",
+        f"{record.get('tokens_per_s') or 0:,.0f} tok/s",
+        f"lr {record['lr']:.2e}",
+        f"|g| {grad:.3f}" if grad is not None else "",
+        f"(lm {record['lm_loss']:.4f}, aux {record['aux_loss']:.4f})" if record.get("aux_loss") else "",
+        f"{record['tflops']:.3g} TFLOP/s" if record.get("tflops") else "",
+    ]
+    text = ""
+    for field_text in filter(None, fields):
+        candidate = f"{text} {field_text}" if text else field_text
+        if len(candidate) > width and text:
+            break
+        text = candidate
+    return text
+
+
 class _progress:
-    """A rich progress line (rank 0 only): step, loss, lr, grad norm, tokens/s, model TFLOP/s."""
+    """A rich progress line (rank 0 only): step, loss, tokens/s, lr, grad norm, model TFLOP/s — as many as fit."""
 
     def __init__(self, console, total: int, start: int):
         self.console, self.total, self.start = console, total, start
@@ -380,17 +413,17 @@ class _progress:
             return lambda record: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                                 TimeRemainingColumn(), console=self.console, transient=False)
+        bar_width = 12
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(bar_width=bar_width), MofNCompleteColumn(),
+                                 TextColumn("{task.description}"), TimeRemainingColumn(), console=self.console,
+                                 transient=False)
         self.progress.start()
         task = self.progress.add_task("", total=self.total, completed=self.start)
+        # what the other columns take: "train", the bar, "N/M" of the widest step count, the time left, spaces
+        fixed = len("train") + bar_width + 2 * len(str(self.total)) + 1 + len("0:00:00") + 5
 
         def advance(record: dict[str, Any]) -> None:
-            grad = record["grad_norm"]
-            text = (f"loss {record['loss']:.4f} (lm {record['lm_loss']:.4f}, aux {record['aux_loss']:.4f}) "
-                    f"lr {record['lr']:.2e} |g| {grad if grad is None else f'{grad:.3f}'} "
-                    f"{record['tokens_per_s'] or 0:,.0f} tok/s"
-                    + (f" {record['tflops']:.3g} TFLOP/s" if record.get("tflops") else ""))
+            text = progress_text(record, max(20, self.console.width - fixed))
             self.progress.update(task, completed=record["step"], description=text)
 
         return advance

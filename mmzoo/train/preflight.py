@@ -37,6 +37,26 @@ def check_settings(cfg: TrainConfig, resume: str, accelerator: str) -> None:
             raise ConfigError("train.attn_implementation flash_attention_2 needs a CUDA GPU (allowed on CPU: sdpa, eager)")
 
 
+IMAGE_SAMPLE = 64  # samples whose image paths are checked: cheap (no image is opened), and a wrong folder misses all
+
+
+def check_image_paths(dataset, images: Path, sample: int = IMAGE_SAMPLE) -> None:
+    """Refuse a ``data.images`` that does not hold the data's images, judged from an evenly spread sample of
+    samples: found here it is one line, found by the DataLoader at step 0 it is a traceback per process."""
+    n = len(dataset)
+    indices = sorted({i * n // sample for i in range(sample)}) if n > sample else range(n)
+    paths = [rel for i in indices for rel in dataset.raw(i)["image_paths"]]
+    if not paths:
+        return  # text-only data: no image folder is read
+    if not images.is_dir():
+        raise ConfigError(f"data.images {str(images)!r} is not a folder (the data reads images from it, "
+                          f"e.g. {paths[0]!r})")
+    missing = [rel for rel in paths if not (images / rel).is_file()]
+    if missing:
+        raise ConfigError(f"data.images {str(images)!r} lacks {len(missing)} of {len(paths)} sampled images "
+                          f"(e.g. {missing[0]!r}); it must be the --images folder given to `mmzoo preprocess`")
+
+
 def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     """Everything about the run that can be judged from files; ``world`` None: not known here (hostfile)."""
     from . import checkpoint as ck
@@ -58,6 +78,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
         raise ConfigError(f"stage moe needs an MoE checkpoint; {cfg.model} is dense (upcycle it with "
                           "`mmzoo convert --moe-experts N`, or use stage sft)")
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+    check_image_paths(data.dataset, Path(cfg.data.images))
     warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
     if existing and resume == "auto":
         changed = ck.changed_settings(existing[1], cfg.dump())

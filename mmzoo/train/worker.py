@@ -17,9 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from ..errors import MmzooError
+    from ..quiet import quiet_libraries
     from .config import load_config
     from .loop import run_training
 
+    quiet_libraries()
     try:
         run_training(load_config(args.params), resume=args.resume, console=Console(stderr=True))
     except MmzooError as exc:

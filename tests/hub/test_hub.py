@@ -307,3 +307,20 @@ def test_demo_step(server, ckpt, tmp_path):
     result = run_demo_step(ckpt, tmp_path / "work", server.url, Console(quiet=True))
     assert result["bit_exact"] and result["commit"] == result["pulled_commit"]
     assert result["repo_id"].startswith(f"{USER}/")
+
+
+def test_pushing_what_is_already_there_says_so(server, hub_env, ckpt, tmp_path, capsys):
+    first = hub.push(ckpt, "alice/same")
+    assert first["changed"]
+    again = hub.push(ckpt, "alice/same")
+    assert not again["changed"] and again["commit"] == first["commit"] and again["revision"] == "main"
+    pr = hub.push(ckpt, "alice/same", create_pr=True)
+    assert not pr["changed"] and pr["pr_url"] is None and pr["revision"] == "main"
+    assert not server.state.repos["alice/same"].refs.get("refs/pr/1")
+    code, out, err = _cli(capsys, "hub", "push", str(ckpt), "alice/same", "--create-pr")
+    assert code == 0, err
+    line = " ".join(out.split())
+    assert "unchanged" in line and "nothing pushed" in line and "no pull request opened" in line and "None" not in line
+    (ckpt / "README.md").write_text("# a new card\n")
+    code, out, err = _cli(capsys, "hub", "push", str(ckpt), "alice/same", "--create-pr")
+    assert code == 0 and "discussions/1" in out and "None" not in out

@@ -6,23 +6,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import cli_error as _cli_error
 
 from mmzoo.errors import ConfigError
 from mmzoo.train.config import load_config, parse_overrides
 from mmzoo.train.launch import build_command, choose_launcher
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-def _cli_error(capsys, *args: str) -> str:
-    from mmzoo.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def test_unknown_key_is_one_line_naming_key_and_allowed_values(ws, tmp_path, capsys):

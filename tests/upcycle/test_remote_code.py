@@ -117,7 +117,7 @@ def test_hf_internal_hf_round_trip_is_bit_exact(folders, out, case):
     convert(ref.path, direct, tgt_fmt="internal", moe=_moe(**CASES[case][1]))
     assert diff(direct, internal)["equal"] and read_checkpoint(direct).spec.moe == first.spec.moe
     info = inspect(path)
-    assert info["format"] == "hf" and info["moe"]["style"] == CASES[case][1]["style"] and info["text"] == "mmzoo_moe"
+    assert info["format"] == "hf" and info["moe"]["style"] == CASES[case][1]["style"] and info["text_model_type"] == "mmzoo_moe"
 
 
 def test_modality_routing_is_exact_with_distinct_experts(folders, tmp_path):
@@ -152,10 +152,16 @@ def test_remote_folder_loads_without_mmzoo(folders, tmp_path):
         copy = shutil.copytree(path, tmp_path / case)
         torch.save({"inputs": ref.inputs, "logits": ref.logits}, tmp_path / f"{case}.pt")
         jobs.append((str(copy), str(tmp_path / f"{case}.pt")))
+    import mmzoo
+
+    source_roots = [os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(mmzoo.__file__)))]
     script = textwrap.dedent(f"""
-        import sys
+        import os, sys
         sys.modules["mmzoo"] = None  # any `import mmzoo` now raises ImportError
-        sys.path = [p for p in sys.path if p and not p.startswith({os.getcwd()!r}) and "mmzoo" not in p]
+        # drop the folders that hold mmzoo's source, and only those: a venv inside a clone named mmzoo
+        # (/x/mmzoo/.venv/...site-packages) must stay, or torch and transformers go with it
+        source_roots = {{os.path.realpath(r) for r in {source_roots!r}}}
+        sys.path = [p for p in sys.path if p and os.path.realpath(p) not in source_roots]
         import torch
         from transformers import AutoModelForImageTextToText
         for folder, ref in {jobs!r}:

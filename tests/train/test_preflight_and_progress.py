@@ -1,0 +1,43 @@
+"""What a new user meets in the first training runs: a wrong image folder, a narrow terminal."""
+from __future__ import annotations
+
+from cli_helpers import cli_error as _cli_error
+
+
+def test_a_wrong_image_folder_is_one_line_before_anything_is_written(ws, tmp_path, capsys):
+    elsewhere = tmp_path / "other-images"
+    elsewhere.mkdir()
+    (elsewhere / "unrelated.jpg").write_bytes(b"not the data's images")
+    for images, needle in ((elsewhere, "lacks"), (tmp_path / "missing", "is not a folder")):
+        name = f"wrong-images-{needle.split()[0]}"
+        line = _cli_error(capsys, "train", "--params", str(ws.write(name, data={"images": str(images)})))
+        assert line.startswith("mmzoo: error: data.images") and needle in line and str(images) in line, line
+        assert not (ws.root / "runs" / name).exists()  # no half-made run folder
+    # the launcher path judges it once, before starting any process
+    line = _cli_error(capsys, "train", "--params", str(ws.write("wrong-images-launcher", data={"images": str(elsewhere)})),
+                      "--nproc", "2")
+    assert "lacks" in line and "--images" in line
+    assert not (ws.root / "runs" / "wrong-images-launcher").exists()
+
+
+def test_the_progress_line_keeps_the_loss_at_80_columns():
+    import io
+    import re
+
+    from rich.console import Console
+
+    from mmzoo.train.loop import _progress, progress_text
+
+    record = {"step": 7, "loss": 5.74521, "lm_loss": 5.7, "aux_loss": 0.0452, "lr": 2e-3, "grad_norm": 1.234,
+              "tokens_per_s": 18500.0, "tflops": 0.123}
+    for width in (80, 60, 200):
+        out = io.StringIO()
+        console = Console(file=out, width=width, force_terminal=True, color_system=None)
+        with _progress(console, 1000, 0) as advance:
+            advance(record)
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # terminal control sequences
+        last = [line for line in text.replace("\r", "\n").splitlines() if line.strip()][-1]
+        assert "7/1000" in last and "loss 5.7452" in last, (width, last)
+        assert len(last) <= width
+    assert "TFLOP/s" in progress_text(record, 200) and "aux 0.0452" in progress_text(record, 200)
+    assert progress_text(record, 20) == "loss 5.7452"

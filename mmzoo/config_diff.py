@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .formats.common import transformers4_text_fields
 from .spec import Checkpoint
 from .tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
 
@@ -27,6 +28,7 @@ BOOKKEEPING = frozenset({
 # model config, ``model.vocab`` in tokenizer.json); deeper values (a vocabulary) are compared whole.
 MODEL_DEPTH, FILE_DEPTH = 3, 2
 PROCESSOR_CONFIG = "processor_config.json"
+MIRRORED_ROPE_FIELDS = ("rope_theta", "rope_scaling", "partial_rotary_factor")
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 # Files whose JSON is normalised to one spelling before comparing (the 4.x ↔ 5.x differences mmzoo writes)
 NORMALISE = {"tokenizer.json": legacy_tokenizer_json, "tokenizer_config.json": legacy_tokenizer_config}
@@ -34,7 +36,7 @@ NORMALISE = {"tokenizer.json": legacy_tokenizer_json, "tokenizer_config.json": l
 
 def diff_configs(left: Checkpoint, right: Checkpoint) -> list[dict[str, Any]]:
     """One row per differing setting: ``{"file", "field", "a", "b"}`` (long values shown by size and hash)."""
-    rows = _diff_values("model config", left.spec.model_dump(), right.spec.model_dump(), limit=MODEL_DEPTH)
+    rows = _diff_values("model config", _model_settings(left), _model_settings(right), limit=MODEL_DEPTH)
     rows += _diff_values("image processor", left.image_processor or {}, right.image_processor or {})
     rows += _diff_processor_configs(Path(left.path), Path(right.path))
     # The chat template is one setting wherever it is kept (chat_template.jinja, chat_template.json or inside
@@ -51,6 +53,17 @@ def diff_configs(left: Checkpoint, right: Checkpoint) -> list[dict[str, Any]]:
             else:
                 rows += _diff_files(name, a_files[name], b_files[name])
     return rows
+
+
+def _model_settings(ckpt: Checkpoint) -> dict[str, Any]:
+    """The model config without the rope fields the hf writer mirrors at the top level for transformers 4.x:
+    they say again what ``rope_parameters`` says, so only a mirror that disagrees with it is kept (and shown)."""
+    settings = ckpt.spec.model_dump()
+    text = settings.get("text_config")
+    if isinstance(text, dict):
+        mirrored = transformers4_text_fields({k: v for k, v in text.items() if k not in MIRRORED_ROPE_FIELDS})
+        settings["text_config"] = {k: v for k, v in text.items() if not (k in mirrored and mirrored[k] == v)}
+    return settings
 
 
 def _without_templates(files: dict[str, Path]) -> dict[str, Path]:

@@ -40,7 +40,7 @@ _register_commands()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from .errors import MmzooError
+    from .errors import MmzooError, pydantic_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
@@ -68,16 +68,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             exc.show()
             sys.exit(2)
         if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
-            _fail(_pydantic_line(exc), exc)
+            _fail(pydantic_line(exc), exc)
         raise
-
-
-def _pydantic_line(exc) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid {where}: {first.get('msg')}{more}"
 
 
 def _fail(line: str, exc: BaseException) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import formats
-from .errors import MmzooError, OutputExists
+from .errors import MmzooError, OutputExists, naming
 from .formats.common import validate
 from .image_token import ensure_image_token
 from .io.checkpoint import parse_size
@@ -36,7 +36,8 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
         except MmzooError:
             looks = "no format was recognised"
         raise UnknownFormat(f"is not a {fmt} checkpoint ({looks}; drop --src-fmt to auto-detect)", path=root)
-    ckpt = module.read(root, drop_unmatched=drop_unmatched)
+    with naming(root):  # a config problem found while reading names the checkpoint it is in
+        ckpt = module.read(root, drop_unmatched=drop_unmatched)
     validate(ckpt)
     return ckpt
 

@@ -1,22 +1,18 @@
 """Find the parts of a checkpoint folder of any format without reading tensors (stdlib + yaml only)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MmzooError
+from .io.structured import load_yaml, load_json
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MmzooError("file not found", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid JSON ({exc})", path=path) from None
+    """A JSON object from a config-like file, within the bounds of :mod:`mmzoo.io.structured`."""
+    data = load_json(path)
     if not isinstance(data, dict):
         raise ConfigError("expected a JSON object", path=path)
     return data
@@ -38,13 +34,20 @@ def tokenizer_folder(path: str | Path) -> Path:
     raise MmzooError("no tokenizer files found (tokenizer.json / tokenizer_config.json / tokenizer.model)", path=root)
 
 
+def _manifest_model(root: Path) -> dict[str, Any]:
+    """The ``model`` section of an internal checkpoint's mmzoo.yaml."""
+    data = load_yaml(root / "mmzoo.yaml")
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("vision_config"), dict):
+        raise ConfigError("missing the 'model' section or its vision_config", path=root / "mmzoo.yaml")
+    return model
+
+
 def vision_config(path: str | Path) -> dict[str, Any]:
     """The vision encoder config (HF dict) of a checkpoint in any format, or of a vision folder."""
     root = Path(path)
     if (root / "mmzoo.yaml").is_file():
-        import yaml
-
-        return dict(yaml.safe_load((root / "mmzoo.yaml").read_text())["model"]["vision_config"])
+        return dict(_manifest_model(root)["vision_config"])
     if (root / "image_model" / "config.json").is_file():
         root = root / "image_model"
     config = read_json(root / "config.json")
@@ -57,9 +60,7 @@ def select_strategy(path: str | Path) -> str:
     """``default`` (CLS dropped) or ``full``; LLaVA folders say it as mm_vision_select_feature."""
     root = Path(path)
     if (root / "mmzoo.yaml").is_file():
-        import yaml
-
-        return yaml.safe_load((root / "mmzoo.yaml").read_text())["model"].get("vision_feature_select_strategy", "default")
+        return _manifest_model(root).get("vision_feature_select_strategy", "default")
     for text in (root / "text_model_llava", root / "text_model"):
         if (text / "config.json").is_file():
             feature = read_json(text / "config.json").get("mm_vision_select_feature", "patch")

@@ -1,0 +1,30 @@
+"""Hostile and broken inputs: each must end in one `mmzoo: error:` line and exit code 2, quickly."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def internal_ckpt(tiny, tmp_path_factory) -> Path:
+    from mmzoo.conversion import convert
+
+    out = tmp_path_factory.mktemp("robust") / "internal"
+    convert(tiny.hf(), out, tgt_fmt="internal")
+    return out
+
+
+@pytest.fixture
+def hf_copy(tiny, tmp_path) -> Path:
+    dst = tmp_path / "hf"
+    shutil.copytree(tiny.hf(), dst)
+    return dst
+
+
+@pytest.fixture
+def internal_copy(internal_ckpt, tmp_path) -> Path:
+    dst = tmp_path / "internal"
+    shutil.copytree(internal_ckpt, dst)
+    return dst

@@ -91,3 +91,15 @@ def naming(path: str | Path) -> Iterator[None]:
         if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
             raise ConfigError(pydantic_line(exc), path=path) from None
         raise
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """An OSError raised inside without a file name (a failed ``write()`` or ``copy_file_range``:
+    "No space left on device") is re-raised naming ``path``, the output being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise

@@ -43,6 +43,8 @@ def _json_list(path: Path) -> list:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MmzooError(f"not valid JSON ({exc}); use .jsonl for one object per line", path=path) from None
+    except RecursionError:  # one row nested absurdly deep: in a .json list it spoils the whole file
+        raise MmzooError("JSON nested too deeply to parse; use .jsonl so such a row is only one rejection", path=path) from None
     if not isinstance(data, list):
         raise MmzooError("a .json data file must hold a JSON list of samples", path=path)
     return data

@@ -57,7 +57,7 @@ def read_marker(path: Path) -> dict[str, Any]:
     """What ``COMPLETE`` records about the run that wrote the checkpoint at ``path`` ({} if unreadable)."""
     try:
         saved = json.loads((path / COMPLETE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return saved if isinstance(saved, dict) else {}
 

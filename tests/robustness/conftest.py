@@ -28,3 +28,23 @@ def internal_copy(internal_ckpt, tmp_path) -> Path:
     dst = tmp_path / "internal"
     shutil.copytree(internal_ckpt, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def pp_tokenizer(tmp_path_factory) -> Path:
+    """A real (tiny, trained) byte-level BPE tokenizer folder with <image> and a chat_template."""
+    from mmzoo.tiny import make_tokenizer
+
+    folder = tmp_path_factory.mktemp("pp-tok")
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pp_images(tmp_path_factory) -> Path:
+    from mmzoo.tiny import make_images
+
+    root = tmp_path_factory.mktemp("pp-images")
+    make_images(root, 2)
+    (root / "loop.png").symlink_to(root / "loop.png")  # a symlink loop
+    return root

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
-from .errors import ConfigError, MmzooError, UnknownArchitecture
+from .archs.checks import check_text_config, check_vision_config
+from .errors import ConfigError, MmzooError, UnknownArchitecture, naming
 from .formats.common import processor_from_folder, split_by_prefix
 from .io.checkpoint import read_weights
 from .image_token import add_image_token, computed, grow_vocab
@@ -81,6 +82,10 @@ def init_model(
         raise ConfigError(f"unknown projector {projector!r} (choose mlp2x_gelu or linear)")
     vision_cfg, vision_native = read_vision_folder(vision)
     text_cfg = read_json(text / "config.json")
+    with naming(vision / "config.json"):
+        check_vision_config(vision_cfg)
+    with naming(text / "config.json"):
+        check_text_config(text_cfg, "config")
     text_type = text_cfg.get("model_type")
     if text_type not in TEXT_TABLES:
         raise UnknownArchitecture(f"LLM {text_type!r} is not supported (supported: {', '.join(TEXT_TABLES)})", path=text)

@@ -54,6 +54,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     except OSError as exc:  # disk full, permissions, a file where a folder should be: the user's to fix
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _fail(f"{where}{exc.strerror or exc}", exc)
+    except RecursionError as exc:  # a structure nested too deeply for a reader that has no bound of its own
+        _fail("input nested too deeply to process (a hostile or corrupt file?)", exc)
+    except UnicodeDecodeError as exc:
+        _fail(f"input is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})", exc)
+    except MemoryError as exc:
+        _fail("out of memory (an input far larger than expected?)", exc)
     except KeyboardInterrupt:
         sys.stderr.write("mmzoo: interrupted\n")
         sys.exit(130)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import formats
-from .errors import MmzooError, OutputExists, naming
+from .errors import MmzooError, OutputExists, naming, writing
 from .formats.common import validate
 from .image_token import ensure_image_token
 from .io.checkpoint import parse_size
@@ -113,8 +113,9 @@ def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwri
     shard_bytes = parse_size(shard_size)
     out = Path(out)
     source = ckpt.path if ckpt.path and Path(ckpt.path).exists() else None
-    atomic_write(out, source, overwrite, lambda tmp: writer.write(
-        ckpt, tmp, final_path=out.absolute(), shard_bytes=shard_bytes, progress=progress, vision_tower=llava_vision_tower))
+    with writing(out):  # "No space left on device" from a byte-range copy names the output
+        atomic_write(out, source, overwrite, lambda tmp: writer.write(
+            ckpt, tmp, final_path=out.absolute(), shard_bytes=shard_bytes, progress=progress, vision_tower=llava_vision_tower))
 
 
 def convert(

@@ -72,7 +72,10 @@ def select_strategy(path: str | Path) -> str:
 
 def num_image_tokens(path: str | Path) -> int:
     """How many placeholder tokens one image takes in the LLM input for the model at ``path``."""
+    from .archs.checks import check_vision_config
+
     cfg = vision_config(path)
+    check_vision_config(cfg)
     patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
     has_cls = cfg.get("model_type", "clip_vision_model") in ("clip_vision_model", "clip")
     return patches + (1 if has_cls and select_strategy(path) == "full" else 0)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import MmzooError
+from ..errors import MmzooError, naming
 
 TAG = re.compile(r"step_(\d+)\Z")
 COMPLETE = "COMPLETE"
@@ -174,8 +174,12 @@ def load_meta(run_dir: Path):
     meta = Path(run_dir) / "meta"
     if not (meta / "spec.json").is_file():
         raise MmzooError("not an mmzoo training run (no meta/spec.json)", path=run_dir)
-    spec = ModelSpec.model_validate(read_json(meta / "spec.json"))
-    tensors = {n: (v["dtype"], tuple(v["shape"])) for n, v in read_json(meta / "tensors.json").items()}
+    with naming(meta / "spec.json"):
+        spec = ModelSpec.model_validate(read_json(meta / "spec.json"))
+    try:
+        tensors = {n: (v["dtype"], tuple(v["shape"])) for n, v in read_json(meta / "tensors.json").items()}
+    except (KeyError, TypeError) as exc:
+        raise MmzooError(f"corrupt: an entry lacks dtype/shape ({exc})", path=meta / "tensors.json") from None
     tokenizer = {p.name: p for p in sorted((meta / "tokenizer").iterdir()) if p.is_file()}
     extra = {p.name: p for p in sorted((meta / "extra").iterdir())} if (meta / "extra").is_dir() else {}
     processor = read_json(meta / "preprocessor_config.json") if (meta / "preprocessor_config.json").is_file() else None

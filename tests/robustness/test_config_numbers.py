@@ -1,0 +1,131 @@
+"""Absurd, missing or mistyped config numbers: one line naming the key, before any loop or division."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import time
+
+import pytest
+
+from mmzoo.archs.checks import check_text_config, check_vision_config
+from mmzoo.errors import ConfigError
+from robust_helpers import assert_one_line, run_main
+
+TEXT_CASES = [
+    ("num_hidden_layers", 1e10, "text_config.num_hidden_layers must be a whole number from 1 to 10,000 (got 10000000000.0)"),
+    ("num_hidden_layers", 10**10, "text_config.num_hidden_layers must be a whole number"),  # an int: a loop of 1e10 before
+    ("num_hidden_layers", None, "text_config has no num_hidden_layers"),
+    ("num_attention_heads", 0, "text_config.num_attention_heads must be a whole number from 1"),
+    ("hidden_size", "big", "text_config.hidden_size must be a whole number from 1 to 1,048,576 (got 'big')"),
+    ("vocab_size", -5, "text_config.vocab_size"),
+    ("intermediate_size", True, "text_config.intermediate_size"),
+    ("num_key_value_heads", 0, "text_config.num_key_value_heads"),
+    ("head_dim", 2.5, "text_config.head_dim"),
+]
+VISION_CASES = [
+    ("patch_size", 0, "vision_config.patch_size must be a whole number from 1"),  # ZeroDivisionError before
+    ("image_size", "x", "vision_config.image_size"),  # TypeError before
+    ("num_attention_heads", 0, "vision_config.num_attention_heads"),
+    ("num_hidden_layers", 1e10, "vision_config.num_hidden_layers"),
+    ("patch_size", 64, "vision_config.patch_size 64 is larger than image_size 32"),
+]
+
+
+def _edit_config(folder, section, key, value):
+    config = json.loads((folder / "config.json").read_text())
+    config[section][key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("key,value,message", TEXT_CASES)
+def test_text_config_numbers(hf_copy, tmp_path, capsys, key, value, message):
+    _edit_config(hf_copy, "text_config", key, value)
+    start = time.perf_counter()
+    assert_one_line(*run_main(capsys, "inspect", hf_copy), str(hf_copy), message)
+    assert_one_line(*run_main(capsys, "convert", hf_copy, "-o", tmp_path / "out", "--tgt-fmt", "internal"), message)
+    assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key,value,message", VISION_CASES)
+def test_vision_config_numbers(hf_copy, tmp_path, capsys, key, value, message):
+    _edit_config(hf_copy, "vision_config", key, value)
+    assert_one_line(*run_main(capsys, "inspect", hf_copy), message)
+    assert_one_line(*run_main(capsys, "convert", hf_copy, "-o", tmp_path / "out", "--tgt-fmt", "llava"), message)
+
+
+def test_wrong_shapes_of_config_sections(hf_copy, capsys):
+    config = json.loads((hf_copy / "config.json").read_text())
+    config["text_config"] = [1]
+    (hf_copy / "config.json").write_text(json.dumps(config))
+    assert_one_line(*run_main(capsys, "inspect", hf_copy), "config.json", "must be JSON objects")
+    del config["text_config"]
+    (hf_copy / "config.json").write_text(json.dumps(config))
+    assert_one_line(*run_main(capsys, "inspect", hf_copy), "text_config has no hidden_size")
+
+
+def test_mmzoo_yaml_with_wrong_types_names_the_file(internal_copy, capsys):
+    """pydantic's own errors name the file they came from."""
+    import yaml
+
+    manifest = internal_copy / "mmzoo.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["model"]["projector_type"] = "quantum"
+    manifest.write_text(yaml.safe_dump(data))
+    assert_one_line(*run_main(capsys, "inspect", internal_copy), "mmzoo.yaml", "invalid projector_type")
+    data["model"]["projector_type"] = "mlp2x_gelu"
+    data["model"]["text_config"]["num_hidden_layers"] = 10**12
+    manifest.write_text(yaml.safe_dump(data))
+    assert_one_line(*run_main(capsys, "inspect", internal_copy), "mmzoo.yaml", "text_config.num_hidden_layers")
+
+
+def test_init_checks_both_folders_before_arithmetic(tiny, tmp_path, capsys):
+    from mmzoo.tiny import build_llm, build_vision
+
+    vision, text = tmp_path / "vision", tmp_path / "llm"
+    build_vision(vision)
+    build_llm(text)
+    config = json.loads((vision / "config.json").read_text())
+    config["patch_size"] = 0
+    (vision / "config.json").write_text(json.dumps(config))
+    assert_one_line(*run_main(capsys, "init", "--vision", vision, "--text", text, "-o", tmp_path / "out"),
+                    str(vision / "config.json"), "patch_size")
+    config["patch_size"] = 8
+    (vision / "config.json").write_text(json.dumps(config))
+    config = json.loads((text / "config.json").read_text())
+    config["num_hidden_layers"] = 1e10
+    (text / "config.json").write_text(json.dumps(config))
+    assert_one_line(*run_main(capsys, "init", "--vision", vision, "--text", text, "-o", tmp_path / "out"),
+                    str(text / "config.json"), "num_hidden_layers")
+
+
+def test_bounds_accept_real_model_sizes():
+    """A Llama-3-405B-like text config and a SigLIP-so400m-like vision config pass."""
+    check_text_config({"hidden_size": 16384, "num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8,
+                       "intermediate_size": 53248, "vocab_size": 128256})
+    check_vision_config({"hidden_size": 1152, "num_hidden_layers": 27, "num_attention_heads": 16, "intermediate_size": 4304,
+                         "image_size": 384, "patch_size": 14})
+    with pytest.raises(ConfigError):
+        check_text_config({"hidden_size": 1})
+
+
+@pytest.mark.parametrize("size", ["nan", "inf", "1e400", "0.1B", "-1GB", "1e30GB"])
+def test_shard_size_nan_inf_huge(tiny, tmp_path, capsys, size):
+    assert_one_line(*run_main(capsys, "convert", tiny.hf(), "-o", tmp_path / "out", "--tgt-fmt", "internal", "--shard-size", size),
+                    f"invalid size {size!r}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_disk_full_during_convert_names_the_output(tiny, tmp_path, capsys, monkeypatch):
+    """copy_file_range raising ENOSPC (as on a full disk) gives a line with OUT and leaves nothing there."""
+    import os
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full, raising=False)
+    monkeypatch.setattr(os, "write", full)
+    out = tmp_path / "out"
+    line = assert_one_line(*run_main(capsys, "convert", tiny.hf(), "-o", out, "--tgt-fmt", "internal"), "No space left on device")
+    assert str(out) in line
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []

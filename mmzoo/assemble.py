@@ -82,13 +82,13 @@ def init_model(
         raise ConfigError(f"unknown projector {projector!r} (choose mlp2x_gelu or linear)")
     vision_cfg, vision_native = read_vision_folder(vision)
     text_cfg = read_json(text / "config.json")
-    with naming(vision / "config.json"):
-        check_vision_config(vision_cfg)
-    with naming(text / "config.json"):
-        check_text_config(text_cfg, "config")
     text_type = text_cfg.get("model_type")
     if text_type not in TEXT_TABLES:
         raise UnknownArchitecture(f"LLM {text_type!r} is not supported (supported: {', '.join(TEXT_TABLES)})", path=text)
+    with naming(vision / "config.json"):  # numbers bounded before any shape arithmetic
+        check_vision_config(vision_cfg)
+    with naming(text / "config.json"):
+        check_text_config(text_cfg, "config")
     text_cfg = {k: v for k, v in text_cfg.items() if k not in ("architectures", "transformers_version")}
     text_native = {n: Planned.of(s) for n, s in read_weights(text).items()}
     text_canonical = text_table(text_type, str(text)).to_canonical(text_native, text_cfg, where=str(text))

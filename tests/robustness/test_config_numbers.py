@@ -132,7 +132,8 @@ def test_disk_full_during_convert_names_the_output(tiny, tmp_path, capsys, monke
 
 
 def test_absurd_expert_count_is_refused_at_once(tiny, tmp_path, capsys):
+    src = tiny.hf()
     start = time.perf_counter()
-    assert_one_line(*run_main(capsys, "convert", tiny.hf(), "-o", tmp_path / "out", "--tgt-fmt", "internal", "--moe-experts", "100000000"),
+    assert_one_line(*run_main(capsys, "convert", src, "-o", tmp_path / "out", "--tgt-fmt", "internal", "--moe-experts", "100000000"),
                     "--moe-experts must be at least 1 and at most 4096")
     assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()

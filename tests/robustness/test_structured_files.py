@@ -127,3 +127,11 @@ def test_named_pipe_as_weights_fails_at_once(capsys, hf_copy, tmp_path):
     assert_one_line(*run_main(capsys, "convert", hf_copy, "-o", tmp_path / "out", "--tgt-fmt", "internal"), "named pipe")
     assert time.perf_counter() - start < 10
     assert not (tmp_path / "out").exists()
+
+
+def test_named_pipe_as_bin_weights_fails_at_once(capsys, hf_copy):
+    (hf_copy / "model.safetensors").unlink()
+    os.mkfifo(hf_copy / "pytorch_model.bin")
+    start = time.perf_counter()
+    assert_one_line(*run_main(capsys, "inspect", hf_copy), "pytorch_model.bin", "named pipe")
+    assert time.perf_counter() - start < 10

@@ -126,22 +126,32 @@ def bounded_environment() -> Any:
     return env
 
 
+_alarm = {"armed": False, "previous": None}
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    if _alarm["armed"]:
+        raise TemplateLimitError(f"took more than {RENDER_SECONDS:g} s to render one conversation")
+    if callable(_alarm["previous"]):  # someone else's alarm: theirs to handle
+        _alarm["previous"](signum, frame)
+
+
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
+    """Arm a one-shot timer around a render. The handler is installed once per process (swapping it
+    on every render would double the cost of a typical render); it chains to any earlier handler."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise TemplateLimitError(f"took more than {seconds:g} s to render one conversation")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        _alarm["previous"] = signal.signal(signal.SIGALRM, _on_alarm)
+    _alarm["armed"] = True
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        _alarm["armed"] = False
 
 
 def render_bounded(template: Any, **variables: Any) -> str:

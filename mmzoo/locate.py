@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MmzooError
-from .io.structured import load_yaml, load_json
+from .io.structured import load_json, load_yaml
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 

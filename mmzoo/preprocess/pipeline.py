@@ -99,6 +99,12 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
         raise ConfigError(f"unknown format {format!r}", hint="mmzoo or cerebras")
     if max_seq_len < 8 or workers < 1 or per_shard < 1:
         raise ConfigError("--max-seq-len must be >= 8, --workers and --samples-per-shard >= 1")
+    # Upper bounds far above real use: the cerebras layout allocates max_seq_len per sample and a
+    # shard is built in memory, so an absurd value would exhaust memory instead of failing.
+    for flag, value, limit in (("--max-seq-len", max_seq_len, 1 << 24), ("--samples-per-shard", per_shard, 10_000_000),
+                               ("--workers", workers, 1024), ("--num-image-tokens", num_image_tokens or 1, 1 << 20)):
+        if value > limit:
+            raise ConfigError(f"{flag} {value:,} is more than {limit:,}")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if num_image_tokens is not None and model is not None:

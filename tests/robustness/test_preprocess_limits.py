@@ -179,3 +179,13 @@ def test_deeply_nested_jsonl_row_is_one_rejected_row(tmp_path, pp_tokenizer, pp_
     manifest = preprocess([data], pp_images, pp_tokenizer, out, template="vicuna_v1", num_image_tokens=4)
     assert manifest["statistics"]["samples_written"] == 1
     assert manifest["statistics"]["rejected"] == {"bad_json": 1}
+
+
+@pytest.mark.parametrize("flag,value", [("--max-seq-len", "1000000000000"), ("--samples-per-shard", "100000000000"),
+                                        ("--workers", "100000"), ("--num-image-tokens", "1000000000")])
+def test_absurd_preprocess_numbers_are_one_line(tmp_path, capsys, pp_tokenizer, pp_images, flag, value):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    args = ["preprocess", "--data", data, "--images", pp_images, "--tokenizer", pp_tokenizer, "-o", tmp_path / "out",
+            "--template", "vicuna_v1", "-q", flag, value] + (["--num-image-tokens", "4"] if flag != "--num-image-tokens" else [])
+    assert_one_line(*run_main(capsys, *args), flag, "is more than")
+    assert not (tmp_path / "out").exists()

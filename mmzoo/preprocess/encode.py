@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import MmzooError
-from ..io.structured import load_json
+from ..io.structured import load_json, read_text, require_regular_file
 from ..locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, make_renderer, parse_turns
 
@@ -68,13 +68,11 @@ class TokenizerInfo:
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerInfo":
-        from tokenizers import Tokenizer
-
         folder = tokenizer_folder(path)
         json_path = folder / "tokenizer.json"
         if not json_path.is_file():
             raise MmzooError("only fast tokenizers (tokenizer.json) are supported", path=folder)
-        tok = Tokenizer.from_file(str(json_path))
+        tok = load_tokenizer(json_path)
         config = _read_optional_json(folder / "tokenizer_config.json")
         image_id = tok.token_to_id(IMAGE_MARKER)
         if image_id is None or tok.encode(IMAGE_MARKER, add_special_tokens=False).ids != [image_id]:
@@ -85,10 +83,22 @@ class TokenizerInfo:
             pad_id = tok.token_to_id(eos) if eos else 0
         template = config.get("chat_template")
         if (folder / "chat_template.jinja").is_file():
-            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+            template = read_text(folder / "chat_template.jinja")
         if isinstance(template, list):  # named templates: use the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         return cls(folder, json_path, bos or "", eos or "", int(pad_id or 0), image_id, template)
+
+
+def load_tokenizer(json_path: Path) -> Any:
+    """``tokenizers.Tokenizer.from_file``, whose errors (a bare ``Exception`` from Rust: bad JSON,
+    recursion limit, not UTF-8) become one line naming the file."""
+    from tokenizers import Tokenizer
+
+    require_regular_file(json_path)
+    try:
+        return Tokenizer.from_file(str(json_path))
+    except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
+        raise MmzooError(f"cannot load the tokenizer ({' '.join(str(exc).split())[:200]})", path=json_path) from None
 
 
 def _read_optional_json(path: Path) -> dict[str, Any]:
@@ -124,10 +134,8 @@ class Encoder:
     _image_cache: dict[str, str | None] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        from tokenizers import Tokenizer
-
         self.info = TokenizerInfo.load(self.settings.tokenizer)
-        self.tokenizer = Tokenizer.from_file(str(self.info.json_path))
+        self.tokenizer = load_tokenizer(self.info.json_path)
         self.render = make_renderer(self.settings.template, self.info.bos, self.info.eos, self.info.chat_template)
         self.root = Path(self.settings.image_root).resolve()
 

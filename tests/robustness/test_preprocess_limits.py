@@ -189,3 +189,21 @@ def test_absurd_preprocess_numbers_are_one_line(tmp_path, capsys, pp_tokenizer, 
             "--template", "vicuna_v1", "-q", flag, value] + (["--num-image-tokens", "4"] if flag != "--num-image-tokens" else [])
     assert_one_line(*run_main(capsys, *args), flag, "is more than")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("tokenizer.json", b'{"version": "1.0", "model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "cannot load the tokenizer (recursion limit"),
+    ("tokenizer.json", b'{"a": "\xff"}', "cannot load the tokenizer"),
+    ("tokenizer_config.json", b"[" * 100_000 + b"]" * 100_000, "nested more than"),
+    ("chat_template.jinja", b"{% for m in messages %}\xff", "not UTF-8"),
+])
+def test_broken_tokenizer_files_are_one_line(tmp_path, capsys, pp_tokenizer, pp_images, name, content, needle):
+    import shutil
+
+    tok = tmp_path / "tok"
+    shutil.copytree(pp_tokenizer, tok)
+    (tok / name).write_bytes(content)
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    args = ["preprocess", "--data", data, "--images", pp_images, "--tokenizer", tok, "-o", tmp_path / "out", "--num-image-tokens", "4", "-q"]
+    assert_one_line(*run_main(capsys, *args), name, needle)
+    assert not (tmp_path / "out").exists()

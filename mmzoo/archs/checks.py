@@ -22,6 +22,24 @@ VISION_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "i
 VISION_OPTIONAL = ("num_channels",)
 
 
+def with_transformers_defaults(cfg: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``cfg`` with the missing ``keys`` filled from transformers' defaults for its ``model_type``.
+
+    transformers 4.x saved the sub-configs of a composite config as a diff against their defaults:
+    the genuine ``llava-hf/llava-1.5-7b-hf`` config.json has a ``text_config`` without ``hidden_size``,
+    ``num_hidden_layers``, ``num_attention_heads`` or ``intermediate_size`` (they are LlamaConfig's
+    defaults). transformers fills them when it loads the folder; so must a reader of the folder."""
+    missing = [k for k in keys if k not in cfg]
+    if not missing or not isinstance(cfg.get("model_type"), str):
+        return cfg
+    from transformers import CONFIG_MAPPING
+
+    if cfg["model_type"] not in CONFIG_MAPPING:
+        return cfg
+    defaults = CONFIG_MAPPING[cfg["model_type"]]()
+    return {**cfg, **{k: getattr(defaults, k) for k in missing if getattr(defaults, k, None) is not None}}
+
+
 def _number(section: str, cfg: dict[str, Any], key: str) -> int:
     value = cfg[key]
     limit = _MAX.get(key, _DEFAULT_MAX)

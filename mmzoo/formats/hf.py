@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..archs.checks import TEXT_REQUIRED, VISION_REQUIRED, with_transformers_defaults
 from ..errors import ConfigError, UnknownArchitecture
 from ..io.checkpoint import read_weights, write_weights
 from ..io.tensors import Planned
@@ -71,6 +72,8 @@ def spec_from_config(config: dict[str, Any], where: Path) -> ModelSpec:
     vision, text = dict(vision), dict(text)
     vision.setdefault("model_type", "clip_vision_model")
     text.setdefault("model_type", "llama")
+    vision = with_transformers_defaults(vision, VISION_REQUIRED)  # 4.x saved sub-configs as diffs
+    text = with_transformers_defaults(text, TEXT_REQUIRED)
     return ModelSpec(
         vision_config=vision,
         text_config=text,

@@ -59,9 +59,12 @@ def test_wrong_shapes_of_config_sections(hf_copy, capsys):
     config["text_config"] = [1]
     (hf_copy / "config.json").write_text(json.dumps(config))
     assert_one_line(*run_main(capsys, "inspect", hf_copy), "config.json", "must be JSON objects")
-    del config["text_config"]
+    config["text_config"] = {"model_type": "llama", "hidden_size": None}  # null: neither a value nor a default
     (hf_copy / "config.json").write_text(json.dumps(config))
     assert_one_line(*run_main(capsys, "inspect", hf_copy), "text_config has no hidden_size")
+    del config["text_config"]  # as transformers: no text_config is a default LlamaConfig, whose shapes do not fit
+    (hf_copy / "config.json").write_text(json.dumps(config))
+    assert_one_line(*run_main(capsys, "inspect", hf_copy), "the config implies [32000, 4096]")
 
 
 def test_mmzoo_yaml_with_wrong_types_names_the_file(internal_copy, capsys):
@@ -137,3 +140,35 @@ def test_absurd_expert_count_is_refused_at_once(tiny, tmp_path, capsys):
     assert_one_line(*run_main(capsys, "convert", src, "-o", tmp_path / "out", "--tgt-fmt", "internal", "--moe-experts", "100000000"),
                     "--moe-experts must be at least 1 and at most 4096")
     assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
+
+
+def test_genuine_sparse_llava_hf_config_gets_transformers_defaults():
+    """The published llava-hf/llava-1.5-7b-hf config.json (transformers 4.36, verbatim) saves its
+    text_config as a diff against LlamaConfig: no hidden_size, layers, heads or intermediate size.
+    The required numbers come from transformers' defaults, as when transformers loads it; the shapes
+    they imply are those of the published 7B weights."""
+    from pathlib import Path
+
+    from mmzoo.archs import text as text_arch
+    from mmzoo.archs import vision as vision_arch
+    from mmzoo.formats.hf import spec_from_config
+
+    config = json.loads((Path(__file__).parent / "genuine" / "llava-1.5-7b-hf.config.json").read_text())
+    assert "hidden_size" not in config["text_config"]
+    spec = spec_from_config(config, Path("llava-1.5-7b-hf"))
+    text = text_arch.expected_shapes(spec.text_config)
+    assert text["model.embed_tokens.weight"] == (32064, 4096) and text["lm_head.weight"] == (32064, 4096)
+    assert text["model.layers.31.mlp.gate_proj.weight"] == (11008, 4096) and "model.layers.32.mlp.gate_proj.weight" not in text
+    assert text["model.layers.0.self_attn.k_proj.weight"] == (4096, 4096)
+    vision = vision_arch.expected_shapes(spec.vision_config)
+    assert vision["embeddings.position_embedding.weight"] == (577, 1024)
+    assert vision["embeddings.patch_embedding.weight"] == (1024, 3, 14, 14)
+    assert spec.text_config["rms_norm_eps"] == 1e-05  # what the file says is kept
+
+
+def test_sparse_config_against_tiny_weights_is_a_shape_error_not_a_key_error(hf_copy, capsys):
+    from pathlib import Path
+
+    genuine = (Path(__file__).parent / "genuine" / "llava-1.5-7b-hf.config.json").read_text()
+    (hf_copy / "config.json").write_text(genuine)
+    assert_one_line(*run_main(capsys, "inspect", hf_copy), "the config implies [32064, 4096]")

@@ -26,7 +26,7 @@ def _publish(server, repo_id: str, files: dict[str, bytes]) -> None:
     ("mmzoo.yaml", b"model: " + b"[" * 50_000 + b"]" * 50_000, "nested more than"),
     ("config.json", b'{"model_type": "llava", "text_config": {"num_hidden_layers": 1e10}}', "num_hidden_layers"),
     ("config.json", b'{"model_type": "llava", "x": "\xff"}', "not UTF-8"),
-])
+], ids=["yaml-bomb", "deep-yaml", "absurd-layers", "non-utf8"])
 def test_pulled_repo_with_hostile_files_is_one_line(server, tiny_hf, tmp_path, capsys, name, content, needle):
     files = {p.name: p.read_bytes() for p in tiny_hf.iterdir() if p.is_file()}
     files[name] = content

@@ -152,7 +152,7 @@ def test_disk_full_on_a_real_tmpfs(tmp_path, pp_tokenizer, pp_images):
     (".progress.json", b"[" * 5000 + b"]" * 5000, "nested more than"),
     (".progress.json", b'{"parameters": {}, "rows_consumed": "x"}', "'rows_consumed'"),
     (".progress.json", b'{"parameters": {}, "statistics": {"samples_read": 1}}', "'statistics'"),
-])
+], ids=["manifest-not-json", "manifest-shards", "progress-not-utf8", "progress-deep", "progress-rows", "progress-stats"])
 def test_corrupt_state_on_resume_is_one_line(tmp_path, capsys, pp_tokenizer, pp_images, name, content, needle):
     data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     out = tmp_path / "out"
@@ -196,7 +196,7 @@ def test_absurd_preprocess_numbers_are_one_line(tmp_path, capsys, pp_tokenizer, 
     ("tokenizer.json", b'{"a": "\xff"}', "cannot load the tokenizer"),
     ("tokenizer_config.json", b"[" * 100_000 + b"]" * 100_000, "nested more than"),
     ("chat_template.jinja", b"{% for m in messages %}\xff", "not UTF-8"),
-])
+], ids=["tokenizer-deep", "tokenizer-not-utf8", "config-deep", "template-not-utf8"])
 def test_broken_tokenizer_files_are_one_line(tmp_path, capsys, pp_tokenizer, pp_images, name, content, needle):
     import shutil
 

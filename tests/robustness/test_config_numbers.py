@@ -38,7 +38,7 @@ def _edit_config(folder, section, key, value):
     (folder / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("key,value,message", TEXT_CASES)
+@pytest.mark.parametrize("key,value,message", TEXT_CASES, ids=[f"{k}={v!r}" for k, v, _ in TEXT_CASES])
 def test_text_config_numbers(hf_copy, tmp_path, capsys, key, value, message):
     _edit_config(hf_copy, "text_config", key, value)
     start = time.perf_counter()
@@ -47,7 +47,7 @@ def test_text_config_numbers(hf_copy, tmp_path, capsys, key, value, message):
     assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("key,value,message", VISION_CASES)
+@pytest.mark.parametrize("key,value,message", VISION_CASES, ids=[f"{k}={v!r}" for k, v, _ in VISION_CASES])
 def test_vision_config_numbers(hf_copy, tmp_path, capsys, key, value, message):
     _edit_config(hf_copy, "vision_config", key, value)
     assert_one_line(*run_main(capsys, "inspect", hf_copy), message)

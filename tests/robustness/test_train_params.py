@@ -26,7 +26,7 @@ def params(tmp_path) -> Path:
     (YAML_BOMB.encode(), "expands to more than"),
     (b"x: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested more than"),
     (b"x: caf\xe9\n", "not UTF-8"),
-])
+], ids=["yaml-bomb", "deep", "not-utf8"])
 def test_params_file_bomb_depth_utf8(params, capsys, extra, needle):
     params.write_bytes(params.read_bytes() + b"\n" + extra)
     assert_one_line(*run_main(capsys, "train", "--params", params), str(params), needle)

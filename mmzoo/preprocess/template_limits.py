@@ -105,7 +105,7 @@ def bounded_environment() -> Any:
             ints = isinstance(left, int) and isinstance(right, int)
             if operator == "**" and ints and right > 0 and max(abs(left).bit_length(), 1) * right > MAX_POW_BITS:
                 raise TemplateLimitError(f"computed {left} ** {right} (limit {MAX_POW_BITS:,} bits)")
-            if operator == "%":
+            if operator == "%" and isinstance(left, str):  # formatting, not the modulo of numbers
                 _check_format(left)
                 _check_arguments(right if isinstance(right, tuple) else (right,), {})  # '%*d' takes its width from here
             if operator == "*" and not ints:

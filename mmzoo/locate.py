@@ -34,12 +34,18 @@ def tokenizer_folder(path: str | Path) -> Path:
     raise MmzooError("no tokenizer files found (tokenizer.json / tokenizer_config.json / tokenizer.model)", path=root)
 
 
-def _manifest_model(root: Path) -> dict[str, Any]:
-    """The ``model`` section of an internal checkpoint's mmzoo.yaml."""
+def read_manifest(root: Path) -> dict[str, Any]:
+    """An internal checkpoint's mmzoo.yaml (bounded like every config file), with its 'model' section."""
     data = load_yaml(root / "mmzoo.yaml")
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("vision_config"), dict):
-        raise ConfigError("missing the 'model' section or its vision_config", path=root / "mmzoo.yaml")
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError("missing the 'model' section", path=root / "mmzoo.yaml")
+    return data
+
+
+def _manifest_model(root: Path) -> dict[str, Any]:
+    model = read_manifest(root)["model"]
+    if not isinstance(model.get("vision_config"), dict):
+        raise ConfigError("the 'model' section has no vision_config", path=root / "mmzoo.yaml")
     return model
 
 

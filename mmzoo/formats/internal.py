@@ -11,11 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, naming
+from ..errors import naming
 from ..io.checkpoint import read_weights, write_weights
-from ..io.structured import load_yaml
 from ..io.tensors import Planned
-from ..locate import read_json
+from ..locate import read_json, read_manifest
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from .common import copy_files, validate, write_json
 
@@ -27,13 +26,6 @@ FORMAT_VERSION = 1
 
 def detect(path: Path) -> bool:
     return (path / MANIFEST).is_file()
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    data = load_yaml(path / MANIFEST)
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ConfigError("missing the 'model' section", path=path / MANIFEST)
-    return data
 
 
 def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:

@@ -19,7 +19,7 @@ from ..io.tensors import Planned
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens, legacy_tokenizer_config, legacy_tokenizer_json
-from .common import detection_config, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, mmzoo_notes, native_components, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 
 NAME = "llava"
 DESCRIPTION = "original LLaVA repo layout: image_model/ (CLIP) + text_model_llava/ (Llama/Mistral + mm_projector)"
@@ -98,7 +98,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
 
 
 def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> ModelSpec:
-    notes = text_cfg.get("mmzoo") or {}
+    notes = mmzoo_notes(text_cfg, where / "config.json")
     base_type = str(text_cfg.get("model_type", "llama")).removeprefix("llava_")
     if base_type not in LLAVA_CLASSES:
         raise UnknownArchitecture(f"LLM {text_cfg.get('model_type')!r} is not supported in the llava layout ({SUPPORTED})", path=where)

@@ -48,3 +48,14 @@ def pp_images(tmp_path_factory) -> Path:
     make_images(root, 2)
     (root / "loop.png").symlink_to(root / "loop.png")  # a symlink loop
     return root
+
+
+@pytest.fixture(scope="session")
+def layouts(tiny, tmp_path_factory) -> dict[str, Path]:
+    """The tiny checkpoint in the llava and moe-llava layouts (converted once)."""
+    from mmzoo.conversion import convert
+
+    root = tmp_path_factory.mktemp("layouts")
+    convert(tiny.hf(), root / "llava", tgt_fmt="llava")
+    convert(tiny.hf(), root / "moe-llava", tgt_fmt="moe-llava", moe={"num_experts": 2})
+    return {"llava": root / "llava", "moe-llava": root / "moe-llava"}

@@ -172,3 +172,40 @@ def test_sparse_config_against_tiny_weights_is_a_shape_error_not_a_key_error(hf_
     genuine = (Path(__file__).parent / "genuine" / "llava-1.5-7b-hf.config.json").read_text()
     (hf_copy / "config.json").write_text(genuine)
     assert_one_line(*run_main(capsys, "inspect", hf_copy), "the config implies [32064, 4096]")
+
+
+NOTE_CASES = [(5, "'mmzoo' must be a JSON object"), ({"replaced": 3}, "mmzoo.replaced must be a JSON object"),
+              ({"added_keys": 5}, "mmzoo.added_keys must be a JSON list"), ({"vision_replaced": [1]}, "mmzoo.vision_replaced")]
+
+
+@pytest.mark.parametrize("layout,config", [("llava", "text_model_llava/config.json"), ("moe-llava", "config.json")])
+@pytest.mark.parametrize("notes,message", NOTE_CASES, ids=[m.split()[0] for _, m in NOTE_CASES])
+def test_wrong_types_in_the_mmzoo_block(layouts, tmp_path, capsys, layout, config, notes, message):
+    folder = tmp_path / layout
+    shutil.copytree(layouts[layout], folder)
+    data = json.loads((folder / config).read_text())
+    data["mmzoo"] = notes
+    (folder / config).write_text(json.dumps(data))
+    assert_one_line(*run_main(capsys, "inspect", folder), str(folder / config), message)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"moe": 5}, "'moe' must be a JSON object"),
+    ({"moe": {"num_experts": "x"}}, "moe.num_experts must be a number"),
+    ({"moe": {"top_k_experts": 1.5}}, "moe.top_k_experts must be a whole number"),
+    ({"moe": {"num_experts": 10**9}}, "num_local_experts must be a whole number from 1 to 4,096"),
+    ({"moe": {"moe_layers_idx": [0, 10**9]}}, "moe.layers must be a list of layer indices"),
+    ({"num_hidden_layers": 10**10}, "config.num_hidden_layers must be a whole number"),
+], ids=["moe-not-object", "experts-str", "topk-float", "experts-huge", "layer-huge", "layers-huge"])
+def test_genuine_moe_llava_config_with_wrong_moe_block(layouts, tmp_path, capsys, change, message):
+    """A MoE-LLaVA config as its own code writes it (no mmzoo block): the DeepSpeed-MoE ``moe`` block."""
+    folder = tmp_path / "moe"
+    shutil.copytree(layouts["moe-llava"], folder)
+    data = json.loads((folder / "config.json").read_text())
+    data.pop("mmzoo")
+    (folder / "config.json").write_text(json.dumps(data))
+    assert run_main(capsys, "inspect", folder)[0] == 0  # readable as it is
+    (folder / "config.json").write_text(json.dumps({**data, **change}))
+    start = time.perf_counter()
+    assert_one_line(*run_main(capsys, "inspect", folder), message)
+    assert time.perf_counter() - start < 10

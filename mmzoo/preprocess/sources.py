@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import MmzooError
+from ..io.structured import require_regular_file
 from .encode import Row
 
 
@@ -13,8 +14,9 @@ def check_sources(paths: list[Path]) -> None:
     if not paths:
         raise MmzooError("no --data file given")
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise MmzooError("data file not found", path=path)
+        require_regular_file(path)  # a named pipe would block the reader forever
         if path.suffix.lower() not in (".json", ".jsonl"):
             raise MmzooError("data files must end in .json (a JSON list) or .jsonl (one object per line)", path=path)
 

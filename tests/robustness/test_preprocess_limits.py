@@ -207,3 +207,15 @@ def test_broken_tokenizer_files_are_one_line(tmp_path, capsys, pp_tokenizer, pp_
     args = ["preprocess", "--data", data, "--images", pp_images, "--tokenizer", tok, "-o", tmp_path / "out", "--num-image-tokens", "4", "-q"]
     assert_one_line(*run_main(capsys, *args), name, needle)
     assert not (tmp_path / "out").exists()
+
+
+def test_named_pipe_as_data_file_is_one_line(tmp_path, capsys, pp_tokenizer, pp_images):
+    import os
+
+    data = tmp_path / "d.jsonl"
+    os.mkfifo(data)
+    start = time.perf_counter()
+    args = ["preprocess", "--data", data, "--images", pp_images, "--tokenizer", pp_tokenizer, "-o", tmp_path / "out",
+            "--num-image-tokens", "4", "--template", "vicuna_v1", "-q"]
+    assert_one_line(*run_main(capsys, *args), "d.jsonl", "named pipe")
+    assert time.perf_counter() - start < 10

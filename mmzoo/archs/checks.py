@@ -22,6 +22,11 @@ VISION_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "i
 VISION_OPTIONAL = ("num_channels",)
 
 
+def is_whole(value: Any) -> bool:
+    """An int that is not a bool (JSON's true/false arrive as bools, which are ints in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def with_transformers_defaults(cfg: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """``cfg`` with the missing ``keys`` filled from transformers' defaults for its ``model_type``.
 
@@ -43,7 +48,7 @@ def with_transformers_defaults(cfg: dict[str, Any], keys: tuple[str, ...]) -> di
 def _number(section: str, cfg: dict[str, Any], key: str) -> int:
     value = cfg[key]
     limit = _MAX.get(key, _DEFAULT_MAX)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+    if not is_whole(value) or not 1 <= value <= limit:
         raise ConfigError(f"{section}.{key} must be a whole number from 1 to {limit:,} (got {value!r})")
     return value
 
@@ -82,5 +87,5 @@ def check_moe_layout(moe: Any, text_cfg: dict[str, Any], vision_cfg: dict[str, A
         if layers is None:
             continue
         count = cfg["num_hidden_layers"]
-        if not isinstance(layers, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count for i in layers):
+        if not isinstance(layers, list) or not all(is_whole(i) and 0 <= i < count for i in layers):
             raise ConfigError(f"moe.{key} must be a list of layer indices from 0 to {count - 1}")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..archs import text_table
-from ..archs.checks import check_text_config
+from ..archs.checks import check_text_config, is_whole
 from ..archs.moe import MOE_CONFIG_KEY, base_text_config
 from ..errors import ConfigError, UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
@@ -88,10 +88,6 @@ def _base_type(config: dict[str, Any], where: Path) -> str:
     return base
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _moe_dict(config: dict[str, Any], where: Path) -> dict[str, Any]:
     """MoE-LLaVA's ``moe`` block with the types the layout is computed from (the counts are bounded
     later, with the whole layout, by ModelSpec)."""
@@ -99,11 +95,11 @@ def _moe_dict(config: dict[str, Any], where: Path) -> dict[str, Any]:
     if not isinstance(moe, dict):
         raise ConfigError("'moe' must be a JSON object", path=where)
     layers, experts, top_k = moe.get("moe_layers_idx"), moe.get("num_experts"), moe.get("top_k_experts")
-    if layers is not None and not (isinstance(layers, list) and all(map(_whole, layers))):
+    if layers is not None and not (isinstance(layers, list) and all(map(is_whole, layers))):
         raise ConfigError(f"moe.moe_layers_idx must be a list of layer numbers (got {layers!r})", path=where)
-    if experts is not None and not (_whole(experts) or (isinstance(experts, list) and experts and all(map(_whole, experts)))):
+    if experts is not None and not (is_whole(experts) or (isinstance(experts, list) and experts and all(map(is_whole, experts)))):
         raise ConfigError(f"moe.num_experts must be a number or a list of numbers (got {experts!r})", path=where)
-    if top_k is not None and not _whole(top_k):
+    if top_k is not None and not is_whole(top_k):
         raise ConfigError(f"moe.top_k_experts must be a whole number (got {top_k!r})", path=where)
     return moe
 

@@ -132,8 +132,12 @@ _alarm = {"armed": False, "previous": None}
 def _on_alarm(signum: int, frame: Any) -> None:
     if _alarm["armed"]:
         raise TemplateLimitError(f"took more than {RENDER_SECONDS:g} s to render one conversation")
-    if callable(_alarm["previous"]):  # someone else's alarm: theirs to handle
-        _alarm["previous"](signum, frame)
+    previous = _alarm["previous"]
+    if callable(previous):  # someone else's alarm: theirs to handle
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:  # what an alarm nobody handles does: end the process
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGALRM)
 
 
 @contextmanager

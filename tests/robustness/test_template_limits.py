@@ -84,3 +84,20 @@ def test_template_that_explodes_only_on_some_content_stops_the_workers(tmp_path,
     start = time.perf_counter()
     assert_one_line(*run_main(capsys, *args), "chat_template", "took more than 2 s")
     assert time.perf_counter() - start < 30
+
+
+def test_an_alarm_of_the_caller_still_reaches_its_handler():
+    """The deadline's SIGALRM handler stays installed between renders and passes other alarms on."""
+    import signal
+
+    hits = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: hits.append(signum))
+    try:
+        template = JinjaTemplate("{{ messages | length }}", "", "")
+        assert template.text([], False) == "0"
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        time.sleep(0.3)
+        assert hits == [signal.SIGALRM]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -29,9 +29,10 @@ def detection_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
-# What mmzoo records under "mmzoo" in the configs it writes (llava, moe-llava): the shape of each entry.
+# What mmzoo records under "mmzoo" in the configs it writes (llava, moe-llava): the shape of each entry
+# (a source config without "architectures" is recorded as null, and restored as such).
 _NOTE_TYPES = {"replaced": dict, "vision_replaced": dict, "extra": dict, "text_config": dict, "moe": dict,
-               "added_keys": list, "vision_keys": list, "architectures": list}
+               "added_keys": list, "vision_keys": list, "architectures": (list, type(None))}
 
 
 def mmzoo_notes(config: dict[str, Any], where: Path) -> dict[str, Any]:

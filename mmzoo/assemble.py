@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
-from .errors import ConfigError, MmzooError, UnknownArchitecture
+from .archs.checks import check_text_config, check_vision_config
+from .errors import ConfigError, MmzooError, UnknownArchitecture, naming
 from .formats.common import processor_from_folder, split_by_prefix
 from .io.checkpoint import read_weights
 from .io.confine import confine_checkpoint
@@ -86,6 +87,10 @@ def init_model(
     text_type = text_cfg.get("model_type")
     if text_type not in TEXT_TABLES:
         raise UnknownArchitecture(f"LLM {text_type!r} is not supported (supported: {', '.join(TEXT_TABLES)})", path=text)
+    with naming(vision / "config.json"):  # numbers bounded before any shape arithmetic
+        check_vision_config(vision_cfg)
+    with naming(text / "config.json"):
+        check_text_config(text_cfg, "config")
     text_cfg = {k: v for k, v in text_cfg.items() if k not in ("architectures", "transformers_version")}
     text_native = {n: Planned.of(s) for n, s in read_weights(text).items()}
     text_canonical = text_table(text_type, str(text)).to_canonical(text_native, text_cfg, where=str(text))

@@ -40,7 +40,7 @@ _register_commands()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from .errors import MmzooError
+    from .errors import MmzooError, pydantic_line
     from .io.claim import Terminated
     from .quiet import quiet_libraries
 
@@ -61,6 +61,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     except OSError as exc:  # disk full, permissions, a file where a folder should be: the user's to fix
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _fail(f"{where}{exc.strerror or exc}", exc)
+    except RecursionError as exc:  # a structure nested too deeply for a reader that has no bound of its own
+        _fail("input nested too deeply to process (a hostile or corrupt file?)", exc)
+    except UnicodeDecodeError as exc:
+        _fail(f"input is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})", exc)
+    except MemoryError as exc:
+        _fail("out of memory (an input far larger than expected?)", exc)
     except KeyboardInterrupt:
         _interrupted(args, "interrupted", 130)
     except Terminated:  # SIGTERM while an output was being written (mmzoo.io.claim)
@@ -81,7 +87,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(exc, click.ClickException):
             _fail(exc.format_message(), exc)
         if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
-            _fail(_pydantic_line(exc), exc)
+            _fail(pydantic_line(exc), exc)
         raise
 
 
@@ -128,14 +134,6 @@ def tidy_help(command) -> None:
         command.get_help_option = get_help_option
     for sub in getattr(command, "commands", {}).values():
         tidy_help(sub)
-
-
-def _pydantic_line(exc) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid {where}: {first.get('msg')}{more}"
 
 
 def _fail(line: str, exc: BaseException) -> None:

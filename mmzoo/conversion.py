@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import formats
-from .errors import MmzooError, OutputExists
+from .errors import MmzooError, OutputExists, naming, writing
 from .formats.common import validate
 from .image_token import ensure_image_token
 from .io.checkpoint import parse_size
@@ -39,7 +39,8 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
         except MmzooError as exc:  # nothing recognised: say what it is instead (a plain LLM: use mmzoo init)
             raise UnknownFormat(f"is not a {fmt} checkpoint: {exc}", path=root) from None
         raise UnknownFormat(f"is not a {fmt} checkpoint ({looks})", path=root)
-    ckpt = module.read(root, drop_unmatched=drop_unmatched)
+    with naming(root):  # a config problem found while reading names the checkpoint it is in
+        ckpt = module.read(root, drop_unmatched=drop_unmatched)
     confine_checkpoint_files(ckpt)
     validate(ckpt)
     return ckpt
@@ -147,8 +148,9 @@ def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwri
     shard_bytes = parse_size(shard_size)
     out = Path(out)
     source = ckpt.path if ckpt.path and Path(ckpt.path).exists() else None
-    atomic_write(out, source, overwrite, lambda tmp: writer.write(
-        ckpt, tmp, final_path=out.absolute(), shard_bytes=shard_bytes, progress=progress, vision_tower=llava_vision_tower))
+    with writing(out):  # "No space left on device" from a byte-range copy names the output
+        atomic_write(out, source, overwrite, lambda tmp: writer.write(
+            ckpt, tmp, final_path=out.absolute(), shard_bytes=shard_bytes, progress=progress, vision_tower=llava_vision_tower))
 
 
 def convert(

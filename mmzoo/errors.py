@@ -1,7 +1,9 @@
 """Typed errors. The library raises only these; the CLI turns them into one line on stderr, exit 2."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 class MmzooError(Exception):
@@ -64,3 +66,40 @@ class HubError(MmzooError):
 
 class UpcycleError(MmzooError):
     """A dense -> MoE upcycling request that cannot be honoured (bad layer spec, top-k, MoE source...)."""
+
+
+def pydantic_line(exc) -> str:
+    """One line for a pydantic ValidationError: the first problem's location and message."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "value"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid {where}: {first.get('msg')}{more}"
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Errors raised inside carry ``path`` when they name no file themselves; pydantic validation
+    errors become a ConfigError naming it (a bare pydantic line does not say which file was wrong)."""
+    try:
+        yield
+    except MmzooError as exc:
+        if exc.path is None:
+            exc.path = str(path)
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
+            raise ConfigError(pydantic_line(exc), path=path) from None
+        raise
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """An OSError raised inside without a file name (a failed ``write()`` or ``copy_file_range``:
+    "No space left on device") is re-raised naming ``path``, the output being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise

@@ -139,10 +139,19 @@ def _hub_errors(repo_id: str, endpoint: str, revision: str | None, action: str) 
     except (httpx2.TransportError, hf_errors.LocalEntryNotFoundError) as exc:
         raise HubError(f"network failure talking to {endpoint} during {action} of {repo_id}: "
                        f"{type(exc).__name__}: {_short(exc)}") from exc
+    except hf_errors.HFValidationError as exc:  # the client's own checks of repo ids, revisions, file names
+        raise HubError(f"huggingface_hub refused to {action} {repo_id}: {_short(exc)}") from exc
     except OSError as exc:
         if "Consistency check failed" in str(exc):
             raise HubError(f"network failure talking to {endpoint} during {action} of {repo_id}: "
                            "a download ended early") from exc
+        if type(exc).__module__.startswith("huggingface_hub"):
+            raise HubError(f"{action} of {repo_id} at {endpoint} failed: {type(exc).__name__}: {_short(exc)}") from exc
+        raise
+    except Exception as exc:
+        # Any other exception huggingface_hub defines (its errors and its ValueErrors): one line, not a traceback.
+        if type(exc).__module__.startswith("huggingface_hub"):
+            raise HubError(f"{action} of {repo_id} at {endpoint} failed: {type(exc).__name__}: {_short(exc)}") from exc
         raise
 
 

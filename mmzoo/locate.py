@@ -1,22 +1,18 @@
 """Find the parts of a checkpoint folder of any format without reading tensors (stdlib + yaml only)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MmzooError
+from .io.structured import load_json, load_yaml
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MmzooError("file not found", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid JSON ({exc})", path=path) from None
+    """A JSON object from a config-like file, within the bounds of :mod:`mmzoo.io.structured`."""
+    data = load_json(path)
     if not isinstance(data, dict):
         raise ConfigError("expected a JSON object", path=path)
     return data
@@ -38,13 +34,26 @@ def tokenizer_folder(path: str | Path) -> Path:
     raise MmzooError("no tokenizer files found (tokenizer.json / tokenizer_config.json / tokenizer.model)", path=root)
 
 
+def read_manifest(root: Path) -> dict[str, Any]:
+    """An internal checkpoint's mmzoo.yaml (bounded like every config file), with its 'model' section."""
+    data = load_yaml(root / "mmzoo.yaml")
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError("missing the 'model' section", path=root / "mmzoo.yaml")
+    return data
+
+
+def _manifest_model(root: Path) -> dict[str, Any]:
+    model = read_manifest(root)["model"]
+    if not isinstance(model.get("vision_config"), dict):
+        raise ConfigError("the 'model' section has no vision_config", path=root / "mmzoo.yaml")
+    return model
+
+
 def vision_config(path: str | Path) -> dict[str, Any]:
     """The vision encoder config (HF dict) of a checkpoint in any format, or of a vision folder."""
     root = Path(path)
     if (root / "mmzoo.yaml").is_file():
-        import yaml
-
-        return dict(yaml.safe_load((root / "mmzoo.yaml").read_text())["model"]["vision_config"])
+        return dict(_manifest_model(root)["vision_config"])
     if (root / "image_model" / "config.json").is_file():
         root = root / "image_model"
     config = read_json(root / "config.json")
@@ -57,9 +66,7 @@ def select_strategy(path: str | Path) -> str:
     """``default`` (CLS dropped) or ``full``; LLaVA folders say it as mm_vision_select_feature."""
     root = Path(path)
     if (root / "mmzoo.yaml").is_file():
-        import yaml
-
-        return yaml.safe_load((root / "mmzoo.yaml").read_text())["model"].get("vision_feature_select_strategy", "default")
+        return _manifest_model(root).get("vision_feature_select_strategy", "default")
     for text in (root / "text_model_llava", root / "text_model"):
         if (text / "config.json").is_file():
             feature = read_json(text / "config.json").get("mm_vision_select_feature", "patch")
@@ -71,7 +78,10 @@ def select_strategy(path: str | Path) -> str:
 
 def num_image_tokens(path: str | Path) -> int:
     """How many placeholder tokens one image takes in the LLM input for the model at ``path``."""
+    from .archs.checks import check_vision_config
+
     cfg = vision_config(path)
+    check_vision_config(cfg)
     patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
     has_cls = cfg.get("model_type", "clip_vision_model") in ("clip_vision_model", "clip")
     return patches + (1 if has_cls and select_strategy(path) == "full" else 0)

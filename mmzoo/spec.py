@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from .io.tensors import Planned
 
@@ -28,6 +28,17 @@ class ModelSpec(BaseModel):
     moe: dict[str, Any] | None = None  # MoE layout of an upcycled model (see mmzoo.upcycle)
     extra: dict[str, Any] = {}  # other top-level keys of the source config, kept through conversions
     provenance: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _sane_numbers(self) -> "ModelSpec":
+        """Config numbers bounded before any shape arithmetic (a ConfigError, not a pydantic error:
+        the reader adds the file it came from)."""
+        from .archs.checks import check_moe_layout, check_text_config, check_vision_config
+
+        check_vision_config(self.vision_config)
+        check_text_config(self.text_config)
+        check_moe_layout(self.moe, self.text_config, self.vision_config)
+        return self
 
     @property
     def text_type(self) -> str:

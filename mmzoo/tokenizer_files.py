@@ -4,13 +4,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import CorruptFile
+from .io.structured import load_json
+
 
 def added_tokens(files: dict[str, Path]) -> dict[str, int]:
     path = files.get("tokenizer.json")
     if path is None:
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    data = load_json(path)  # a downloaded file: bounded, and its errors name it
+    tokens = data.get("added_tokens", []) if isinstance(data, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, dict) and "content" in t and "id" in t for t in tokens):
+        raise CorruptFile("added_tokens is not a list of {content, id} entries", path=path)
+    return {t["content"]: t["id"] for t in tokens}
 
 
 def token_for_id(files: dict[str, Path], token_id: int | None) -> str | None:

@@ -43,6 +43,24 @@ def hub_cache_folder(repo_id: str) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
+# What mmzoo records under "mmzoo" in the configs it writes (llava, moe-llava): the shape of each entry
+# (a source config without "architectures" is recorded as null, and restored as such).
+_NOTE_TYPES = {"replaced": dict, "vision_replaced": dict, "extra": dict, "text_config": dict, "moe": dict,
+               "added_keys": list, "vision_keys": list, "architectures": (list, type(None))}
+
+
+def mmzoo_notes(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The ``mmzoo`` block of a config mmzoo wrote, each entry of the type the readers expect (a
+    hand-edited or hostile block is one line, not an AttributeError deep in a reader)."""
+    notes = config.get("mmzoo") or {}
+    if not isinstance(notes, dict):
+        raise ConfigError("'mmzoo' must be a JSON object", path=where)
+    for key, kind in _NOTE_TYPES.items():
+        if key in notes and not isinstance(notes[key], kind):
+            raise ConfigError(f"mmzoo.{key} must be a JSON {'object' if kind is dict else 'list'}", path=where)
+    return notes
+
+
 def split_by_prefix(
     tensors: dict[str, Planned], prefixes: list[tuple[str, str, str]], *, drop_unmatched: bool, where: str
 ) -> dict[str, dict[str, Planned]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..archs.checks import TEXT_REQUIRED, VISION_REQUIRED, with_transformers_defaults
 from ..errors import ConfigError, UnknownArchitecture
 from ..io.checkpoint import read_weights, write_weights
 from ..io.tensors import Planned
@@ -74,10 +75,14 @@ def spec_from_config(config: dict[str, Any], where: Path) -> ModelSpec:
     own = _OWN_KEYS | set(remote.CONFIG_KEYS) if remote.is_remote_config(config) else _OWN_KEYS
     if config.get("model_type") not in (None, "llava", remote.MODEL_TYPE):
         raise UnknownArchitecture(f"model_type {config.get('model_type')!r} is not llava", path=where)
-    vision = dict(config.get("vision_config") or {})
-    text = dict(config.get("text_config") or {})
+    vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+    if not isinstance(vision, dict) or not isinstance(text, dict):
+        raise ConfigError("vision_config and text_config must be JSON objects", path=where / "config.json")
+    vision, text = dict(vision), dict(text)
     vision.setdefault("model_type", "clip_vision_model")
     text.setdefault("model_type", "llama")
+    vision = with_transformers_defaults(vision, VISION_REQUIRED)  # 4.x saved sub-configs as diffs
+    text = with_transformers_defaults(text, TEXT_REQUIRED)
     return ModelSpec(
         vision_config=vision,
         text_config=text,

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import naming
 from ..io.checkpoint import read_weights, write_weights
 from ..io.tensors import Planned
-from ..locate import read_json
+from ..locate import read_json, read_manifest
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from .common import copy_files, validate, write_json
 
@@ -28,21 +28,10 @@ def detect(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load((path / MANIFEST).read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=path / MANIFEST) from None
-    if not isinstance(data, dict) or "model" not in data:
-        raise ConfigError("missing the 'model' section", path=path / MANIFEST)
-    return data
-
-
 def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     data = read_manifest(path)
-    spec = ModelSpec.model_validate({**data["model"], "provenance": data.get("provenance", {})})
+    with naming(path / MANIFEST):
+        spec = ModelSpec.model_validate({**data["model"], "provenance": data.get("provenance", {})})
     tensors = {name: Planned.of(src) for name, src in read_weights(path).items()}
     known = ("image_model.", "projector.", "text_model.")
     unknown = [n for n in tensors if not n.startswith(known)]

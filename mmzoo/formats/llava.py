@@ -20,7 +20,7 @@ from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
 from .common import (
-    detection_config, hub_cache_folder, native_components, processor_from_folder, source_dtype, split_by_prefix,
+    detection_config, hub_cache_folder, mmzoo_notes, native_components, processor_from_folder, source_dtype, split_by_prefix,
     to_canonical, transformers4_text_fields, write_json,
 )
 
@@ -143,7 +143,7 @@ def _text_weights(text_dir: Path) -> dict[str, Any]:
 
 
 def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> ModelSpec:
-    notes = text_cfg.get("mmzoo") or {}
+    notes = mmzoo_notes(text_cfg, where / "config.json")
     base_type = _base_type(text_cfg) or str(text_cfg.get("model_type", "llama"))
     if base_type not in LLAVA_CLASSES:
         raise UnknownArchitecture(f"LLM {text_cfg.get('model_type')!r} is not supported in the llava layout ({SUPPORTED})", path=where)

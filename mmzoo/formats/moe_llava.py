@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from ..archs import text_table
+from ..archs.checks import check_text_config, is_whole
 from ..archs.moe import MOE_CONFIG_KEY, base_text_config
-from ..errors import UnknownArchitecture, UnknownFormat
+from ..errors import ConfigError, UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned, materialize
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
-from .common import detection_config, hub_cache_folder, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, hub_cache_folder, mmzoo_notes, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 from .llava import CLIP_MODEL_ONLY, TEXT_PREFIXES, VISION_PREFIXES  # the same LLaVA-repo key spellings
 
 NAME = "moe-llava"
@@ -88,6 +89,22 @@ def _base_type(config: dict[str, Any], where: Path) -> str:
     if base not in CLASSES:
         raise UnknownArchitecture(f"MoE-LLaVA LLM {model_type!r} is not supported (supported: {', '.join('moe_llava_' + b for b in CLASSES)})", path=where)
     return base
+
+
+def _moe_dict(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """MoE-LLaVA's ``moe`` block with the types the layout is computed from (the counts are bounded
+    later, with the whole layout, by ModelSpec)."""
+    moe = config.get("moe") or {}
+    if not isinstance(moe, dict):
+        raise ConfigError("'moe' must be a JSON object", path=where)
+    layers, experts, top_k = moe.get("moe_layers_idx"), moe.get("num_experts"), moe.get("top_k_experts")
+    if layers is not None and not (isinstance(layers, list) and all(map(is_whole, layers))):
+        raise ConfigError(f"moe.moe_layers_idx must be a list of layer numbers (got {layers!r})", path=where)
+    if experts is not None and not (is_whole(experts) or (isinstance(experts, list) and experts and all(map(is_whole, experts)))):
+        raise ConfigError(f"moe.num_experts must be a number or a list of numbers (got {experts!r})", path=where)
+    if top_k is not None and not is_whole(top_k):
+        raise ConfigError(f"moe.top_k_experts must be a whole number (got {top_k!r})", path=where)
+    return moe
 
 
 def _layout_from_moe_dict(moe: dict[str, Any], dense: dict[str, Any], base: str) -> dict[str, Any]:
@@ -146,7 +163,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
 
     where = str(path)
     config = read_json(path / "config.json")
-    notes = config.get("mmzoo") or {}
+    notes = mmzoo_notes(config, path / "config.json")
     base = _base_type(config, path)
     vision_dir = _vision_dir(path, config)
     vision_cfg = read_json(vision_dir / "config.json")
@@ -167,7 +184,8 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
         text_cfg = notes["text_config"]
         layout = dict(text_cfg.get(MOE_CONFIG_KEY) or notes.get("moe") or {})
     else:
-        layout = _layout_from_moe_dict(config.get("moe") or {}, dense, base)
+        check_text_config(dense, "config")  # numbers bounded before range(num_hidden_layers) below
+        layout = _layout_from_moe_dict(_moe_dict(config, path / "config.json"), dense, base)
         text_cfg = moe_text_config(dense, base, layout)
     projector = config.get("mm_projector_type", "linear")
     if projector not in ("mlp2x_gelu", "linear"):

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 from ..errors import CorruptFile, MissingTensor, MmzooError
 from .dtypes import from_torch
 from .confine import checkpoint_root, confined
+from .structured import load_json, require_regular_file
 from .safetensors_file import PendingTensor, build_header, copy_range, read_header, write_all
 from .tensors import Planned, Source, materialize
 
@@ -37,13 +39,10 @@ def read_weights(folder: Path) -> dict[str, Source]:
 
 
 def _read_indexed(folder: Path, index_path: Path, read_file, root: Path) -> dict[str, Source]:
-    try:
-        index = json.loads(index_path.read_text())
-        weight_map: dict[str, str] = index["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CorruptFile("index is not valid JSON with a weight_map", path=index_path) from None
+    index = load_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CorruptFile("the index's weight_map must map tensor names to shard file names", path=index_path)
+        raise CorruptFile("index has no weight_map of tensor name -> shard file", path=index_path)
     sources: dict[str, Source] = {}
     found_in: dict[str, str] = {}
     for shard in sorted(set(weight_map.values())):
@@ -80,6 +79,7 @@ def bin_sources(path: Path) -> dict[str, Source]:
 def _bin_sources(path: Path) -> dict[str, Source]:
     import torch
 
+    require_regular_file(path)  # torch.load would block forever on a named pipe
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # pickle errors come in many types; all mean the same to the user
@@ -105,8 +105,9 @@ def parse_size(text: str | int) -> int:
     try:
         value = float(number)
     except ValueError:
-        raise MmzooError(f"invalid size {text!r} (examples: 5GB, 400MB, 2GiB)") from None
-    if unit not in units or value <= 0:
+        value = math.nan
+    # nan, inf and 1e400 parse as floats; a shard under one byte or over an exabyte is a typo
+    if unit not in units or not math.isfinite(value) or not 1 <= value * units[unit] <= 10**18:
         raise MmzooError(f"invalid size {text!r} (examples: 5GB, 400MB, 2GiB)")
     return int(value * units[unit])
 

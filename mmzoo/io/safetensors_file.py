@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import CorruptFile
 from .dtypes import ITEMSIZE
+from .structured import require_regular_file
 
 MAX_HEADER = 100_000_000  # the safetensors library's own cap
 
@@ -35,8 +36,8 @@ class StoredTensor:
 def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     """Parse and validate a safetensors header; returns the tensors and the ``__metadata__``."""
     path = Path(path)
+    size = require_regular_file(path).st_size  # open() would block forever on a named pipe
     try:
-        size = path.stat().st_size
         with open(path, "rb") as handle:
             head = handle.read(8)
             if len(head) < 8:
@@ -49,7 +50,7 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
         raise CorruptFile(f"cannot read: {exc.strerror}", path=path) from exc
     try:
         header = json.loads(raw, object_pairs_hook=_refuse_duplicate_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CorruptFile("corrupt safetensors header (not JSON)", path=path) from None
     except _DuplicateKey as exc:
         raise CorruptFile(f"corrupt safetensors header: {exc.key!r} appears twice", path=path) from None

@@ -11,14 +11,13 @@ gzip, chunks of one example, attribute ``n_examples``. We write everything from 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .encode import Sample
-from .writer import TMP_SUFFIX, BufferedShardWriter, sha256
+from .writer import BufferedShardWriter, h5_file, sha256
 
 TARGET_FILE_BYTES = 1 << 20
 
@@ -64,18 +63,16 @@ class CerebrasWriter(BufferedShardWriter):
 
         samples, self.pending = self.pending, []
         name = f"output_chunk_0_{len(self.shards)}.h5"
-        tmp = self.out / (name + TMP_SUFFIX)
         pairs = [self._example(s) for s in samples]
         data = np.stack([p[0] for p in pairs])
         locs = np.stack([p[1] for p in pairs])
         paths = np.array([[*s.images, *["None"] * (self.max_num_img - len(s.images))] for s in samples], dtype=object)
         gz: dict[str, Any] = dict(compression="gzip", track_times=False)
-        with h5py.File(tmp, "w") as f:
+        with h5_file(self.out / name) as f:
             f.create_dataset("data", data=data, chunks=(1, 5, self.msl), **gz)
             f.create_dataset("img_path", data=paths, dtype=h5py.string_dtype("utf-8"), chunks=(1, self.max_num_img), **gz)
             f.create_dataset("has_img", data=np.array([bool(s.images) for s in samples]), chunks=(1,), **gz)
             f.create_dataset("img_data_loc", data=locs, chunks=(1, self.max_num_img, self.num_patches), **gz)
             f.attrs["n_examples"] = len(samples)
-        os.replace(tmp, self.out / name)
         self.shards.append({"file": name, "n_samples": len(samples), "n_tokens": int(sum(len(s.input_ids) for s in samples)),
                             "sha256": sha256(self.out / name)})

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import MmzooError
+from ..io.structured import load_json, read_text, require_regular_file
 from ..locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, make_renderer, parse_turns
 
@@ -67,13 +68,11 @@ class TokenizerInfo:
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerInfo":
-        from tokenizers import Tokenizer
-
         folder = tokenizer_folder(path)
         json_path = folder / "tokenizer.json"
         if not json_path.is_file():
             raise MmzooError("only fast tokenizers (tokenizer.json) are supported", path=folder)
-        tok = Tokenizer.from_file(str(json_path))
+        tok = load_tokenizer(json_path)
         config = _read_optional_json(folder / "tokenizer_config.json")
         image_id = tok.token_to_id(IMAGE_MARKER)
         if image_id is None or tok.encode(IMAGE_MARKER, add_special_tokens=False).ids != [image_id]:
@@ -84,19 +83,28 @@ class TokenizerInfo:
             pad_id = tok.token_to_id(eos) if eos else 0
         template = config.get("chat_template")
         if (folder / "chat_template.jinja").is_file():
-            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+            template = read_text(folder / "chat_template.jinja")
         if isinstance(template, list):  # named templates: use the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         return cls(folder, json_path, bos or "", eos or "", int(pad_id or 0), image_id, template)
 
 
+def load_tokenizer(json_path: Path) -> Any:
+    """``tokenizers.Tokenizer.from_file``, whose errors (a bare ``Exception`` from Rust: bad JSON,
+    recursion limit, not UTF-8) become one line naming the file."""
+    from tokenizers import Tokenizer
+
+    require_regular_file(json_path)
+    try:
+        return Tokenizer.from_file(str(json_path))
+    except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
+        raise MmzooError(f"cannot load the tokenizer ({' '.join(str(exc).split())[:200]})", path=json_path) from None
+
+
 def _read_optional_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MmzooError(f"not valid JSON ({exc})", path=path) from None
+    data = load_json(path)
     return data if isinstance(data, dict) else {}
 
 
@@ -126,10 +134,8 @@ class Encoder:
     _image_cache: dict[str, str | None] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        from tokenizers import Tokenizer
-
         self.info = TokenizerInfo.load(self.settings.tokenizer)
-        self.tokenizer = Tokenizer.from_file(str(self.info.json_path))
+        self.tokenizer = load_tokenizer(self.info.json_path)
         self.render = make_renderer(self.settings.template, self.info.bos, self.info.eos, self.info.chat_template)
         self.root = Path(self.settings.image_root).resolve()
 
@@ -174,10 +180,12 @@ class Encoder:
         path = self.root / pure
         try:
             path.resolve().relative_to(self.root)
+            if not path.is_file():
+                return f"{MISSING_IMAGE}:no such file"
         except ValueError:  # a symlink pointing outside the root
             return f"{UNSAFE_IMAGE_PATH}:resolves outside the image root"
-        if not path.is_file():
-            return f"{MISSING_IMAGE}:no such file"
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long: this sample's problem only
+            return f"{MISSING_IMAGE}:cannot open ({getattr(exc, 'strerror', None) or exc})"
         if not self.settings.check_images:
             return None
         try:
@@ -206,6 +214,8 @@ class Encoder:
                 if markers != len(images):
                     raise _Reject(IMAGE_COUNT_MISMATCH, f"{len(images)} image(s) but {markers} {IMAGE_MARKER} marker(s)", sample_id)
                 images = [self._check_image(p, sample_id) for p in images]
+                turns, cut = _within_char_budget(turns, self.settings, sample_id)
+                images = images[: sum(t.text.count(IMAGE_MARKER) for t in turns)] if cut else images
                 try:
                     segments = self.render(turns)
                 except RenderError as exc:
@@ -215,7 +225,7 @@ class Encoder:
             except _Reject as rej:
                 rendered.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
                 continue
-            rendered.append((row, sample_id, images, segments))
+            rendered.append((row, sample_id, images, segments, cut))
             texts.extend(s.text for s in segments)
         encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
         out: list[Sample | Rejection] = []
@@ -224,10 +234,11 @@ class Encoder:
             if isinstance(item, Rejection):
                 out.append(item)
                 continue
-            row, sample_id, images, segments = item
+            row, sample_id, images, segments, cut = item
             ids = [e.ids for e in encodings[cursor: cursor + len(segments)]]
             cursor += len(segments)
-            out.append(self._assemble(row, sample_id, images, segments, ids))
+            result = self._assemble(row, sample_id, images, segments, ids)
+            out.append(result._replace(truncated=True) if cut and isinstance(result, Sample) else result)
         return out
 
     @staticmethod
@@ -270,6 +281,31 @@ class Encoder:
         loss_mask = np.repeat(np.array([s.loss for s in segments], dtype=np.uint8), lengths)
         sid = sample_id if sample_id is not None else f"{row.source}:{row.position}"
         return Sample(row.index, sid, input_ids, loss_mask, images, truncated)
+
+
+# No token of a real vocabulary spans more characters than this (the longest are runs of spaces or
+# '=' of a few dozen), so a conversation longer than max_seq_len × this many characters cannot fit in
+# max_seq_len tokens. Checking it before tokenizing keeps a 50 MB string from costing gigabytes.
+MAX_CHARS_PER_TOKEN = 256
+
+
+def _within_char_budget(turns: list, settings: Settings, sample_id: str | None) -> tuple[list, bool]:
+    """The turns, or with --truncate the leading turns (ending with an answer) within the character
+    budget; True when turns were dropped. Rejects as too_long what no cut can save."""
+    budget = settings.max_seq_len * MAX_CHARS_PER_TOKEN
+    total = sum(len(t.text) for t in turns)
+    if total <= budget:
+        return turns, False
+    detail = f"{total:,} characters, more than max_seq_len {settings.max_seq_len} tokens can hold; not tokenized"
+    keep = used = 0
+    for k, turn in enumerate(turns if settings.truncate else ()):
+        used += len(turn.text)
+        if used > budget:
+            break
+        keep = k + 1 if turn.role == "assistant" else keep
+    if not keep:
+        raise _Reject(TOO_LONG, detail, sample_id)
+    return turns[:keep], True
 
 
 class _Reject(Exception):

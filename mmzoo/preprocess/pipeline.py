@@ -15,9 +15,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import ConfigError, MmzooError, OutputExists
+from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
 from .encode import REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker
+from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
 from .writer import FORMAT_VERSION, TMP_SUFFIX, MmzooWriter
@@ -88,10 +89,11 @@ def _write(target: Path, paths: list[Path], params: dict, settings: Settings, in
         return state["manifest"]
     run = _Run(work, paths, params, settings, info, format, strict, state)
     try:
-        if not state:  # mark the folder as mmzoo's from the start: only such a folder accepts --resume
-            run._checkpoint(0)
-        run.execute(workers, console)
-        manifest = run.finish()
+        with writing(work):  # a full disk names the output folder (finished shards stay for --resume)
+            if not state:  # mark the folder as mmzoo's from the start: only such a folder accepts --resume
+                run._checkpoint(0)
+            run.execute(workers, console)
+            manifest = run.finish()
     except MmzooError:
         # A run that fails on bad input (e.g. --strict) leaves nothing behind it started from scratch;
         # an interrupted run (Ctrl-C, kill) keeps its finished shards for --resume.
@@ -111,6 +113,12 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
         raise ConfigError(f"unknown format {format!r}", hint="mmzoo or cerebras")
     if max_seq_len < 8 or workers < 1 or per_shard < 1:
         raise ConfigError("--max-seq-len must be >= 8, --workers and --samples-per-shard >= 1")
+    # Upper bounds far above real use: the cerebras layout allocates max_seq_len per sample and a
+    # shard is built in memory, so an absurd value would exhaust memory instead of failing.
+    for flag, value, limit in (("--max-seq-len", max_seq_len, 1 << 24), ("--samples-per-shard", per_shard, 10_000_000),
+                               ("--workers", workers, 1024), ("--num-image-tokens", num_image_tokens or 1, 1 << 20)):
+        if value > limit:
+            raise ConfigError(f"{flag} {value:,} is more than {limit:,}")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if num_image_tokens is not None and model is not None:
@@ -150,7 +158,7 @@ def _prepare_output(target: Path, params: dict, format: str, resume: bool, overw
         return target, {}
     manifest_path = target / ("data_params.json" if format == "cerebras" else "manifest.json")
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = _read_state(manifest_path)
         _same_params(manifest.get("parameters", {}), params, target)
         return target, {"complete": True, "manifest": manifest}
     checkpoint = target / CHECKPOINT[format]
@@ -160,13 +168,36 @@ def _prepare_output(target: Path, params: dict, format: str, resume: bool, overw
                          "files it finds", path=target, hint="choose an empty or new folder for -o")
     state: dict = {}
     if checkpoint.is_file():
-        state = json.loads(checkpoint.read_text(encoding="utf-8"))
+        state = _read_state(checkpoint)
         _same_params(state.get("parameters", {}), params, target)
     keep = {s["file"] for s in state.get("shards", [])}
     for path in target.iterdir():  # partial files and shards written after the last checkpoint are redone
         if path.name.endswith(TMP_SUFFIX) or (path.suffix == ".h5" and path.name not in keep):
             path.unlink()
     return target, state
+
+
+def _read_state(path: Path) -> dict:
+    """A manifest or progress file of an earlier run, checked field by field: a corrupt one (a crash
+    mid-write on a filesystem without atomic rename, a hand edit) is one clear error, not a traceback."""
+    problem = "corrupt (use --overwrite to start again)"
+    try:
+        state = load_json(path)
+    except MmzooError as exc:
+        raise ConfigError(f"{problem}: {exc}", path=path) from None
+    if not isinstance(state, dict) or not isinstance(state.get("parameters", {}), dict):
+        raise ConfigError(problem, path=path)
+    shards = state.get("shards", [])
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards):
+        raise ConfigError(f"{problem}: 'shards' is not a list of files", path=path)
+    for key in ("rows_consumed", "rejected_bytes"):
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{problem}: {key!r} is not a count", path=path)
+    stats = state.get("statistics")
+    if stats is not None and (not isinstance(stats, dict) or set(new_stats()) - set(stats) or not isinstance(stats["rejected"], dict)):
+        raise ConfigError(f"{problem}: 'statistics' lacks fields", path=path)
+    return state
 
 
 def _same_params(old: dict, new: dict, target: Path) -> None:

@@ -7,7 +7,6 @@ reopened after a fork), which makes the dataset safe with ``DataLoader(num_worke
 from __future__ import annotations
 
 import bisect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import CorruptFile, MmzooError
+from ..io.structured import load_json
 
 IGNORE_INDEX = -100
 
@@ -30,8 +30,8 @@ class H5Dataset(Dataset):
         path = self.out / "manifest.json"
         if not path.is_file():
             raise MmzooError("no manifest.json: not a finished `mmzoo preprocess --format mmzoo` output", path=self.out)
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != "mmzoo":
+        self.manifest = load_json(path)
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != "mmzoo":
             raise MmzooError(f"format {self.manifest.get('format')!r} is not readable by H5Dataset", path=self.out)
         params = self.manifest["parameters"]
         self.image_token_id: int = params["image_token_id"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import MmzooError
+from ..io.structured import require_regular_file
 from .encode import Row
 
 
@@ -13,8 +14,9 @@ def check_sources(paths: list[Path]) -> None:
     if not paths:
         raise MmzooError("no --data file given")
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise MmzooError("data file not found", path=path)
+        require_regular_file(path)  # a named pipe would block the reader forever
         if path.suffix.lower() not in (".json", ".jsonl"):
             raise MmzooError("data files must end in .json (a JSON list) or .jsonl (one object per line)", path=path)
 
@@ -43,6 +45,8 @@ def _json_list(path: Path) -> list:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MmzooError(f"not valid JSON ({exc}); use .jsonl for one object per line", path=path) from None
+    except RecursionError:  # one row nested absurdly deep: in a .json list it spoils the whole file
+        raise MmzooError("JSON nested too deeply to parse; use .jsonl so such a row is only one rejection", path=path) from None
     if not isinstance(data, list):
         raise MmzooError("a .json data file must hold a JSON list of samples", path=path)
     return data

@@ -146,17 +146,19 @@ def render_plain(turns: list[Turn], bos: str, eos: str) -> list[Segment]:
 
 
 class JinjaTemplate:
-    """The tokenizer's chat_template, rendered the way transformers does (sandboxed jinja, trim blocks)."""
+    """The tokenizer's chat_template, rendered the way transformers does (sandboxed jinja, trim blocks),
+    within limits (:mod:`mmzoo.preprocess.template_limits`): a template that loops or allocates without
+    bound stops the run with one line instead of hanging it or eating the machine's memory."""
 
     def __init__(self, source: str, bos: str, eos: str):
         import jinja2
-        import jinja2.ext
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        from .template_limits import bounded_environment
 
         def raise_exception(message: str) -> None:
             raise RenderError(f"chat_template: {message}")
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env = bounded_environment()
         env.globals["raise_exception"] = raise_exception
         try:
             self.template = env.from_string(source)
@@ -167,9 +169,11 @@ class JinjaTemplate:
     def text(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         import jinja2
 
+        from .template_limits import render_bounded
+
         try:
-            return self.template.render(
-                messages=messages, add_generation_prompt=generation_prompt, bos_token=self.bos, eos_token=self.eos
+            return render_bounded(
+                self.template, messages=messages, add_generation_prompt=generation_prompt, bos_token=self.bos, eos_token=self.eos
             )
         except jinja2.TemplateError as exc:
             raise RenderError(f"chat_template: {exc}") from None

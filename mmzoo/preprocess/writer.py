@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from ..errors import writing
 from .encode import Sample
 
 FORMAT_VERSION = 1
@@ -21,6 +23,28 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def h5_file(path: Path) -> Iterator[Any]:
+    """An HDF5 file built in memory and written to ``path`` (under a temporary name, renamed when
+    whole) with plain file I/O. HDF5 never touches the disk itself, so a full disk is one OSError
+    naming the file, not an HDF5 error cascade that ends in a segfault. The bytes are exactly those
+    h5py would have written to disk (the core driver's file image)."""
+    import h5py
+
+    with h5py.File(path.name, "w", driver="core", backing_store=False) as f:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with writing(path), open(tmp, "wb") as handle:
+            handle.write(image)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def _compressed(f, name: str, data: np.ndarray, chunk: int, dtype=None) -> None:
@@ -69,7 +93,6 @@ class MmzooWriter(BufferedShardWriter):
 
         samples, self.pending = self.pending, []
         name = f"shard-{len(self.shards):05d}.h5"
-        tmp = self.out / (name + TMP_SUFFIX)
         lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         image_counts = np.array([len(s.images) for s in samples], dtype=np.int64)
@@ -77,7 +100,7 @@ class MmzooWriter(BufferedShardWriter):
         input_ids = np.concatenate([s.input_ids for s in samples]).astype(np.int32, copy=False)
         loss_mask = np.concatenate([s.loss_mask for s in samples]).astype(np.uint8, copy=False)
         strings = h5py.string_dtype("utf-8")
-        with h5py.File(tmp, "w") as f:
+        with h5_file(self.out / name) as f:
             _compressed(f, "input_ids", input_ids, 1 << 15)
             _compressed(f, "loss_mask", loss_mask, 1 << 15)
             _compressed(f, "offsets", offsets, 1 << 13)
@@ -88,7 +111,6 @@ class MmzooWriter(BufferedShardWriter):
                 f.attrs[key] = value
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["n_samples"] = len(samples)
-        os.replace(tmp, self.out / name)
         self.shards.append({
             "file": name, "n_samples": len(samples), "n_tokens": int(offsets[-1]),
             "sha256": sha256(self.out / name),

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import MmzooError
+from ..errors import MmzooError, naming
 
 TAG = re.compile(r"step_(\d+)\Z")
 COMPLETE = "COMPLETE"
@@ -57,7 +57,7 @@ def read_marker(path: Path) -> dict[str, Any]:
     """What ``COMPLETE`` records about the run that wrote the checkpoint at ``path`` ({} if unreadable)."""
     try:
         saved = json.loads((path / COMPLETE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return saved if isinstance(saved, dict) else {}
 
@@ -183,8 +183,12 @@ def load_meta(run_dir: Path):
     if not (meta / "spec.json").is_file():
         raise MmzooError("not an mmzoo training run (no meta/spec.json)", path=run_dir)
     confine_checkpoint(run_dir)  # export copies these files: none may be a symlink out of the run folder
-    spec = ModelSpec.model_validate(read_json(meta / "spec.json"))
-    tensors = {n: (v["dtype"], tuple(v["shape"])) for n, v in read_json(meta / "tensors.json").items()}
+    with naming(meta / "spec.json"):
+        spec = ModelSpec.model_validate(read_json(meta / "spec.json"))
+    try:
+        tensors = {n: (v["dtype"], tuple(v["shape"])) for n, v in read_json(meta / "tensors.json").items()}
+    except (KeyError, TypeError) as exc:
+        raise MmzooError(f"corrupt: an entry lacks dtype/shape ({exc})", path=meta / "tensors.json") from None
     tokenizer = {p.name: p for p in sorted((meta / "tokenizer").iterdir()) if p.is_file()}
     extra = {p.name: p for p in sorted((meta / "extra").iterdir())} if (meta / "extra").is_dir() else {}
     processor = read_json(meta / "preprocessor_config.json") if (meta / "preprocessor_config.json").is_file() else None

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..io.structured import load_yaml, safe_yaml
 
 STAGES = ("pretrain", "sft", "moe")
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -183,8 +184,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"invalid --set {item!r} (expected key.sub=value, e.g. train.lr=1e-4)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+        try:  # bounded like the params file: `--set deepspeed.overrides=...` is YAML too
+            value = safe_yaml(raw, where=f"--set {key}") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -210,18 +211,13 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, data: dict[str, Any] | None = None) -> TrainConfig:
     """Read a yaml file (or ``data``), apply ``--set`` overrides, validate (one-line ConfigError on failure)."""
-    import yaml
-
     where = str(path) if path is not None else "params"
     raw: Any = dict(data or {})
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError("params file not found", path=p)
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=p) from None
+        raw = load_yaml(p) or {}  # a regular UTF-8 file, bounded in size, depth and alias expansion
     if not isinstance(raw, dict):
         raise ConfigError("the params file must be a YAML mapping", path=where)
     raw = merge(raw, parse_overrides(overrides))

@@ -7,11 +7,11 @@ format, with the tokenizer, image processor and spec saved in ``RUN_DIR/meta`` a
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import MmzooError
+from .checkpoint import read_marker
 
 EXPORT_DTYPES = ("keep", "bf16", "fp16", "fp32")
 
@@ -20,7 +20,7 @@ def consolidated_state(tag_dir: Path) -> dict[str, Any]:
     """The full in-memory state dict of a saved engine (names as the model holds them)."""
     from . import pickles
 
-    info = json.loads((tag_dir / "COMPLETE").read_text()) if (tag_dir / "COMPLETE").is_file() else {}
+    info = read_marker(tag_dir)  # {} when missing or unreadable
     stage = info.get("zero_stage")
     model_states = tag_dir / "mp_rank_00_model_states.pt"  # ZeRO-0/1/2 (ZeRO-3: zero_pp_rank_R_mp_rank_00_model_states.pt)
     if not any(tag_dir.glob("*model_states.pt")):

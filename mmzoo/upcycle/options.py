@@ -12,6 +12,8 @@ TARGETS = ("text", "vision", "projector")
 DEFAULT_AUX = 0.01  # MoE-LLaVA / Mixtral-style load balancing
 DEFAULT_MODALITY_AUX = 0.001  # MoIIE: per modality
 
+MAX_EXPERTS = 4096
+
 
 class UpcycleOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -75,8 +77,8 @@ def parse_options(**options) -> UpcycleOptions:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "options"
         raise UpcycleError(f"invalid upcycling option {where}: {first.get('msg')} (got {first.get('input')!r})") from None
-    if opts.num_experts < 1:
-        raise UpcycleError(f"--moe-experts must be at least 1 (got {opts.num_experts})")
+    if not 1 <= opts.num_experts <= MAX_EXPERTS:  # the bound a config read from disk gets (mmzoo.archs.checks)
+        raise UpcycleError(f"--moe-experts must be at least 1 and at most {MAX_EXPERTS} (got {opts.num_experts})")
     if not 1 <= opts.top_k <= opts.num_experts:
         raise UpcycleError(f"--moe-top-k must be between 1 and --moe-experts ({opts.num_experts}); got {opts.top_k}")
     if opts.capacity_factor is not None and opts.capacity_factor <= 0:

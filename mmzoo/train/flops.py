@@ -60,9 +60,12 @@ def is_dense(model) -> bool:
     return not any(".experts." in name for name, _ in model.named_parameters())
 
 
-def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> StepFlops:
+def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
+                        attention_lengths: tuple[int, ...] | None = None) -> StepFlops:
     """FLOPs of forward + backward of ``model`` (a dense LLaVA as ``mmzoo.load_model`` returns it) on
-    ``sequences`` sequences padded to ``seq_len`` positions (image tokens included) holding ``images`` images."""
+    ``sequences`` sequences padded to ``seq_len`` positions (image tokens included) holding ``images`` images.
+    ``attention_lengths``: a packed row (sequences 1) whose samples attend only within themselves — attention
+    is counted per sample (Σ Lᵢ², the useful products), not over the whole row."""
     import torch
 
     config = model.config
@@ -120,7 +123,8 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> 
 
     vision_attention = 4 * images * vision_positions**2 * _attention_width(vision_cfg)
     flops["vision"] += vision_attention * (layers + (2 * used_layers if grad_flows["vision"] else 0))
-    text_attention = 4 * sequences * seq_len**2 * _attention_width(text_cfg) * text_cfg.num_hidden_layers
+    squares = sum(n * n for n in attention_lengths) if attention_lengths else sequences * seq_len**2
+    text_attention = 4 * squares * _attention_width(text_cfg) * text_cfg.num_hidden_layers
     flops["text"] += text_attention * (3 if grad_flows["text"] else 1)
     return StepFlops(**flops)
 
@@ -138,13 +142,27 @@ class StepFlopsCounter:
 
     def __init__(self, model):
         self.model = model
-        self._cache: dict[tuple[int, int, int], int] = {}
+        self._cache: dict = {}
         self.supported = is_dense(model)
 
-    def __call__(self, sequences: int, seq_len: int, images: int) -> int | None:
+    def __call__(self, sequences: int, seq_len: int, images: int,
+                 attention_lengths: tuple[int, ...] | None = None) -> int | None:
         if not self.supported:
             return None
+        if attention_lengths:  # packed rows: only the sum of squares matters, and it rarely repeats
+            plain = self(sequences, seq_len, images)
+            squares = sum(n * n for n in attention_lengths)
+            return plain - self._attention_per_square() * (sequences * seq_len**2 - squares)
         key = (sequences, seq_len, images)
         if key not in self._cache:
             self._cache[key] = training_step_flops(self.model, sequences=sequences, seq_len=seq_len, images=images).total
         return self._cache[key]
+
+    def _attention_per_square(self) -> int:
+        """The text attention FLOPs per unit of Σ L² (the closed form is linear in it)."""
+        if "per_square" in self._cache:
+            return self._cache["per_square"]
+        one = training_step_flops(self.model, sequences=1, seq_len=1, images=0).text
+        two = training_step_flops(self.model, sequences=1, seq_len=1, images=0, attention_lengths=(2,)).text
+        self._cache["per_square"] = (two - one) // 3
+        return self._cache["per_square"]

@@ -28,8 +28,11 @@ def check_resume(resume: str) -> None:
 def check_settings(cfg: TrainConfig, resume: str, accelerator: str) -> None:
     from ..modeling import check_attn_implementation
 
+    from .kernels import check_kernels
+
     check_resume(resume)
     check_attn_implementation(cfg.train.attn_implementation)
+    check_kernels(cfg, accelerator)
     if accelerator == "cpu":
         if cfg.train.precision == "fp16":
             raise ConfigError("train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)")
@@ -59,6 +62,10 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
                           "`mmzoo convert --moe-experts N`, or use stage sft)")
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
     warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
+    if cfg.train.packing:
+        from .packing import check_max_tokens
+
+        check_max_tokens(cfg.train.max_tokens, data.sample_lengths())
     if existing and resume == "auto":
         changed = ck.changed_settings(existing[1], cfg.dump())
         if changed:

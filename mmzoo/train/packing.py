@@ -1,0 +1,89 @@
+"""Padding-free packing (``train.packing: true``): micro batches of up to ``train.max_tokens`` tokens in one row.
+
+Samples are taken from the same seeded, endless sample stream as unpacked training (``data.SampleOrder``)
+and packed greedily in stream order: a pack ends where the next sample would exceed ``max_tokens``. The
+k-th pack of the whole run (all ranks) is a fixed slice of the stream, so a resumed run — with any number
+of processes — reads exactly what the uninterrupted run read; micro batch (step, micro step, rank) is
+pack ``(step · accumulation + micro) · world + rank``, as micro batches are without packing.
+
+A pack is one row with no padding: per-sample position ids that restart at 0 and no attention mask.
+transformers turns such position ids into attention that cannot cross samples — a block-diagonal causal
+mask for sdpa / eager / flex_attention, ``cu_seqlens`` (varlen kernels) for flash_attention_2. The first
+token of every sample gets label −100: in an unpacked row nothing predicts it, while in a pack the last
+token of the previous sample would. The loss is then the mean over exactly the tokens an unpacked batch of
+the same samples averages over (tests/train/test_packing.py checks loss and gradients against it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+IGNORE_INDEX = -100
+
+
+def check_max_tokens(max_tokens: int, lengths: np.ndarray) -> None:
+    longest = int(lengths.max()) if len(lengths) else 0
+    if longest > max_tokens:
+        raise ConfigError(f"train.max_tokens {max_tokens} is smaller than the longest sample ({longest} tokens); "
+                          f"raise it to at least {longest}")
+
+
+class PackPlan:
+    """Stream positions ``[start, end)`` of every pack, computed in order from sample lengths alone."""
+
+    def __init__(self, order, lengths: np.ndarray, max_tokens: int):
+        check_max_tokens(max_tokens, lengths)
+        self.order, self.lengths, self.max_tokens = order, lengths, max_tokens
+        self.bounds: list[int] = [0]  # bounds[k]: stream position where pack k starts
+
+    def _extend(self, packs: int) -> None:
+        position = self.bounds[-1]
+        while len(self.bounds) <= packs:
+            used = 0
+            while True:
+                n = int(self.lengths[self.order.indices(position, 1)[0]])
+                if used and used + n > self.max_tokens:
+                    break
+                used, position = used + n, position + 1
+            self.bounds.append(position)
+
+    def pack(self, k: int) -> list[int]:
+        """Dataset indices of pack ``k`` (packs count from 0 over the whole run)."""
+        self._extend(k + 1)
+        start, end = self.bounds[k], self.bounds[k + 1]
+        return self.order.indices(start, end - start)
+
+    def packs_for_positions(self, positions: int) -> int:
+        """How many packs cover the first ``positions`` samples of the stream (for ``train.epochs``)."""
+        k = 0
+        while True:
+            self._extend(k + 1)
+            if self.bounds[k + 1] >= positions:
+                return k + 1
+            k += 1
+
+
+def collate_packed(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Samples (``H5Dataset`` items) → one padding-free row: input_ids, labels, position_ids [1, T],
+    pixel_values of all images in sample order, and the sample lengths (for model FLOPs)."""
+    ids, labels, positions, pixels, lengths = [], [], [], [], []
+    for item in items:
+        n = len(item["input_ids"])
+        ids.append(item["input_ids"])
+        sample_labels = item["labels"].clone()
+        sample_labels[0] = IGNORE_INDEX  # would be predicted from the previous sample's last token
+        labels.append(sample_labels)
+        positions.append(torch.arange(n, dtype=torch.long))
+        if item.get("pixel_values") is not None:
+            pixels.append(item["pixel_values"])
+        lengths.append(n)
+    return {
+        "input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None], "position_ids": torch.cat(positions)[None],
+        "pixel_values": torch.cat(pixels) if pixels else None,
+        "sample_lengths": torch.tensor(lengths, dtype=torch.long),
+        "ids": [item["id"] for item in items],
+    }

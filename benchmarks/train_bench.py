@@ -272,6 +272,8 @@ def run_bare(cfg, warmup: int) -> dict:
                  if cpu.get(k) is not None}
         if pixels is not None:
             batch["pixel_values"] = pixels.to(device, non_blocking=True)
+        if "position_ids" in batch:
+            batch["use_cache"] = False  # packed: transformers reads the samples from position_ids without a cache
         with torch.autocast(device.type, dtype=half, enabled=autocast):
             loss = model(**batch).loss
         loss.backward()

@@ -78,7 +78,8 @@ def chunked_linear_cross_entropy(hidden, weight, labels, chunk_rows: int | None 
     chunk_rows = chunk_rows or max(256, 2**28 // weight.shape[0])  # ~1 GiB of fp32 logits a chunk
 
     def chunk_loss(h, w, y):
-        return F.cross_entropy((h @ w.t()).float(), y, reduction="sum")
+        logits = h @ w.t()  # half-precision logits go through the loss in fp32, as transformers' loss does
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), y, reduction="sum")
 
     total = None
     for start in range(0, rows.shape[0], chunk_rows):

@@ -120,6 +120,8 @@ def _to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:
               if batch.get(k) is not None}
     if batch.get("pixel_values") is not None:
         inputs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=float_dtype, non_blocking=True)
+    if "position_ids" in inputs:
+        inputs["use_cache"] = False  # transformers reads packed samples from position_ids only without a KV cache
     return inputs
 
 

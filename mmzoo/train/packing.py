@@ -7,7 +7,7 @@ of processes — reads exactly what the uninterrupted run read; micro batch (ste
 pack ``(step · accumulation + micro) · world + rank``, as micro batches are without packing.
 
 A pack is one row with no padding: per-sample position ids that restart at 0 and no attention mask.
-transformers turns such position ids into attention that cannot cross samples — a block-diagonal causal
+Without a KV cache (the model is called with ``use_cache=False``) transformers turns such position ids into attention that cannot cross samples — a block-diagonal causal
 mask for sdpa / eager / flex_attention, ``cu_seqlens`` (varlen kernels) for flash_attention_2. The first
 token of every sample gets label −100: in an unpacked row nothing predicts it, while in a pack the last
 token of the previous sample would. The loss is then the mean over exactly the tokens an unpacked batch of

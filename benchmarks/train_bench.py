@@ -217,7 +217,7 @@ def run_mmzoo(cfg, warmup: int) -> dict:
     flops = sum((r["tflops"] or 0) * r["seconds"] for r in timed) * 1e12
     return {"tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12 if flops else None,
             "tokens_per_step": tokens / len(timed), "peak_memory_gib": _peak_gib(), "final_loss": summary["last"]["loss"],
-            "step_seconds": seconds / len(timed)}
+            "step_seconds": seconds / len(timed), "text_attention": summary["text_attention"]}
 
 
 def run_bare(cfg, warmup: int) -> dict:
@@ -243,6 +243,11 @@ def run_bare(cfg, warmup: int) -> dict:
     for name, param in model.named_parameters():
         param.requires_grad_(verdict[name])
     trainable = [p for p in model.parameters() if p.requires_grad]
+    attention = cfg.train.attn_implementation
+    if cfg.train.packing:  # the same attention kernel as mmzoo's run (varlen flash attention on a GPU)
+        from mmzoo.train.packing import select_packed_attention
+
+        attention = select_packed_attention(model, accelerator=device.type, precision=cfg.train.precision)
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.train.adam_betas),
@@ -284,7 +289,7 @@ def run_bare(cfg, warmup: int) -> dict:
     seconds = time.perf_counter() - started
     timed = cfg.train.max_steps - warmup
     result = {"tokens_per_s": tokens / seconds, "tflops": total_flops / seconds / 1e12 if flops.supported else None,
-              "tokens_per_step": tokens / timed, "peak_memory_gib": _peak_gib(), "final_loss": float(loss),
+              "tokens_per_step": tokens / timed, "text_attention": attention, "peak_memory_gib": _peak_gib(), "final_loss": float(loss),
               "step_seconds": seconds / timed}
     del model, optimizer, batches
     _reset_memory()

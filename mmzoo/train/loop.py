@@ -212,6 +212,11 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         from .kernels import apply_kernels
 
         apply_kernels(model, cfg)
+        text_attention = cfg.train.attn_implementation
+        if cfg.train.packing:
+            from .packing import select_packed_attention
+
+            text_attention = select_packed_attention(model, accelerator=accelerator, precision=cfg.train.precision)
         n_train = sum(p.numel() for n, p in model.named_parameters() if verdict[n])
         n_total = sum(p.numel() for p in model.parameters())
 
@@ -265,7 +270,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             start = existing[0]
         metrics = MetricsLog(out_dir / "metrics.jsonl", start, is_main)
         summary = {"steps": steps, "start_step": start, "world_size": world, "accumulation": accumulation,
-                   "trainable_parameters": n_train, "parameters": n_total, "zero_stage": cfg.deepspeed.zero_stage}
+                   "trainable_parameters": n_train, "parameters": n_total, "zero_stage": cfg.deepspeed.zero_stage,
+                   "text_attention": text_attention}
         if is_main and console is not None:
             console.print(f"[bold]mmzoo train[/] stage {cfg.stage}: {n_train:,}/{n_total:,} parameters trainable, "
                           f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × accumulation {accumulation} "

@@ -160,3 +160,38 @@ def test_packing_config_is_checked(ws, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.max_tokens 8 is smaller than the longest sample" in err[0], err
+
+
+def test_varlen_attention_adapter_gives_the_padded_loss(ws, monkeypatch):
+    """The GPU path's plumbing on CPU: PyTorch's varlen flash kernel is CUDA-only, so a reference with its
+    signature (causal attention within each cu_seqlens segment) stands in; what is tested is mmzoo's adapter —
+    sample bounds from transformers' position ids, layouts, grouped-query heads — not the kernel."""
+    import torch.nn.functional as F
+
+    from mmzoo.modeling import load_model
+    from mmzoo.train import packing
+
+    calls = []
+
+    def reference_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                         enable_gqa=False, **_):
+        assert window_size == (-1, 0) and cu_seq_q.dtype == torch.int32
+        calls.append((cu_seq_q.tolist(), max_q))
+        outs = []
+        for a, b in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist()):
+            q, k, v = (t[a:b].transpose(0, 1) for t in (query, key, value))
+            outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa).transpose(0, 1))
+        return torch.cat(outs)
+
+    monkeypatch.setattr(packing, "_varlen_attn", lambda: reference_varlen)
+    data = _data(ws)
+    indices = _variable_lengths(data)
+    model = load_model(ws.hf, attn_implementation="sdpa").float().train()
+    padded_loss, padded_grads = _loss_and_grads(model, data.batch(indices))
+    assert packing.select_packed_attention(model, accelerator="cuda", precision="bf16") == packing.VARLEN
+    assert packing.select_packed_attention(load_model(ws.hf), accelerator="cpu", precision="bf16") == "sdpa"
+    packed_loss, packed_grads = _loss_and_grads(model, data.packed_batch(indices))
+    lengths = data.sample_lengths()[indices].tolist()
+    assert calls and calls[0] == ([0, *torch.tensor(lengths).cumsum(0).tolist()], max(lengths))
+    assert float(packed_loss) == pytest.approx(float(padded_loss), abs=1e-5)
+    assert max(float((packed_grads[n] - padded_grads[n]).abs().max()) for n in padded_grads) <= 1e-5

@@ -130,7 +130,7 @@ def make_data(work: Path, model: Path, args, image_tokens: int) -> Path:
             row["image"] = f"img_{i % 8:03d}.png"
         rows.append(row)
     (work / "data.json").write_text(json.dumps(rows))
-    data = work / f"data-{args.lengths}-{args.length_scale}-{args.samples}"
+    data = work / f"data-{model.name}-{args.lengths}-{args.length_scale}-{args.samples}"
     preprocess([work / "data.json"], work / "images", model, data, template="plain", model=model, max_seq_len=4096,
                overwrite=True)
     return data
@@ -289,7 +289,7 @@ def run_bare(cfg, warmup: int) -> dict:
     seconds = time.perf_counter() - started
     timed = cfg.train.max_steps - warmup
     result = {"tokens_per_s": tokens / seconds, "tflops": total_flops / seconds / 1e12 if flops.supported else None,
-              "tokens_per_step": tokens / timed, "text_attention": attention, "peak_memory_gib": _peak_gib(), "final_loss": float(loss),
+              "tokens_per_step": tokens / timed, "text_attention": attention, "peak_memory_gib": _peak_gib(), "final_loss": float(loss.detach()),
               "step_seconds": seconds / timed}
     del model, optimizer, batches
     _reset_memory()
@@ -348,10 +348,10 @@ def main(argv=None) -> int:
         args.max_tokens = max(int(lengths.max()), int(round(args.micro_batch_size * lengths.mean())))
     cfg = train_config(args, model, data, work)
     runs = {}
+    if args.compare_bare:  # first: it frees all it held, while a finished DeepSpeed engine may keep some memory
+        runs["bare"] = run_bare(cfg, args.warmup_steps)
     if not args.skip_mmzoo:
         runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps)
-    if args.compare_bare:
-        runs["bare"] = run_bare(cfg, args.warmup_steps)
     peak, peak_source = peak_tflops(args.precision, args.peak_tflops)
 
     from transformers import LlavaConfig, LlavaForConditionalGeneration
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
     if "mmzoo" in runs and "bare" in runs:
         result["mmzoo_over_bare"] = round(runs["mmzoo"]["tokens_per_s"] / runs["bare"]["tokens_per_s"], 3)
     print(json.dumps(result, indent=2))
-    for name in runs:
+    for name in sorted(runs, reverse=True):  # mmzoo first
         r = result[name]
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "–"
         mem = f"{r['peak_memory_gib']} GiB" if r.get("peak_memory_gib") is not None else "– (CPU)"

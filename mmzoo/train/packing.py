@@ -117,11 +117,14 @@ def select_packed_attention(model, *, accelerator: str, precision: str) -> str:
 
 
 def _varlen_attn():
+    import inspect
+
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn if ("window_size" in params or "is_causal" in params) else None  # causal masking is a must
 
 
 _BOUNDS: dict = {}

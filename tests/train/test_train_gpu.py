@@ -111,3 +111,25 @@ def test_liger_kernels_match_plain_loss_and_train(ws):
                                          "packing": True, "max_tokens": 256, "micro_batch_size": 2, "global_batch_size": 2},
                  deepspeed={"zero_stage": 0})
     assert all(math.isfinite(r["loss"]) for r in metrics(run))
+
+
+def test_varlen_flash_attention_for_packed_rows_matches_padded(ws):
+    """bf16 on CUDA: packed rows go through torch's varlen flash kernel and give the padded batch's loss."""
+    from mmzoo.modeling import load_model
+    from mmzoo.train import packing
+    from mmzoo.train.data import TrainData
+
+    if packing._varlen_attn() is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    data = TrainData(ws.data, ws.images, ws.hf, seed=0)
+    model = load_model(ws.hf, attn_implementation="sdpa").to("cuda", torch.bfloat16).train()
+    padded = data.batch([0, 1, 2, 3])
+    inputs = {k: padded[k].to("cuda") for k in ("input_ids", "attention_mask", "labels")}
+    reference = float(model(**inputs, pixel_values=padded["pixel_values"].to("cuda", torch.bfloat16)).loss)
+    assert packing.select_packed_attention(model, accelerator="cuda", precision="bf16") == packing.VARLEN
+    packed = data.packed_batch([0, 1, 2, 3])
+    inputs = {k: packed[k].to("cuda") for k in ("input_ids", "labels", "position_ids")}
+    loss = model(**inputs, pixel_values=packed["pixel_values"].to("cuda", torch.bfloat16), use_cache=False).loss
+    loss.backward()
+    assert float(loss) == pytest.approx(reference, rel=2e-2)
+    assert all(p.grad is None or p.grad.isfinite().all() for p in model.parameters())

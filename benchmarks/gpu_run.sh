@@ -13,7 +13,7 @@ set -u
 OUT=${OUT:-/tmp/mmzoo-gpu-out}
 WHEELS=${WHEELS:-../.whl}
 VOCAB=${VOCAB:-vocab}
-STEPS=${STEPS:-10}
+STEPS=${STEPS:-8}
 QUICK=${QUICK:-0}  # 1: CPU dry run of this script (tiny preset, a few steps)
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
@@ -44,7 +44,7 @@ if [ "$QUICK" = 1 ]; then
 else
   step GPU tests
   timeout 200 python3 -m pytest tests/train/test_train_gpu.py -q -p no:cacheprovider -rs 2>&1 | tail -30
-  B="timeout 150 python3 benchmarks/train_bench.py --workdir /tmp/mmzoo-bench --preset 1b --precision bf16 --lengths llava665k --samples 640 --steps $STEPS --warmup-steps 3 --num-workers 4"
+  B="timeout 150 python3 benchmarks/train_bench.py --workdir /tmp/mmzoo-bench --preset 1b --precision bf16 --lengths llava665k --samples 384 --steps $STEPS --warmup-steps 3 --num-workers 4"
   L2="--tokenizer $VOCAB/llama-2"; QW="--tokenizer $VOCAB/qwen2"
 fi
 

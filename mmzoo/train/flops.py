@@ -137,32 +137,32 @@ def _find(model, suffix: str):
 
 
 class StepFlopsCounter:
-    """Model FLOPs of a training run's micro batches (None for models the closed form does not cover),
-    cached per batch shape: the trainable set is fixed for the run."""
+    """Model FLOPs of a training run's micro batches (None for models the closed form does not cover).
+
+    The closed form is linear in three counts — text rows (sequences × positions), Σ L² over the attention
+    spans, and images — with coefficients fixed by the model and its trainable set (fixed for the run). They are
+    read off :func:`training_step_flops` once, so a micro batch costs three multiplications, not a walk over the
+    model's modules (variable-length batches have a new shape nearly every step)."""
 
     def __init__(self, model):
         self.model = model
-        self._cache: dict = {}
         self.supported = is_dense(model)
+        self._coefficients: tuple[int, int, int] | None = None
 
     def __call__(self, sequences: int, seq_len: int, images: int,
                  attention_lengths: tuple[int, ...] | None = None) -> int | None:
         if not self.supported:
             return None
-        if attention_lengths:  # packed rows: only the sum of squares matters, and it rarely repeats
-            plain = self(sequences, seq_len, images)
-            squares = sum(n * n for n in attention_lengths)
-            return plain - self._attention_per_square() * (sequences * seq_len**2 - squares)
-        key = (sequences, seq_len, images)
-        if key not in self._cache:
-            self._cache[key] = training_step_flops(self.model, sequences=sequences, seq_len=seq_len, images=images).total
-        return self._cache[key]
+        per_row, per_square, per_image = self.coefficients()
+        squares = sum(n * n for n in attention_lengths) if attention_lengths else sequences * seq_len**2
+        return per_row * sequences * seq_len + per_square * squares + per_image * images
 
-    def _attention_per_square(self) -> int:
-        """The text attention FLOPs per unit of Σ L² (the closed form is linear in it)."""
-        if "per_square" in self._cache:
-            return self._cache["per_square"]
-        one = training_step_flops(self.model, sequences=1, seq_len=1, images=0).text
-        two = training_step_flops(self.model, sequences=1, seq_len=1, images=0, attention_lengths=(2,)).text
-        self._cache["per_square"] = (two - one) // 3
-        return self._cache["per_square"]
+    def coefficients(self) -> tuple[int, int, int]:
+        if self._coefficients is None:
+            def total(seq_len: int, images: int) -> int:
+                return training_step_flops(self.model, sequences=1, seq_len=seq_len, images=images).total
+
+            one, two = total(1, 0), total(2, 0)  # one = row + square; two = 2 rows + 4 squares
+            per_square = (two - 2 * one) // 2
+            self._coefficients = (one - per_square, per_square, total(1, 1) - one)
+        return self._coefficients

@@ -151,6 +151,12 @@ def _varlen_attention(module, query, key, value, attention_mask, scaling=None, d
         raise ValueError("mmzoo's varlen attention takes one packed row with its position_ids")
     cu, longest = _sequence_bounds(kwargs["position_ids"])
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
+    dtype = q.dtype
+    if dtype not in (torch.bfloat16, torch.float16):  # under autocast, RoPE hands back fp32 (flash needs half)
+        if not torch.is_autocast_enabled(q.device.type):
+            raise ValueError("mmzoo's varlen attention needs bf16 or fp16 activations")
+        half = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(half), k.to(half), v.to(half)
     params = inspect.signature(varlen_attn).parameters
     extra: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     if k.shape[1] != q.shape[1]:  # grouped-query attention
@@ -160,4 +166,4 @@ def _varlen_attention(module, query, key, value, attention_mask, scaling=None, d
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
-    return out[None], None
+    return out[None].to(dtype), None

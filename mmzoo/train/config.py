@@ -62,7 +62,7 @@ class TrainSection(_Strict):
     max_tokens: int | None = None  # tokens per packed micro batch (packing only)
     cross_entropy: Literal["plain", "chunked", "liger"] = "plain"  # chunked/liger: no full logits tensor
     liger_kernels: bool = False  # Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA, Llama/Mistral/Qwen2 LLMs)
-    compile: bool = False  # torch.compile the model
+    compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = False  # torch.compile (true: inductor)
 
     @field_validator("micro_batch_size", "global_batch_size", "save_every", "log_every")
     @classmethod

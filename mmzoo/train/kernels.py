@@ -9,7 +9,8 @@
 - ``cross_entropy: liger`` — Liger Kernel's fused linear cross-entropy (Triton, CUDA only).
 - ``liger_kernels: true`` — Liger's RMSNorm, SwiGLU and RoPE kernels in the LLM (Triton, CUDA only;
   Llama, Mistral and Qwen2 LLMs).
-- ``compile: true`` — ``torch.compile`` of the model (in place: parameter names do not change).
+- ``compile: true`` — ``torch.compile`` of the model with inductor (or a named backend: ``aot_eager``,
+  ``cudagraphs``), in place: parameter names do not change.
 
 Options that cannot run here are refused by :func:`check_kernels` in one line before anything starts.
 """
@@ -61,7 +62,7 @@ def apply_kernels(model, cfg) -> None:
         _apply_liger_kernel_to_instance(model=model.model.language_model, cross_entropy=False,
                                         fused_linear_cross_entropy=False)
     if t.compile:
-        model.compile()
+        model.compile(backend="inductor" if t.compile is True else t.compile)
 
 
 def chunked_linear_cross_entropy(hidden, weight, labels, chunk_rows: int | None = None):

@@ -294,7 +294,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 record = window.flush(engine)  # the logged step, or the first diverged one
                 last = record
                 diverged = not math.isfinite(record["loss"])  # the same on every rank: summed over them
-                if (record["step"]) % cfg.train.log_every == 0 or record["step"] == steps or diverged:
+                if record["step"] % cfg.train.log_every == 0 or record["step"] == steps or diverged:
                     metrics.write(record)
                 advance(record)
                 if diverged:

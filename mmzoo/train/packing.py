@@ -152,10 +152,8 @@ def _varlen_attention(module, query, key, value, attention_mask, scaling=None, d
     cu, longest = _sequence_bounds(kwargs["position_ids"])
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, head_dim]
     dtype = q.dtype
-    if dtype not in (torch.bfloat16, torch.float16):  # under autocast, RoPE hands back fp32 (flash needs half)
-        if not torch.is_autocast_enabled(q.device.type):
-            raise ValueError("mmzoo's varlen attention needs bf16 or fp16 activations")
-        half = torch.get_autocast_dtype(q.device.type)
+    if dtype not in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(q.device.type):
+        half = torch.get_autocast_dtype(q.device.type)  # under autocast RoPE hands back fp32; flash needs half
         q, k, v = q.to(half), k.to(half), v.to(half)
     params = inspect.signature(varlen_attn).parameters
     extra: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}

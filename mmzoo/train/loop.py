@@ -273,10 +273,12 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                    "trainable_parameters": n_train, "parameters": n_total, "zero_stage": cfg.deepspeed.zero_stage,
                    "text_attention": text_attention}
         if is_main and console is not None:
+            batch = (f"{world} process(es) × packs of ≤ {cfg.train.max_tokens} tokens × accumulation {accumulation}"
+                     if cfg.train.packing else f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × "
+                     f"accumulation {accumulation} = {cfg.train.global_batch_size}")
             console.print(f"[bold]mmzoo train[/] stage {cfg.stage}: {n_train:,}/{n_total:,} parameters trainable, "
-                          f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × accumulation {accumulation} "
-                          f"= {cfg.train.global_batch_size}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, "
-                          f"{steps} steps" + (f", resuming after step {start}" if start else ""))
+                          f"{batch}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, {steps} steps"
+                          + (f", resuming after step {start}" if start else ""))
         from .data import micro_batch_stream
 
         batches = micro_batch_stream(data, first_step=start, last_step=steps, rank=rank, accumulation=accumulation,

@@ -1,23 +1,41 @@
-"""Training throughput and MFU of `mmzoo train` (single process, in process; DeepSpeed engine).
+"""Training throughput, MFU and peak memory of `mmzoo train`, optionally side by side with a bare PyTorch loop.
 
-Builds a LLaVA model of the requested size (CLIP vision + Llama LLM, random weights, real BPE tokenizer),
-preprocesses a synthetic caption set with `mmzoo preprocess`, trains ``--steps`` steps with the given
-stage / ZeRO stage / precision, and reports tokens/s and model TFLOP/s (medians over the steps after the
-first, as `metrics.jsonl` logs them) and MFU = model FLOP/s / peak FLOP/s. Model FLOPs are the closed form
-of mmzoo.train.flops — every matrix product of forward and backward for the stage's trainable set (a frozen
-vision tower runs forward only), attention's QKᵀ and AV included, recomputation excluded (PaLM, appendix B) —
-which tests/train/test_flops.py checks against torch's FlopCounterMode. ``--peak-tflops`` is the device's
-dense peak for the precision used (H100 SXM bf16: 989; 0 = measure a large matmul here, for CPUs).
+Builds a LLaVA model of the requested size (CLIP vision + Llama LLM, random weights) with a tokenizer —
+mmzoo's tiny BPE one, or a real one (``--tokenizer DIR``: e.g. Llama-2/Vicuna's 32 000 or Qwen2's 151 646
+tokens, see benchmarks/real_vocab.py) — preprocesses a synthetic caption set with `mmzoo preprocess`, and
+trains ``--steps`` steps in this process with mmzoo's training loop (DeepSpeed engine, ``mmzoo.train.loop``).
 
-  python benchmarks/train_bench.py --preset tiny --steps 6 --peak-tflops 0.2            # CPU, minutes
-  python benchmarks/train_bench.py --preset 1b --precision bf16 --attn flash_attention_2 --peak-tflops 989  # GPU
+``--compare-bare`` then trains the same model (same weights, same trainable set) on the same micro batches,
+on the same device, with a plain PyTorch loop: fp32 master weights + autocast in ``--precision``,
+``torch.optim.AdamW(fused=True)`` on CUDA, gradient clipping at 1.0, no DeepSpeed. Both are timed over the
+steps after ``--warmup-steps`` and the script prints the mmzoo/bare ratio of tokens/s.
+
+Tokens/s count real tokens only (no padding). MFU = model FLOP/s / peak FLOP/s. Model FLOPs are the closed
+form of mmzoo.train.flops — every matrix product of forward and backward for the stage's trainable set (a
+frozen vision tower runs forward only), attention's QKᵀ and AV included (within each sample for packed
+batches), recomputation excluded (PaLM, appendix B) — which tests/train/test_flops.py checks against torch's
+FlopCounterMode. ``--peak-tflops``: the device's dense peak for the precision; by default the datasheet
+value for known GPUs (H100/H200 SXM: 989 bf16/fp16, 67 fp32; A100: 312 / 19.5), else a measured matmul.
+
+Sample lengths (``--lengths``): ``fixed`` (every caption ``--caption-words`` words) or ``llava665k``, a
+synthetic stand-in for LLaVA-1.5's 665k instruction mix (the real file is not available offline, so this
+is a model of it, not a measurement): 94 % of samples carry one image (its image tokens, 576 at 336 px)
+plus text of log-normal length (median 130 tokens, σ 0.85 — short VQA answers to long multi-turn
+conversations), 6 % are text-only (ShareGPT-like: median 500 tokens, σ 0.9); every sample is cut at 2048
+tokens. ``--length-scale`` shrinks the text lengths for small presets (the tiny preset on CPU).
+
+  python benchmarks/train_bench.py --preset tiny --lengths llava665k --length-scale 0.05 --compare-bare   # CPU
+  python benchmarks/train_bench.py --preset 1b --tokenizer vocab/llama-2 --lengths llava665k --precision bf16 \\
+      --micro-batch-size 16 --compare-bare                                                          # one GPU
+  python benchmarks/train_bench.py ... --packing --max-tokens 12288        # padding-free packed micro batches
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,26 +47,106 @@ PRESETS = {
     "small": (256, 4, 8, 4, 688, 128, 2, 64, 16),
     "1b": (2048, 16, 32, 8, 5632, 1024, 24, 336, 14),
 }
+DATASHEET_TFLOPS = {  # dense peak, (bf16/fp16, fp32) — NVIDIA datasheets, SXM parts
+    "H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5),
+}
+# common English words that are one token in the Llama-2, Qwen2 and tiny tokenizers alike (lengths ≈ words)
+WORDS = "a photo of the cat sitting on red sofa next to window two dogs play in park and man with hat".split()
+MAX_SEQ = 2048
 
 
-def build(out: Path, preset: str) -> None:
+def make_tokenizer(path: Path | None):
+    """The tiny BPE tokenizer, or a real one from ``path`` with ``<image>`` added and a pad token set."""
+    from mmzoo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN
+    from mmzoo.tiny import make_tokenizer as tiny_tokenizer
+
+    if path is None:
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tok.pad_token is None:  # LLaVA's recipe: pad = unk (Llama-2 has no pad token)
+        tok.pad_token = tok.unk_token or tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build(out: Path, preset: str, tokenizer_path: Path | None, dtype: str) -> None:
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmzoo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, image_processor, make_tokenizer, text_config, vision_config
+    from mmzoo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, image_processor, text_config, vision_config
 
     h, layers, heads, kv, inter, vh, vl, size, patch = PRESETS[preset]
-    tok = make_tokenizer()
+    tok = make_tokenizer(tokenizer_path)
+    ids = {k: getattr(tok, f"{k}_token_id") for k in ("bos", "eos", "pad")}
     tcfg = text_config("llama", vocab_size=len(tok), hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=4096)
+                       num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=4096,
+                       **{f"{k}_token_id": v for k, v in ids.items() if v is not None})
     vcfg = vision_config("clip", hidden_size=vh, num_hidden_layers=vl, num_attention_heads=max(1, vh // 64),
                          intermediate_size=vh * 4, image_size=size, patch_size=patch)
     config = LlavaConfig(vision_config=vcfg, text_config=tcfg, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                          vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=(size // patch) ** 2)
     torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(out)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # initialising 1-2 B parameters on 16 CPU cores takes ~40 s
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config)
+    model.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]).save_pretrained(out)
+    del model
     LlavaProcessor(image_processor=image_processor("clip", size), tokenizer=tok, patch_size=patch,
-                   vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE).save_pretrained(out)
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=getattr(tok, "chat_template", None) or CHAT_TEMPLATE).save_pretrained(out)
+
+
+def text_lengths(kind: str, n: int, image_tokens: int, scale: float, caption_words: int, seed: int = 0):
+    """Per sample: (has an image, text tokens) — see the module docstring for the llava665k model."""
+    import numpy as np
+
+    if kind == "fixed":
+        return [(True, caption_words)] * n
+    rng = np.random.default_rng(seed)
+    with_image = rng.random(n) < 0.94
+    text = np.where(with_image, rng.lognormal(math.log(130), 0.85, n), rng.lognormal(math.log(500), 0.9, n)) * scale
+    limit = np.where(with_image, MAX_SEQ * scale - image_tokens, MAX_SEQ * scale)  # cut at 2048 (scaled) tokens
+    text = np.clip(np.rint(text), 4, np.maximum(limit - 8, 4)).astype(int)
+    return [(bool(i), int(t)) for i, t in zip(with_image, text)]
+
+
+def make_data(work: Path, model: Path, args, image_tokens: int) -> Path:
+    from mmzoo.preprocess import preprocess
+    from mmzoo.tiny import make_images
+
+    size = PRESETS[args.preset][7]
+    make_images(work / "images", 8, size=size)
+    rows = []
+    for i, (image, words) in enumerate(text_lengths(args.lengths, args.samples, image_tokens, args.length_scale,
+                                                   args.caption_words)):
+        caption = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(words))
+        human = "<image>" if image else "describe"
+        row = {"id": str(i), "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": caption}]}
+        if image:
+            row["image"] = f"img_{i % 8:03d}.png"
+        rows.append(row)
+    (work / "data.json").write_text(json.dumps(rows))
+    data = work / f"data-{model.name}-{args.lengths}-{args.length_scale}-{args.samples}"
+    preprocess([work / "data.json"], work / "images", model, data, template="plain", model=model, max_seq_len=4096,
+               overwrite=True)
+    return data
+
+
+def peak_tflops(precision: str, given: float | None) -> tuple[float, str]:
+    import torch
+
+    if given:
+        return given, "given"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, (half, single) in DATASHEET_TFLOPS.items():
+            if key in name:
+                return (single if precision == "fp32" else half), f"datasheet ({name})"
+    return measured_peak_tflops(precision), "measured (matmul)"
 
 
 def measured_peak_tflops(precision: str, n: int = 2048, repeats: int = 5) -> float:
@@ -61,87 +159,235 @@ def measured_peak_tflops(precision: str, n: int = 2048, repeats: int = 5) -> flo
     b = torch.randn(n, n, dtype=dtype, device=device)
     best = float("inf")
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
         a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e12
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _reset_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def train_config(args, model: Path, data: Path, work: Path):
+    from mmzoo.train.config import load_config
+
+    train = {"max_steps": args.steps, "micro_batch_size": args.micro_batch_size, "global_batch_size": args.micro_batch_size,
+             "precision": args.precision, "attn_implementation": args.attn, "save_every": 10**9, "warmup_ratio": 0.0,
+             "lr_scheduler": "constant", "lr": 1e-5, "log_every": 1, "cross_entropy": args.cross_entropy,
+             "liger_kernels": args.liger_kernels, "compile": args.compile}
+    if args.packing:
+        train.update(packing=True, max_tokens=args.max_tokens)
+    return load_config(data={
+        "stage": args.stage, "model": str(model), "data": {"path": str(data), "images": str(work / "images"),
+                                                          "num_workers": args.num_workers},
+        "train": train, "deepspeed": {"zero_stage": args.zero_stage}, "output_dir": str(work / f"run-{time.time_ns()}"),
+    })
+
+
+def run_mmzoo(cfg, warmup: int) -> dict:
+    from mmzoo.train.loop import run_training
+
+    _reset_memory()
+    summary = run_training(cfg)
+    rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    import shutil
+
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)  # its final checkpoint: 11 GB for the 1b preset
+    timed = rows[warmup:] if len(rows) > warmup else rows
+    seconds = sum(r["seconds"] for r in timed)
+    tokens = sum(r["tokens"] for r in timed)
+    flops = sum((r["tflops"] or 0) * r["seconds"] for r in timed) * 1e12
+    return {"tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12 if flops else None,
+            "tokens_per_step": tokens / len(timed), "peak_memory_gib": _peak_gib(), "final_loss": summary["last"]["loss"],
+            "step_seconds": seconds / len(timed), "text_attention": summary["text_attention"]}
+
+
+def run_bare(cfg, warmup: int) -> dict:
+    """The same model, trainable set and micro batches through a plain PyTorch loop (no DeepSpeed)."""
+    import torch
+
+    from mmzoo.conversion import read_checkpoint
+    from mmzoo.modeling import load_model
+    from mmzoo.train.data import TrainData, micro_batch_stream
+    from mmzoo.train.flops import StepFlopsCounter
+    from mmzoo.train.loop import batch_tokens
+    from mmzoo.train.names import memory_layout
+    from mmzoo.train.packing import PackPlan
+    from mmzoo.train.stages import select_trainable
+
+    _reset_memory()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.train.seed)
+    model = load_model(cfg.model, attn_implementation=cfg.train.attn_implementation).float().to(device).train()
+    names = [n for n, _ in model.named_parameters()]
+    verdict = select_trainable(names, memory_layout(read_checkpoint(cfg.model)), cfg.stage, cfg.train.freeze,
+                               cfg.train.train_only)
+    for name, param in model.named_parameters():
+        param.requires_grad_(verdict[name])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    attention = cfg.train.attn_implementation
+    if cfg.train.packing:  # the same attention kernel as mmzoo's run (varlen flash attention on a GPU)
+        from mmzoo.train.packing import select_packed_attention
+
+        attention = select_packed_attention(model, accelerator=device.type, precision=cfg.train.precision)
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.train.adam_betas),
+                                  eps=cfg.train.adam_eps, **({"fused": True} if device.type == "cuda" else {}))
+    data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+    plan = PackPlan(data.order, data.sample_lengths(), cfg.train.max_tokens) if cfg.train.packing else None
+    batches = micro_batch_stream(data, first_step=0, last_step=cfg.train.max_steps, rank=0, accumulation=1, world=1,
+                                 micro_batch_size=cfg.train.micro_batch_size, num_workers=cfg.data.num_workers,
+                                 pin_memory=device.type == "cuda", plan=plan)
+    flops = StepFlopsCounter(model)
+    autocast = cfg.train.precision != "fp32"
+    half = {"bf16": torch.bfloat16, "fp16": torch.bfloat16, "fp32": torch.float32}[cfg.train.precision]
+    tokens = total_flops = 0
+    loss = None
+    for step in range(cfg.train.max_steps):
+        if step == warmup:
+            _sync()
+            started, tokens, total_flops = time.perf_counter(), 0, 0
+        cpu = next(batches)
+        tokens += batch_tokens(cpu)
+        pixels = cpu.get("pixel_values")
+        images = 0 if pixels is None else pixels.shape[0]
+        lengths = cpu.get("sample_lengths")
+        total_flops += (flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist())) if lengths is not None
+                        else flops(*cpu["input_ids"].shape, images)) or 0
+        batch = {k: cpu[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels", "position_ids")
+                 if cpu.get(k) is not None}
+        if pixels is not None:
+            batch["pixel_values"] = pixels.to(device, non_blocking=True)
+        if "position_ids" in batch:
+            batch["use_cache"] = False  # packed: transformers reads the samples from position_ids without a cache
+        with torch.autocast(device.type, dtype=half, enabled=autocast):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync()
+    seconds = time.perf_counter() - started
+    timed = cfg.train.max_steps - warmup
+    result = {"tokens_per_s": tokens / seconds, "tflops": total_flops / seconds / 1e12 if flops.supported else None,
+              "tokens_per_step": tokens / timed, "text_attention": attention, "peak_memory_gib": _peak_gib(), "final_loss": float(loss.detach()),
+              "step_seconds": seconds / timed}
+    del model, optimizer, batches
+    _reset_memory()
+    return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--tokenizer", type=Path, default=None, help="a real tokenizer folder (default: the tiny BPE one)")
+    parser.add_argument("--lengths", choices=["fixed", "llava665k"], default="fixed")
+    parser.add_argument("--length-scale", type=float, default=1.0, help="text lengths × this (llava665k; small presets)")
+    parser.add_argument("--caption-words", type=int, default=60, help="caption words a sample (--lengths fixed)")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the timing")
     parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--caption-words", type=int, default=60)
+    parser.add_argument("--packing", action="store_true", help="train.packing (padding-free micro batches)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="train.max_tokens (default: micro batch × mean length)")
+    parser.add_argument("--cross-entropy", choices=["plain", "chunked", "liger"], default="plain")
+    parser.add_argument("--liger-kernels", action="store_true")
+    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--stage", choices=["pretrain", "sft"], default="sft")
-    parser.add_argument("--zero-stage", type=int, default=2)
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--zero-stage", type=int, default=0, help="0: one process (ZeRO-1/2 only add copies there)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--num-workers", type=int, default=2, help="data.num_workers (batches prepared ahead)")
-    parser.add_argument("--peak-tflops", type=float, required=True,
-                        help="device peak dense TFLOP/s for --precision; 0 = measure a large matmul here (CPU)")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak dense TFLOP/s for --precision (default: datasheet for known GPUs, else measured)")
+    parser.add_argument("--compare-bare", action="store_true", help="also train with a bare PyTorch loop and print the ratio")
+    parser.add_argument("--skip-mmzoo", action="store_true", help="only the bare loop (with --compare-bare)")
+    parser.add_argument("--workdir", type=Path, default=None, help="reuse the model and data built here")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
+    if args.steps <= args.warmup_steps:
+        parser.error("--steps must be larger than --warmup-steps")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
 
-    from mmzoo.preprocess import preprocess
-    from mmzoo.tiny import make_images
-    from mmzoo.train.config import load_config
-    from mmzoo.train.loop import run_training
-
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mmzoo-train-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / f"model-{args.preset}"
+    vocab = args.tokenizer.name if args.tokenizer else "tiny"
+    model = work / f"model-{args.preset}-{vocab}"
     if not model.exists():
-        build(model, args.preset)
-    size = PRESETS[args.preset][7]
-    make_images(work / "images", 8, size=size)
-    words = "a photo of a cat sitting on a red sofa next to a window two dogs play in the park".split()
-    rows = [{"id": str(i), "image": f"img_{i % 8:03d}.png", "conversations": [
-        {"from": "human", "value": "<image>"}, {"from": "gpt", "value": " ".join(words[(i + j) % len(words)] for j in range(args.caption_words))}]}
-        for i in range(args.samples)]
-    (work / "data.json").write_text(json.dumps(rows))
-    preprocess([work / "data.json"], work / "images", model, work / "data", template="plain", model=model, max_seq_len=4096, overwrite=True)
-    cfg = load_config(data={
-        "stage": args.stage, "model": str(model), "data": {"path": str(work / "data"), "images": str(work / "images"), "num_workers": args.num_workers},
-        "train": {"max_steps": args.steps, "micro_batch_size": args.micro_batch_size, "global_batch_size": args.micro_batch_size,
-                  "precision": args.precision, "attn_implementation": args.attn, "save_every": 10**9, "warmup_ratio": 0.0},
-        "deepspeed": {"zero_stage": args.zero_stage}, "output_dir": str(work / f"run-{time.time_ns()}"),
-    })
-    summary = run_training(cfg)
-    rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    timed = rows[1:] if len(rows) > 1 else rows
-    tokens_per_s = statistics.median(r["tokens_per_s"] for r in timed)
-    tflops = statistics.median(r["tflops"] for r in timed)
-    seq = statistics.mean(r["tokens"] for r in timed) / args.micro_batch_size
+        t0 = time.perf_counter()
+        build(model, args.preset, args.tokenizer, "bf16" if args.precision == "bf16" else "fp32")
+        print(f"built {model.name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    size, patch = PRESETS[args.preset][7], PRESETS[args.preset][8]
+    data = make_data(work, model, args, (size // patch) ** 2)
+
+    from mmzoo.train.data import TrainData
+
+    lengths = TrainData(data, work / "images", model, 0).sample_lengths()
+    if args.packing and args.max_tokens is None:
+        args.max_tokens = max(int(lengths.max()), int(round(args.micro_batch_size * lengths.mean())))
+    cfg = train_config(args, model, data, work)
+    runs = {}
+    if args.compare_bare:  # first: it frees all it held, while a finished DeepSpeed engine may keep some memory
+        runs["bare"] = run_bare(cfg, args.warmup_steps)
+    if not args.skip_mmzoo:
+        runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps)
+    peak, peak_source = peak_tflops(args.precision, args.peak_tflops)
 
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     with torch.device("meta"):
         meta = LlavaForConditionalGeneration(LlavaConfig.from_pretrained(model))
-    n_vision = sum(p.numel() for n, p in meta.named_parameters() if "vision_tower" in n)
-    n_llm = sum(p.numel() for n, p in meta.named_parameters() if "vision_tower" not in n)
-    peak_source = "given"
-    if args.peak_tflops <= 0:
-        args.peak_tflops, peak_source = measured_peak_tflops(args.precision), "measured (matmul)"
-    mfu = tflops / args.peak_tflops
     result = {
-        "preset": args.preset, "parameters": n_llm + n_vision, "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "precision": args.precision, "attn": args.attn, "zero_stage": args.zero_stage, "stage": args.stage,
-        "micro_batch_size": args.micro_batch_size, "num_workers": args.num_workers, "seq_len": round(seq, 1), "steps": args.steps,
-        "tokens_per_s": round(tokens_per_s, 1), "model_flops_per_token": int(tflops * 1e12 / tokens_per_s),
-        "achieved_tflops": round(tflops, 4), "peak_tflops": round(args.peak_tflops, 4), "peak_source": peak_source,
-        "mfu": round(mfu, 4), "final_loss": round(summary["last"]["loss"], 4), "torch_threads": torch.get_num_threads(),
+        "preset": args.preset, "parameters": sum(p.numel() for p in meta.parameters()),
+        "vocabulary": meta.config.text_config.vocab_size, "tokenizer": vocab,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__, "precision": args.precision, "attn": args.attn, "zero_stage": args.zero_stage,
+        "stage": args.stage, "micro_batch_size": None if args.packing else args.micro_batch_size,
+        "packing": args.packing, "max_tokens": args.max_tokens, "cross_entropy": args.cross_entropy,
+        "liger_kernels": args.liger_kernels, "compile": args.compile, "lengths": args.lengths,
+        "sample_tokens": {"mean": round(float(lengths.mean()), 1), "min": int(lengths.min()), "max": int(lengths.max())},
+        "steps": args.steps, "warmup_steps": args.warmup_steps, "peak_tflops": round(peak, 3), "peak_source": peak_source,
+        "torch_threads": torch.get_num_threads(),
     }
+    for name, run in runs.items():
+        run = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in run.items()}
+        run["mfu"] = round(run["tflops"] / peak, 4) if run.get("tflops") else None
+        result[name] = run
+    if "mmzoo" in runs and "bare" in runs:
+        result["mmzoo_over_bare"] = round(runs["mmzoo"]["tokens_per_s"] / runs["bare"]["tokens_per_s"], 3)
     print(json.dumps(result, indent=2))
+    for name in sorted(runs, reverse=True):  # mmzoo first
+        r = result[name]
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "–"
+        mem = f"{r['peak_memory_gib']} GiB" if r.get("peak_memory_gib") is not None else "– (CPU)"
+        print(f"{name:>5}: {r['tokens_per_s']:,.0f} real tokens/s, MFU {mfu}, peak memory {mem}, "
+              f"{r['tokens_per_step']:,.0f} tokens a step, final loss {r['final_loss']:.4f}")
+    if "mmzoo_over_bare" in result:
+        print(f"mmzoo/bare: {result['mmzoo_over_bare']:.3f}×")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

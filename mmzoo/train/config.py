@@ -59,11 +59,23 @@ class TrainSection(_Strict):
     log_every: int = 1
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
+    packing: bool = False  # padding-free micro batches of up to max_tokens tokens (mmzoo/train/packing.py)
+    max_tokens: int | None = None  # tokens per packed micro batch (packing only)
+    cross_entropy: Literal["plain", "chunked", "liger"] = "plain"  # chunked/liger: no full logits tensor
+    liger_kernels: bool = False  # Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA, Llama/Mistral/Qwen2 LLMs)
+    compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = False  # torch.compile (true: inductor)
 
     @field_validator("micro_batch_size", "global_batch_size", "save_every", "log_every")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
             raise ValueError("must be >= 1")
         return value
 
@@ -114,6 +126,10 @@ class TrainSection(_Strict):
         if self.attn_implementation == "flash_attention_2" and self.precision == "fp32":
             # flash-attn kernels exist for half precision only; transformers would fail at the first forward
             raise ValueError("attn_implementation flash_attention_2 needs precision bf16 or fp16 (or use sdpa with fp32)")
+        if self.packing and self.max_tokens is None:
+            raise ValueError("packing needs max_tokens (the tokens of one packed micro batch)")
+        if self.max_tokens is not None and not self.packing:
+            raise ValueError("max_tokens applies to packed micro batches only: set packing: true too")
         return self
 
 
@@ -167,9 +183,13 @@ def gradient_accumulation(cfg: TrainConfig, world_size: int) -> int:
     return cfg.train.global_batch_size // per_step
 
 
-def total_steps(cfg: TrainConfig, dataset_size: int) -> int:
+def total_steps(cfg: TrainConfig, dataset_size: int, *, plan=None, accumulation: int = 1, world: int = 1) -> int:
+    """``train.max_steps``, or the steps of ``train.epochs`` (packed: the packs that cover them, ``plan``)."""
     if cfg.train.max_steps is not None:
         return cfg.train.max_steps
+    if plan is not None:
+        packs = plan.packs_for_positions(math.ceil(cfg.train.epochs * dataset_size))
+        return max(1, math.ceil(packs / (accumulation * world)))
     return max(1, math.ceil(cfg.train.epochs * dataset_size / cfg.train.global_batch_size))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import MmzooError
@@ -59,12 +60,25 @@ class TrainData:
         self.collate = Collator(self.dataset.pad_token_id)
         self.order = SampleOrder(len(self.dataset), seed)
         self.parameters = self.dataset.manifest.get("parameters", {})
+        self._lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def batch(self, indices: list[int]) -> dict[str, Any]:
         return self.collate([self.dataset[i] for i in indices])
+
+    def packed_batch(self, indices: list[int]) -> dict[str, Any]:
+        from .packing import collate_packed
+
+        return collate_packed([self.dataset[i] for i in indices])
+
+    def sample_lengths(self) -> np.ndarray:
+        """Tokens of every sample (image tokens included), from the shards' offsets alone."""
+        if self._lengths is None:
+            parts = [np.diff(self.dataset._file(k)["offsets"][:]) for k in range(len(self.dataset.files))]
+            self._lengths = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return self._lengths
 
 
 def check_data_fits_model(parameters: dict[str, Any], model_path: Path, image_token_id: int | None,
@@ -100,15 +114,21 @@ class _MicroBatches(torch.utils.data.Dataset):
     """Item ``k``: the ``k``-th micro batch this rank trains on, counted from ``first_step``."""
 
     def __init__(self, data: TrainData, *, first_step: int, last_step: int, rank: int, accumulation: int, world: int,
-                 micro_batch_size: int):
+                 micro_batch_size: int, plan=None):
         self.data, self.first_step, self.rank = data, first_step, rank
         self.accumulation, self.world, self.micro_batch_size = accumulation, world, micro_batch_size
         self.count = (last_step - first_step) * accumulation
+        self.packs = None
+        if plan is not None:  # resolved here, once: workers only look their packs up
+            self.packs = [plan.pack(((first_step + step) * accumulation + micro) * world + rank)
+                          for step in range(last_step - first_step) for micro in range(accumulation)]
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, k: int) -> dict[str, Any]:
+        if self.packs is not None:
+            return self.data.packed_batch(self.packs[k])
         step, micro = divmod(k, self.accumulation)
         indices = micro_batch_indices(self.data.order, self.first_step + step, micro, self.rank,
                                       accumulation=self.accumulation, world=self.world,
@@ -117,10 +137,11 @@ class _MicroBatches(torch.utils.data.Dataset):
 
 
 def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank: int, accumulation: int, world: int,
-                       micro_batch_size: int, num_workers: int, pin_memory: bool = False):
-    """The micro batches of steps ``[first_step, last_step)`` for this rank, in training order."""
+                       micro_batch_size: int, num_workers: int, pin_memory: bool = False, plan=None):
+    """The micro batches of steps ``[first_step, last_step)`` for this rank, in training order (packs of
+    ``plan``, a :class:`mmzoo.train.packing.PackPlan`, when packing)."""
     batches = _MicroBatches(data, first_step=first_step, last_step=last_step, rank=rank, accumulation=accumulation,
-                            world=world, micro_batch_size=micro_batch_size)
+                            world=world, micro_batch_size=micro_batch_size, plan=plan)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
                                          pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
     return iter(loader)

@@ -60,9 +60,12 @@ def is_dense(model) -> bool:
     return not any(".experts." in name for name, _ in model.named_parameters())
 
 
-def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> StepFlops:
+def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
+                        attention_lengths: tuple[int, ...] | None = None) -> StepFlops:
     """FLOPs of forward + backward of ``model`` (a dense LLaVA as ``mmzoo.load_model`` returns it) on
-    ``sequences`` sequences padded to ``seq_len`` positions (image tokens included) holding ``images`` images."""
+    ``sequences`` sequences padded to ``seq_len`` positions (image tokens included) holding ``images`` images.
+    ``attention_lengths``: a packed row (sequences 1) whose samples attend only within themselves — attention
+    is counted per sample (Σ Lᵢ², the useful products), not over the whole row."""
     import torch
 
     config = model.config
@@ -120,7 +123,8 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int) -> 
 
     vision_attention = 4 * images * vision_positions**2 * _attention_width(vision_cfg)
     flops["vision"] += vision_attention * (layers + (2 * used_layers if grad_flows["vision"] else 0))
-    text_attention = 4 * sequences * seq_len**2 * _attention_width(text_cfg) * text_cfg.num_hidden_layers
+    squares = sum(n * n for n in attention_lengths) if attention_lengths else sequences * seq_len**2
+    text_attention = 4 * squares * _attention_width(text_cfg) * text_cfg.num_hidden_layers
     flops["text"] += text_attention * (3 if grad_flows["text"] else 1)
     return StepFlops(**flops)
 
@@ -133,18 +137,32 @@ def _find(model, suffix: str):
 
 
 class StepFlopsCounter:
-    """Model FLOPs of a training run's micro batches (None for models the closed form does not cover),
-    cached per batch shape: the trainable set is fixed for the run."""
+    """Model FLOPs of a training run's micro batches (None for models the closed form does not cover).
+
+    The closed form is linear in three counts — text rows (sequences × positions), Σ L² over the attention
+    spans, and images — with coefficients fixed by the model and its trainable set (fixed for the run). They are
+    read off :func:`training_step_flops` once, so a micro batch costs three multiplications, not a walk over the
+    model's modules (variable-length batches have a new shape nearly every step)."""
 
     def __init__(self, model):
         self.model = model
-        self._cache: dict[tuple[int, int, int], int] = {}
         self.supported = is_dense(model)
+        self._coefficients: tuple[int, int, int] | None = None
 
-    def __call__(self, sequences: int, seq_len: int, images: int) -> int | None:
+    def __call__(self, sequences: int, seq_len: int, images: int,
+                 attention_lengths: tuple[int, ...] | None = None) -> int | None:
         if not self.supported:
             return None
-        key = (sequences, seq_len, images)
-        if key not in self._cache:
-            self._cache[key] = training_step_flops(self.model, sequences=sequences, seq_len=seq_len, images=images).total
-        return self._cache[key]
+        per_row, per_square, per_image = self.coefficients()
+        squares = sum(n * n for n in attention_lengths) if attention_lengths else sequences * seq_len**2
+        return per_row * sequences * seq_len + per_square * squares + per_image * images
+
+    def coefficients(self) -> tuple[int, int, int]:
+        if self._coefficients is None:
+            def total(seq_len: int, images: int) -> int:
+                return training_step_flops(self.model, sequences=1, seq_len=seq_len, images=images).total
+
+            one, two = total(1, 0), total(2, 0)  # one = row + square; two = 2 rows + 4 squares
+            per_square = (two - 2 * one) // 2
+            self._coefficients = (one - per_square, per_square, total(1, 1) - one)
+        return self._coefficients

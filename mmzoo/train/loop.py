@@ -101,7 +101,7 @@ def deepspeed_config(cfg: TrainConfig, accumulation: int, world: int) -> dict[st
     return merge(config, d.overrides)
 
 
-def _optimizer(model, cfg: TrainConfig):
+def _optimizer(model, cfg: TrainConfig, accelerator: str):
     import torch
 
     decay, no_decay = [], []
@@ -110,14 +110,28 @@ def _optimizer(model, cfg: TrainConfig):
             (decay if param.ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps, foreach=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps,
+                             **optimizer_kernel(cfg, accelerator))
+
+
+def optimizer_kernel(cfg: TrainConfig, accelerator: str) -> dict[str, bool]:
+    """AdamW's implementation: one fused CUDA kernel over all parameters on a GPU (DeepSpeed hands it the fp32
+    master weights, on the GPU unless the optimizer is offloaded); the per-parameter loop on the CPU, whose
+    results the ZeRO-0/2/3 equality tests pin down."""
+    if accelerator == "cuda" and not cfg.deepspeed.offload_optimizer:
+        return {"fused": True}
+    return {"foreach": False}
 
 
 def _to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:
-    # non_blocking: pinned batches (CUDA) copy while the previous micro batch still computes
-    inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+    # non_blocking: pinned batches (CUDA) copy while the previous micro batch still computes; packed batches
+    # carry position_ids instead of an attention mask (mmzoo/train/packing.py)
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels", "position_ids")
+              if batch.get(k) is not None}
     if batch.get("pixel_values") is not None:
         inputs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=float_dtype, non_blocking=True)
+    if "position_ids" in inputs:
+        inputs["use_cache"] = False  # transformers reads packed samples from position_ids only without a KV cache
     return inputs
 
 
@@ -181,7 +195,12 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 console.print(f"[yellow]warning[/]: {warning}")
         from ..modeling import load_model
 
-        steps = total_steps(cfg, len(data))
+        plan = None
+        if cfg.train.packing:
+            from .packing import PackPlan
+
+            plan = PackPlan(data.order, data.sample_lengths(), cfg.train.max_tokens)
+        steps = total_steps(cfg, len(data), plan=plan, accumulation=accumulation, world=world)
         if is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             import yaml
@@ -202,6 +221,14 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         verdict = select_trainable(names, layout, cfg.stage, cfg.train.freeze, cfg.train.train_only)
         for name, param in model.named_parameters():
             param.requires_grad_(verdict[name])
+        from .kernels import apply_kernels
+
+        apply_kernels(model, cfg)
+        text_attention = cfg.train.attn_implementation
+        if cfg.train.packing:
+            from .packing import select_packed_attention
+
+            text_attention = select_packed_attention(model, accelerator=accelerator, precision=cfg.train.precision)
         n_train = sum(p.numel() for n, p in model.named_parameters() if verdict[n])
         n_total = sum(p.numel() for p in model.parameters())
 
@@ -217,7 +244,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             if cfg.deepspeed.zero_stage == 3:
                 mark_leaf_modules(model)
 
-        optimizer = _optimizer(model, cfg)
+        optimizer = _optimizer(model, cfg, accelerator)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(steps, cfg.train.warmup_ratio, cfg.train.lr_scheduler, cfg.train.min_lr_ratio))
         ds_config = deepspeed_config(cfg, accumulation, world)
@@ -259,33 +286,42 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             start = existing[0]
         metrics = MetricsLog(out_dir / "metrics.jsonl", start, is_main)
         summary = {"steps": steps, "start_step": start, "world_size": world, "accumulation": accumulation,
-                   "trainable_parameters": n_train, "parameters": n_total, "zero_stage": cfg.deepspeed.zero_stage}
+                   "trainable_parameters": n_train, "parameters": n_total, "zero_stage": cfg.deepspeed.zero_stage,
+                   "text_attention": text_attention}
         if is_main and console is not None:
+            batch = (f"{world} process(es) × packs of ≤ {cfg.train.max_tokens} tokens × accumulation {accumulation}"
+                     if cfg.train.packing else f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × "
+                     f"accumulation {accumulation} = {cfg.train.global_batch_size}")
             console.print(f"[bold]mmzoo train[/] stage {cfg.stage}: {n_train:,}/{n_total:,} parameters trainable, "
-                          f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × accumulation {accumulation} "
-                          f"= {cfg.train.global_batch_size}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, "
-                          f"{steps} steps" + (f", resuming after step {start}" if start else ""))
+                          f"{batch}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, {steps} steps"
+                          + (f", resuming after step {start}" if start else ""))
         from .data import micro_batch_stream
 
         batches = micro_batch_stream(data, first_step=start, last_step=steps, rank=rank, accumulation=accumulation,
                                      world=world, micro_batch_size=cfg.train.micro_batch_size,
-                                     num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda")
+                                     num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda", plan=plan)
         last: dict[str, Any] = {}
+        window = _MetricsWindow(tap, world, accumulation, flops.supported)
         with _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
-                record = _train_step(engine, batches, tap, cfg, step, world, accumulation, float_dtype, scheduler, flops)
+                window.add(step, scheduler.get_last_lr()[0],
+                           *_train_step(engine, batches, tap, cfg, step, accumulation, float_dtype, flops))
+                saving = (step + 1) % cfg.train.save_every == 0 or step + 1 == steps
+                if not ((step + 1) % cfg.train.log_every == 0 or saving):
+                    continue  # no host synchronisation between log points: the GPU runs ahead
+                record = window.flush(engine)  # the logged step, or the first diverged one
                 last = record
                 diverged = not math.isfinite(record["loss"])  # the same on every rank: summed over them
-                if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps or diverged:
+                if record["step"] % cfg.train.log_every == 0 or record["step"] == steps or diverged:
                     metrics.write(record)
                 advance(record)
                 if diverged:
                     kept = ck.latest(out_dir)
                     raise MmzooError(
-                        f"the loss is {record['loss']} at step {step + 1} (lr {record['lr']:.2e}): training diverged; "
-                        "lower train.lr or raise train.warmup_ratio (bf16 is steadier than fp16); nothing after step "
-                        f"{kept[0] if kept else 0} was saved")
-                if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
+                        f"the loss is {record['loss']} at step {record['step']} (lr {record['lr']:.2e}): training "
+                        "diverged; lower train.lr or raise train.warmup_ratio (bf16 is steadier than fp16); nothing "
+                        f"after step {kept[0] if kept else 0} was saved")
+                if saving:
                     _save(engine, out_dir, step + 1, cfg, is_main)
         summary["last"] = last
         dist.barrier()
@@ -313,18 +349,25 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 os.environ.pop(key, None)
 
 
-def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, world: int, accumulation: int,
-                float_dtype, scheduler, flops) -> dict[str, Any]:
+def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, accumulation: int, float_dtype, flops):
+    """One optimizer step. Returns the losses summed over the micro batches as a device tensor (loss, lm_loss,
+    aux_loss; read only at log points) and this process's tokens and model FLOPs, counted on the CPU."""
     import torch
 
-    from .collectives import sum_over_processes
-
     torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout / jitter: same on resume
-    lr = scheduler.get_last_lr()[0]
-    started = time.perf_counter()
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, lm_loss, aux_loss, tokens, model FLOPs
+    losses = None
+    tokens = step_flops = 0
     for _ in range(accumulation):
-        batch = _to_device(next(batches), engine.device, float_dtype)
+        cpu_batch = next(batches)
+        tokens += batch_tokens(cpu_batch)
+        pixels = cpu_batch.get("pixel_values")
+        images = 0 if pixels is None else pixels.shape[0]
+        lengths = cpu_batch.get("sample_lengths")
+        if lengths is not None:  # packed: attention runs within each sample only
+            step_flops += flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist())) or 0
+        else:
+            step_flops += flops(*cpu_batch["input_ids"].shape, images) or 0
+        batch = _to_device(cpu_batch, engine.device, float_dtype)
         if tap is not None:
             tap.start(batch["input_ids"])
         output = engine(**batch)
@@ -339,30 +382,63 @@ def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, world: int, a
             lm_loss = loss = output.loss
         engine.backward(loss)
         engine.step()
-        pixels = batch.get("pixel_values")
-        step_flops = flops(*batch["input_ids"].shape, 0 if pixels is None else pixels.shape[0])
-        sums += torch.tensor([float(loss.detach()), float(lm_loss.detach()), float(aux.detach()),
-                              float(batch["attention_mask"].sum()), float(step_flops or 0)], dtype=torch.float64)
-    sums = sum_over_processes(sums)
-    seconds = time.perf_counter() - started
-    n = accumulation * world
-    grad_norm = engine.get_global_grad_norm()
-    record = {
-        "step": step + 1,
-        "loss": float(sums[0] / n),
-        "lm_loss": float(sums[1] / n),
-        "aux_loss": float(sums[2] / n),
-        "lr": float(lr),
-        "grad_norm": float(grad_norm) if grad_norm is not None else None,
-        "tokens": int(sums[3]),
-        "tokens_per_s": float(sums[3] / seconds) if seconds > 0 else None,
-        # model FLOP/s of all processes together (mmzoo.train.flops; MFU = this / (peak × processes))
-        "tflops": float(sums[4] / seconds / 1e12) if flops.supported and seconds > 0 else None,
-        "seconds": round(seconds, 4),
-    }
-    if tap is not None:
-        record["expert_load"] = tap.take_load()
-    return record
+        micro = torch.stack([loss.detach(), lm_loss.detach(), aux.detach()]).double()
+        losses = micro if losses is None else losses + micro
+    return losses, tokens, step_flops
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Real (non-pad) tokens of a CPU micro batch."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+class _MetricsWindow:
+    """The steps since the last log point: their losses stay on the device until ``flush`` reads them all at
+    once (one host synchronisation and one collective per log point, not one per micro batch)."""
+
+    def __init__(self, tap, world: int, accumulation: int, flops_supported: bool):
+        self.tap, self.world, self.accumulation, self.flops_supported = tap, world, accumulation, flops_supported
+        self.started = time.perf_counter()
+        self.steps: list[tuple[int, float, Any, int, int]] = []
+
+    def add(self, step: int, lr: float, losses, tokens: int, step_flops: int) -> None:
+        self.steps.append((step, lr, losses, tokens, step_flops))
+
+    def flush(self, engine) -> dict[str, Any]:
+        """The record of the window's last step (or of its first step whose loss is not finite)."""
+        import torch
+
+        from .collectives import sum_over_processes
+
+        table = torch.stack([s[2] for s in self.steps])  # [steps, 3] on the device
+        counts = torch.tensor([[s[3], s[4]] for s in self.steps], dtype=torch.float64)
+        summed = sum_over_processes(torch.cat([table.cpu(), counts], dim=1))  # the one synchronisation
+        seconds = time.perf_counter() - self.started
+        finite = torch.isfinite(summed[:, 0])
+        row = int((~finite).nonzero()[0]) if not bool(finite.all()) else len(self.steps) - 1
+        step, lr = self.steps[row][0], self.steps[row][1]
+        n = self.accumulation * self.world
+        grad_norm = engine.get_global_grad_norm()
+        window_tokens, window_flops = float(summed[:, 3].sum()), float(summed[:, 4].sum())
+        record = {
+            "step": step + 1,
+            "loss": float(summed[row, 0] / n),
+            "lm_loss": float(summed[row, 1] / n),
+            "aux_loss": float(summed[row, 2] / n),
+            "lr": float(lr),
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens": int(summed[row, 3]),
+            # real (non-pad) tokens and model FLOP/s of all processes together over the window (mmzoo.train.flops;
+            # MFU = tflops / (peak × processes))
+            "tokens_per_s": window_tokens / seconds if seconds > 0 else None,
+            "tflops": window_flops / seconds / 1e12 if self.flops_supported and seconds > 0 else None,
+            "seconds": round(seconds / len(self.steps), 4),  # per step
+        }
+        if self.tap is not None:
+            record["expert_load"] = self.tap.take_load()
+        self.steps, self.started = [], time.perf_counter()
+        return record
 
 
 def _save(engine, out_dir: Path, step: int, cfg: TrainConfig, is_main: bool) -> None:

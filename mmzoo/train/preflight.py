@@ -28,8 +28,11 @@ def check_resume(resume: str) -> None:
 def check_settings(cfg: TrainConfig, resume: str, accelerator: str) -> None:
     from ..modeling import check_attn_implementation
 
+    from .kernels import check_kernels
+
     check_resume(resume)
     check_attn_implementation(cfg.train.attn_implementation)
+    check_kernels(cfg, accelerator)
     if accelerator == "cpu":
         if cfg.train.precision == "fp16":
             raise ConfigError("train.precision fp16 needs a GPU (allowed on CPU: bf16, fp32)")
@@ -80,6 +83,11 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
     check_image_paths(data.dataset, Path(cfg.data.images))
     warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
+    warnings += zero_stage_warnings(cfg, world)
+    if cfg.train.packing:
+        from .packing import check_max_tokens
+
+        check_max_tokens(cfg.train.max_tokens, data.sample_lengths())
     if existing and resume == "auto":
         changed = ck.changed_settings(existing[1], cfg.dump())
         if changed:
@@ -87,3 +95,16 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
                             "and LR schedule continue from the checkpoint's state, and the loss curve will not match "
                             "an uninterrupted run")
     return Preflight(source, data, existing, warnings, universal, accumulation)
+
+
+def zero_stage_warnings(cfg: TrainConfig, world: int | None, cuda: bool | None = None) -> list[str]:
+    """ZeRO-1/2 on one GPU partition nothing and only add copies (gradients into flat partitions, back again)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    d = cfg.deepspeed
+    if cuda and world == 1 and d.zero_stage in (1, 2) and not d.offload_optimizer:
+        return [f"deepspeed.zero_stage {d.zero_stage} on one process partitions nothing and only adds copies: "
+                "deepspeed.zero_stage 0 is faster on one GPU"]
+    return []

@@ -103,3 +103,20 @@ def test_moe_models_are_refused(tmp_path):
     convert(tmp_path / "dense", tmp_path / "moe", tgt_fmt="internal", moe=dict(num_experts=2, top_k=1))
     with pytest.raises(MmzooError, match="dense models"):
         training_step_flops(load_model(tmp_path / "moe"), sequences=1, seq_len=8, images=1)
+
+
+def test_step_counter_equals_the_closed_form_for_any_shape_and_packed_rows(ws):
+    """The counter's three coefficients reproduce training_step_flops exactly, padded or packed."""
+    from mmzoo.modeling import load_model
+    from mmzoo.train.flops import StepFlopsCounter, training_step_flops
+
+    model = load_model(ws.hf)
+    for name, param in model.named_parameters():
+        param.requires_grad_("vision_tower" not in name)
+    counter = StepFlopsCounter(model)
+    for sequences, seq_len, images in ((1, 7, 0), (3, 50, 2), (8, 131, 9)):
+        assert counter(sequences, seq_len, images) == training_step_flops(
+            model, sequences=sequences, seq_len=seq_len, images=images).total
+    lengths = (30, 41, 17)
+    assert counter(1, sum(lengths), 3, attention_lengths=lengths) == training_step_flops(
+        model, sequences=1, seq_len=sum(lengths), images=3, attention_lengths=lengths).total

@@ -74,3 +74,62 @@ def test_two_gpus_over_nccl_dense_and_moe_zero3(ws, tmp_path):
                  deepspeed={"zero_stage": 3})
     rows = metrics(run)
     assert all(r["aux_loss"] > 0 and r["expert_load"] for r in rows)
+
+
+def test_packed_batch_equals_padded_batch_on_cuda(ws):
+    """Packing on the GPU path (sdpa's block-diagonal mask from position ids): the padded batch's loss."""
+    from mmzoo.modeling import load_model
+    from mmzoo.train.data import TrainData
+
+    data = TrainData(ws.data, ws.images, ws.hf, seed=0)
+    model = load_model(ws.hf, attn_implementation="sdpa").to("cuda").float().train()
+    losses = []
+    for batch in (data.batch([0, 1, 2, 3]), data.packed_batch([0, 1, 2, 3])):
+        inputs = {k: batch[k].to("cuda") for k in ("input_ids", "attention_mask", "labels", "position_ids", "pixel_values")
+                  if batch.get(k) is not None}
+        losses.append(float(model(**inputs, use_cache=False).loss))
+    assert losses[1] == pytest.approx(losses[0], abs=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel (mmzoo[liger])")
+def test_liger_kernels_match_plain_loss_and_train(ws):
+    from mmzoo.modeling import load_model
+    from mmzoo.train.config import load_config
+    from mmzoo.train.data import TrainData
+    from mmzoo.train.kernels import apply_kernels
+
+    data = TrainData(ws.data, ws.images, ws.hf, seed=0)
+    batch = data.batch([0, 1, 2, 3])
+    inputs = {k: batch[k].to("cuda") for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
+    losses = {}
+    for kind in ("plain", "liger"):
+        model = load_model(ws.hf, attn_implementation="sdpa").to("cuda").float().train()
+        apply_kernels(model, load_config(data=ws.config("lk", train={"cross_entropy": kind, "liger_kernels": kind == "liger"})))
+        losses[kind] = float(model(**inputs).loss)
+    assert losses["liger"] == pytest.approx(losses["plain"], rel=1e-4)
+    run = _train(ws, "gpu-liger", train={"max_steps": 3, "precision": "bf16", "cross_entropy": "liger", "liger_kernels": True,
+                                         "packing": True, "max_tokens": 256, "micro_batch_size": 2, "global_batch_size": 2},
+                 deepspeed={"zero_stage": 0})
+    assert all(math.isfinite(r["loss"]) for r in metrics(run))
+
+
+def test_varlen_flash_attention_for_packed_rows_matches_padded(ws):
+    """bf16 on CUDA: packed rows go through torch's varlen flash kernel and give the padded batch's loss."""
+    from mmzoo.modeling import load_model
+    from mmzoo.train import packing
+    from mmzoo.train.data import TrainData
+
+    if packing._varlen_attn() is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    data = TrainData(ws.data, ws.images, ws.hf, seed=0)
+    model = load_model(ws.hf, attn_implementation="sdpa").to("cuda", torch.bfloat16).train()
+    padded = data.batch([0, 1, 2, 3])
+    inputs = {k: padded[k].to("cuda") for k in ("input_ids", "attention_mask", "labels")}
+    reference = float(model(**inputs, pixel_values=padded["pixel_values"].to("cuda", torch.bfloat16)).loss)
+    assert packing.select_packed_attention(model, accelerator="cuda", precision="bf16") == packing.VARLEN
+    packed = data.packed_batch([0, 1, 2, 3])
+    inputs = {k: packed[k].to("cuda") for k in ("input_ids", "labels", "position_ids")}
+    loss = model(**inputs, pixel_values=packed["pixel_values"].to("cuda", torch.bfloat16), use_cache=False).loss
+    loss.backward()
+    assert float(loss) == pytest.approx(reference, rel=2e-2)
+    assert all(p.grad is None or p.grad.isfinite().all() for p in model.parameters())

@@ -1,0 +1,47 @@
+"""benchmarks/train_bench.py runs on CPU with the tiny preset: mmzoo and the bare PyTorch loop train the same
+model on the same batches (the same losses in fp32), and the ratio, real tokens/s and MFU are reported."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_bench.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("train_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_train_bench_compares_mmzoo_with_a_bare_loop_on_cpu(tmp_path, capsys, packing):
+    bench = _bench()
+    out = tmp_path / "result.json"
+    args = ["--preset", "tiny", "--lengths", "llava665k", "--length-scale", "0.05", "--samples", "24", "--steps", "3",
+            "--warmup-steps", "1", "--micro-batch-size", "4", "--num-workers", "0", "--compare-bare",
+            "--workdir", str(tmp_path / "work"), "--json", str(out)] + (["--packing"] if packing else [])
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    mmzoo, bare = result["mmzoo"], result["bare"]
+    assert result["mmzoo_over_bare"] == pytest.approx(mmzoo["tokens_per_s"] / bare["tokens_per_s"], rel=1e-2)
+    assert mmzoo["final_loss"] == pytest.approx(bare["final_loss"], rel=1e-4)  # same model, batches, fp32 numerics
+    assert mmzoo["tokens_per_step"] == bare["tokens_per_step"] > 0
+    assert 0 < mmzoo["mfu"] < 1 and 0 < bare["mfu"] < 1
+    assert result["sample_tokens"]["min"] < result["sample_tokens"]["max"]  # variable lengths
+    assert result["packing"] is packing and (result["max_tokens"] is not None) is packing
+    assert "mmzoo/bare:" in capsys.readouterr().out
+
+
+def test_llava665k_lengths_are_long_tailed_and_cut():
+    bench = _bench()
+    lengths = bench.text_lengths("llava665k", 5000, image_tokens=576, scale=1.0, caption_words=0)
+    with_image = [t for image, t in lengths if image]
+    text_only = [t for image, t in lengths if not image]
+    assert 0.92 < len(with_image) / len(lengths) < 0.96
+    assert max(with_image) <= 2048 - 576 and max(text_only) <= 2048
+    assert sorted(with_image)[len(with_image) // 2] in range(100, 170)  # median ~130 text tokens

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import MmzooError
 from ..locate import tokenizer_folder
-from .templates import IMAGE_MARKER, RenderError, Segment, make_renderer, parse_turns
+from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
+from .tokenization import TextTokenizer
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).
 BAD_JSON = "bad_json"
@@ -25,7 +26,11 @@ UNSAFE_IMAGE_PATH = "unsafe_image_path"
 MISSING_IMAGE = "missing_image"
 UNREADABLE_IMAGE = "unreadable_image"
 TOO_LONG = "too_long"
-REASONS = (BAD_JSON, BAD_SCHEMA, IMAGE_COUNT_MISMATCH, UNSAFE_IMAGE_PATH, MISSING_IMAGE, UNREADABLE_IMAGE, TOO_LONG)
+EMPTY_ANSWER = "empty_answer"
+SPECIAL_TOKEN_IN_TEXT = "special_token_in_text"
+REASONS = (BAD_JSON, BAD_SCHEMA, IMAGE_COUNT_MISMATCH, UNSAFE_IMAGE_PATH, MISSING_IMAGE, UNREADABLE_IMAGE, TOO_LONG,
+           EMPTY_ANSWER, SPECIAL_TOKEN_IN_TEXT)
+IMAGE_PLACEMENTS = ("llava", "keep")
 
 
 class Row(NamedTuple):
@@ -61,9 +66,12 @@ class TokenizerInfo:
     json_path: Path
     bos: str
     eos: str
+    bos_id: int | None
     pad_id: int
     image_token_id: int
     chat_template: str | None
+    legacy: bool  # the slow Llama tokenizer's flag (how text after a special token is tokenized)
+    special_tokens: tuple[str, ...]  # special added tokens other than <image>
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerInfo":
@@ -87,7 +95,11 @@ class TokenizerInfo:
             template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
         if isinstance(template, list):  # named templates: use the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        return cls(folder, json_path, bos or "", eos or "", int(pad_id or 0), image_id, template)
+        specials = tuple(t["content"] for t in json.loads(json_path.read_text(encoding="utf-8")).get("added_tokens", [])
+                         if t.get("special") and t["content"] != IMAGE_MARKER)
+        bos_id = tok.token_to_id(bos) if bos else None
+        legacy = config.get("legacy", True) is not False  # transformers 4.x's default when the flag is absent
+        return cls(folder, json_path, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials)
 
 
 def _read_optional_json(path: Path) -> dict[str, Any]:
@@ -117,6 +129,7 @@ class Settings:
     num_image_tokens: int
     truncate: bool
     check_images: bool = True
+    image_placement: str = "llava"  # "llava": <image> first in its turn, as LLaVA's training does; "keep"
 
 
 @dataclass
@@ -126,12 +139,14 @@ class Encoder:
     _image_cache: dict[str, str | None] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        from tokenizers import Tokenizer
+        import re
 
         self.info = TokenizerInfo.load(self.settings.tokenizer)
-        self.tokenizer = Tokenizer.from_file(str(self.info.json_path))
+        self.tokenizer = TextTokenizer(self.info.json_path, self.info.legacy)
         self.render = make_renderer(self.settings.template, self.info.bos, self.info.eos, self.info.chat_template)
         self.root = Path(self.settings.image_root).resolve()
+        specials = sorted(self.info.special_tokens, key=len, reverse=True)
+        self._special = re.compile("|".join(map(re.escape, specials))) if specials else None
 
     # -- validation -------------------------------------------------------------------------------
     def _parse(self, row: Row) -> tuple[str | None, dict[str, Any]]:
@@ -190,9 +205,17 @@ class Encoder:
         return None
 
     # -- encoding ---------------------------------------------------------------------------------
+    def _check_turns(self, turns: list[Turn], sample_id: str | None) -> None:
+        for turn in turns:
+            if turn.role == "assistant" and not turn.text.strip():
+                raise _Reject(EMPTY_ANSWER, "an assistant turn is empty", sample_id)
+            found = self._special.search(turn.text) if self._special else None
+            if found:  # it would become the control token (e.g. </s> ending the answer early)
+                raise _Reject(SPECIAL_TOKEN_IN_TEXT, f"a {turn.role} turn contains the special token {found.group()!r}", sample_id)
+
     def encode_rows(self, rows: list[Row]) -> list[Sample | Rejection]:
-        """Render all rows, tokenize every segment of the chunk in one batch call, then assemble."""
-        rendered: list[tuple[Row, str | None, list[str], list[Segment]] | Rejection] = []
+        """Render all rows, tokenize every text of the chunk in one batch call, then assemble."""
+        rendered: list[tuple[Row, str | None, list[str], Any, list[tuple[str, np.ndarray]]] | Rejection] = []
         texts: list[str] = []
         for row in rows:
             try:
@@ -205,71 +228,102 @@ class Encoder:
                 markers = sum(t.text.count(IMAGE_MARKER) for t in turns)
                 if markers != len(images):
                     raise _Reject(IMAGE_COUNT_MISMATCH, f"{len(images)} image(s) but {markers} {IMAGE_MARKER} marker(s)", sample_id)
+                self._check_turns(turns, sample_id)
                 images = [self._check_image(p, sample_id) for p in images]
+                if images and self.settings.image_placement == "llava":
+                    turns = place_images_like_llava(turns)
                 try:
-                    segments = self.render(turns)
+                    result = self.render(turns)
                 except RenderError as exc:
                     raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
-                if not any(s.loss and s.text for s in segments):
-                    raise _Reject(BAD_SCHEMA, "no assistant text to train on", sample_id)
+                if not any(s.loss and s.text.strip() for s in result.segments):
+                    raise _Reject(EMPTY_ANSWER, "no assistant text to train on", sample_id)
             except _Reject as rej:
                 rendered.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
                 continue
-            rendered.append((row, sample_id, images, segments))
-            texts.extend(s.text for s in segments)
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+            pieces = _pieces(result.segments, result.llava_chunks)
+            rendered.append((row, sample_id, images, result, pieces))
+            texts.extend(text for text, _ in pieces)
+        encodings = self.tokenizer.encode(texts)
         out: list[Sample | Rejection] = []
         cursor = 0
         for item in rendered:
             if isinstance(item, Rejection):
                 out.append(item)
                 continue
-            row, sample_id, images, segments = item
-            ids = [e.ids for e in encodings[cursor: cursor + len(segments)]]
-            cursor += len(segments)
-            out.append(self._assemble(row, sample_id, images, segments, ids))
+            row, sample_id, images, result, pieces = item
+            encoded = encodings[cursor: cursor + len(pieces)]
+            cursor += len(pieces)
+            out.append(self._assemble(row, sample_id, images, result.add_bos, pieces, encoded))
         return out
 
-    @staticmethod
-    def _cut(segments: list[Segment], seg_ids: list[list[int]], lengths: list[int], image_id: int, limit: int) -> tuple[int, int, int] | None:
-        """The longest prefix ending after an assistant turn that fits: (tokens, segments, images)."""
-        best = None
-        total = images = loss = 0
-        for k, (seg, ids, n) in enumerate(zip(segments, seg_ids, lengths)):
-            total += n
-            images += ids.count(image_id)
-            loss += n if seg.loss else 0
-            if total > limit:
-                break
-            if seg.cut and loss:
-                best = (total, k + 1, images)
-        return best
-
-    def _assemble(self, row: Row, sample_id: str | None, images: list[str], segments: list[Segment], seg_ids: list[list[int]]) -> Sample | Rejection:
+    def _assemble(self, row: Row, sample_id: str | None, images: list[str], add_bos: bool,
+                  pieces: list[tuple[str, np.ndarray]], encoded: list[tuple[list[int], list[tuple[int, int]]]]) -> Sample | Rejection:
         image_id, n_img = self.info.image_token_id, self.settings.num_image_tokens
-        flat = [t for ids in seg_ids for t in ids] if len(seg_ids) > 1 else list(seg_ids[0])
-        n_images = flat.count(image_id)
+        ids: list[int] = [self.info.bos_id] if add_bos and self.info.bos_id is not None else []
+        loss: list[np.ndarray] = [np.zeros(len(ids), dtype=np.uint8)]
+        cuts: list[np.ndarray] = [np.zeros(len(ids), dtype=np.uint8)]
+        for k, ((text, marks), (piece_ids, offsets)) in enumerate(zip(pieces, encoded)):
+            if k:  # the <image> marker between two LLaVA chunks
+                ids.append(image_id)
+                loss.append(np.zeros(1, dtype=np.uint8))
+                cuts.append(np.zeros(1, dtype=np.uint8))
+            ids.extend(piece_ids)
+            spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+            # marks[c] counts loss characters before c (row 0) and cut points at or before c (row 1)
+            loss.append(((marks[0][spans[:, 1]] - marks[0][spans[:, 0]]) > 0).astype(np.uint8))
+            reached = marks[1][spans[:, 1]]  # turn ends reached once this token is complete
+            cuts.append((np.diff(reached, prepend=0) > 0).astype(np.uint8))
+        arr = np.asarray(ids, dtype=np.int32)
+        loss_mask = np.concatenate(loss)
+        cut_after = np.concatenate(cuts) > 0
+        is_image = arr == image_id
+        n_images = int(is_image.sum())
         if n_images != len(images):  # a marker glued to other text that the tokenizer did not split
             return Rejection(row.index, row.source, row.position, sample_id, IMAGE_COUNT_MISMATCH,
                              f"{len(images)} image(s) but {n_images} image token(s) after tokenization")
-        lengths = [len(ids) + (ids.count(image_id) * (n_img - 1) if n_images else 0) for ids in seg_ids]
-        arr = np.array(flat, dtype=np.int32)
         if n_images:  # each image token becomes n_img copies (numpy: no per-token Python work)
-            arr = np.repeat(arr, np.where(arr == image_id, n_img, 1))
-        total = len(arr)
+            repeats = np.where(is_image, n_img, 1)
+            arr, loss_mask = np.repeat(arr, repeats), np.repeat(loss_mask, repeats)
+            cut_after = np.repeat(cut_after, repeats) & np.repeat(~is_image, repeats)
         truncated = False
         limit = self.settings.max_seq_len
-        if total > limit:
-            cut = self._cut(segments, seg_ids, lengths, image_id, limit)
-            if not self.settings.truncate or cut is None:
-                detail = f"{total} tokens > max_seq_len {limit}" + (" and no turn boundary fits" if self.settings.truncate else "")
+        if len(arr) > limit:
+            # the longest prefix ending after an assistant turn, with something trained, that fits
+            ends = np.nonzero(cut_after[:limit])[0]
+            ends = [e + 1 for e in ends if loss_mask[: e + 1].any()]
+            if not self.settings.truncate or not ends:
+                detail = f"{len(arr)} tokens > max_seq_len {limit}" + (" and no turn boundary fits" if self.settings.truncate else "")
                 return Rejection(row.index, row.source, row.position, sample_id, TOO_LONG, detail)
-            total, n_seg, kept_images = cut
-            segments, lengths, images, arr, truncated = segments[:n_seg], lengths[:n_seg], images[:kept_images], arr[:total], True
-        input_ids = arr
-        loss_mask = np.repeat(np.array([s.loss for s in segments], dtype=np.uint8), lengths)
+            total = ends[-1]
+            images = images[: int((arr[:total] == image_id).sum()) // max(n_img, 1)]
+            arr, loss_mask, truncated = arr[:total], loss_mask[:total], True
         sid = sample_id if sample_id is not None else f"{row.source}:{row.position}"
-        return Sample(row.index, sid, input_ids, loss_mask, images, truncated)
+        return Sample(row.index, sid, arr, loss_mask, images, truncated)
+
+
+def _pieces(segments: list[Segment], llava_chunks: bool) -> list[tuple[str, np.ndarray]]:
+    """The texts to tokenize (one, or one per <image>-separated chunk for LLaVA's templates), each
+    with per-character prefix counts of loss characters (row 0) and of turn ends (row 1)."""
+    text = "".join(s.text for s in segments)
+    loss = np.zeros(len(text) + 1, dtype=np.int64)
+    ends = np.zeros(len(text) + 1, dtype=np.int64)
+    pos = 0
+    for seg in segments:
+        if seg.loss:
+            loss[pos + 1: pos + len(seg.text) + 1] = 1
+        pos += len(seg.text)
+        if seg.cut:
+            ends[pos] = 1
+    loss, ends = np.cumsum(loss), np.cumsum(ends)
+    if not llava_chunks:
+        return [(text, np.stack([loss, ends]))]
+    pieces, start = [], 0
+    for chunk in text.split(IMAGE_MARKER):
+        stop = start + len(chunk)
+        pieces.append((chunk, np.stack([loss[start: stop + 1] - loss[start], ends[start: stop + 1] - ends[start]])))
+        start = stop + len(IMAGE_MARKER)
+    return pieces
 
 
 class _Reject(Exception):

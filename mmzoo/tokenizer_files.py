@@ -41,3 +41,93 @@ def legacy_tokenizer_config(text: str) -> str:
     if "extra_special_tokens" in data and isinstance(data["extra_special_tokens"], list):
         data.setdefault("additional_special_tokens", data.pop("extra_special_tokens"))
     return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+def _next_free_id(tokenizer_json: dict) -> int:
+    vocab = (tokenizer_json.get("model") or {}).get("vocab") or {}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+    ids += [t["id"] for t in tokenizer_json.get("added_tokens", [])]
+    return max(ids, default=-1) + 1
+
+
+def _sentencepiece_size(path: Path) -> int:
+    """Number of pieces in a SentencePiece model (a protobuf: field 1 repeated), without sentencepiece."""
+    data, pos, count = path.read_bytes(), 0, 0
+
+    def varint(at: int) -> tuple[int, int]:
+        shift = value = 0
+        while True:
+            byte = data[at]
+            value |= (byte & 0x7F) << shift
+            at += 1
+            if byte < 0x80:
+                return value, at
+            shift += 7
+
+    while pos < len(data):
+        key, pos = varint(pos)
+        wire = key & 7
+        if wire == 2:
+            length, pos = varint(pos)
+            pos += length
+        elif wire == 0:
+            _, pos = varint(pos)
+        elif wire == 5:
+            pos += 4
+        elif wire == 1:
+            pos += 8
+        else:
+            raise ValueError(f"{path}: not a SentencePiece model")
+        count += (key >> 3) == 1 and wire == 2
+    return count
+
+
+def _dump(data: dict) -> str:
+    # the layout tokenizers and transformers write (2-space indent, UTF-8 kept)
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
+def add_special_token(files: dict[str, Path], save_dir: Path, token: str) -> tuple[int, dict[str, Path]]:
+    """Copy the tokenizer files to ``save_dir`` byte for byte and give them the special ``token`` (if
+    missing) by editing tokenizer.json's ``added_tokens`` and tokenizer_config.json's
+    ``added_tokens_decoder`` directly. No tokenizer library loads and re-saves them: a load+save
+    round trip through transformers 5 changes how a SentencePiece tokenizer tokenizes.
+    Returns (the token's id, the new files)."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, src in files.items():
+        (save_dir / name).write_bytes(src.read_bytes())
+        out[name] = save_dir / name
+    tokenizer_json = json.loads(out["tokenizer.json"].read_text(encoding="utf-8")) if "tokenizer.json" in out else None
+    config = json.loads(out["tokenizer_config.json"].read_text(encoding="utf-8")) if "tokenizer_config.json" in out else {}
+    decoder = config.get("added_tokens_decoder") or {}
+    existing = {t["content"]: t["id"] for t in (tokenizer_json or {}).get("added_tokens", [])}
+    existing.update({v["content"]: int(k) for k, v in decoder.items() if isinstance(v, dict)})
+    if tokenizer_json is not None:
+        vocab = (tokenizer_json.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict) and token in vocab:
+            existing.setdefault(token, vocab[token])
+    if token in existing:
+        return existing[token], out
+    if tokenizer_json is not None:
+        token_id = _next_free_id(tokenizer_json)
+    elif "tokenizer.model" in out:
+        token_id = max([_sentencepiece_size(out["tokenizer.model"]) - 1, *existing.values()]) + 1
+    else:
+        raise ValueError("no tokenizer.json or tokenizer.model to add a token to")
+    entry = {"content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    if tokenizer_json is not None:
+        tokenizer_json.setdefault("added_tokens", []).append({"id": token_id, **entry})
+        out["tokenizer.json"].write_text(_dump(tokenizer_json), encoding="utf-8")
+    # transformers 4.34+ and 5.x read added_tokens_decoder; the token list makes it an "additional special token"
+    config["added_tokens_decoder"] = {**decoder, str(token_id): entry}
+    key = "extra_special_tokens" if isinstance(config.get("extra_special_tokens"), list) else "additional_special_tokens"
+    config[key] = [*(config.get(key) or []), token]
+    (save_dir / "tokenizer_config.json").write_text(_dump(config), encoding="utf-8")
+    out["tokenizer_config.json"] = save_dir / "tokenizer_config.json"
+    if "special_tokens_map.json" in out:  # 4.x lets this file's list override the config's
+        special_map = json.loads(out["special_tokens_map.json"].read_text(encoding="utf-8"))
+        if key in special_map:
+            special_map[key] = [*special_map[key], token]
+            out["special_tokens_map.json"].write_text(_dump(special_map), encoding="utf-8")
+    return token_id, out

@@ -96,9 +96,10 @@ FORMATS: dict[str, ChatFormat] = {
         default_system=LLAMA3_SYSTEM,
         add_bos=True,
     ),
+    # Phi-3's own chat template: BOS, no default system prompt
     "phi3": ChatFormat(
         "phi3", system="<|system|>\n{system}<|end|>\n", no_system="", user="<|user|>\n{text}<|end|>\n<|assistant|>\n",
-        assistant="{text}<|end|>", after_assistant="\n", default_system="You are a helpful AI assistant.", add_bos=True,
+        assistant="{text}<|end|>", after_assistant="\n", add_bos=True,
     ),
     "chatml": ChatFormat(
         "chatml", system="<|im_start|>system\n{system}<|im_end|>\n", no_system="",

@@ -77,8 +77,7 @@ def expected(template: str, turns: list[dict[str, str]], placement: str = "llava
             loss.append(f"{a}<|eot_id|>")
         return text, loss
     if template == "phi3":
-        s = system if system is not None else "You are a helpful AI assistant."
-        text = f"<s><|system|>\n{s}<|end|>\n"
+        text = "<s>" + (f"<|system|>\n{system}<|end|>\n" if system is not None else "")
         for q, a in pairs:
             text += f"<|user|>\n{q}<|end|>\n<|assistant|>\n{a}<|end|>\n"
             loss.append(f"{a}<|end|>")

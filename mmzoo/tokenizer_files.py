@@ -28,8 +28,9 @@ def legacy_tokenizer_json(text: str) -> str:
     merges = model.get("merges")
     if isinstance(merges, list) and merges and isinstance(merges[0], list):
         if all(" " not in part for pair in merges for part in pair):
+            # ignore_merges stays: tokenizers < 0.19 skips the field, newer ones need it (Llama-3 tokenizes
+            # differently without it, e.g. "Cửa Việt")
             model["merges"] = [" ".join(pair) for pair in merges]
-            model.pop("ignore_merges", None)
     return json.dumps(data, ensure_ascii=False, indent=2)
 
 

@@ -1,0 +1,147 @@
+"""Tokenizer files mmzoo writes (init, convert adding <image>) tokenize exactly like the original:
+the files are copied byte for byte and <image> is added to the added tokens directly. Checked with
+the real tokenizers of tests/real_tokenizers.py on llama.cpp's test strings and the preprocess
+corpus, read by tokenizers, transformers 5, and transformers 4.37 (slow and fast)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mmzoo
+import real_tokenizers as rt
+from mmzoo.locate import tokenizer_folder
+from mmzoo.tiny import build_vision, text_config
+
+sys.path.insert(0, str(Path(__file__).parent / "preprocess"))
+from reference_corpus import corpus  # noqa: E402
+
+REAL = {**rt.REAL_TOKENIZERS, "llava-v1.5-slow-only": rt.llava_v15}
+VOCAB = {**rt.LLAMA_CPP_VOCAB, "llava-v1.5-slow-only": "llama-spm"}
+
+
+def corpus_texts() -> list[str]:
+    """Texts of the preprocess corpus (without <image>, the one token the written tokenizer adds)."""
+    texts = []
+    for sample in corpus()[::3]:
+        texts += [t["value"] for t in sample["conversations"]]
+        texts.append("USER: " + " ASSISTANT: ".join(t["value"] for t in sample["conversations"]) + "</s>")
+    return [t.replace("<image>", "") for t in texts]
+
+
+@pytest.fixture(scope="module")
+def vision(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clip")
+    build_vision(folder, "clip")
+    return folder
+
+
+def tiny_llm_with(tokenizer_dir: Path, folder: Path, vocab_size: int) -> Path:
+    """A tiny Llama whose tokenizer is the real one (vocab rows = the real vocabulary size)."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_config(text_config("llama", vocab_size=vocab_size, hidden_size=16)).save_pretrained(folder)
+    for f in tokenizer_dir.iterdir():
+        shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+def _vocab_size(name: str) -> int:
+    return {"llama-3": 128256, "qwen2": 151646, "phi-3": 32064}.get(name, 32000)
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_init_writes_the_original_tokenizer_plus_image(name, tmp_path, vision):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    original = REAL[name]()
+    llm = tiny_llm_with(original, tmp_path / "llm", _vocab_size(name))
+    texts = [t for t, _ in rt.llama_cpp_cases(VOCAB[name])] + corpus_texts()
+    has_json = (original / "tokenizer.json").is_file()
+    # The truth: the shipped tokenizer.json (4.x LlamaConverter layout for the SentencePiece ones, which
+    # tokenizes llama.cpp's strings exactly, test_real_tokenizers.py). transformers 5 rebuilds a
+    # LlamaTokenizer's pre-tokenizer from tokenizer_config.json and then differs on some of them; a
+    # written folder may only differ from the truth where transformers 5 reading the original does.
+    truth = [e.ids for e in Tokenizer.from_file(str(original / "tokenizer.json")).encode_batch(texts, add_special_tokens=False)] if has_json else None
+    t5 = AutoTokenizer.from_pretrained(str(original))
+    t5_original = [t5(t, add_special_tokens=False).input_ids for t in texts]
+    for fmt in ("hf", "internal", "llava"):
+        info = mmzoo.init_model(vision, llm, tmp_path / fmt, tgt_fmt=fmt)
+        folder = tokenizer_folder(tmp_path / fmt)
+        # every file but the ones holding the added tokens is the original, byte for byte
+        for f in original.iterdir():
+            if f.name not in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                assert (folder / f.name).read_bytes() == f.read_bytes(), (fmt, f.name)
+        if has_json:
+            ours, theirs = (json.loads((d / "tokenizer.json").read_text()) for d in (folder, original))
+            added = ours.pop("added_tokens")
+            assert added[:-1] == theirs.pop("added_tokens") and added[-1]["content"] == "<image>"
+            if fmt != "llava":  # the llava layout writes merges as "a b" for tokenizers < 0.19 (same merges)
+                assert ours == theirs
+            fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            assert [e.ids for e in fast.encode_batch(texts, add_special_tokens=False)] == truth, fmt
+            for text, ids in rt.llama_cpp_cases(VOCAB[name]):
+                assert fast.encode(text, add_special_tokens=False).ids == ids, (fmt, text)
+        written = AutoTokenizer.from_pretrained(str(folder))
+        assert written.convert_tokens_to_ids("<image>") == info["image_token_id"]
+        assert written("a <image> b", add_special_tokens=False).input_ids.count(info["image_token_id"]) == 1
+        if not has_json:
+            continue  # transformers 5 has no exact reader for a tokenizer.model-only folder; 4.x: the test below
+        got = [written(t, add_special_tokens=False).input_ids for t in texts]
+        assert all(g == o or (truth and g == t) for g, o, t in zip(got, t5_original, truth or t5_original)), fmt
+
+
+SLOW_AND_FAST_4X = """
+import json, sys
+from transformers import AutoTokenizer
+cases = json.loads(open(sys.argv[2], encoding="utf-8").read())
+out = {}
+for use_fast in (False, True):
+    tok = AutoTokenizer.from_pretrained(sys.argv[1], use_fast=use_fast)
+    out[str(use_fast)] = {"ids": [tok.encode(t, add_special_tokens=False) for t, _ in cases],
+                          "image": tok.convert_tokens_to_ids("<image>"), "split": tok.encode("a <image> b", add_special_tokens=False),
+                          "legacy": getattr(tok, "legacy", None)}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("name", ["llava-v1.5", "llava-v1.5-slow-only", "phi-3"])
+def test_written_sentencepiece_tokenizer_reads_the_same_in_transformers_4x(name, tmp_path):
+    from mmzoo.image_token import add_image_token
+
+    image_id = add_image_token(REAL[name](), tmp_path / "tok")
+    cases = rt.llama_cpp_cases(VOCAB[name])
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([rt.llava_python(), "-c", SLOW_AND_FAST_4X, str(tmp_path / "tok"), str(tmp_path / "cases.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for use_fast, got in result.items():
+        assert got["image"] == image_id and got["split"].count(image_id) == 1, use_fast
+        if use_fast == "False":  # the slow tokenizer is what llama.cpp's strings were made with
+            assert got["ids"] == [ids for _, ids in cases]
+    # the fast one (4.x LlamaConverter layout) is what the checkpoint shipped; the edit must not change it
+    from tokenizers import Tokenizer
+
+    shipped = REAL["llava-v1.5" if name == "llava-v1.5-slow-only" else name]()  # 4.37 converts a slow-only one the same way
+    original = Tokenizer.from_file(str(shipped / "tokenizer.json"))
+    assert result["True"]["ids"] == [original.encode(t, add_special_tokens=False).ids for t, _ in cases]
+
+
+def test_the_old_transformers_5_round_trip_would_have_changed_the_tokenizer(tmp_path):
+    """Why the files are edited instead of re-saved: a transformers 5 load+save changes Llama-2's."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(rt.llava_v15(fast=True))).save_pretrained(tmp_path)
+    resaved = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    cases = rt.llama_cpp_cases("llama-spm")
+    wrong = [t for t, ids in cases if resaved.encode(t, add_special_tokens=False).ids != ids]
+    assert wrong  # if transformers ever stops doing this, the direct edit is still correct

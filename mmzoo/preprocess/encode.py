@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import MmzooError
 from ..locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
-from .tokenization import TextTokenizer
+from .tokenization import TextTokenizer, token_at
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).
 BAD_JSON = "bad_json"
@@ -215,7 +215,7 @@ class Encoder:
 
     def encode_rows(self, rows: list[Row]) -> list[Sample | Rejection]:
         """Render all rows, tokenize every text of the chunk in one batch call, then assemble."""
-        rendered: list[tuple[Row, str | None, list[str], Any, list[tuple[str, np.ndarray]]] | Rejection] = []
+        rendered: list[tuple[Row, str | None, list[str], Any, list] | Rejection] = []
         texts: list[str] = []
         for row in rows:
             try:
@@ -243,7 +243,7 @@ class Encoder:
                 continue
             pieces = _pieces(result.segments, result.llava_chunks)
             rendered.append((row, sample_id, images, result, pieces))
-            texts.extend(text for text, _ in pieces)
+            texts.extend(piece[0] for piece in pieces)
         encodings = self.tokenizer.encode(texts)
         out: list[Sample | Rejection] = []
         cursor = 0
@@ -258,40 +258,46 @@ class Encoder:
         return out
 
     def _assemble(self, row: Row, sample_id: str | None, images: list[str], add_bos: bool,
-                  pieces: list[tuple[str, np.ndarray]], encoded: list[tuple[list[int], list[tuple[int, int]]]]) -> Sample | Rejection:
+                  pieces: list[tuple[str, list[tuple[int, int]], list[int]]], encoded: list[tuple[Any, int]]) -> Sample | Rejection:
         image_id, n_img = self.info.image_token_id, self.settings.num_image_tokens
-        ids: list[int] = [self.info.bos_id] if add_bos and self.info.bos_id is not None else []
-        loss: list[np.ndarray] = [np.zeros(len(ids), dtype=np.uint8)]
-        cuts: list[np.ndarray] = [np.zeros(len(ids), dtype=np.uint8)]
-        for k, ((text, marks), (piece_ids, offsets)) in enumerate(zip(pieces, encoded)):
+        ids: list[np.ndarray] = [np.array([self.info.bos_id] if add_bos and self.info.bos_id is not None else [], dtype=np.int32)]
+        loss: list[np.ndarray] = [np.zeros(len(ids[0]), dtype=np.uint8)]
+        cuts: list[np.ndarray] = [np.zeros(len(ids[0]), dtype=bool)]
+        for k, ((text, spans, ends), (encoding, shift)) in enumerate(zip(pieces, encoded)):
             if k:  # the <image> marker between two LLaVA chunks
-                ids.append(image_id)
+                ids.append(np.array([image_id], dtype=np.int32))
                 loss.append(np.zeros(1, dtype=np.uint8))
-                cuts.append(np.zeros(1, dtype=np.uint8))
-            ids.extend(piece_ids)
-            spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-            # marks[c] counts loss characters before c (row 0) and cut points at or before c (row 1)
-            loss.append(((marks[0][spans[:, 1]] - marks[0][spans[:, 0]]) > 0).astype(np.uint8))
-            reached = marks[1][spans[:, 1]]  # turn ends reached once this token is complete
-            cuts.append((np.diff(reached, prepend=0) > 0).astype(np.uint8))
-        arr = np.asarray(ids, dtype=np.int32)
-        loss_mask = np.concatenate(loss)
-        cut_after = np.concatenate(cuts) > 0
+                cuts.append(np.zeros(1, dtype=bool))
+            piece_ids = np.array(encoding.ids, dtype=np.int32)
+            piece_loss = np.zeros(len(piece_ids), dtype=np.uint8)
+            piece_cuts = np.zeros(len(piece_ids), dtype=bool)
+            # a token is trained when its characters overlap an assistant span
+            for start, stop in spans:
+                first = token_at(encoding, start + shift, stop + shift, 1)
+                if first is not None:
+                    piece_loss[first: token_at(encoding, stop + shift - 1, start + shift - 1, -1) + 1] = 1
+            for end in ends:  # the token holding a turn's last character ends the turn
+                last = token_at(encoding, end + shift - 1, shift - 1, -1)
+                if last is not None:
+                    piece_cuts[last] = True
+            ids.append(piece_ids)
+            loss.append(piece_loss)
+            cuts.append(piece_cuts)
+        arr, loss_mask, cut_after = np.concatenate(ids), np.concatenate(loss), np.concatenate(cuts)
         is_image = arr == image_id
         n_images = int(is_image.sum())
         if n_images != len(images):  # a marker glued to other text that the tokenizer did not split
             return Rejection(row.index, row.source, row.position, sample_id, IMAGE_COUNT_MISMATCH,
                              f"{len(images)} image(s) but {n_images} image token(s) after tokenization")
+        loss_mask[is_image] = 0
         if n_images:  # each image token becomes n_img copies (numpy: no per-token Python work)
             repeats = np.where(is_image, n_img, 1)
-            arr, loss_mask = np.repeat(arr, repeats), np.repeat(loss_mask, repeats)
-            cut_after = np.repeat(cut_after, repeats) & np.repeat(~is_image, repeats)
+            arr, loss_mask, cut_after = np.repeat(arr, repeats), np.repeat(loss_mask, repeats), np.repeat(cut_after & ~is_image, repeats)
         truncated = False
         limit = self.settings.max_seq_len
         if len(arr) > limit:
             # the longest prefix ending after an assistant turn, with something trained, that fits
-            ends = np.nonzero(cut_after[:limit])[0]
-            ends = [e + 1 for e in ends if loss_mask[: e + 1].any()]
+            ends = [e + 1 for e in np.nonzero(cut_after[:limit])[0] if loss_mask[: e + 1].any()]
             if not self.settings.truncate or not ends:
                 detail = f"{len(arr)} tokens > max_seq_len {limit}" + (" and no turn boundary fits" if self.settings.truncate else "")
                 return Rejection(row.index, row.source, row.position, sample_id, TOO_LONG, detail)
@@ -302,26 +308,24 @@ class Encoder:
         return Sample(row.index, sid, arr, loss_mask, images, truncated)
 
 
-def _pieces(segments: list[Segment], llava_chunks: bool) -> list[tuple[str, np.ndarray]]:
-    """The texts to tokenize (one, or one per <image>-separated chunk for LLaVA's templates), each
-    with per-character prefix counts of loss characters (row 0) and of turn ends (row 1)."""
-    text = "".join(s.text for s in segments)
-    loss = np.zeros(len(text) + 1, dtype=np.int64)
-    ends = np.zeros(len(text) + 1, dtype=np.int64)
-    pos = 0
+def _pieces(segments: list[Segment], llava_chunks: bool) -> list[tuple[str, list[tuple[int, int]], list[int]]]:
+    """The texts to tokenize (one, or one per <image>-separated chunk for LLaVA's templates), each with
+    its assistant spans (start, stop) and turn ends (character positions), relative to the text."""
+    text, spans, ends, pos = "", [], [], 0
     for seg in segments:
-        if seg.loss:
-            loss[pos + 1: pos + len(seg.text) + 1] = 1
+        if seg.loss and seg.text:
+            spans.append((pos, pos + len(seg.text)))
         pos += len(seg.text)
         if seg.cut:
-            ends[pos] = 1
-    loss, ends = np.cumsum(loss), np.cumsum(ends)
-    if not llava_chunks:
-        return [(text, np.stack([loss, ends]))]
+            ends.append(pos)
+        text += seg.text
+    if not llava_chunks or IMAGE_MARKER not in text:
+        return [(text, spans, ends)]
     pieces, start = [], 0
     for chunk in text.split(IMAGE_MARKER):
         stop = start + len(chunk)
-        pieces.append((chunk, np.stack([loss[start: stop + 1] - loss[start], ends[start: stop + 1] - ends[start]])))
+        clip = [(max(a, start) - start, min(b, stop) - start) for a, b in spans if a < stop and b > start]
+        pieces.append((chunk, clip, [e - start for e in ends if start < e <= stop]))
         start = stop + len(IMAGE_MARKER)
     return pieces
 

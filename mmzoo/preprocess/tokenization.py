@@ -45,16 +45,25 @@ class TextTokenizer:
         self.manual_prefix = not legacy and _drops_dummy_prefix(data)
         self.tokenizer = Tokenizer.from_str(json.dumps(data)) if self.manual_prefix else Tokenizer.from_file(str(json_path))
 
-    def encode(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    def encode(self, texts: list[str]) -> list[tuple[Any, int]]:
+        """Per text: (tokenizers Encoding, shift), where character c of the text is character c + shift
+        of the encoded string (1 where a "▁" prefix was added here)."""
         if not texts:
             return []
         if not self.manual_prefix:
-            return [(e.ids, e.offsets) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+            return [(e, 0) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
         # The slow tokenizer prefixes the text with "▁" unless it starts with a special token.
         shifts = [0 if (not t or t.startswith(self.added)) else 1 for t in texts]
         encodings = self.tokenizer.encode_batch([" " + t if s else t for t, s in zip(texts, shifts)], add_special_tokens=False)
-        out = []
-        for e, shift in zip(encodings, shifts):
-            offsets = e.offsets if not shift else [(max(a - 1, 0), max(b - 1, 0)) for a, b in e.offsets]
-            out.append((e.ids, offsets))
-        return out
+        return list(zip(encodings, shifts))
+
+
+def token_at(encoding: Any, char: int, stop: int, step: int) -> int | None:
+    """The token holding character ``char``, or the next one that has a token in direction ``step``
+    before reaching ``stop`` (characters absorbed by an added token's lstrip/rstrip belong to none)."""
+    while char != stop:
+        token = encoding.char_to_token(char)
+        if token is not None:
+            return token
+        char += step
+    return None

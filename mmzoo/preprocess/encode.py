@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import MmzooError
 from ..locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
+from .sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from .tokenization import TextTokenizer, token_at
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).
@@ -63,7 +64,7 @@ class TokenizerInfo:
     """What preprocessing needs from a tokenizer folder, read without transformers."""
 
     folder: Path
-    json_path: Path
+    json_text: str  # tokenizer.json, or the one built from tokenizer.model
     bos: str
     eos: str
     bos_id: int | None
@@ -78,11 +79,15 @@ class TokenizerInfo:
         from tokenizers import Tokenizer
 
         folder = tokenizer_folder(path)
-        json_path = folder / "tokenizer.json"
-        if not json_path.is_file():
-            raise MmzooError("only fast tokenizers (tokenizer.json) are supported", path=folder)
-        tok = Tokenizer.from_file(str(json_path))
         config = _read_optional_json(folder / "tokenizer_config.json")
+        json_path = folder / "tokenizer.json"
+        if json_path.is_file():
+            json_text = json_path.read_text(encoding="utf-8")
+        elif (folder / "tokenizer.model").is_file():  # a slow-only SentencePiece checkpoint (liuhaotian's LLaVA)
+            json_text = sentencepiece_tokenizer_json(folder / "tokenizer.model", config.get("added_tokens_decoder") or {})
+        else:
+            raise MmzooError("no tokenizer.json or tokenizer.model to tokenize with", path=folder)
+        tok = Tokenizer.from_str(json_text)
         image_id = tok.token_to_id(IMAGE_MARKER)
         if image_id is None or tok.encode(IMAGE_MARKER, add_special_tokens=False).ids != [image_id]:
             raise MmzooError(f"the tokenizer has no {IMAGE_MARKER} token", path=folder, hint="add it with `mmzoo init`")
@@ -95,11 +100,11 @@ class TokenizerInfo:
             template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
         if isinstance(template, list):  # named templates: use the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        specials = tuple(t["content"] for t in json.loads(json_path.read_text(encoding="utf-8")).get("added_tokens", [])
+        specials = tuple(t["content"] for t in json.loads(json_text).get("added_tokens", [])
                          if t.get("special") and t["content"] != IMAGE_MARKER)
         bos_id = tok.token_to_id(bos) if bos else None
         legacy = config.get("legacy", True) is not False  # transformers 4.x's default when the flag is absent
-        return cls(folder, json_path, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials)
+        return cls(folder, json_text, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials)
 
 
 def _read_optional_json(path: Path) -> dict[str, Any]:
@@ -142,7 +147,7 @@ class Encoder:
         import re
 
         self.info = TokenizerInfo.load(self.settings.tokenizer)
-        self.tokenizer = TextTokenizer(self.info.json_path, self.info.legacy)
+        self.tokenizer = TextTokenizer(self.info.json_text, self.info.legacy)
         self.render = make_renderer(self.settings.template, self.info.bos, self.info.eos, self.info.chat_template)
         self.root = Path(self.settings.image_root).resolve()
         specials = sorted(self.info.special_tokens, key=len, reverse=True)

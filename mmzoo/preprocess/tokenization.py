@@ -10,7 +10,6 @@ taken out of the tokenizer and added here where the slow tokenizer adds it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 SPIECE_PREFIX = "\u2581"
@@ -36,14 +35,14 @@ def _drops_dummy_prefix(data: dict[str, Any]) -> bool:
 class TextTokenizer:
     """``encode(texts)`` -> per text (ids, offsets); no special tokens are added."""
 
-    def __init__(self, json_path: Path, legacy: bool):
+    def __init__(self, json_text: str, legacy: bool):
         from tokenizers import Tokenizer
 
-        data = json.loads(json_path.read_text(encoding="utf-8"))
+        data = json.loads(json_text)
         self.added = tuple(t["content"] for t in data.get("added_tokens", []))
         # legacy=True keeps 4.x's behaviour (prefix after special tokens too): the tokenizer as it is.
         self.manual_prefix = not legacy and _drops_dummy_prefix(data)
-        self.tokenizer = Tokenizer.from_str(json.dumps(data)) if self.manual_prefix else Tokenizer.from_file(str(json_path))
+        self.tokenizer = Tokenizer.from_str(json.dumps(data) if self.manual_prefix else json_text)
 
     def encode(self, texts: list[str]) -> list[tuple[Any, int]]:
         """Per text: (tokenizers Encoding, shift), where character c of the text is character c + shift

@@ -127,3 +127,27 @@ def test_plain_equals_llava_preprocess_plain(tmp_path, llava_tokenizer, image_ro
     outcome = compare("plain", pretrain, llava_tokenizer, image_root, tmp_path)
     print(_report("plain", outcome))
     assert list(outcome) == ["match"], outcome
+
+
+def test_a_tokenizer_model_only_checkpoint_preprocesses_the_same(tmp_path, llava_tokenizer, image_root):
+    """liuhaotian's LLaVA repos ship only tokenizer.model: preprocess builds the tokenizer.json
+    transformers 4.x would (same vocab, merges, normaliser) and gives the very same shards."""
+    slow_only = tmp_path / "slow-only"
+    add_image_token(rt.llava_v15(), slow_only)
+    assert not (slow_only / "tokenizer.json").exists()
+    data = write_jsonl(tmp_path / "data.jsonl", corpus())
+    for name, folder in (("fast", llava_tokenizer), ("slow", slow_only)):
+        preprocess([data], image_root, folder, tmp_path / name, template="vicuna_v1", num_image_tokens=N_IMG)
+    fast, slow = read_shards(tmp_path / "fast"), read_shards(tmp_path / "slow")
+    assert len(fast) == len(slow) > 190
+    for a, b in zip(fast, slow):
+        assert a["id"] == b["id"] and np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["mask"], b["mask"])
+
+
+def test_the_built_tokenizer_json_is_the_one_transformers_4x_writes():
+    from mmzoo.preprocess.sentencepiece import tokenizer_json
+
+    built = json.loads(tokenizer_json(rt.llava_v15() / "tokenizer.model", {}))
+    shipped = json.loads((rt.llava_v15(fast=True) / "tokenizer.json").read_text(encoding="utf-8"))
+    for key in ("added_tokens", "normalizer", "pre_tokenizer", "decoder", "model"):
+        assert built[key] == shipped[key], key

@@ -25,27 +25,32 @@ def test_tokenizer_json_matches_llama_cpp(name):
 SLOW_4X = """
 import json, sys
 from transformers import AutoTokenizer
-tok = AutoTokenizer.from_pretrained(sys.argv[1], use_fast=False)
-cases = json.loads(open(sys.argv[2], encoding="utf-8").read())
-print(json.dumps({"class": type(tok).__name__, "legacy": tok.legacy,
-                  "ids": [tok.encode(text, add_special_tokens=False) for text, _ in cases],
-                  "hello": tok("Hello world").input_ids}))
+request = json.loads(open(sys.argv[1], encoding="utf-8").read())
+out = {}
+for name, folder in request["folders"].items():
+    tok = AutoTokenizer.from_pretrained(folder, use_fast=False)
+    out[name] = {"class": type(tok).__name__, "legacy": tok.legacy, "hello": tok("Hello world").input_ids,
+                 "ids": [tok.encode(text, add_special_tokens=False) for text, _ in request["cases"][name]]}
+print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("name, folder", [("llama-spm", lambda: rt.llava_v15()), ("phi-3", rt.phi3)])
-def test_sentencepiece_model_matches_llama_cpp_in_transformers_4x(name, folder, tmp_path):
-    cases = rt.llama_cpp_cases(name)
-    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+def test_sentencepiece_models_match_llama_cpp_in_transformers_4x(tmp_path):
+    """The slow tokenizer of transformers 4.37.2 (the original LLaVA code's) on each tokenizer.model."""
+    folders = {"llama-spm": rt.llava_v15(), "phi-3": rt.phi3()}
+    request = {"folders": {k: str(v) for k, v in folders.items()}, "cases": {k: rt.llama_cpp_cases(k) for k in folders}}
+    (tmp_path / "request.json").write_text(json.dumps(request), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([rt.llava_python(), "-c", SLOW_4X, str(folder()), str(tmp_path / "cases.json")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([rt.llava_python(), "-c", SLOW_4X, str(tmp_path / "request.json")],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["class"] == "LlamaTokenizer" and result["legacy"] is False
-    assert result["hello"] == [1, 15043, 3186]
-    wrong = [text for (text, ids), got in zip(cases, result["ids"]) if got != ids]
-    assert not wrong, f"{len(wrong)}/{len(cases)} differ, e.g. {wrong[:3]!r}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, result in results.items():
+        assert result["class"] == "LlamaTokenizer" and result["legacy"] is False, name
+        assert result["hello"] == [1, 15043, 3186], name
+        cases = request["cases"][name]
+        wrong = [text for (text, ids), got in zip(cases, result["ids"]) if got != ids]
+        assert not wrong, f"{name}: {len(wrong)}/{len(cases)} differ, e.g. {wrong[:3]!r}"
 
 
 def test_llava_v15_is_laid_out_like_the_published_repo():

@@ -71,7 +71,8 @@ def test_init_writes_the_original_tokenizer_plus_image(name, tmp_path, vision):
     truth = [e.ids for e in Tokenizer.from_file(str(original / "tokenizer.json")).encode_batch(texts, add_special_tokens=False)] if has_json else None
     t5 = AutoTokenizer.from_pretrained(str(original))
     t5_original = [t5(t, add_special_tokens=False).input_ids for t in texts]
-    for fmt in ("hf", "internal", "llava"):
+    # internal copies tokenizer files exactly as hf does: one byte-level run of it is enough
+    for fmt in ("hf", "internal", "llava") if name.startswith("llava") else ("hf", "llava"):
         info = mmzoo.init_model(vision, llm, tmp_path / fmt, tgt_fmt=fmt)
         folder = tokenizer_folder(tmp_path / fmt)
         # every file but the ones holding the added tokens is the original, byte for byte
@@ -100,39 +101,45 @@ def test_init_writes_the_original_tokenizer_plus_image(name, tmp_path, vision):
 SLOW_AND_FAST_4X = """
 import json, sys
 from transformers import AutoTokenizer
-cases = json.loads(open(sys.argv[2], encoding="utf-8").read())
+cases = json.loads(open(sys.argv[1], encoding="utf-8").read())
 out = {}
-for use_fast in (False, True):
-    tok = AutoTokenizer.from_pretrained(sys.argv[1], use_fast=use_fast)
-    out[str(use_fast)] = {"ids": [tok.encode(t, add_special_tokens=False) for t, _ in cases],
-                          "image": tok.convert_tokens_to_ids("<image>"), "split": tok.encode("a <image> b", add_special_tokens=False),
-                          "legacy": getattr(tok, "legacy", None)}
+for folder, name in cases["folders"]:
+    for use_fast in (False, True):
+        tok = AutoTokenizer.from_pretrained(folder, use_fast=use_fast)
+        out[f"{name}/{use_fast}"] = {"ids": [tok.encode(t, add_special_tokens=False) for t in cases[name]],
+                                     "image": tok.convert_tokens_to_ids("<image>"), "split": tok.encode("a <image> b", add_special_tokens=False)}
 print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("name", ["llava-v1.5", "llava-v1.5-slow-only", "phi-3"])
-def test_written_sentencepiece_tokenizer_reads_the_same_in_transformers_4x(name, tmp_path):
-    from mmzoo.image_token import add_image_token
-
-    image_id = add_image_token(REAL[name](), tmp_path / "tok")
-    cases = rt.llama_cpp_cases(VOCAB[name])
-    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([rt.llava_python(), "-c", SLOW_AND_FAST_4X, str(tmp_path / "tok"), str(tmp_path / "cases.json")],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for use_fast, got in result.items():
-        assert got["image"] == image_id and got["split"].count(image_id) == 1, use_fast
-        if use_fast == "False":  # the slow tokenizer is what llama.cpp's strings were made with
-            assert got["ids"] == [ids for _, ids in cases]
-    # the fast one (4.x LlamaConverter layout) is what the checkpoint shipped; the edit must not change it
+def test_written_sentencepiece_tokenizers_read_the_same_in_transformers_4x(tmp_path):
+    """transformers 4.37.2 (one subprocess for all): the slow tokenizer of each written folder gives
+    llama.cpp's ids; the fast one (4.x LlamaConverter) gives the shipped tokenizer.json's ids."""
     from tokenizers import Tokenizer
 
-    shipped = REAL["llava-v1.5" if name == "llava-v1.5-slow-only" else name]()  # 4.37 converts a slow-only one the same way
-    original = Tokenizer.from_file(str(shipped / "tokenizer.json"))
-    assert result["True"]["ids"] == [original.encode(t, add_special_tokens=False).ids for t, _ in cases]
+    from mmzoo.image_token import add_image_token
+
+    names = ["llava-v1.5", "llava-v1.5-slow-only", "phi-3"]
+    request, image_ids = {"folders": []}, {}
+    for name in names:
+        image_ids[name] = add_image_token(REAL[name](), tmp_path / name)
+        request["folders"].append([str(tmp_path / name), name])
+        request[name] = [t for t, _ in rt.llama_cpp_cases(VOCAB[name])]
+    (tmp_path / "request.json").write_text(json.dumps(request), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([rt.llava_python(), "-c", SLOW_AND_FAST_4X, str(tmp_path / "request.json")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in names:
+        cases = rt.llama_cpp_cases(VOCAB[name])
+        shipped = REAL["llava-v1.5" if name == "llava-v1.5-slow-only" else name]()  # 4.37 converts a slow-only one the same way
+        original = Tokenizer.from_file(str(shipped / "tokenizer.json"))
+        for use_fast in (False, True):
+            got = result[f"{name}/{use_fast}"]
+            assert got["image"] == image_ids[name] and got["split"].count(image_ids[name]) == 1, (name, use_fast)
+            expected = [original.encode(t, add_special_tokens=False).ids for t, _ in cases] if use_fast else [ids for _, ids in cases]
+            assert got["ids"] == expected, (name, use_fast)
 
 
 def test_the_old_transformers_5_round_trip_would_have_changed_the_tokenizer(tmp_path):

@@ -152,3 +152,33 @@ def test_the_old_transformers_5_round_trip_would_have_changed_the_tokenizer(tmp_
     cases = rt.llama_cpp_cases("llama-spm")
     wrong = [t for t, ids in cases if resaved.encode(t, add_special_tokens=False).ids != ids]
     assert wrong  # if transformers ever stops doing this, the direct edit is still correct
+
+
+def test_convert_adding_image_keeps_a_slow_only_llava_tokenizer_byte_for_byte(tiny, tmp_path):
+    """A LLaVA-repo checkpoint with liuhaotian's tokenizer (tokenizer.model only, no <image>) converted
+    to hf: the files are the original ones, tokenizer_config.json gains <image> in its added tokens."""
+    from mmzoo.spec import TOKENIZER_FILES
+
+    mmzoo.convert(tiny.hf("llama", "clip"), tmp_path / "llava", tgt_fmt="llava")
+    text_dir = tokenizer_folder(tmp_path / "llava")
+    for name in TOKENIZER_FILES:
+        (text_dir / name).unlink(missing_ok=True)
+    original = rt.llava_v15()
+    for f in original.iterdir():
+        shutil.copyfile(f, text_dir / f.name)
+    config_path = text_dir / "config.json"  # like liuhaotian's: no image token anywhere (LLaVA uses -200)
+    llava_config = json.loads(config_path.read_text())
+    del llava_config["mmzoo"]["image_token_index"]
+    config_path.write_text(json.dumps(llava_config))
+    mmzoo.convert(tmp_path / "llava", tmp_path / "hf", tgt_fmt="hf")
+    out = tmp_path / "hf"
+    for name in ("tokenizer.model", "special_tokens_map.json"):
+        assert (out / name).read_bytes() == (original / name).read_bytes(), name
+    assert not (out / "tokenizer.json").exists()
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    added = config.pop("added_tokens_decoder")
+    assert added == {"32000": {"content": "<image>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}}
+    assert config.pop("additional_special_tokens") == ["<image>"]
+    assert config == json.loads((original / "tokenizer_config.json").read_text())
+    model_config = json.loads((out / "config.json").read_text())
+    assert model_config["image_token_index"] == 32000 and model_config["text_config"]["vocab_size"] == 32001

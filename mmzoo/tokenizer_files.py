@@ -51,38 +51,6 @@ def _next_free_id(tokenizer_json: dict) -> int:
     return max(ids, default=-1) + 1
 
 
-def _sentencepiece_size(path: Path) -> int:
-    """Number of pieces in a SentencePiece model (a protobuf: field 1 repeated), without sentencepiece."""
-    data, pos, count = path.read_bytes(), 0, 0
-
-    def varint(at: int) -> tuple[int, int]:
-        shift = value = 0
-        while True:
-            byte = data[at]
-            value |= (byte & 0x7F) << shift
-            at += 1
-            if byte < 0x80:
-                return value, at
-            shift += 7
-
-    while pos < len(data):
-        key, pos = varint(pos)
-        wire = key & 7
-        if wire == 2:
-            length, pos = varint(pos)
-            pos += length
-        elif wire == 0:
-            _, pos = varint(pos)
-        elif wire == 5:
-            pos += 4
-        elif wire == 1:
-            pos += 8
-        else:
-            raise ValueError(f"{path}: not a SentencePiece model")
-        count += (key >> 3) == 1 and wire == 2
-    return count
-
-
 def _dump(data: dict) -> str:
     # the layout tokenizers and transformers write (2-space indent, UTF-8 kept)
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
@@ -113,7 +81,9 @@ def add_special_token(files: dict[str, Path], save_dir: Path, token: str) -> tup
     if tokenizer_json is not None:
         token_id = _next_free_id(tokenizer_json)
     elif "tokenizer.model" in out:
-        token_id = max([_sentencepiece_size(out["tokenizer.model"]) - 1, *existing.values()]) + 1
+        from .io.sentencepiece import read_model
+
+        token_id = max([len(read_model(out["tokenizer.model"])[0]) - 1, *existing.values()]) + 1
     else:
         raise ValueError("no tokenizer.json or tokenizer.model to add a token to")
     entry = {"content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}

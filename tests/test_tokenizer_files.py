@@ -182,3 +182,13 @@ def test_convert_adding_image_keeps_a_slow_only_llava_tokenizer_byte_for_byte(ti
     assert config == json.loads((original / "tokenizer_config.json").read_text())
     model_config = json.loads((out / "config.json").read_text())
     assert model_config["image_token_index"] == 32000 and model_config["text_config"]["vocab_size"] == 32001
+
+
+def test_a_broken_tokenizer_model_is_one_clear_error(tmp_path, vision):
+    llm = tiny_llm_with(rt.llava_v15(), tmp_path / "llm", 32000)
+    (llm / "tokenizer.model").write_bytes(b"\xff\xff\xff not a protobuf")
+    from cli_helpers import run_cli
+
+    code, _, stderr = run_cli("init", "--vision", str(vision), "--text", str(llm), "-o", str(tmp_path / "out"))
+    assert code == 2 and stderr.startswith("mmzoo: error:") and "tokenizer.model is not a SentencePiece model" in stderr, stderr
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists()

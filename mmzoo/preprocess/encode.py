@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import MmzooError
 from ..locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
-from .sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
+from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from .tokenization import TextTokenizer, token_at
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).

@@ -145,7 +145,7 @@ def test_a_tokenizer_model_only_checkpoint_preprocesses_the_same(tmp_path, llava
 
 
 def test_the_built_tokenizer_json_is_the_one_transformers_4x_writes():
-    from mmzoo.preprocess.sentencepiece import tokenizer_json
+    from mmzoo.io.sentencepiece import tokenizer_json
 
     built = json.loads(tokenizer_json(rt.llava_v15() / "tokenizer.model", {}))
     shipped = json.loads((rt.llava_v15(fast=True) / "tokenizer.json").read_text(encoding="utf-8"))

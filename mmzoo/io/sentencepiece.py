@@ -1,5 +1,5 @@
-"""tokenizer.json for a folder that ships only a SentencePiece ``tokenizer.model`` (liuhaotian's
-LLaVA repos, Vicuna): built in memory the way transformers 4.x's LlamaConverter builds it (same vocab,
+"""SentencePiece ``tokenizer.model`` files: their pieces, and the tokenizer.json for a folder that ships
+only that file (liuhaotian's LLaVA repos, Vicuna), built in memory the way transformers 4.x's LlamaConverter builds it (same vocab,
 same merges in the same order, ``Prepend("▁")`` + ``Replace(" ", "▁")`` normaliser, byte fallback),
 so the tokens are those of the checkpoint's own tokenizer. No sentencepiece/protobuf import: the
 model file is a small protobuf read here."""
@@ -48,9 +48,17 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
 
 
 def read_model(path: Path) -> tuple[list[tuple[str, float, int]], int, bool]:
-    """(pieces as (text, score, type), model type, byte_fallback) of a SentencePiece model file."""
+    """(pieces as (text, score, type), model type, byte_fallback) of a SentencePiece model file;
+    ValueError when it is not one."""
+    try:
+        return _read_model(path.read_bytes())
+    except (ValueError, IndexError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{path.name} is not a SentencePiece model ({exc})") from None
+
+
+def _read_model(data: bytes) -> tuple[list[tuple[str, float, int]], int, bool]:
     pieces, model_type, byte_fallback = [], None, False
-    for field, _, value in _fields(path.read_bytes()):
+    for field, _, value in _fields(data):
         if field == 1:  # SentencePiece { piece = 1; score = 2; type = 3 }
             text, score, kind = "", 0.0, NORMAL
             for f, _, v in _fields(value):
@@ -67,6 +75,8 @@ def read_model(path: Path) -> tuple[list[tuple[str, float, int]], int, bool]:
                     model_type = v
                 elif f == 35:
                     byte_fallback = bool(v)
+    if not pieces:
+        raise ValueError("no pieces")
     return pieces, BPE if model_type is None else model_type, byte_fallback
 
 
@@ -86,8 +96,8 @@ def tokenizer_json(model_path: Path, added_tokens_decoder: dict[str, Any]) -> st
     """The tokenizer.json transformers 4.x would write for this Llama-style SentencePiece model."""
     try:
         pieces, model_type, byte_fallback = read_model(model_path)
-    except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
-        raise MmzooError(f"not a SentencePiece model ({exc})", path=model_path) from None
+    except ValueError as exc:
+        raise MmzooError(str(exc), path=model_path) from None
     if model_type != BPE or not byte_fallback:
         raise MmzooError("only Llama-style SentencePiece models (BPE with byte fallback) can be read without a tokenizer.json",
                          path=model_path, hint="save the tokenizer with transformers (save_pretrained) to get a tokenizer.json")

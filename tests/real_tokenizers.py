@@ -164,6 +164,20 @@ def llava_python() -> str:
     return module._llava_python()
 
 
+def run_in_llava_env(*args: str, timeout: int = 600) -> str:
+    """Run the LLaVA venv's python (transformers 4.37.2) with ``args``; its stdout. PYTHONPATH is
+    dropped so that the venv's own packages are imported, not this checkout's."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([llava_python(), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def last_json_line(stdout: str):
+    """The JSON a helper script printed last (libraries may print warnings before it)."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 CONVERT_WITH_4X = """
 import sys
 from transformers import LlamaTokenizer, LlamaTokenizerFast
@@ -175,9 +189,7 @@ fast.backend_tokenizer.save(sys.argv[2])
 
 def _convert_4x(folder: Path) -> None:
     """tokenizer.json as transformers 4.37.2's LlamaConverter writes it (run in the LLaVA venv)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([llava_python(), "-c", CONVERT_WITH_4X, str(folder), str(folder / "tokenizer.json")],
-                   check=True, capture_output=True, env=env)
+    run_in_llava_env("-c", CONVERT_WITH_4X, str(folder), str(folder / "tokenizer.json"))
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -4,8 +4,6 @@ the slow tokenizer of transformers 4.37.2 (the one the original LLaVA code train
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
@@ -40,11 +38,7 @@ def test_sentencepiece_models_match_llama_cpp_in_transformers_4x(tmp_path):
     folders = {"llama-spm": rt.llava_v15(), "phi-3": rt.phi3()}
     request = {"folders": {k: str(v) for k, v in folders.items()}, "cases": {k: rt.llama_cpp_cases(k) for k in folders}}
     (tmp_path / "request.json").write_text(json.dumps(request), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([rt.llava_python(), "-c", SLOW_4X, str(tmp_path / "request.json")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = rt.last_json_line(rt.run_in_llava_env("-c", SLOW_4X, str(tmp_path / "request.json")))
     for name, result in results.items():
         assert result["class"] == "LlamaTokenizer" and result["legacy"] is False, name
         assert result["hello"] == [1, 15043, 3186], name

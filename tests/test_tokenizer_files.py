@@ -5,9 +5,7 @@ corpus, read by tokenizers, transformers 5, and transformers 4.37 (slow and fast
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -126,11 +124,7 @@ def test_written_sentencepiece_tokenizers_read_the_same_in_transformers_4x(tmp_p
         request["folders"].append([str(tmp_path / name), name])
         request[name] = [t for t, _ in rt.llama_cpp_cases(VOCAB[name])]
     (tmp_path / "request.json").write_text(json.dumps(request), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([rt.llava_python(), "-c", SLOW_AND_FAST_4X, str(tmp_path / "request.json")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = rt.last_json_line(rt.run_in_llava_env("-c", SLOW_AND_FAST_4X, str(tmp_path / "request.json")))
     for name in names:
         cases = rt.llama_cpp_cases(VOCAB[name])
         shipped = REAL["llava-v1.5" if name == "llava-v1.5-slow-only" else name]()  # 4.37 converts a slow-only one the same way

@@ -10,8 +10,6 @@ sample must match or differ for one of the documented reasons.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +36,7 @@ def llava_tokenizer(tmp_path_factory) -> Path:
 
 def run_llava(template: str, samples: list[dict], work: Path) -> dict[str, dict]:
     (work / "corpus.json").write_text(json.dumps(samples), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([rt.llava_python(), str(HERE / "llava_reference.py"), str(rt.llava_v15()), template,
-                           str(work / "corpus.json"), str(work / "ref.json")], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    rt.run_in_llava_env(str(HERE / "llava_reference.py"), str(rt.llava_v15()), template, str(work / "corpus.json"), str(work / "ref.json"))
     data = json.loads((work / "ref.json").read_text(encoding="utf-8"))
     assert data["legacy"] is False  # LLaVA-1.5's tokenizer_config.json says legacy: false
     return {r["id"]: r for r in data["results"]}

@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import MmzooError
+from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from ..locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
-from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from .tokenization import TextTokenizer, token_at
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).

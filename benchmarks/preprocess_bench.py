@@ -2,7 +2,7 @@
 
     python benchmarks/preprocess_bench.py --samples 100000 --workers 2
 
-Builds (in a temp folder) a byte-level BPE tokenizer with an 8k vocabulary, 64 small PNGs and N
+Builds (in a temp folder) a byte-level BPE tokenizer with an 8k vocabulary (or takes --tokenizer), 64 small PNGs and N
 synthetic LLaVA conversations (1-3 rounds, 70% with an image), then times, in one run:
   1. tokenizers `encode_batch` (all cores, Rust threads) of the fully rendered texts,
   2. the same with `encode_batch_fast` (no offsets: the fastest tokenizers can do),
@@ -71,7 +71,7 @@ def rendered_texts(data: Path, tok_dir: Path, template: str) -> list[str]:
     texts = []
     with data.open(encoding="utf-8") as handle:
         for line in handle:
-            texts.append("".join(s.text for s in render(parse_turns(json.loads(line)["conversations"]))))
+            texts.append("".join(s.text for s in render(parse_turns(json.loads(line)["conversations"])).segments))
     return texts
 
 
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--template", default="vicuna_v1")
     parser.add_argument("--repeat", type=int, default=1, help="best of R runs of each measurement")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--tokenizer", type=Path, help="use this tokenizer folder (with an <image> token) instead of the synthetic one")
     args = parser.parse_args()
 
     from tokenizers import Tokenizer
@@ -92,7 +93,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         tok_dir, images, data = tmp_path / "tok", tmp_path / "images", tmp_path / "data.jsonl"
-        build_tokenizer(tok_dir)
+        if args.tokenizer:
+            tok_dir = args.tokenizer
+        else:
+            build_tokenizer(tok_dir)
         make_images(images, 64, size=32)
         build_data(data, args.samples, 64)
         texts = rendered_texts(data, tok_dir, args.template)
@@ -117,7 +121,7 @@ def main() -> None:
 
     stats = manifest["statistics"]
     figures = {
-        "samples": args.samples, "workers": args.workers, "repeat": args.repeat, "template": args.template,
+        "tokenizer": str(args.tokenizer or "synthetic byte-level BPE (8k)"), "samples": args.samples, "workers": args.workers, "repeat": args.repeat, "template": args.template,
         "text_tokens": n_text_tokens, "tokens_written": stats["tokens"], "samples_written": stats["samples_written"],
         "tokenizers_encode_batch_s": round(t_batch, 3), "tokenizers_encode_batch_fast_s": round(t_fast, 3),
         "mmzoo_preprocess_s": round(t_mmzoo, 3),

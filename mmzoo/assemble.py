@@ -104,7 +104,7 @@ def init_model(
     embed = text_canonical["model.embed_tokens.weight"]
     dtype = embed.dtype
     with tempfile.TemporaryDirectory(prefix="mmzoo-init-") as tmp:
-        image_token_id, _ = add_image_token(text, Path(tmp))
+        image_token_id = add_image_token(text, Path(tmp))
         text_cfg = grow_vocab(text_canonical, text_cfg, image_token_id + 1)
         strategy = "default" if vision_cfg["model_type"] == "clip_vision_model" else "full"
         patches = (vision_cfg["image_size"] // vision_cfg["patch_size"]) ** 2

@@ -26,16 +26,17 @@ def append_mean_rows(planned: Planned, extra_rows: int) -> Planned:
     return Planned.concat_rows([planned, computed("mean rows", (extra_rows, *planned.shape[1:]), planned.dtype, make)])
 
 
-def add_image_token(tokenizer_dir: Path, save_dir: Path) -> tuple[int, int]:
-    """Add ``<image>`` to the tokenizer in ``tokenizer_dir`` (if missing) and save it to ``save_dir``.
-    Returns (image token id, tokenizer length)."""
-    from transformers import AutoTokenizer
+def add_image_token(tokenizer_dir: Path, save_dir: Path) -> int:
+    """Copy the tokenizer in ``tokenizer_dir`` to ``save_dir`` byte for byte, adding ``<image>`` to its
+    added tokens if it has none (see tokenizer_files.add_special_token). Returns the token's id."""
+    from .errors import ConfigError
+    from .tokenizer_files import add_special_token
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
-    tokenizer.save_pretrained(str(save_dir))
-    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), len(tokenizer)
+    try:
+        token_id, _ = add_special_token(find_tokenizer_files(tokenizer_dir), save_dir, IMAGE_TOKEN)
+    except (ValueError, KeyError, TypeError) as exc:  # malformed tokenizer files
+        raise ConfigError(f"cannot add the {IMAGE_TOKEN} token to the tokenizer: {exc}", path=tokenizer_dir) from None
+    return token_id
 
 
 def grow_vocab(tensors: dict[str, Planned], text_config: dict, needed: int, prefix: str = "") -> dict:
@@ -58,7 +59,7 @@ def ensure_image_token(ckpt: Checkpoint, workdir: Path) -> str | None:
 
         raise ConfigError("the checkpoint has no image token and no tokenizer to add one to", path=ckpt.path)
     source_dir = next(iter(ckpt.tokenizer_files.values())).parent
-    token_id, _ = add_image_token(source_dir, workdir)
+    token_id = add_image_token(source_dir, workdir)
     text_config = grow_vocab(ckpt.tensors, ckpt.spec.text_config, token_id + 1, prefix="text_model.")
     vision = ckpt.spec.vision_config
     seq = (vision["image_size"] // vision["patch_size"]) ** 2

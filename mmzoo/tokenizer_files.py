@@ -34,8 +34,9 @@ def legacy_tokenizer_json(text: str) -> str:
     merges = model.get("merges")
     if isinstance(merges, list) and merges and isinstance(merges[0], list):
         if all(" " not in part for pair in merges for part in pair):
+            # ignore_merges stays: tokenizers < 0.19 skips the field, newer ones need it (Llama-3 tokenizes
+            # differently without it, e.g. "Cửa Việt")
             model["merges"] = [" ".join(pair) for pair in merges]
-            model.pop("ignore_merges", None)
     return json.dumps(data, ensure_ascii=False, indent=2)
 
 
@@ -82,3 +83,63 @@ def write_transformers4_tokenizer_files(files: dict[str, Path], folder: Path) ->
             (folder / "tokenizer_config.json").write_text(legacy, encoding="utf-8")
     if template is not None and "chat_template.json" not in files:
         (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _next_free_id(tokenizer_json: dict) -> int:
+    vocab = (tokenizer_json.get("model") or {}).get("vocab") or {}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+    ids += [t["id"] for t in tokenizer_json.get("added_tokens", [])]
+    return max(ids, default=-1) + 1
+
+
+def _dump(data: dict) -> str:
+    # the layout tokenizers and transformers write (2-space indent, UTF-8 kept)
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
+def add_special_token(files: dict[str, Path], save_dir: Path, token: str) -> tuple[int, dict[str, Path]]:
+    """Copy the tokenizer files to ``save_dir`` byte for byte and give them the special ``token`` (if
+    missing) by editing tokenizer.json's ``added_tokens`` and tokenizer_config.json's
+    ``added_tokens_decoder`` directly. No tokenizer library loads and re-saves them: a load+save
+    round trip through transformers 5 changes how a SentencePiece tokenizer tokenizes.
+    Returns (the token's id, the new files)."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, src in files.items():
+        (save_dir / name).write_bytes(src.read_bytes())
+        out[name] = save_dir / name
+    tokenizer_json = json.loads(out["tokenizer.json"].read_text(encoding="utf-8")) if "tokenizer.json" in out else None
+    config = json.loads(out["tokenizer_config.json"].read_text(encoding="utf-8")) if "tokenizer_config.json" in out else {}
+    decoder = config.get("added_tokens_decoder") or {}
+    existing = {t["content"]: t["id"] for t in (tokenizer_json or {}).get("added_tokens", [])}
+    existing.update({v["content"]: int(k) for k, v in decoder.items() if isinstance(v, dict)})
+    if tokenizer_json is not None:
+        vocab = (tokenizer_json.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict) and token in vocab:
+            existing.setdefault(token, vocab[token])
+    if token in existing:
+        return existing[token], out
+    if tokenizer_json is not None:
+        token_id = _next_free_id(tokenizer_json)
+    elif "tokenizer.model" in out:
+        from .io.sentencepiece import read_model
+
+        token_id = max([len(read_model(out["tokenizer.model"])[0]) - 1, *existing.values()]) + 1
+    else:
+        raise ValueError("no tokenizer.json or tokenizer.model to add a token to")
+    entry = {"content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    if tokenizer_json is not None:
+        tokenizer_json.setdefault("added_tokens", []).append({"id": token_id, **entry})
+        out["tokenizer.json"].write_text(_dump(tokenizer_json), encoding="utf-8")
+    # transformers 4.34+ and 5.x read added_tokens_decoder; the token list makes it an "additional special token"
+    config["added_tokens_decoder"] = {**decoder, str(token_id): entry}
+    key = "extra_special_tokens" if isinstance(config.get("extra_special_tokens"), list) else "additional_special_tokens"
+    config[key] = [*(config.get(key) or []), token]
+    (save_dir / "tokenizer_config.json").write_text(_dump(config), encoding="utf-8")
+    out["tokenizer_config.json"] = save_dir / "tokenizer_config.json"
+    if "special_tokens_map.json" in out:  # 4.x lets this file's list override the config's
+        special_map = json.loads(out["special_tokens_map.json"].read_text(encoding="utf-8"))
+        if key in special_map:
+            special_map[key] = [*special_map[key], token]
+            out["special_tokens_map.json"].write_text(_dump(special_map), encoding="utf-8")
+    return token_id, out

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longest sample in tokens, image tokens included.")] = 2048,
         num_image_tokens: Annotated[Optional[int], typer.Option("--num-image-tokens", help="Tokens per image (e.g. 576 for CLIP-L/14 at 336px).")] = None,
         model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint whose vision config gives the tokens per image (instead of --num-image-tokens).")] = None,
+        image_placement: Annotated[str, typer.Option("--image-placement", help="llava: move each <image> to the front of its turn followed by a newline, as LLaVA's training does (default); keep: leave markers where the data puts them.")] = "llava",
         truncate: Annotated[bool, typer.Option("--truncate/--skip-long", help="Cut over-long samples after the last assistant turn that fits (never inside an image), or skip them (default).")] = False,
         workers: Annotated[int, typer.Option("--workers", help="Tokenizer processes; the output is identical for any value.")] = 1,
         samples_per_shard: Annotated[int, typer.Option("--samples-per-shard", help="Samples per shard-XXXXX.h5 file.")] = 10000,
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
         manifest = preprocess(
             data, images, tokenizer, out, template=template, max_seq_len=max_seq_len, num_image_tokens=num_image_tokens,
             model=model, truncate=truncate, workers=workers, samples_per_shard=samples_per_shard, resume=resume,
-            overwrite=overwrite, strict=strict, format=format, check_images=not no_image_check, console=console,
+            overwrite=overwrite, strict=strict, format=format, check_images=not no_image_check, image_placement=image_placement, console=console,
             progress=not quiet,
         )
         if not quiet:

@@ -6,6 +6,7 @@ computes them; the parent only has to keep them in input order.
 from __future__ import annotations
 
 import json
+import re
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -14,9 +15,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import MmzooError
-from ..io.structured import load_json, read_text, require_regular_file
+from ..io.structured import load_json, read_text
+from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from ..locate import tokenizer_folder
-from .templates import IMAGE_MARKER, RenderError, Segment, make_renderer, parse_turns
+from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
+from .tokenization import TextTokenizer, token_at
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).
 BAD_JSON = "bad_json"
@@ -26,7 +29,11 @@ UNSAFE_IMAGE_PATH = "unsafe_image_path"
 MISSING_IMAGE = "missing_image"
 UNREADABLE_IMAGE = "unreadable_image"
 TOO_LONG = "too_long"
-REASONS = (BAD_JSON, BAD_SCHEMA, IMAGE_COUNT_MISMATCH, UNSAFE_IMAGE_PATH, MISSING_IMAGE, UNREADABLE_IMAGE, TOO_LONG)
+EMPTY_ANSWER = "empty_answer"
+SPECIAL_TOKEN_IN_TEXT = "special_token_in_text"
+REASONS = (BAD_JSON, BAD_SCHEMA, IMAGE_COUNT_MISMATCH, UNSAFE_IMAGE_PATH, MISSING_IMAGE, UNREADABLE_IMAGE, TOO_LONG,
+           EMPTY_ANSWER, SPECIAL_TOKEN_IN_TEXT)
+IMAGE_PLACEMENTS = ("llava", "keep")
 
 
 class Row(NamedTuple):
@@ -59,21 +66,29 @@ class TokenizerInfo:
     """What preprocessing needs from a tokenizer folder, read without transformers."""
 
     folder: Path
-    json_path: Path
+    json_text: str  # tokenizer.json, or the one built from tokenizer.model
     bos: str
     eos: str
+    bos_id: int | None
     pad_id: int
     image_token_id: int
     chat_template: str | None
+    legacy: bool  # the slow Llama tokenizer's flag (how text after a special token is tokenized)
+    special_tokens: tuple[str, ...]  # special added tokens other than <image>
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerInfo":
         folder = tokenizer_folder(path)
-        json_path = folder / "tokenizer.json"
-        if not json_path.is_file():
-            raise MmzooError("only fast tokenizers (tokenizer.json) are supported", path=folder)
-        tok = load_tokenizer(json_path)
         config = _read_optional_json(folder / "tokenizer_config.json")
+        json_path = folder / "tokenizer.json"
+        if json_path.is_file():
+            json_text = read_text(json_path, limit=MAX_TOKENIZER_BYTES)
+        elif (folder / "tokenizer.model").is_file():  # a slow-only SentencePiece checkpoint (liuhaotian's LLaVA)
+            json_path = folder / "tokenizer.model"
+            json_text = sentencepiece_tokenizer_json(json_path, config.get("added_tokens_decoder") or {})
+        else:
+            raise MmzooError("no tokenizer.json or tokenizer.model to tokenize with", path=folder)
+        tok = load_tokenizer(json_text, json_path)
         image_id = tok.token_to_id(IMAGE_MARKER)
         if image_id is None or tok.encode(IMAGE_MARKER, add_special_tokens=False).ids != [image_id]:
             raise MmzooError(f"the tokenizer has no {IMAGE_MARKER} token", path=folder, hint="add it with `mmzoo init`")
@@ -86,17 +101,24 @@ class TokenizerInfo:
             template = read_text(folder / "chat_template.jinja")
         if isinstance(template, list):  # named templates: use the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        return cls(folder, json_path, bos or "", eos or "", int(pad_id or 0), image_id, template)
+        specials = tuple(t["content"] for t in json.loads(json_text).get("added_tokens", [])
+                         if t.get("special") and t["content"] != IMAGE_MARKER)
+        bos_id = tok.token_to_id(bos) if bos else None
+        legacy = config.get("legacy", True) is not False  # transformers 4.x's default when the flag is absent
+        return cls(folder, json_text, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials)
 
 
-def load_tokenizer(json_path: Path) -> Any:
-    """``tokenizers.Tokenizer.from_file``, whose errors (a bare ``Exception`` from Rust: bad JSON,
-    recursion limit, not UTF-8) become one line naming the file."""
+# tokenizer.json files of real vocabularies run to tens of MB (Qwen2's 7 MB, Gemma's 33 MB)
+MAX_TOKENIZER_BYTES = 256 * 2**20
+
+
+def load_tokenizer(json_text: str, json_path: Path) -> Any:
+    """``tokenizers.Tokenizer.from_str``, whose errors (a bare ``Exception`` from Rust: bad JSON,
+    recursion limit) become one line naming the file."""
     from tokenizers import Tokenizer
 
-    require_regular_file(json_path)
     try:
-        return Tokenizer.from_file(str(json_path))
+        return Tokenizer.from_str(json_text)
     except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
         raise MmzooError(f"cannot load the tokenizer ({' '.join(str(exc).split())[:200]})", path=json_path) from None
 
@@ -125,6 +147,7 @@ class Settings:
     num_image_tokens: int
     truncate: bool
     check_images: bool = True
+    image_placement: str = "llava"  # "llava": <image> first in its turn, as LLaVA's training does; "keep"
 
 
 @dataclass
@@ -135,9 +158,11 @@ class Encoder:
 
     def __post_init__(self) -> None:
         self.info = TokenizerInfo.load(self.settings.tokenizer)
-        self.tokenizer = load_tokenizer(self.info.json_path)
+        self.tokenizer = TextTokenizer(self.info.json_text, self.info.legacy)
         self.render = make_renderer(self.settings.template, self.info.bos, self.info.eos, self.info.chat_template)
         self.root = Path(self.settings.image_root).resolve()
+        specials = sorted(self.info.special_tokens, key=len, reverse=True)
+        self._special = re.compile("|".join(map(re.escape, specials))) if specials else None
 
     # -- validation -------------------------------------------------------------------------------
     def _parse(self, row: Row) -> tuple[str | None, dict[str, Any]]:
@@ -198,9 +223,17 @@ class Encoder:
         return None
 
     # -- encoding ---------------------------------------------------------------------------------
+    def _check_turns(self, turns: list[Turn], sample_id: str | None) -> None:
+        for turn in turns:
+            if turn.role == "assistant" and not turn.text.strip():
+                raise _Reject(EMPTY_ANSWER, "an assistant turn is empty", sample_id)
+            found = self._special.search(turn.text) if self._special else None
+            if found:  # it would become the control token (e.g. </s> ending the answer early)
+                raise _Reject(SPECIAL_TOKEN_IN_TEXT, f"a {turn.role} turn contains the special token {found.group()!r}", sample_id)
+
     def encode_rows(self, rows: list[Row]) -> list[Sample | Rejection]:
-        """Render all rows, tokenize every segment of the chunk in one batch call, then assemble."""
-        rendered: list[tuple[Row, str | None, list[str], list[Segment]] | Rejection] = []
+        """Render all rows, tokenize every text of the chunk in one batch call, then assemble."""
+        rendered: list[tuple[Row, str | None, list[str], Any, list] | Rejection] = []
         texts: list[str] = []
         for row in rows:
             try:
@@ -213,74 +246,109 @@ class Encoder:
                 markers = sum(t.text.count(IMAGE_MARKER) for t in turns)
                 if markers != len(images):
                     raise _Reject(IMAGE_COUNT_MISMATCH, f"{len(images)} image(s) but {markers} {IMAGE_MARKER} marker(s)", sample_id)
+                self._check_turns(turns, sample_id)
                 images = [self._check_image(p, sample_id) for p in images]
                 turns, cut = _within_char_budget(turns, self.settings, sample_id)
                 images = images[: sum(t.text.count(IMAGE_MARKER) for t in turns)] if cut else images
+                if images and self.settings.image_placement == "llava":
+                    turns = place_images_like_llava(turns)
                 try:
-                    segments = self.render(turns)
+                    result = self.render(turns)
                 except RenderError as exc:
                     raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
-                if not any(s.loss and s.text for s in segments):
-                    raise _Reject(BAD_SCHEMA, "no assistant text to train on", sample_id)
+                if not any(s.loss and s.text.strip() for s in result.segments):
+                    raise _Reject(EMPTY_ANSWER, "no assistant text to train on", sample_id)
             except _Reject as rej:
                 rendered.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
                 continue
-            rendered.append((row, sample_id, images, segments, cut))
-            texts.extend(s.text for s in segments)
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+            pieces = _pieces(result.segments, result.llava_chunks)
+            rendered.append((row, sample_id, images, result, pieces, cut))
+            texts.extend(piece[0] for piece in pieces)
+        encodings = self.tokenizer.encode(texts)
         out: list[Sample | Rejection] = []
         cursor = 0
         for item in rendered:
             if isinstance(item, Rejection):
                 out.append(item)
                 continue
-            row, sample_id, images, segments, cut = item
-            ids = [e.ids for e in encodings[cursor: cursor + len(segments)]]
-            cursor += len(segments)
-            result = self._assemble(row, sample_id, images, segments, ids)
-            out.append(result._replace(truncated=True) if cut and isinstance(result, Sample) else result)
+            row, sample_id, images, result, pieces, cut = item
+            encoded = encodings[cursor: cursor + len(pieces)]
+            cursor += len(pieces)
+            sample = self._assemble(row, sample_id, images, result.add_bos, pieces, encoded)
+            out.append(sample._replace(truncated=True) if cut and isinstance(sample, Sample) else sample)
         return out
 
-    @staticmethod
-    def _cut(segments: list[Segment], seg_ids: list[list[int]], lengths: list[int], image_id: int, limit: int) -> tuple[int, int, int] | None:
-        """The longest prefix ending after an assistant turn that fits: (tokens, segments, images)."""
-        best = None
-        total = images = loss = 0
-        for k, (seg, ids, n) in enumerate(zip(segments, seg_ids, lengths)):
-            total += n
-            images += ids.count(image_id)
-            loss += n if seg.loss else 0
-            if total > limit:
-                break
-            if seg.cut and loss:
-                best = (total, k + 1, images)
-        return best
-
-    def _assemble(self, row: Row, sample_id: str | None, images: list[str], segments: list[Segment], seg_ids: list[list[int]]) -> Sample | Rejection:
+    def _assemble(self, row: Row, sample_id: str | None, images: list[str], add_bos: bool,
+                  pieces: list[tuple[str, list[tuple[int, int]], list[int]]], encoded: list[tuple[Any, int]]) -> Sample | Rejection:
         image_id, n_img = self.info.image_token_id, self.settings.num_image_tokens
-        flat = [t for ids in seg_ids for t in ids] if len(seg_ids) > 1 else list(seg_ids[0])
-        n_images = flat.count(image_id)
+        ids: list[np.ndarray] = [np.array([self.info.bos_id] if add_bos and self.info.bos_id is not None else [], dtype=np.int32)]
+        loss: list[np.ndarray] = [np.zeros(len(ids[0]), dtype=np.uint8)]
+        cuts: list[np.ndarray] = [np.zeros(len(ids[0]), dtype=bool)]
+        for k, ((text, spans, ends), (encoding, shift)) in enumerate(zip(pieces, encoded)):
+            if k:  # the <image> marker between two LLaVA chunks
+                ids.append(np.array([image_id], dtype=np.int32))
+                loss.append(np.zeros(1, dtype=np.uint8))
+                cuts.append(np.zeros(1, dtype=bool))
+            piece_ids = np.array(encoding.ids, dtype=np.int32)
+            piece_loss = np.zeros(len(piece_ids), dtype=np.uint8)
+            piece_cuts = np.zeros(len(piece_ids), dtype=bool)
+            # a token is trained when its characters overlap an assistant span
+            for start, stop in spans:
+                first = token_at(encoding, start + shift, stop + shift, 1)
+                if first is not None:
+                    piece_loss[first: token_at(encoding, stop + shift - 1, start + shift - 1, -1) + 1] = 1
+            for end in ends:  # the token holding a turn's last character ends the turn
+                last = token_at(encoding, end + shift - 1, shift - 1, -1)
+                if last is not None:
+                    piece_cuts[last] = True
+            ids.append(piece_ids)
+            loss.append(piece_loss)
+            cuts.append(piece_cuts)
+        arr, loss_mask, cut_after = np.concatenate(ids), np.concatenate(loss), np.concatenate(cuts)
+        is_image = arr == image_id
+        n_images = int(is_image.sum())
         if n_images != len(images):  # a marker glued to other text that the tokenizer did not split
             return Rejection(row.index, row.source, row.position, sample_id, IMAGE_COUNT_MISMATCH,
                              f"{len(images)} image(s) but {n_images} image token(s) after tokenization")
-        lengths = [len(ids) + (ids.count(image_id) * (n_img - 1) if n_images else 0) for ids in seg_ids]
-        arr = np.array(flat, dtype=np.int32)
+        loss_mask[is_image] = 0
         if n_images:  # each image token becomes n_img copies (numpy: no per-token Python work)
-            arr = np.repeat(arr, np.where(arr == image_id, n_img, 1))
-        total = len(arr)
+            repeats = np.where(is_image, n_img, 1)
+            arr, loss_mask, cut_after = np.repeat(arr, repeats), np.repeat(loss_mask, repeats), np.repeat(cut_after & ~is_image, repeats)
         truncated = False
         limit = self.settings.max_seq_len
-        if total > limit:
-            cut = self._cut(segments, seg_ids, lengths, image_id, limit)
-            if not self.settings.truncate or cut is None:
-                detail = f"{total} tokens > max_seq_len {limit}" + (" and no turn boundary fits" if self.settings.truncate else "")
+        if len(arr) > limit:
+            # the longest prefix ending after an assistant turn, with something trained, that fits
+            ends = [e + 1 for e in np.nonzero(cut_after[:limit])[0] if loss_mask[: e + 1].any()]
+            if not self.settings.truncate or not ends:
+                detail = f"{len(arr)} tokens > max_seq_len {limit}" + (" and no turn boundary fits" if self.settings.truncate else "")
                 return Rejection(row.index, row.source, row.position, sample_id, TOO_LONG, detail)
-            total, n_seg, kept_images = cut
-            segments, lengths, images, arr, truncated = segments[:n_seg], lengths[:n_seg], images[:kept_images], arr[:total], True
-        input_ids = arr
-        loss_mask = np.repeat(np.array([s.loss for s in segments], dtype=np.uint8), lengths)
+            total = ends[-1]
+            images = images[: int((arr[:total] == image_id).sum()) // max(n_img, 1)]
+            arr, loss_mask, truncated = arr[:total], loss_mask[:total], True
         sid = sample_id if sample_id is not None else f"{row.source}:{row.position}"
-        return Sample(row.index, sid, input_ids, loss_mask, images, truncated)
+        return Sample(row.index, sid, arr, loss_mask, images, truncated)
+
+
+def _pieces(segments: list[Segment], llava_chunks: bool) -> list[tuple[str, list[tuple[int, int]], list[int]]]:
+    """The texts to tokenize (one, or one per <image>-separated chunk for LLaVA's templates), each with
+    its assistant spans (start, stop) and turn ends (character positions), relative to the text."""
+    text, spans, ends, pos = "", [], [], 0
+    for seg in segments:
+        if seg.loss and seg.text:
+            spans.append((pos, pos + len(seg.text)))
+        pos += len(seg.text)
+        if seg.cut:
+            ends.append(pos)
+        text += seg.text
+    if not llava_chunks or IMAGE_MARKER not in text:
+        return [(text, spans, ends)]
+    pieces, start = [], 0
+    for chunk in text.split(IMAGE_MARKER):
+        stop = start + len(chunk)
+        clip = [(max(a, start) - start, min(b, stop) - start) for a, b in spans if a < stop and b > start]
+        pieces.append((chunk, clip, [e - start for e in ends if start < e <= stop]))
+        start = stop + len(IMAGE_MARKER)
+    return pieces
 
 
 # No token of a real vocabulary spans more characters than this (the longest are runs of spaces or

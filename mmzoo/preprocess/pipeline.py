@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
-from .encode import REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker
+from .encode import IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker
 from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
@@ -51,12 +51,15 @@ def preprocess(
     strict: bool = False,
     format: str = "mmzoo",
     check_images: bool = True,
+    image_placement: str = "llava",
     console: Any = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Tokenize LLaVA conversations into H5 shards under ``out``; returns the manifest (a dict)."""
     paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
     _check_options(template, format, max_seq_len, workers, samples_per_shard, resume, overwrite, num_image_tokens, model)
+    if image_placement not in IMAGE_PLACEMENTS:
+        raise ConfigError(f"unknown image placement {image_placement!r}", hint="llava or keep")
     check_sources(paths)
     image_root = Path(images)
     if not image_root.is_dir():
@@ -68,9 +71,9 @@ def preprocess(
         "data": [str(p) for p in paths], "images": str(image_root), "tokenizer": str(tokenizer), "template": template,
         "max_seq_len": max_seq_len, "num_image_tokens": n_img, "truncate": truncate, "format": format,
         "samples_per_shard": samples_per_shard, "image_token_id": info.image_token_id, "pad_token_id": info.pad_id,
-        "check_images": check_images,
+        "check_images": check_images, "image_placement": image_placement,
     }
-    settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images)
+    settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images, image_placement)
     target = Path(out)
     # --overwrite replaces OUT and --resume deletes unfinished files in it: neither may touch an input.
     inputs = [("data file", p) for p in paths] + [("image folder", image_root), ("tokenizer", Path(tokenizer))]

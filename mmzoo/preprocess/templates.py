@@ -1,8 +1,12 @@
 """Conversation templates: turn a LLaVA conversation into text segments with a loss flag.
 
-A rendered sample is a list of :class:`Segment`. Segments are tokenized separately, so a token never
-straddles a loss/no-loss boundary and the loss mask is exact. ``cut`` marks the end of an assistant
-turn: the only places where ``--truncate`` may cut (never inside a turn, so never inside an image span).
+A rendered sample is a list of :class:`Segment`. The encoder joins them and tokenizes the whole text
+in one go (as the reference implementations do), then trains every token whose characters overlap a
+loss segment; so the tokens are exactly those of the rendered conversation and the loss mask follows
+the assistant spans. ``cut`` marks the end of an assistant turn: the only places where ``--truncate``
+may cut (never inside a turn, so never inside an image span). A template that starts with the
+tokenizer's BOS says so with ``add_bos`` (the id is prepended, as a tokenizer adds it, instead of
+rendering its text: a SentencePiece tokenizer tokenizes the text after a special token differently).
 The named templates reproduce LLaVA's ``conversation.py`` separators; ``auto`` renders the tokenizer's
 own ``chat_template`` progressively and diffs the prefixes to find the assistant spans.
 """
@@ -28,13 +32,33 @@ class Turn(NamedTuple):
     text: str
 
 
+def place_images_like_llava(turns: list[Turn]) -> list[Turn]:
+    """LLaVA's preprocess_multimodal: in a turn with image markers, the markers move to the front, each
+    followed by a newline, and the rest of the text is stripped. (LLaVA collapses several markers of one
+    turn into one; here each image keeps its marker, so multi-image data stays consistent.)"""
+    placed = []
+    for turn in turns:
+        count = turn.text.count(IMAGE_MARKER)
+        if count:
+            text = turn.text.replace(IMAGE_MARKER, "").strip()
+            turn = Turn(turn.role, ((IMAGE_MARKER + "\n") * count + text).strip())
+        placed.append(turn)
+    return placed
+
+
+class Rendered(NamedTuple):
+    segments: list[Segment]
+    add_bos: bool  # prepend the tokenizer's BOS id
+    llava_chunks: bool  # tokenize the text between <image> markers separately, as LLaVA's tokenizer_image_token
+
+
 class RenderError(ValueError):
     """A sample the template cannot render (becomes a rejection, not a crash)."""
 
 
 @dataclass(frozen=True)
 class ChatFormat:
-    """A LLaVA-style template: ``{bos}``/``{eos}`` are replaced with the tokenizer's special tokens."""
+    """A LLaVA-style template: ``{eos}`` is replaced with the tokenizer's end-of-sequence token."""
 
     name: str
     system: str  # prefix when a system text exists, with {system}
@@ -43,6 +67,8 @@ class ChatFormat:
     assistant: str  # the loss part: answer + end-of-turn token
     after_assistant: str = ""  # separator after the end-of-turn token (not trained)
     default_system: str | None = None
+    add_bos: bool = False  # the conversation starts with the tokenizer's BOS
+    llava_chunks: bool = False  # LLaVA's own preprocessing (tokenizer_image_token) is the reference
 
 
 VICUNA_SYSTEM = (
@@ -55,21 +81,25 @@ LLAMA3_SYSTEM = (
 )
 
 FORMATS: dict[str, ChatFormat] = {
+    # LLaVA's conv_vicuna_v1 renders "USER: q ASSISTANT: a</s>" and trains everything after "ASSISTANT:",
+    # the separating space included (it is part of the answer's first token, "▁The").
     "vicuna_v1": ChatFormat(
-        "vicuna_v1", system="{bos}{system} ", no_system="{bos}", user="USER: {text} ASSISTANT: ",
-        assistant="{text}{eos}", default_system=VICUNA_SYSTEM,
+        "vicuna_v1", system="{system} ", no_system="", user="USER: {text} ASSISTANT:",
+        assistant=" {text}{eos}", default_system=VICUNA_SYSTEM, add_bos=True, llava_chunks=True,
     ),
     "llama3": ChatFormat(
         "llama3",
-        system="{bos}<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
-        no_system="{bos}",
+        system="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+        no_system="",
         user="<|start_header_id|>user<|end_header_id|>\n\n{text}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
         assistant="{text}<|eot_id|>",
         default_system=LLAMA3_SYSTEM,
+        add_bos=True,
     ),
+    # Phi-3's own chat template: BOS, no default system prompt
     "phi3": ChatFormat(
-        "phi3", system="{bos}<|system|>\n{system}<|end|>\n", no_system="{bos}", user="<|user|>\n{text}<|end|>\n<|assistant|>\n",
-        assistant="{text}<|end|>", after_assistant="\n", default_system="You are a helpful AI assistant.",
+        "phi3", system="<|system|>\n{system}<|end|>\n", no_system="", user="<|user|>\n{text}<|end|>\n<|assistant|>\n",
+        assistant="{text}<|end|>", after_assistant="\n", add_bos=True,
     ),
     "chatml": ChatFormat(
         "chatml", system="<|im_start|>system\n{system}<|im_end|>\n", no_system="",
@@ -113,28 +143,29 @@ def _split_system(turns: list[Turn]) -> tuple[str | None, list[Turn]]:
     return None, turns
 
 
-def render_format(fmt: ChatFormat, turns: list[Turn], bos: str, eos: str) -> list[Segment]:
+def render_format(fmt: ChatFormat, turns: list[Turn], bos: str, eos: str) -> Rendered:
     system, body = _split_system(turns)
     system = system if system is not None else fmt.default_system
-    prefix = fmt.system.format(bos=bos, system=system) if system is not None else fmt.no_system.format(bos=bos)
+    prefix = fmt.system.format(system=system) if system is not None else fmt.no_system
     segments: list[Segment] = []
     pending = prefix
     for turn in body:
         if turn.role == "user":
-            pending += fmt.user.format(text=turn.text, bos=bos, eos=eos)
+            pending += fmt.user.format(text=turn.text, eos=eos)
             continue
         # A final unanswered user turn is dropped by parse_turns' contract (it ends with an assistant turn
         # or the trailing user text is never trained on).
         segments.append(Segment(pending, False, False))
-        segments.append(Segment(fmt.assistant.format(text=turn.text, bos=bos, eos=eos), True, not fmt.after_assistant))
+        segments.append(Segment(fmt.assistant.format(text=turn.text, eos=eos), True, not fmt.after_assistant))
         if fmt.after_assistant:
             segments.append(Segment(fmt.after_assistant, False, True))
         pending = ""
-    return segments
+    return Rendered(segments, fmt.add_bos and bool(bos), fmt.llava_chunks)
 
 
-def render_plain(turns: list[Turn], bos: str, eos: str) -> list[Segment]:
-    """LLaVA pretraining: the human text is replaced by its image markers; caption + newline is trained."""
+def render_plain(turns: list[Turn], bos: str, eos: str) -> Rendered:
+    """LLaVA pretraining (preprocess_plain): BOS, the human text replaced by its image markers, then
+    caption + newline, trained."""
     _, body = _split_system(turns)
     segments: list[Segment] = []
     for turn in body:
@@ -142,7 +173,7 @@ def render_plain(turns: list[Turn], bos: str, eos: str) -> list[Segment]:
             segments.append(Segment(IMAGE_MARKER * turn.text.count(IMAGE_MARKER), False, False))
         else:
             segments.append(Segment(turn.text + "\n", True, True))
-    return [s for s in segments if s.text]
+    return Rendered([s for s in segments if s.text], bool(bos), True)
 
 
 class JinjaTemplate:
@@ -186,7 +217,7 @@ class JinjaTemplate:
         except RenderError as exc:
             raise MmzooError(f"the tokenizer's {exc}", hint="pick a named --template") from None
 
-    def render(self, turns: list[Turn]) -> list[Segment]:
+    def render(self, turns: list[Turn]) -> Rendered:
         """Render prefixes of the conversation; the text an assistant turn adds after the generation
         prompt is the trained span (trailing whitespace after the end-of-turn token is not trained)."""
         messages = [{"role": t.role, "content": t.text} for t in turns]
@@ -206,10 +237,10 @@ class JinjaTemplate:
             if trained != answer:
                 segments.append(Segment(answer[len(trained):], False, True))
             done = full
-        return [s for s in segments if s.text]
+        return Rendered([s for s in segments if s.text], False, False)
 
 
-def make_renderer(name: str, bos: str, eos: str, chat_template: str | None) -> Callable[[list[Turn]], list[Segment]]:
+def make_renderer(name: str, bos: str, eos: str, chat_template: str | None) -> Callable[[list[Turn]], Rendered]:
     if name == "plain":
         return lambda turns: render_plain(turns, bos, eos)
     if name in FORMATS:

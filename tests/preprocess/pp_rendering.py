@@ -42,13 +42,22 @@ LLAMA3_SYS = ("You are a helpful language and vision assistant. You are able to 
               "provides, and assist the user with a variety of tasks using natural language.")
 
 
-def expected(template: str, turns: list[dict[str, str]]) -> tuple[str, list[str]]:
+def llava_placement(value: str) -> str:
+    """LLaVA's preprocess_multimodal, written out: markers first, each with a newline, text stripped."""
+    n = value.count("<image>")
+    return ("<image>\n" * n + value.replace("<image>", "").strip()).strip() if n else value
+
+
+def expected(template: str, turns: list[dict[str, str]], placement: str = "llava") -> tuple[str, list[str]]:
     """(full text with one <image> per image, list of trained strings in order)."""
+    if placement == "llava" and any("<image>" in t["value"] for t in turns):
+        turns = [dict(t, value=llava_placement(t["value"])) for t in turns]
     system = turns[0]["value"] if turns[0]["from"] == "system" else None
     body = turns[1:] if system is not None else turns
     pairs = [(body[i]["value"], body[i + 1]["value"]) for i in range(0, len(body) - 1, 2)]
     text, loss = "", []
     if template == "plain":
+        text = "<s>"  # LLaVA's preprocess_plain: BOS, image, caption + "\n"
         for q, a in pairs:
             text += "<image>" * q.count("<image>") + a + "\n"
             loss.append(a + "\n")
@@ -57,7 +66,7 @@ def expected(template: str, turns: list[dict[str, str]]) -> tuple[str, list[str]
         text = "<s>" + (system if system is not None else VICUNA_SYS) + " "
         for q, a in pairs:
             text += f"USER: {q} ASSISTANT: {a}</s>"
-            loss.append(f"{a}</s>")
+            loss.append(f" {a}</s>")  # LLaVA trains from the space after "ASSISTANT:" (part of "▁{a}")
         return text, loss
     if template == "llama3":
         s = system if system is not None else LLAMA3_SYS
@@ -68,8 +77,7 @@ def expected(template: str, turns: list[dict[str, str]]) -> tuple[str, list[str]
             loss.append(f"{a}<|eot_id|>")
         return text, loss
     if template == "phi3":
-        s = system if system is not None else "You are a helpful AI assistant."
-        text = f"<s><|system|>\n{s}<|end|>\n"
+        text = "<s>" + (f"<|system|>\n{system}<|end|>\n" if system is not None else "")
         for q, a in pairs:
             text += f"<|user|>\n{q}<|end|>\n<|assistant|>\n{a}<|end|>\n"
             loss.append(f"{a}<|end|>")

@@ -81,3 +81,28 @@ def test_num_image_tokens_from_model_and_tokenizer_from_checkpoint(tmp_path, goo
     for sample, row in zip(read_shards(out), GOOD):
         text, _ = expected("auto", row["conversations"])
         assert tok.decode(collapse(sample["ids"], image_id, n), skip_special_tokens=False) == text
+
+
+@pytest.mark.parametrize("placement", ["llava", "keep"])
+def test_image_placement(placement, tmp_path, good_jsonl, image_root, tok_dir, tokenizer):
+    """--image-placement llava moves <image> to the front of its turn (LLaVA's preprocess_multimodal);
+    keep leaves it where the data puts it."""
+    out = tmp_path / "out"
+    manifest = preprocess([good_jsonl], image_root, tok_dir, out, template="chatml", num_image_tokens=N_IMG, image_placement=placement)
+    assert manifest["parameters"]["image_placement"] == placement
+    image_id = tokenizer.token_to_id("<image>")
+    sample = next(s for s in read_shards(out) if s["id"] == "unicode")
+    text = tokenizer.decode(collapse(sample["ids"], image_id, N_IMG), skip_special_tokens=False)
+    row = next(r for r in GOOD if r["id"] == "unicode")
+    assert text == expected("chatml", row["conversations"], placement)[0]
+    question = "Décris l'image <image> 数字 🙂" if placement == "keep" else "<image>\nDécris l'image  数字 🙂"
+    assert f"user\n{question}<|im_end|>" in text
+
+
+def test_unknown_image_placement_is_one_clear_error(tmp_path, good_jsonl, image_root, tok_dir):
+    from cli_helpers import run_cli
+
+    code, _, stderr = run_cli("preprocess", "--data", str(good_jsonl), "--images", str(image_root), "--tokenizer", str(tok_dir),
+                              "-o", str(tmp_path / "out"), "--num-image-tokens", "4", "--image-placement", "front")
+    assert code == 2 and "mmzoo: error: unknown image placement 'front'" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()

@@ -106,3 +106,29 @@ def test_cerebras_reader_loads_every_tensor_bit_exact(cerebras_folder):
     ckpt = mmzoo.read_checkpoint(folder)
     reader = reader_class(str(folder / "text_model" / "model.safetensors.index.json"))
     assert torch.equal(reader["model.mm_projector.0.weight"], materialize(ckpt.tensors["projector.linear_1.weight"]))
+
+
+def test_reads_the_pytorch_model_bin_folders_the_converter_writes(cerebras_folder, tmp_path):
+    """Its CS -> HF direction saves each component as pytorch_model.bin beside the config (mm_vision_tower = image_model/)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder, _ = cerebras_folder
+    converted = tmp_path / "from-cerebras"
+    shutil.copytree(folder, converted)
+    for sub in ("image_model", "text_model"):
+        state = load_file(converted / sub / "model.safetensors")
+        (converted / sub / "model.safetensors").unlink()
+        (converted / sub / "model.safetensors.index.json").unlink()
+        torch.save(state, converted / sub / "pytorch_model.bin")
+    config_path = converted / "text_model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("mmzoo")
+    config.update(model_type="llama", architectures=["LlamaForCausalLM"], mm_vision_tower=str(converted / "image_model"))
+    config_path.write_text(json.dumps(config))
+    assert mmzoo.inspect(converted)["format"] == "cerebras"
+    ours, theirs = mmzoo.read_checkpoint(folder), mmzoo.read_checkpoint(converted)
+    assert set(ours.tensors) == set(theirs.tensors)
+    for name in ours.tensors:
+        assert torch.equal(materialize(ours.tensors[name]), materialize(theirs.tensors[name])), name

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import UnknownArchitecture
 from ..io.checkpoint import SAFE_INDEX
+from ..io.safetensors_file import read_header
 from ..spec import Checkpoint
 from . import llava
 
@@ -75,13 +76,8 @@ def _index_single_shard(folder: Path) -> None:
     if (folder / SAFE_INDEX).exists():
         return
     shard = folder / "model.safetensors"
-    header_len = int.from_bytes(shard.open("rb").read(8), "little")
-    with shard.open("rb") as f:
-        f.seek(8)
-        header = json.loads(f.read(header_len))
-    names = sorted(k for k in header if k != "__metadata__")
-    total = sum(end - start for k in names for start, end in [header[k]["data_offsets"]])
-    index = {"metadata": {"total_size": total}, "weight_map": {k: shard.name for k in names}}
+    stored, _ = read_header(shard)
+    index = {"metadata": {"total_size": sum(t.nbytes for t in stored.values())}, "weight_map": {k: shard.name for k in sorted(stored)}}
     (folder / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .encode import BAD_JSON, BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample
+from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample
 from .templates import IMAGE_MARKER, parse_turns
 from .writer import TMP_SUFFIX, BufferedShardWriter, sha256
 

@@ -129,3 +129,16 @@ def test_workers_give_the_same_files(output):
     assert again["statistics"] == manifest["statistics"] and again["image_start_idx"] == manifest["image_start_idx"]
     with h5py.File(next((root / "out").glob("*.h5"))) as f, h5py.File(next((root / "out2").glob("*.h5"))) as g:
         assert np.array_equal(f["data"][:], g["data"][:]) and np.array_equal(f["has_img"][:], g["has_img"][:])
+
+
+def test_cerebras_h5_reader_reads_the_generic_layout(output, tmp_path):
+    reader_class = _cerebras_h5_reader()
+    root, _ = output
+    manifest = preprocess([root / "data.jsonl"], root / "images", root / "tok", tmp_path / "generic", template="vicuna_v1",
+                          num_image_tokens=P, max_seq_len=MSL, format="cerebras")
+    reader = reader_class(data_dirs=[str(tmp_path / "generic")], extra_data_keys=["img_path"], sequence_length=None,
+                          read_extra_token=True, data_subset=None, sort=True, use_vsl=False)
+    assert len(reader) == manifest["statistics"]["samples_written"] == len(ROWS)  # every layout the generic one holds
+    two = reader[3]
+    assert [p.decode("utf-8") for p in two["img_path"][:2]] == ["img_000.png", "img_001.png"]
+    assert np.asarray(two["data"]).shape == (5, MSL)

@@ -1,6 +1,7 @@
 """Runs inside the MoE-LLaVA side environment (transformers 4.37.0, DeepSpeed 0.9.5, CPU) with a MoE-LLaVA
 checkout on sys.path: loads a folder written by `mmzoo convert --tgt-fmt moe-llava` with MoE-LLaVA's own
-`load_pretrained_model` and runs one image + prompt through its model classes, saving the logits.
+`load_pretrained_model` and runs one image + prompt through its model classes, saving the logits; optionally
+saves the model again with its own `save_pretrained` (what MoE-LLaVA writes, for mmzoo to read).
 
 Stubs (everything else is MoE-LLaVA's and DeepSpeed's own code):
 - `timm`: imported at module level by MoE-LLaVA's pool/qformer projector blocks, which this model does
@@ -48,6 +49,7 @@ from moellava.model.builder import load_pretrained_model  # noqa: E402
 from PIL import Image  # noqa: E402
 
 model_path, image_path, prompt, out_path = sys.argv[1:5]
+save_dir = sys.argv[5] if len(sys.argv) > 5 else None
 tokenizer, model, processor, _ = load_pretrained_model(model_path, None, "moe-llava-mmzoo", device_map="cpu", device="cpu")
 model = model.float().eval()
 pixel_values = processor["image"].preprocess(Image.open(image_path).convert("RGB"), return_tensors="pt")["pixel_values"]
@@ -57,3 +59,5 @@ with torch.no_grad():
 moe_layers = [i for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, MoE)]
 torch.save({"logits": logits, "input_ids": input_ids, "pixel_values": pixel_values, "moe_layers": moe_layers,
             "tower": type(model.get_image_tower()).__name__}, out_path)
+if save_dir:  # what MoE-LLaVA itself writes for this model (its save_pretrained), for mmzoo to read back
+    model.save_pretrained(save_dir)

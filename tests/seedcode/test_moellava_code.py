@@ -87,7 +87,8 @@ def test_moe_llava_output_runs_in_moe_llava_code(tiny, moe_llava, moellava_src, 
     Image.new("RGB", (40, 30), (200, 10, 30)).save(image)
     prompt = "USER: <image>\nWhat is shown in the image? ASSISTANT:"
     env = _side_env(PYTHONPATH=str(moellava_src))
-    proc = subprocess.run([python, str(HERE / "run_moellava.py"), str(folder), str(image), prompt, str(tmp_path / "out.pt")],
+    saved = tmp_path / "saved-by-moe-llava"
+    proc = subprocess.run([python, str(HERE / "run_moellava.py"), str(folder), str(image), prompt, str(tmp_path / "out.pt"), str(saved)],
                           capture_output=True, text=True, env=env, cwd=tmp_path / "run", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
@@ -107,6 +108,24 @@ def test_moe_llava_output_runs_in_moe_llava_code(tiny, moe_llava, moellava_src, 
         expected = model(input_ids=torch.tensor([expanded]), pixel_values=theirs["pixel_values"]).logits
     assert theirs["logits"].shape == expected.shape
     assert torch.allclose(theirs["logits"], expected, atol=1e-5), (theirs["logits"] - expected).abs().max()
+
+    # what MoE-LLaVA's save_pretrained writes (its config with the moe dict, pytorch_model.bin with the loaded tower
+    # under model.image_tower.*) reads back in mmzoo: every LLM/projector tensor the fp16 rounding of the original
+    import shutil
+
+    shutil.copytree(folder / "image_tower", saved / "image_tower")  # as the reader's error message asks
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(folder / name, saved / name)
+    config = json.loads((saved / "config.json").read_text())
+    assert "mmzoo" in config and config["moe"]["num_experts"] == [4]  # transformers 4.34 keeps unknown keys
+    config.pop("mmzoo")  # a genuine MoE-LLaVA config has no mmzoo notes
+    (saved / "config.json").write_text(json.dumps(config))
+    ckpt, original = mmzoo.read_checkpoint(saved), mmzoo.read_checkpoint(folder)
+    assert ckpt.format == "moe-llava" and ckpt.spec.moe["layers"] == [0] and ckpt.spec.moe["num_experts"] == 4
+    assert set(ckpt.tensors) == set(original.tensors)
+    for name, planned in original.tensors.items():  # the tower comes from the copied image_tower/, unrounded
+        expected = materialize(planned) if name.startswith("image_model.") else materialize(planned).half().float()
+        assert torch.equal(materialize(ckpt.tensors[name]), expected), name
 
 
 def test_moe_llava_folder_is_what_moe_llava_builds(moe_llava):

@@ -186,6 +186,7 @@ def convert(
         if on_start is not None:
             on_start(ckpt)
         write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress, llava_vision_tower=llava_vision_tower)
+    notes += getattr(formats.get(tgt_fmt), "target_notes", lambda _: [])(ckpt)  # a target format's caveats, if it has any
     result = ConversionResult(Path(src), Path(out), ckpt.format, tgt_fmt, len(ckpt.tensors), sum(t.nbytes for t in ckpt.tensors.values()), notes=notes)
     if ckpt.spec.moe:
         from .upcycle import conversion_notes

@@ -29,7 +29,7 @@ def convert(
     overwrite: Overwrite = False,
     verify: Annotated[bool, typer.Option("--verify", help="Re-read the output and check every tensor against the source.")] = False,
     drop_unmatched_keys: Annotated[bool, typer.Option("--drop-unmatched-keys", help="Drop tensors no mapping rule knows instead of failing.")] = False,
-    llava_vision_tower: Annotated[Optional[str], typer.Option("--llava-vision-tower", help="mm_vision_tower value for --tgt-fmt llava (default: absolute path of OUT/image_model), e.g. a Hub id.")] = None,
+    llava_vision_tower: Annotated[Optional[str], typer.Option("--llava-vision-tower", help="mm_vision_tower for --tgt-fmt llava (default: absolute path of OUT/image_model), mm_image_tower for moe-llava (default: the published CLIP name, else openai/mmzoo-image-tower), e.g. a Hub id.")] = None,
     moe_experts: Annotated[Optional[int], typer.Option("--moe-experts", help="Upcycle dense MLPs into N experts while converting.", rich_help_panel="Upcycling")] = None,
     moe_top_k: Annotated[int, typer.Option("--moe-top-k", help="Experts per token.", rich_help_panel="Upcycling")] = 2,
     moe_style: Annotated[str, typer.Option("--moe-style", help="mixtral | shared | modality.", rich_help_panel="Upcycling")] = "mixtral",

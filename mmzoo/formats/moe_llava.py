@@ -4,7 +4,15 @@ One folder: ``config.json`` (the LLM config with ``model_type: moe_llava_<llm>``
 MoE-LLaVA's ``MoELLaVA*Config`` writes it — ``moe_enable``, ``moe_mode``, ``moe_layers_idx``,
 ``num_experts``, ``top_k_experts``, ``capacity_factor``, ``eval_capacity_factor``, ``min_capacity``,
 ``use_residual``, ``router_aux_loss_coef`` — and LLaVA's ``mm_*`` fields), the LLM + projector weights,
-the tokenizer, and ``image_tower/`` (a CLIPVisionModel folder; ``mm_image_tower`` names it).
+the tokenizer, and ``image_tower/`` (a CLIPVisionModel folder).
+
+What MoE-LLaVA's own builder needs to load the folder as is (checked by tests/seedcode against its code):
+``mm_image_tower`` is a name its ``build_image_tower`` accepts (one starting with ``openai``, ``laion`` or
+``google``; mmzoo writes the published CLIP name when the tower's config is that model's, else
+``openai/mmzoo-image-tower``, which the user links to ``image_tower/``; ``--llava-vision-tower`` overrides
+it), ``mm_video_tower`` is present (null), and the projector is wrapped the way its ``build_projector``
+holds it: ``model.mm_projector.image_spatial_proj.{0,2}.*`` with the type in ``image_projector_type``.
+The reader also accepts mmzoo's earlier unwrapped ``model.mm_projector.{0,2}.*``.
 
 MoE layers (``moe_layers_idx``) replace ``model.layers.L.mlp`` with
 ``mlp.deepspeed_moe.experts.deepspeed_experts.E.{gate_proj,up_proj,down_proj}.weight`` and the router
@@ -35,7 +43,8 @@ from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
 from .common import detection_config, hub_cache_folder, mmzoo_notes, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
-from .llava import CLIP_MODEL_ONLY, TEXT_PREFIXES, VISION_PREFIXES  # the same LLaVA-repo key spellings
+from .llava import CLIP_MODEL_ONLY, VISION_PREFIXES  # the same LLaVA-repo key spellings
+from .llava import TEXT_PREFIXES as LLAVA_TEXT_PREFIXES
 
 NAME = "moe-llava"
 DESCRIPTION = "MoE-LLaVA / LLaVA-MoD / MoIIE DeepSpeed-MoE layout: config.json with a moe dict + deepspeed_moe expert keys + image_tower/"
@@ -50,7 +59,24 @@ _MM_KEYS = {
     "image_aspect_ratio", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "mm_patch_merge_type", "use_mm_proj",
     "tokenizer_padding_side", "tokenizer_model_max_length", "unfreeze_mm_vision_tower", "mm_projector_lr",
     "mm_vision_tower_lr", "image_grid_pinpoints", "X", "rope_theta", "rope_scaling", "torch_dtype",
+    "image_projector_type", "video_projector_type", "video_global_proj", "video_temproal_proj", "video_spatial_proj",
 }
+# MoE-LLaVA's build_projector wraps the image projector as mm_projector.image_spatial_proj; mmzoo wrote it
+# unwrapped before, and the plain LLaVA spellings stay readable.
+TEXT_PREFIXES = [
+    ("model.mm_projector.image_spatial_proj.0.", "projector", "linear_1."),
+    ("model.mm_projector.image_spatial_proj.2.", "projector", "linear_2."),
+    ("model.mm_projector.image_spatial_proj.", "projector", "linear_1."),
+    *LLAVA_TEXT_PREFIXES,
+]
+# MoE-LLaVA LLMs whose language-model code is its own (not a transformers architecture mmzoo has a table for).
+UNSUPPORTED_LLMS = {"phi": "Phi-2", "qwen": "Qwen-1", "stablelm": "StableLM", "minicpm": "MiniCPM", "qwen1_5": "Qwen1.5"}
+# Published CLIP towers, recognised by their vision config, so MoE-LLaVA finds the same model by name.
+PUBLISHED_TOWERS = {
+    "openai/clip-vit-large-patch14-336": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, image_size=336, patch_size=14),
+    "openai/clip-vit-large-patch14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, image_size=224, patch_size=14),
+}
+LOCAL_TOWER_NAME = "openai/mmzoo-image-tower"
 _DS_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.)deepspeed_moe\.experts\.deepspeed_experts\.(\d+)\.(.*)\Z")
 _DS_GATE = re.compile(r"(model\.layers\.\d+\.mlp\.)deepspeed_moe\.gate\.wg\.weight\Z")
 _DS_RESIDUAL = re.compile(r"(model\.layers\.(\d+)\.mlp\.)mlp\.(.*)\Z")
@@ -86,6 +112,10 @@ def _vision_dir(path: Path, config: dict[str, Any]) -> Path:
 def _base_type(config: dict[str, Any], where: Path) -> str:
     model_type = str(config.get("model_type", "llama"))
     base = model_type.removeprefix("moe_llava_")
+    if base in UNSUPPORTED_LLMS:
+        raise UnknownArchitecture(
+            f"MoE-LLaVA with a {UNSUPPORTED_LLMS[base]} LLM ({model_type}) is not supported: mmzoo reads MoE-LLaVA's Llama "
+            f"checkpoints (and the mistral/qwen2/phi3 ones mmzoo writes), not its Phi-2, Qwen-1, StableLM, MiniCPM or Qwen1.5 models", path=where)
     if base not in CLASSES:
         raise UnknownArchitecture(f"MoE-LLaVA LLM {model_type!r} is not supported (supported: {', '.join('moe_llava_' + b for b in CLASSES)})", path=where)
     return base
@@ -114,7 +144,10 @@ def _layout_from_moe_dict(moe: dict[str, Any], dense: dict[str, Any], base: str)
     if not layers:
         layers = list(range(dense["num_hidden_layers"]))
     experts = moe.get("num_experts", 4)
-    experts = experts[0] if isinstance(experts, list) else experts
+    if isinstance(experts, list):
+        if len(set(experts)) > 1:
+            raise UnknownArchitecture(f"MoE layers with different numbers of experts ({experts}) are not supported")
+        experts = experts[0] if experts else 4
     style = "modality" if moe.get("modality_experts") else ("residual" if moe.get("use_residual") else "mixtral")
     layout: dict[str, Any] = {
         "style": style, "num_experts": int(experts), "top_k": int(moe.get("top_k_experts", 2)), "layers": layers,
@@ -187,7 +220,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
         check_text_config(dense, "config")  # numbers bounded before range(num_hidden_layers) below
         layout = _layout_from_moe_dict(_moe_dict(config, path / "config.json"), dense, base)
         text_cfg = moe_text_config(dense, base, layout)
-    projector = config.get("mm_projector_type", "linear")
+    projector = config.get("image_projector_type") or config.get("mm_projector_type", "linear")  # MoE-LLaVA's own key first
     if projector not in ("mlp2x_gelu", "linear"):
         raise UnknownArchitecture(f"mm_projector_type {projector!r} is not supported (mlp2x_gelu, linear)", path=path)
     spec = ModelSpec(
@@ -299,15 +332,24 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
 
     text = _text_native(ckpt, base)
     projector = ckpt.component("projector.")
+    wrapped = "model.mm_projector.image_spatial_proj."  # MoE-LLaVA's build_projector holds the image projector there
     if spec.projector_type == "mlp2x_gelu":
-        projector = {k.replace("linear_1.", "model.mm_projector.0.").replace("linear_2.", "model.mm_projector.2."): v for k, v in projector.items()}
+        projector = {k.replace("linear_1.", wrapped + "0.").replace("linear_2.", wrapped + "2."): v for k, v in projector.items()}
     else:
-        projector = {k.replace("linear_1.", "model.mm_projector."): v for k, v in projector.items()}
-    write_json(out / "config.json", config_dict(spec, base, vision_tower or str(final_path.resolve() / VISION_DIR), torch_dtype))
+        projector = {k.replace("linear_1.", wrapped): v for k, v in projector.items()}
+    write_json(out / "config.json", config_dict(spec, base, vision_tower or tower_name(spec.vision_config), torch_dtype))
     write_weights(out, dict(sorted({**text, **projector}.items())), max_shard_bytes=shard_bytes, progress=progress)
     _write_tokenizer(ckpt, out)
     for name, src in ckpt.extra_files.items():
         (out / name).write_bytes(src.read_bytes())
+
+
+def tower_name(vision_config: dict[str, Any]) -> str:
+    """The mm_image_tower MoE-LLaVA loads: the published CLIP whose config this is, else a name for image_tower/."""
+    for name, fields in PUBLISHED_TOWERS.items():
+        if all(vision_config.get(k) == v for k, v in fields.items()):
+            return name
+    return LOCAL_TOWER_NAME
 
 
 def config_dict(spec: ModelSpec, base: str, vision_tower: str, torch_dtype: str) -> dict[str, Any]:
@@ -336,8 +378,9 @@ def config_dict(spec: ModelSpec, base: str, vision_tower: str, torch_dtype: str)
         ds_moe["modality_experts"] = moe.get("modality_experts")
         ds_moe["vision_aux_loss_coef"] = moe.get("vision_aux_loss_coef")
     config.update(
-        moe=ds_moe, mm_image_tower=vision_tower, mm_vision_tower=vision_tower, mm_hidden_size=spec.vision_config["hidden_size"],
-        mm_projector_type=spec.projector_type, mm_vision_select_layer=spec.vision_feature_layer,
+        moe=ds_moe, mm_image_tower=vision_tower, mm_video_tower=None, mm_vision_tower=vision_tower,
+        mm_hidden_size=spec.vision_config["hidden_size"], image_projector_type=spec.projector_type, video_projector_type=None,
+        video_global_proj=None, video_temproal_proj=None, video_spatial_proj=None, mm_projector_type=spec.projector_type, mm_vision_select_layer=spec.vision_feature_layer,
         mm_vision_select_feature="patch" if spec.vision_feature_select_strategy == "default" else "cls_patch",
         mm_use_im_start_end=False, mm_use_im_patch_token=False, image_aspect_ratio="pad",
         tune_mm_mlp_adapter=False, freeze_mm_mlp_adapter=False, use_mm_proj=True, tokenizer_padding_side="right",
@@ -362,6 +405,12 @@ def conversion_notes(ckpt: Checkpoint, tgt_fmt: str) -> list[str]:
             "MoE-LLaVA was trained with DeepSpeed-MoE top-2 gating (Gumbel noise on the second expert, tokens over "
             f"capacity dropped, capacity_factor {moe.get('capacity_factor')}); the {tgt_fmt} model routes with plain "
             "softmax top-k, dropless: weights are bit-exact, routing can differ from DeepSpeed's"
+        )
+    if tgt_fmt == NAME and tower_name(ckpt.spec.vision_config) == LOCAL_TOWER_NAME:
+        notes.append(
+            f"MoE-LLaVA loads its image tower by the name in mm_image_tower ({LOCAL_TOWER_NAME!r} unless --llava-vision-tower "
+            f"names one): the tower is in image_tower/, so link that folder as ./{LOCAL_TOWER_NAME} where MoE-LLaVA runs "
+            "(its builder accepts only names starting with openai, laion or google)"
         )
     if tgt_fmt == NAME and ckpt.format != NAME:
         notes.append(

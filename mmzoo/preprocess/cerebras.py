@@ -1,4 +1,14 @@
-"""``--format cerebras``: the Cerebras modelzoo multimodal HDF5 layout.
+"""``--format cerebras`` / ``cerebras-llava``: the Cerebras modelzoo multimodal HDF5 layouts.
+
+``cerebras`` is the generic layout below (any number of images per sample, wherever the markers sit), as its
+MultimodalSimple model reads it through ``img_data_loc``. ``cerebras-llava`` follows what its ``LlavaModel``
+(fed by ``LlavaHDF5MapDataProcessor``, which reads only the first four channels and the first ``img_path``)
+depends on: it pastes the image features at one fixed position, ``image_start_idx``. So each ``<image>`` marker
+is moved to the start of its user turn first (as LLaVA's own ``preprocess_multimodal`` does), a sample holds at
+most one image and it must sit in the first user turn (others are rejected, never silently cut), text-only
+samples get a dummy-image slot of ``num_patches`` placeholders at the same position with key_padding_mask 1
+(its reader feeds a blank image for ``img_path`` "None"), ``has_img`` is [N, 1] and ``max_num_img`` 1, and
+``data_params.json`` records ``image_start_idx`` to put in the model config.
 
 Per file ``output_chunk_{proc}_{chunk}.h5`` (~1 MiB of examples):
 ``data`` int32 [N, 5, MSL] = input_ids, loss_mask, labels, key_padding_mask, token_modality_idx
@@ -11,12 +21,14 @@ gzip, chunks of one example, attribute ``n_examples``. We write everything from 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .encode import Sample
+from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample, _pieces
+from .templates import IMAGE_MARKER, parse_turns
 from .writer import BufferedShardWriter, h5_file, sha256
 
 TARGET_FILE_BYTES = 1 << 20
@@ -32,6 +44,13 @@ class CerebrasWriter(BufferedShardWriter):
         per_example = 5 * msl * 4 + self.max_num_img * num_patches * 4
         super().__init__(shards)
         self.per_shard = max(1, TARGET_FILE_BYTES // per_example)  # examples per ~1 MiB file
+
+    def admit(self, result: Sample | Rejection) -> Sample | Rejection:
+        """What this layout can hold as is; the generic layout holds every sample."""
+        return result
+
+    def has_img(self, samples: list[Sample]) -> np.ndarray:
+        return np.array([bool(s.images) for s in samples])
 
     def _example(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
         msl = self.msl
@@ -71,8 +90,93 @@ class CerebrasWriter(BufferedShardWriter):
         with h5_file(self.out / name) as f:
             f.create_dataset("data", data=data, chunks=(1, 5, self.msl), **gz)
             f.create_dataset("img_path", data=paths, dtype=h5py.string_dtype("utf-8"), chunks=(1, self.max_num_img), **gz)
-            f.create_dataset("has_img", data=np.array([bool(s.images) for s in samples]), chunks=(1,), **gz)
+            has_img = self.has_img(samples)
+            f.create_dataset("has_img", data=has_img, chunks=(1, *has_img.shape[1:]), **gz)
             f.create_dataset("img_data_loc", data=locs, chunks=(1, self.max_num_img, self.num_patches), **gz)
             f.attrs["n_examples"] = len(samples)
         self.shards.append({"file": name, "n_samples": len(samples), "n_tokens": int(sum(len(s.input_ids) for s in samples)),
                             "sha256": sha256(self.out / name)})
+
+
+# ---------------------------------------------------------------- cerebras-llava
+
+def image_first(row: Row) -> Row:
+    """LLaVA's preprocess_multimodal on one row: each turn's <image> marker moves to the turn's start, then "\\n".
+
+    Rows that do not parse are passed on as they are, for the encoder to reject with its usual reason."""
+    data = row.raw
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except (json.JSONDecodeError, RecursionError):
+            return row
+    turns = data.get("conversations") if isinstance(data, dict) else None
+    if not isinstance(turns, list):
+        return row
+    moved = []
+    for turn in turns:
+        value = turn.get("value") if isinstance(turn, dict) else None
+        if isinstance(value, str) and IMAGE_MARKER in value:
+            turn = dict(turn, value=(IMAGE_MARKER + "\n" + value.replace(IMAGE_MARKER, "").strip()).strip())
+        moved.append(turn)
+    return row._replace(raw=dict(data, conversations=moved))
+
+
+def image_start(encoder: Encoder) -> int:
+    """Where the template puts an image that opens the first user turn: Cerebras' fixed image_start_idx.
+    Encoded exactly as a sample is (the encoder's own rendering, tokenization and assembly)."""
+    turns = parse_turns([{"from": "human", "value": IMAGE_MARKER + "\nx"}, {"from": "gpt", "value": "y"}])
+    result = encoder.render(turns)
+    pieces = _pieces(result.segments, result.llava_chunks)
+    sample = encoder._assemble(Row(0, 0, 0, None), None, ["image"], result.add_bos, pieces,
+                               encoder.tokenizer.encode([piece[0] for piece in pieces]))
+    return int(np.flatnonzero(sample.input_ids == encoder.info.image_token_id)[0])
+
+
+class CerebrasLlavaWriter(CerebrasWriter):
+    def __init__(self, out: Path, msl: int, num_patches: int, image_token_id: int, pad_id: int, image_start_idx: int,
+                 shards: list[dict] | None = None):
+        super().__init__(out, msl, num_patches, image_token_id, pad_id, shards)
+        self.max_num_img, self.image_start_idx = 1, image_start_idx
+        self.per_shard = max(1, TARGET_FILE_BYTES // (5 * msl * 4 + num_patches * 4))
+        self._in_flight: dict[int, tuple[int, int]] = {}  # row index -> (source, position), for rejections
+
+    def prepare(self, row: Row) -> Row:
+        """Before encoding (in the main process, in order): the marker moves to its turn's start."""
+        self._in_flight[row.index] = (row.source, row.position)
+        return image_first(row)
+
+    def admit(self, result: Sample | Rejection) -> Sample | Rejection:
+        where = self._in_flight.pop(result.row, (0, 0))
+        if isinstance(result, Rejection):
+            return result
+        start, n = self.image_start_idx, self.num_patches
+
+        def reject(reason: str, detail: str) -> Rejection:
+            return Rejection(result.row, *where, result.sample_id, reason, detail)
+
+        if len(result.images) > 1:
+            return reject(IMAGE_COUNT_MISMATCH, f"{len(result.images)} images: Cerebras' LlavaModel takes one image per sample")
+        ids = result.input_ids
+        if result.images:
+            at = np.flatnonzero(ids == self.image_token_id)
+            if at[0] != start:
+                return reject(BAD_SCHEMA, f"the image starts at position {at[0]}, not at image_start_idx {start} "
+                                          "(Cerebras' LlavaModel pastes it there): put it in the first user turn")
+            return result
+        if len(ids) + n > self.msl:
+            return reject(TOO_LONG, f"{len(ids)} tokens leave no room for the dummy-image slot of {n} (max_seq_len {self.msl})")
+        slot = np.full(n, self.image_token_id, dtype=ids.dtype)
+        return result._replace(input_ids=np.concatenate([ids[:start], slot, ids[start:]]),
+                               loss_mask=np.concatenate([result.loss_mask[:start], np.zeros(n, result.loss_mask.dtype), result.loss_mask[start:]]))
+
+    def has_img(self, samples: list[Sample]) -> np.ndarray:
+        return np.array([[bool(s.images)] for s in samples])
+
+    def _example(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
+        data, loc = super()._example(s)
+        if not s.images:  # the dummy image: its features must not be attended, and no img_data_loc points at it
+            start = self.image_start_idx
+            data[3, start:start + self.num_patches] = 1
+            loc[:] = self.msl
+        return data, loc

@@ -23,8 +23,8 @@ from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
 from .writer import FORMAT_VERSION, TMP_SUFFIX, MmzooWriter
 
-FORMATS = ("mmzoo", "cerebras")
-CHECKPOINT = {"mmzoo": ".progress.json", "cerebras": "checkpoint.txt"}
+FORMATS = ("mmzoo", "cerebras", "cerebras-llava")
+CHECKPOINT = {"mmzoo": ".progress.json", "cerebras": "checkpoint.txt", "cerebras-llava": "checkpoint.txt"}
 CHUNK_ROWS = 512  # rows per task: large enough to amortise IPC, small enough to keep workers busy
 
 
@@ -113,7 +113,7 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
     if template not in TEMPLATES:
         raise ConfigError(f"unknown template {template!r}", hint="choose one of " + ", ".join(TEMPLATES))
     if format not in FORMATS:
-        raise ConfigError(f"unknown format {format!r}", hint="mmzoo or cerebras")
+        raise ConfigError(f"unknown format {format!r}", hint="mmzoo, cerebras or cerebras-llava")
     if max_seq_len < 8 or workers < 1 or per_shard < 1:
         raise ConfigError("--max-seq-len must be >= 8, --workers and --samples-per-shard >= 1")
     # Upper bounds far above real use: the cerebras layout allocates max_seq_len per sample and a
@@ -159,7 +159,7 @@ def _prepare_output(target: Path, params: dict, format: str, resume: bool, overw
     target.mkdir(parents=True, exist_ok=True)
     if not exists:
         return target, {}
-    manifest_path = target / ("data_params.json" if format == "cerebras" else "manifest.json")
+    manifest_path = target / ("data_params.json" if format.startswith("cerebras") else "manifest.json")
     if manifest_path.is_file():
         manifest = _read_state(manifest_path)
         _same_params(manifest.get("parameters", {}), params, target)
@@ -239,6 +239,11 @@ class _Run:
             from .cerebras import CerebrasWriter
 
             self.writer: Any = CerebrasWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id, info.pad_id, shards)
+        elif format == "cerebras-llava":
+            from .cerebras import CerebrasLlavaWriter, image_start
+
+            self.writer = CerebrasLlavaWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id, info.pad_id,
+                                              image_start(Encoder(settings)), shards)
         else:
             attrs = {"image_token_id": info.image_token_id, "num_image_tokens": params["num_image_tokens"],
                      "max_seq_len": params["max_seq_len"], "template": params["template"], "tokenizer": params["tokenizer"]}
@@ -258,7 +263,10 @@ class _Run:
         return ctx.Pool(workers, initializer=init_worker, initargs=(self.settings,))
 
     def _results(self, pool: Any, workers: int) -> Iterator[list[Sample | Rejection]]:
-        chunks = chunked(iter_rows(self.paths, skip=self.rows_done), CHUNK_ROWS)
+        rows = iter_rows(self.paths, skip=self.rows_done)
+        if hasattr(self.writer, "prepare"):  # a layout that rewrites rows before encoding (cerebras-llava)
+            rows = map(self.writer.prepare, rows)
+        chunks = chunked(rows, CHUNK_ROWS)
         if pool is None:
             encoder = Encoder(self.settings)
             yield from map(encoder.encode_rows, chunks)
@@ -287,6 +295,8 @@ class _Run:
         self.writer.close()
 
     def _take(self, result: Sample | Rejection) -> None:
+        if hasattr(self.writer, "admit"):  # what the layout cannot hold becomes a rejection
+            result = self.writer.admit(result)
         stats = self.stats
         stats["samples_read"] += 1
         if isinstance(result, Rejection):
@@ -322,8 +332,10 @@ class _Run:
         stats = dict(self.stats, rejected=dict(sorted(self.stats["rejected"].items(), key=lambda kv: REASONS.index(kv[0]))))
         manifest = {"format": self.format, "format_version": FORMAT_VERSION, "shards": self.writer.shards,
                     "parameters": self.params, "statistics": stats}
-        if self.format == "cerebras":
+        if self.format.startswith("cerebras"):
             manifest["max_num_img"] = self.writer.max_num_img
+            if hasattr(self.writer, "image_start_idx"):
+                manifest["image_start_idx"] = self.writer.image_start_idx
             _write_json(self.out / "data_params.json", manifest)
             self._checkpoint_complete()
         else:

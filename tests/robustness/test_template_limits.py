@@ -48,7 +48,7 @@ def test_real_templates_render_as_before():
     from mmzoo.tiny import CHAT_TEMPLATE
 
     llama = JinjaTemplate(CHAT_TEMPLATE, "<s>", "</s>")
-    segments = llama.render([Turn("user", "hi"), Turn("assistant", "hello")])
+    segments = llama.render([Turn("user", "hi"), Turn("assistant", "hello")]).segments
     assert any(s.loss and "hello" in s.text for s in segments)
 
 

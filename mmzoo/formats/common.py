@@ -198,3 +198,12 @@ def processor_from_folder(folder: Path) -> dict[str, Any] | None:
 def source_dtype(ckpt_tensors: dict[str, Planned]) -> str | None:
     floats = [t.dtype for t in ckpt_tensors.values() if t.dtype in ("F32", "F16", "BF16", "F64")]
     return max(set(floats), key=floats.count) if floats else None
+
+
+def image_seq_length(spec: ModelSpec) -> int:
+    """Image tokens per image: one per patch, plus CLIP's class token when the strategy keeps it. The
+    LLaVA-repo layouts have no such field (their code counts the tower's features): their readers use this."""
+    from ..archs.vision import num_patches
+
+    keeps_cls = spec.vision_type == "clip_vision_model" and spec.vision_feature_select_strategy == "full"
+    return num_patches(spec.vision_config) + (1 if keeps_cls else 0)

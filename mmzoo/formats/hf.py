@@ -25,8 +25,8 @@ from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import write_transformers4_tokenizer_files
 from .common import (
-    copy_files, detection_config, native_components, processor_from_folder, split_by_prefix, to_canonical,
-    transformers4_text_fields, write_json,
+    copy_files, detection_config, image_seq_length, native_components, processor_from_folder, split_by_prefix,
+    to_canonical, transformers4_text_fields, write_json,
 )
 
 NAME = "hf"
@@ -166,14 +166,6 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
     if ckpt.image_processor is not None:
         write_json(out / "preprocessor_config.json", ckpt.image_processor)
         write_json(out / "processor_config.json", processor_config(ckpt))
-
-
-def image_seq_length(spec: ModelSpec) -> int:
-    """Image tokens per image: one per patch, plus CLIP's class token when the strategy keeps it."""
-    from ..archs.vision import num_patches
-
-    keeps_cls = spec.vision_type == "clip_vision_model" and spec.vision_feature_select_strategy == "full"
-    return num_patches(spec.vision_config) + (1 if keeps_cls else 0)
 
 
 def transformers4_notes(spec: ModelSpec) -> list[str]:

@@ -20,7 +20,7 @@ from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
 from .common import (
-    detection_config, hub_cache_folder, mmzoo_notes, native_components, processor_from_folder, source_dtype, split_by_prefix,
+    detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, native_components, processor_from_folder, source_dtype, split_by_prefix,
     to_canonical, transformers4_text_fields, write_json,
 )
 
@@ -161,7 +161,7 @@ def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> 
     projector = text_cfg.get("mm_projector_type", "linear")
     if projector not in ("mlp2x_gelu", "linear"):
         raise UnknownArchitecture(f"mm_projector_type {projector!r} is not supported (mlp2x_gelu, linear)", path=where)
-    return ModelSpec(
+    spec = ModelSpec(
         vision_config=vision,
         text_config=text,
         projector_type=projector,
@@ -173,6 +173,9 @@ def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> 
         dtype=notes.get("dtype", text_cfg.get("torch_dtype") or text_cfg.get("dtype")),
         extra=notes.get("extra", {}),
     )
+    if spec.image_seq_length is None:  # a genuine LLaVA config: the code counts the tower's features
+        spec = spec.model_copy(update={"image_seq_length": image_seq_length(spec)})
+    return spec
 
 
 def check_supported(spec: ModelSpec) -> None:

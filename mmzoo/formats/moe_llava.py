@@ -42,7 +42,7 @@ from ..io.tensors import Planned, materialize
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
-from .common import detection_config, hub_cache_folder, mmzoo_notes, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 from .llava import CLIP_MODEL_ONLY, VISION_PREFIXES  # the same LLaVA-repo key spellings
 from .llava import TEXT_PREFIXES as LLAVA_TEXT_PREFIXES
 
@@ -231,6 +231,8 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
         image_seq_length=notes.get("image_seq_length"), dtype=notes.get("dtype", config.get("torch_dtype")),
         moe=layout, extra=notes.get("extra", {}),
     )
+    if spec.image_seq_length is None:  # a MoE-LLaVA config: its code counts the tower's features
+        spec = spec.model_copy(update={"image_seq_length": image_seq_length(spec)})
 
     vision_tensors = {n: Planned.of(s) for n, s in read_weights(vision_dir).items() if not n.startswith(CLIP_MODEL_ONLY)}
     parts = split_by_prefix(vision_tensors, VISION_PREFIXES, drop_unmatched=drop_unmatched, where=str(vision_dir))

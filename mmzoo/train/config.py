@@ -192,6 +192,11 @@ class TrainConfig(_Strict):
             raise ValueError("stage distill needs teacher: (the checkpoint the student learns from)")
         if self.stage != "distill" and self.teacher is not None:
             raise ValueError(f"teacher: is used by stage distill only (this stage is {self.stage})")
+        if self.stage == "distill" and self.train.cross_entropy != "plain":
+            # chunked / liger never build the student's logits, which the KD loss compares with the teacher's
+            raise ValueError("stage distill needs train.cross_entropy plain (the KD loss reads the full logits)")
+        if self.stage == "distill" and self.train.packing:
+            raise ValueError("stage distill does not support train.packing yet (use padded batches)")
         return self
 
     @property

@@ -185,13 +185,16 @@ def test_config_rules():
         load_config(data={**base, "stage": "distill", "teacher": "t", "distill": {"loss": "kl"}})
     with pytest.raises(ConfigError, match=r"distill\.temperature"):
         load_config(data={**base, "stage": "distill", "teacher": "t", "distill": {"temperature": 0}})
+    with pytest.raises(ConfigError, match="cross_entropy plain"):
+        load_config(data={**base, "stage": "distill", "teacher": "t", "train": {"max_steps": 1, "cross_entropy": "chunked"}})
 
 
 def test_moe_student_with_a_dense_teacher_under_zero3_two_processes(ws, teachers):
     """LLaVA-MoD's dense→sparse step: the upcycled student, kd_lm, aux loss, ZeRO-3 over 2 processes (no hang)."""
     params = ws.write("distill-moe-z3", stage="distill", model=str(ws.moe), teacher=str(teachers["seed1"]),
                       distill={"loss": "kd_lm", "kd_coef": 0.5}, deepspeed={"zero_stage": 3},
-                      train={"max_steps": 2, "save_every": 2})
+                      train={"max_steps": 2, "save_every": 2,
+                             "train_only": [r"^text_model\.model\.layers\.\d+\.mlp\."]})  # the shipped configs' rule
     proc = run_mmzoo("train", "--params", str(params), "--nproc", "2", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = metrics(ws.root / "runs" / "distill-moe-z3")

@@ -163,6 +163,15 @@ def test_kd_loss_falls_and_the_student_exports(ws, teachers, tmp_path):
     vision = [k for k in before if "vision_tower" in k]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)  # the stage default keeps it frozen
 
+    # exact resume: as if the run died after saving step 4 (the teacher is reloaded, not checkpointed)
+    resumed = ws.root / "runs" / "distill-falls-resumed"
+    shutil.copytree(cfg.output_dir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000008")
+    summary = run_training(load_config(data={**cfg.dump(), "output_dir": str(resumed)}), resume="auto")
+    assert summary["start_step"] == 4
+    keys = ("step", "loss", "kd_loss", "lm_loss", "lr", "tokens")
+    assert [[r[k] for k in keys] for r in metrics(resumed)] == [[r[k] for k in keys] for r in rows]
+
 
 def test_a_teacher_with_another_vocabulary_is_refused_in_one_line(ws, teachers):
     params = ws.write("distill-vocab", stage="distill", teacher=str(teachers["vocab"]))

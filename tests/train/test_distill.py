@@ -211,3 +211,30 @@ def test_moe_student_with_a_dense_teacher_under_zero3_two_processes(ws, teachers
     for r in rows:
         assert r["aux_loss"] > 0 and r["kd_loss"] > 0 and set(r["expert_load"]) == {"text.0", "text.1"}
         assert r["loss"] == pytest.approx(0.5 * r["kd_loss"] + r["lm_loss"] + r["aux_loss"], rel=1e-5)
+
+
+def test_the_teacher_is_frozen_in_eval_mode_in_the_runs_precision(ws, teachers):
+    from mmzoo.modeling import load_model
+    from mmzoo.train.distill import Teacher
+
+    cfg = load_config(data=ws.config("distill-teacher", stage="distill", teacher=str(teachers["padded"]),
+                                     train={"max_steps": 1, "precision": "bf16"}))
+    teacher = Teacher(cfg, load_model(ws.hf), torch.bfloat16, {}, torch.device("cpu"))
+    params = list(teacher.model.parameters())
+    assert params and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in params)
+    assert not teacher.model.training and teacher.vocab == real_vocabulary(ws.hf, ws.hf)
+    batch = _probe_batch(ws)
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    logits = teacher.logits(batch)
+    assert logits.dtype == torch.bfloat16 and logits.shape[-1] == teacher.vocab + 12 and logits.grad_fn is None
+
+
+def test_bf16_distillation_runs(ws, teachers):
+    from mmzoo.train.loop import run_training
+
+    cfg = load_config(data=ws.config("distill-bf16", stage="distill", teacher=str(teachers["seed1"]),
+                                     train={"max_steps": 2, "precision": "bf16", "save_every": 2}))
+    run_training(cfg)
+    for r in metrics(cfg.output_dir):
+        assert math.isfinite(r["loss"]) and r["kd_loss"] > 0
+        assert r["loss"] == pytest.approx(r["kd_loss"] + r["lm_loss"], rel=1e-3)  # kd_lm, kd_coef 1

@@ -238,3 +238,11 @@ def test_bf16_distillation_runs(ws, teachers):
     for r in metrics(cfg.output_dir):
         assert math.isfinite(r["loss"]) and r["kd_loss"] > 0
         assert r["loss"] == pytest.approx(r["kd_loss"] + r["lm_loss"], rel=1e-3)  # kd_lm, kd_coef 1
+
+
+def test_a_missing_teacher_is_one_error_before_training(ws, tmp_path):
+    from mmzoo.train.preflight import preflight
+
+    cfg = load_config(data=ws.config("distill-missing", stage="distill", teacher=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="teacher checkpoint not found"):
+        preflight(cfg, resume="auto", world=1)

@@ -261,3 +261,14 @@ def test_the_shipped_configs_train_only_rule_on_an_moe_student(ws, teachers):
     assert 0 < summary["trainable_parameters"] < summary["parameters"]
     (r,) = metrics(cfg.output_dir)
     assert r["aux_loss"] > 0 and r["kd_loss"] > 0
+
+
+def test_an_moe_teacher_under_zero3_is_partitioned_and_matches_an_identical_student(ws):
+    """A sparse teacher (REF_MODEL_TYPE sparse) as a DeepSpeed ZeRO-3 inference engine on 2 processes, its MoE blocks
+    leaf modules: a student equal to it has zero KD loss at the first step."""
+    params = ws.write("distill-moe-teacher-z3", stage="distill", model=str(ws.moe), teacher=str(ws.moe),
+                      distill={"loss": "only_kd"}, deepspeed={"zero_stage": 3}, train={"max_steps": 1, "save_every": 1})
+    proc = run_mmzoo("train", "--params", str(params), "--nproc", "2", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = metrics(ws.root / "runs" / "distill-moe-teacher-z3")
+    assert abs(r["kd_loss"]) < 1e-6 and r["aux_loss"] > 0

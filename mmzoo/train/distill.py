@@ -65,8 +65,11 @@ def real_vocabulary(student: Path, teacher: Path) -> int:
     """The shared tokenizer's size; one line when teacher and student tokenize differently."""
     from ..modeling import load_processor
 
-    student_tok = load_processor(student).tokenizer
-    teacher_tok = load_processor(teacher).tokenizer
+    return shared_vocabulary(load_processor(student).tokenizer, load_processor(teacher).tokenizer, teacher)
+
+
+def shared_vocabulary(student_tok, teacher_tok, teacher: Path | None = None) -> int:
+    """``len(tokenizer)`` when both tokenizers map every token to the same id (added tokens included)."""
     s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
     if s_vocab != t_vocab:
         differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=lambda kv: kv[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,8 +252,6 @@ def test_the_shipped_configs_train_only_rule_on_an_moe_student(ws, teachers):
     """LLaVA-MoD's --train_modules (the LLM's MLPs: experts and routers in an MoE student), ZeRO-2 as shipped."""
     from mmzoo.train.loop import run_training
 
-    from pathlib import Path
-
     shipped = Path(__file__).resolve().parents[2] / "configs" / "llava-mod-distill-d2s.yaml"
     rule = load_config(shipped).train.train_only
     cfg = load_config(data=ws.config("distill-moe-z2", stage="distill", model=str(ws.moe), teacher=str(teachers["seed1"]),
@@ -272,3 +271,27 @@ def test_an_moe_teacher_under_zero3_is_partitioned_and_matches_an_identical_stud
     assert proc.returncode == 0, proc.stderr[-3000:]
     (r,) = metrics(ws.root / "runs" / "distill-moe-teacher-z3")
     assert abs(r["kd_loss"]) < 1e-6 and r["aux_loss"] > 0
+
+
+REAL_TOKENIZERS = Path.home() / ".cache" / "mmzoo-tests" / "real-tokenizers"  # built by tests/real_tokenizers.py (integ)
+
+
+def test_real_qwen2_and_llama3_tokenizers():
+    """LLaVA-MoD's case: Qwen2-0.5B (151 936 embedding rows) and Qwen2-7B (152 064) share Qwen2's tokenizer of
+    151 646 tokens — compared on that, not on the padded rows; a Llama-3 teacher is refused."""
+    from transformers import AutoTokenizer
+
+    from mmzoo.train.distill import shared_vocabulary
+
+    if not (REAL_TOKENIZERS / "qwen2-v1" / "tokenizer.json").is_file():
+        pytest.skip(f"the real tokenizer cache {REAL_TOKENIZERS} is not built here")
+    qwen_a = AutoTokenizer.from_pretrained(str(REAL_TOKENIZERS / "qwen2-v1"))
+    qwen_b = AutoTokenizer.from_pretrained(str(REAL_TOKENIZERS / "qwen2-v1"))
+    vocab = shared_vocabulary(qwen_a, qwen_b)
+    assert vocab == 151_646 and vocab < 151_936 < 152_064
+    llama3 = AutoTokenizer.from_pretrained(str(REAL_TOKENIZERS / "llama-3-v1"))
+    with pytest.raises(ConfigError, match=r"tokenizer differs from the student's \(128,256 vs 151,646 tokens"):
+        shared_vocabulary(qwen_a, llama3)
+    qwen_b.add_special_tokens({"additional_special_tokens": ["<image>"]})  # one added token is another vocabulary
+    with pytest.raises(ConfigError, match="'<image>' → 151646"):
+        shared_vocabulary(qwen_a, qwen_b)

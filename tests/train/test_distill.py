@@ -229,10 +229,12 @@ def test_the_teacher_is_frozen_in_eval_mode_in_the_runs_precision(ws, teachers):
     assert logits.dtype == torch.bfloat16 and logits.shape[-1] == teacher.vocab + 12 and logits.grad_fn is None
 
 
-def test_bf16_distillation_runs(ws, teachers):
+@pytest.mark.parametrize("zero", [0, 2])
+def test_bf16_distillation_runs(ws, teachers, zero):
     from mmzoo.train.loop import run_training
 
-    cfg = load_config(data=ws.config("distill-bf16", stage="distill", teacher=str(teachers["seed1"]),
+    cfg = load_config(data=ws.config(f"distill-bf16-z{zero}", stage="distill", teacher=str(teachers["seed1"]),
+                                     deepspeed={"zero_stage": zero},
                                      train={"max_steps": 2, "precision": "bf16", "save_every": 2}))
     run_training(cfg)
     for r in metrics(cfg.output_dir):

@@ -32,9 +32,10 @@ def test_quickstart_then_the_readme_training_example(tmp_path):
     assert "bit-exact" in stdout and "max |Δ| = 0.0e+00" in stdout.replace("\n", "")
     assert (tmp_path / "mmzoo-demo" / "llava-internal" / "mmzoo.yaml").is_file()
     assert (tmp_path / "mmzoo-demo" / "llava-repo" / "text_model_llava" / "config.json").is_file()
-    for name in ("tiny-pretrain", "tiny-sft", "tiny-moe"):  # every tiny config reads what the demo wrote
+    assert "train distill" in stdout and "kd_loss" in stdout
+    for name in ("tiny-pretrain", "tiny-sft", "tiny-moe", "tiny-distill"):  # every tiny config reads what the demo wrote
         cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-        for path in (cfg["model"], cfg["data"]["path"], cfg["data"]["images"]):
+        for path in (cfg["model"], cfg["data"]["path"], cfg["data"]["images"], *filter(None, [cfg.get("teacher")])):
             assert (tmp_path / path).exists(), (name, path)
     stdout = run("train", "--params", str(CONFIGS / "tiny-sft.yaml"), "--nproc", "2",
                  "--set", "train.max_steps=2", "--set", "train.save_every=2")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from ..errors import ConfigError
 from ..io.structured import load_yaml, safe_yaml
 
-STAGES = ("pretrain", "sft", "moe")
+STAGES = ("pretrain", "sft", "moe", "distill")
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -153,14 +153,51 @@ class MoeSection(_Strict):
         return value
 
 
+class DistillSection(_Strict):
+    """LLaVA-MoD's mimic distillation (``stage: distill``; the loss is in mmzoo/train/distill.py)."""
+    loss: Literal["only_kd", "kd_lm"] = "kd_lm"  # only_kd: KD alone; kd_lm: KD + the language-model loss
+    kd_coef: float = 1.0  # weight of the KD term
+    temperature: float = 1.0  # softens both distributions; the KD term is scaled by T² (1: LLaVA-MoD)
+    all_tokens: bool = False  # false: response positions only; true: instruction + response (DISTILL_ALL_TOKENS)
+
+    @field_validator("kd_coef")
+    @classmethod
+    def _coef(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be > 0")
+        return value
+
+
 class TrainConfig(_Strict):
-    stage: Literal["pretrain", "sft", "moe"]
+    stage: Literal["pretrain", "sft", "moe", "distill"]
     model: Path
+    teacher: Path | None = None  # stage distill: the frozen teacher, any checkpoint mmzoo reads
+    distill: DistillSection = DistillSection()
     data: DataSection
     train: TrainSection = TrainSection(max_steps=1000)
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     moe: MoeSection = MoeSection()
     output_dir: Path
+
+    @model_validator(mode="after")
+    def _teacher(self) -> "TrainConfig":
+        if self.stage == "distill" and self.teacher is None:
+            raise ValueError("stage distill needs teacher: (the checkpoint the student learns from)")
+        if self.stage != "distill" and self.teacher is not None:
+            raise ValueError(f"teacher: is used by stage distill only (this stage is {self.stage})")
+        if self.stage == "distill" and self.train.cross_entropy != "plain":
+            # chunked / liger never build the student's logits, which the KD loss compares with the teacher's
+            raise ValueError("stage distill needs train.cross_entropy plain (the KD loss reads the full logits)")
+        if self.stage == "distill" and self.train.packing:
+            raise ValueError("stage distill does not support train.packing yet (use padded batches)")
+        return self
 
     @property
     def lr(self) -> float:

@@ -104,7 +104,7 @@ def check_data_fits_model(parameters: dict[str, Any], model_path: Path, image_to
     if stage == "pretrain" and template not in (None, "plain"):
         warnings.append(f"stage pretrain usually trains on caption data preprocessed with --template plain "
                         f"(this data: {template})")
-    if stage in ("sft", "moe") and template == "plain":
+    if stage in ("sft", "moe", "distill") and template == "plain":
         warnings.append(f"stage {stage} usually trains on conversations in the LLM's chat template "
                         "(this data was preprocessed with --template plain)")
     return warnings

@@ -1,4 +1,4 @@
-"""The training step of ``mmzoo demo``: pretrain -> sft -> upcycle -> moe -> export, on the demo's tiny model.
+"""The training step of ``mmzoo demo``: pretrain -> sft -> distill -> upcycle -> moe -> export, on the demo's tiny model.
 
 Every stage is a real (single-process, CPU) DeepSpeed run of a few steps on `mmzoo preprocess` output; each
 stage starts from the previous stage's export, as the seeds' recipes chain them.
@@ -44,6 +44,13 @@ def run_demo_step(hf_checkpoint: Path, workdir: Path, console) -> dict[str, Any]
         report[f"{stage}_loss"] = round(last["loss"], 4)
         console.print(f"[green]✓[/] train {stage} (ZeRO-{zero}, {summary['trainable_parameters']:,} trainable): "
                       f"loss {last['loss']:.4f} after {summary['steps']} steps → export {fmt} {model.name}/")
+    # LLaVA-MoD's mimic distillation, dense→dense: the pretrained student learns from the SFT model
+    cfg = load_config(data={**_config("distill", workdir / "pretrain-internal", data, images, workdir / "run-distill", 2),
+                            "teacher": str(model), "distill": {"loss": "kd_lm"}})
+    last = run_training(cfg)["last"]
+    report["distill_kd_loss"] = round(last["kd_loss"], 4)
+    console.print(f"[green]✓[/] train distill (teacher {model.name}/, ZeRO-2): kd_loss {last['kd_loss']:.4f}, "
+                  f"lm_loss {last['lm_loss']:.4f}")
     try:
         from ..conversion import convert
     except ImportError:  # pragma: no cover

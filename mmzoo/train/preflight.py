@@ -80,6 +80,12 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     if cfg.stage == "moe" and not source.spec.moe:
         raise ConfigError(f"stage moe needs an MoE checkpoint; {cfg.model} is dense (upcycle it with "
                           "`mmzoo convert --moe-experts N`, or use stage sft)")
+    if cfg.stage == "distill":
+        from .distill import real_vocabulary
+
+        if not Path(cfg.teacher).exists():
+            raise ConfigError("teacher checkpoint not found", path=cfg.teacher)
+        real_vocabulary(cfg.model, cfg.teacher)  # a teacher with another tokenizer: one line before any model loads
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
     check_image_paths(data.dataset, Path(cfg.data.images))
     warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)

@@ -31,6 +31,8 @@ STAGE_DEFAULTS = {
     # MoE stage (MoE-LLaVA stage 3, MoIIE, LLaVA-MoD): projector + LLM with experts and routers; the
     # vision tower stays frozen except its own MoE parts when it has any
     "moe": StageDefaults((rf"^image_model\.(?!.*{MOE_PARTS})",), 2e-5, "projector + LLM + experts/routers"),
+    # LLaVA-MoD's mimic distillation (dense→dense and dense→sparse): what the sft / moe stages train
+    "distill": StageDefaults((rf"^image_model\.(?!.*{MOE_PARTS})",), 2e-5, "projector + LLM (+ experts/routers)"),
 }
 
 

@@ -39,6 +39,7 @@ def convert(
     router_aux_loss_coef: Annotated[Optional[float], typer.Option("--router-aux-loss-coef", help="Load-balancing loss weight (default 0.01; modality style: 0.001).", rich_help_panel="Upcycling")] = None,
     vision_aux_loss_coef: Annotated[Optional[float], typer.Option("--vision-aux-loss-coef", help="Separate weight for image tokens (MoIIE).", rich_help_panel="Upcycling")] = None,
     capacity_factor: Annotated[Optional[float], typer.Option("--capacity-factor", help="Expert capacity factor (LLaVA-MoD: 1.5).", rich_help_panel="Upcycling")] = None,
+    moe_experts_from: Annotated[Optional[list[Path]], typer.Option("--moe-experts-from", help="Plain LLM source: expert E from the E-th of these fine-tuned LLMs (repeat once per expert; attention, embeddings, norms from SRC).", rich_help_panel="Upcycling")] = None,
     seed: Seed = 0,
     debug: Debug = False,
 ) -> None:
@@ -51,6 +52,8 @@ def convert(
       mmzoo convert ckpt -o llava-out --tgt-fmt llava --llava-vision-tower openai/clip-vit-large-patch14-336
 
       mmzoo convert llava-hf -o moe --tgt-fmt hf --moe-experts 4 --moe-top-k 2 --moe-layers even
+
+      mmzoo convert llama -o mixtral --tgt-fmt hf --moe-experts 4   (a plain LLM: a Mixtral / Qwen2-MoE LLM)
     """
     from ..api import convert as run
 
@@ -66,6 +69,7 @@ def convert(
             src, output, tgt_fmt=tgt_fmt, src_fmt=src_fmt, dtype=dtype, shard_size=shard_size, overwrite=overwrite,
             verify=verify, drop_unmatched_keys=drop_unmatched_keys, llava_vision_tower=llava_vision_tower,
             progress=advance, on_start=lambda ckpt: start(sum(t.nbytes for t in ckpt.tensors.values())), moe=moe,
+            moe_experts_from=moe_experts_from,
         )
     checked = " and verified" if result.verified else ""
     console.print(

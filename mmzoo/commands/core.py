@@ -35,7 +35,8 @@ def convert(
     moe_style: Annotated[str, typer.Option("--moe-style", help="mixtral | shared | modality.", rich_help_panel="Upcycling")] = "mixtral",
     moe_layers: Annotated[str, typer.Option("--moe-layers", help="all | even | odd | comma list such as 0,3,5.", rich_help_panel="Upcycling")] = "all",
     moe_target: Annotated[Optional[list[str]], typer.Option("--moe-target", help="text | vision | projector (repeatable).", rich_help_panel="Upcycling")] = None,
-    router_init: Annotated[str, typer.Option("--router-init", help="zeros | normal:STD.", rich_help_panel="Upcycling")] = "normal:0.02",
+    router_init: Annotated[str, typer.Option("--router-init", help="zeros | normal:STD | hidden | hidden_avg (plain LLM + --router-prompts: mergekit's hidden gates).", rich_help_panel="Upcycling")] = "normal:0.02",
+    router_prompts: Annotated[Optional[Path], typer.Option("--router-prompts", help="YAML/JSON: each expert's prompts, in expert order (a mergekit-moe config works).", rich_help_panel="Upcycling")] = None,
     router_aux_loss_coef: Annotated[Optional[float], typer.Option("--router-aux-loss-coef", help="Load-balancing loss weight (default 0.01; modality style: 0.001).", rich_help_panel="Upcycling")] = None,
     vision_aux_loss_coef: Annotated[Optional[float], typer.Option("--vision-aux-loss-coef", help="Separate weight for image tokens (MoIIE).", rich_help_panel="Upcycling")] = None,
     capacity_factor: Annotated[Optional[float], typer.Option("--capacity-factor", help="Expert capacity factor (LLaVA-MoD: 1.5).", rich_help_panel="Upcycling")] = None,
@@ -61,7 +62,7 @@ def convert(
     if moe_experts is not None:
         moe = dict(
             num_experts=moe_experts, top_k=moe_top_k, style=moe_style, layers=moe_layers, targets=moe_target or ["text"],
-            router_init=router_init, router_aux_loss_coef=router_aux_loss_coef, vision_aux_loss_coef=vision_aux_loss_coef,
+            router_init=router_init, router_prompts=str(router_prompts) if router_prompts else None, router_aux_loss_coef=router_aux_loss_coef, vision_aux_loss_coef=vision_aux_loss_coef,
             capacity_factor=capacity_factor, seed=seed,
         )
     with progress_bytes("converting") as (start, advance):

@@ -118,12 +118,31 @@ def upcycle_llm(ckpt: LlmCheckpoint, opts: UpcycleOptions, experts_from: list[Ll
     for layer in layers:
         expand_site(tensors, f"model.layers.{layer}.mlp.", "text", cfg["hidden_size"], wanted, opts, hf_arch,
                     where=ckpt.path, experts_from=sources)
+    if opts.hidden_router:
+        tensors.update(hidden_routers(ckpt, opts, layers, {n: tensors[n].dtype for n in tensors if n.endswith("mlp.gate.weight")}))
     layout = layout_for(opts, layers, [], hf_arch, why, base)
+    if opts.hidden_router:
+        layout["router_prompts"] = str(opts.router_prompts)
     if experts_from is not None:
         layout["experts_from"] = [str(other.path) for other in experts_from]
     config = moe_text_config(cfg, base, layout)
     config["architectures"] = [TEXT_CLASSES[hf_arch]]
     return LlmCheckpoint(config, tensors, ckpt.path, ckpt.tokenizer_files, ckpt.extra_files)
+
+
+def hidden_routers(ckpt: LlmCheckpoint, opts: UpcycleOptions, layers: list[int], dtypes: dict[str, str]) -> dict[str, Planned]:
+    """The routers of ``--router-init hidden``: rows from the dense model's hidden states on each expert's prompts."""
+    from ..io.dtypes import to_torch
+    from ..io.tensors import Source
+    from .router_prompts import hidden_router_rows, load_prompts
+
+    rows = hidden_router_rows(ckpt.path, load_prompts(opts.router_prompts, opts.num_experts), layers, opts.hidden_router)
+    out = {}
+    for layer, matrix in rows.items():
+        name = f"model.layers.{layer}.mlp.gate.weight"
+        value = matrix.to(to_torch(dtypes[name])).contiguous()
+        out[name] = Planned.of(Source(name, dtypes[name], tuple(value.shape), load=lambda v=value: v, origin="router (prompts' hidden states)"))
+    return out
 
 
 def native_tensors(ckpt: LlmCheckpoint) -> dict[str, Planned]:

@@ -23,7 +23,8 @@ class UpcycleOptions(BaseModel):
     style: Literal["mixtral", "shared", "modality"] = "mixtral"
     layers: str | list[int] = "all"  # all | even | odd | "0,3,5" | [0, 3, 5]
     targets: tuple[Literal["text", "vision", "projector"], ...] = ("text",)
-    router_init: str = "normal:0.02"  # zeros | normal:STD
+    router_init: str = "normal:0.02"  # zeros | normal:STD | hidden | hidden_avg (plain LLMs, with router_prompts)
+    router_prompts: str | None = None  # the prompts file of the hidden modes (mmzoo.upcycle.router_prompts)
     router_aux_loss_coef: float | None = None  # default 0.01 (modality: 0.001)
     vision_aux_loss_coef: float | None = None  # image tokens' weight (modality; default = the text weight)
     capacity_factor: float | None = None  # None: dropless (LLaVA-MoD trains with 1.5)
@@ -54,8 +55,17 @@ class UpcycleOptions(BaseModel):
     def image_aux(self) -> float:
         return self.vision_aux_loss_coef if self.vision_aux_loss_coef is not None else self.text_aux
 
-    def router_std(self) -> float:
+    @property
+    def hidden_router(self) -> str | None:
+        """``hidden`` / ``hidden_avg`` when the routers come from prompts' hidden states, else None."""
         text = self.router_init.strip().lower()
+        return text if text in ("hidden", "hidden_avg") else None
+
+    def router_std(self) -> float:
+        """The normal init's std (0: zeros). The hidden modes start from zeros, replaced by the computed rows."""
+        text = self.router_init.strip().lower()
+        if self.hidden_router:
+            return 0.0
         if text in ("zeros", "zero", "0"):
             return 0.0
         if text == "normal":
@@ -67,7 +77,7 @@ class UpcycleOptions(BaseModel):
                 std = -1.0
             if std >= 0:
                 return std
-        raise UpcycleError(f"invalid --router-init {self.router_init!r} (zeros or normal:STD, e.g. normal:0.02)")
+        raise UpcycleError(f"invalid --router-init {self.router_init!r} (zeros, normal:STD such as normal:0.02, or hidden / hidden_avg with --router-prompts)")
 
 
 def parse_options(**options) -> UpcycleOptions:
@@ -87,6 +97,10 @@ def parse_options(**options) -> UpcycleOptions:
         if coef is not None and coef < 0:
             raise UpcycleError(f"aux loss coefficients must be >= 0 (got {coef})")
     opts.router_std()
+    if opts.hidden_router and not opts.router_prompts:
+        raise UpcycleError(f"--router-init {opts.router_init} needs --router-prompts FILE (each expert's prompts)")
+    if opts.router_prompts and not opts.hidden_router:
+        raise UpcycleError("--router-prompts is used by --router-init hidden (or hidden_avg) only")
     return opts
 
 

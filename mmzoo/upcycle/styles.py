@@ -197,6 +197,9 @@ def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
             f"the checkpoint is already MoE ({spec.moe.get('style')}, {spec.moe.get('num_experts')} experts); "
             "upcycling needs a dense model", path=ckpt.path
         )
+    if opts.hidden_router:
+        raise UpcycleError("--router-init hidden runs the source as a causal LM: it takes a plain LLM folder "
+                           "(upcycle the LLM, then assemble the VLM with `mmzoo init`)", path=ckpt.path)
     text_cfg, vision_cfg = spec.text_config, spec.vision_config
     text_layers = parse_layers(opts.layers, text_cfg["num_hidden_layers"], "LLM") if "text" in opts.targets else []
     vision_layers = parse_layers(opts.layers, vision_cfg["num_hidden_layers"], "vision encoder") if "vision" in opts.targets else []

@@ -193,3 +193,76 @@ def test_cli(llm, out):
     plain = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", str(base.path), "-o", str(out()), "--tgt-fmt", "hf"],
                            capture_output=True, text=True, timeout=300)
     assert plain.returncode == 2 and "mmzoo init" in plain.stderr  # converting (not upcycling) a plain LLM: still a VLM tool
+
+
+PROMPTS = [["the cat sat on the mat", "a small cat"], ["hello world"], {"positive_prompts": ["river water"], "negative_prompts": ["dry sand"]},
+           ["numbers one two three"]]
+
+
+def _layer_inputs(model, tokenizer, text: str, layer: int, last: bool):
+    """The dense model's input to decoder layer ``layer`` (a forward pre-hook: independent of output_hidden_states)."""
+    import torch
+
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["h"] = args[0] if args else kwargs["hidden_states"]
+
+    handle = model.model.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        ids = tokenizer(tokenizer.bos_token + text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        handle.remove()
+    h = seen["h"][0].float()
+    return h[-1] if last else h.mean(0)
+
+
+@pytest.mark.parametrize("mode", ["hidden", "hidden_avg"])
+def test_router_init_hidden_from_prompts(llm, out, tmp_path, mode):
+    import torch
+    import yaml
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = llm("llama")
+    prompts = tmp_path / "prompts.yaml"  # mergekit-moe's config shape
+    prompts.write_text(yaml.safe_dump({"base_model": str(base.path), "gate_mode": "hidden",
+                                       "experts": [p if isinstance(p, dict) else {"source_model": "x", "positive_prompts": p} for p in PROMPTS]}))
+    path = out("hidden")
+    convert(base.path, path, tgt_fmt="hf", moe=_moe(router_init=mode, router_prompts=str(prompts)), verify=True)
+    model = load_causal_lm(path)
+    assert float((logits(model, base.input_ids) - base.logits).abs().max()) <= TOL  # experts are copies: still dense
+    dense = AutoModelForCausalLM.from_pretrained(base.path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    last = mode == "hidden"
+    with safe_open(path / "model.safetensors", "pt") as f:
+        for layer in (0, 1):
+            gate = f.get_tensor(f"model.layers.{layer}.block_sparse_moe.gate.weight")
+            for e, entry in enumerate(PROMPTS):
+                pos = entry["positive_prompts"] if isinstance(entry, dict) else entry
+                neg = entry.get("negative_prompts", []) if isinstance(entry, dict) else []
+                vec = torch.stack([_layer_inputs(dense, tokenizer, t, layer, last) for t in pos]).mean(0)
+                if neg:
+                    vec = vec - torch.stack([_layer_inputs(dense, tokenizer, t, layer, last) for t in neg]).mean(0)
+                assert torch.allclose(gate[e], vec / vec.norm(), atol=1e-5), (layer, e)
+    assert json.loads((path / "config.json").read_text())["mmzoo_moe"]["router_init"] == mode
+
+
+def test_router_prompts_errors(llm, out, tmp_path, dense):
+    base = llm("llama")
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps([["a"], ["b"], ["c"]]))
+    with pytest.raises(UpcycleError, match="lists 3 experts but --moe-experts is 4"):
+        convert(base.path, out(), tgt_fmt="hf", moe=_moe(router_init="hidden", router_prompts=str(three)))
+    with pytest.raises(UpcycleError, match="needs --router-prompts"):
+        convert(base.path, out(), tgt_fmt="hf", moe=_moe(router_init="hidden"))
+    with pytest.raises(UpcycleError, match="--router-prompts is used by --router-init hidden"):
+        convert(base.path, out(), tgt_fmt="hf", moe=_moe(router_prompts=str(three)))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("- []\n- [b]\n")
+    with pytest.raises(UpcycleError, match="expert 0 has no positive prompts"):
+        convert(base.path, out(), tgt_fmt="hf", moe=_moe(num_experts=2, router_init="hidden", router_prompts=str(empty)))
+    with pytest.raises(UpcycleError, match="takes a plain LLM folder"):
+        convert(dense("llama").path, out(), tgt_fmt="hf", moe=_moe(num_experts=3, router_init="hidden", router_prompts=str(three)))

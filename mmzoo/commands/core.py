@@ -33,6 +33,8 @@ def convert(
     moe_experts: Annotated[Optional[int], typer.Option("--moe-experts", help="Upcycle dense MLPs into N experts while converting.", rich_help_panel="Upcycling")] = None,
     moe_top_k: Annotated[int, typer.Option("--moe-top-k", help="Experts per token.", rich_help_panel="Upcycling")] = 2,
     moe_style: Annotated[str, typer.Option("--moe-style", help="mixtral | shared | modality.", rich_help_panel="Upcycling")] = "mixtral",
+    moe_router: Annotated[str, typer.Option("--moe-router", help="softmax_topk (Mixtral) | smoe (LibMoE's SMoE: balance + z-loss).", rich_help_panel="Upcycling")] = "softmax_topk",
+    router_z_loss_coef: Annotated[Optional[float], typer.Option("--router-z-loss-coef", help="LibMoE router z-loss weight (--moe-router smoe; default 0.001).", rich_help_panel="Upcycling")] = None,
     moe_layers: Annotated[str, typer.Option("--moe-layers", help="all | even | odd | comma list such as 0,3,5.", rich_help_panel="Upcycling")] = "all",
     moe_target: Annotated[Optional[list[str]], typer.Option("--moe-target", help="text | vision | projector (repeatable).", rich_help_panel="Upcycling")] = None,
     router_init: Annotated[str, typer.Option("--router-init", help="zeros | normal:STD | hidden | hidden_avg (plain LLM + --router-prompts: mergekit's hidden gates).", rich_help_panel="Upcycling")] = "normal:0.02",
@@ -61,7 +63,7 @@ def convert(
     moe = None
     if moe_experts is not None:
         moe = dict(
-            num_experts=moe_experts, top_k=moe_top_k, style=moe_style, layers=moe_layers, targets=moe_target or ["text"],
+            num_experts=moe_experts, top_k=moe_top_k, style=moe_style, router=moe_router, router_z_loss_coef=router_z_loss_coef, layers=moe_layers, targets=moe_target or ["text"],
             router_init=router_init, router_prompts=str(router_prompts) if router_prompts else None, router_aux_loss_coef=router_aux_loss_coef, vision_aux_loss_coef=vision_aux_loss_coef,
             capacity_factor=capacity_factor, seed=seed,
         )

@@ -103,7 +103,7 @@ def upcycle_llm(ckpt: LlmCheckpoint, opts: UpcycleOptions, experts_from: list[Ll
     if opts.style == "modality":
         raise UpcycleError("--moe-style modality routes image tokens apart; a plain LLM has none (use mixtral or shared)", path=ckpt.path)
     layers = parse_layers(opts.layers, cfg["num_hidden_layers"], "LLM")
-    hf_arch, why = hf_arch_for(cfg, base, opts.style, opts.targets, layers)
+    hf_arch, why = hf_arch_for(cfg, base, opts.style, opts.targets, layers, opts.router)
     if hf_arch is None:
         raise UpcycleError(f"no built-in transformers MoE class expresses this LLM once upcycled ({why}); "
                            "upcycle it inside a Llava (mmzoo init) to get mmzoo's remote-code model", path=ckpt.path)

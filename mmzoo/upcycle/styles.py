@@ -14,7 +14,7 @@ from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names
 from ..errors import UpcycleError
 from ..io.tensors import Planned, Source
 from ..spec import Checkpoint
-from .options import UpcycleOptions, modality_experts, parse_layers
+from .options import DEFAULT_Z_LOSS, UpcycleOptions, modality_experts, parse_layers
 
 # the tensor (prefix) of each target's dense MLP whose output the shared style halves
 OUTPUT_PROJ = {"text": ("down_proj.",), "vision": ("fc2.",), "projector": ("linear_2.",)}
@@ -50,9 +50,12 @@ def zeros_source(name: str, shape: tuple[int, ...], dtype: str) -> Source:
     return Source(name, dtype, shape, load=load, origin="zeros (computed)")
 
 
-def hf_arch_for(cfg: dict[str, Any], base: str, style: str, targets, text_layers: list[int]) -> tuple[str | None, str]:
+def hf_arch_for(cfg: dict[str, Any], base: str, style: str, targets, text_layers: list[int],
+                router: str = "softmax_topk") -> tuple[str | None, str]:
     """The built-in transformers MoE architecture that expresses this layout exactly, or (None, why not):
     then the text_config is ``mmzoo_moe`` and ``hf`` folders carry mmzoo's remote code."""
+    if router != "softmax_topk":  # same routing, but training must see LibMoE's losses, which only MoeBlock has
+        return None, f"LibMoE {router} router losses"
     if style not in ("mixtral", "shared"):
         return None, f"{style} routing"
     if tuple(targets) != ("text",):
@@ -171,7 +174,7 @@ def layout_for(opts: UpcycleOptions, text_layers: list[int], vision_layers: list
         "vision_layers": vision_layers,
         "targets": list(opts.targets),
         "layer_selection": opts.layers if isinstance(opts.layers, str) else ",".join(map(str, opts.layers)),
-        "router": "softmax_topk",
+        "router": opts.router,
         "norm_topk_prob": True,
         "router_init": opts.router_init,
         "router_aux_loss_coef": opts.text_aux,
@@ -182,6 +185,8 @@ def layout_for(opts: UpcycleOptions, text_layers: list[int], vision_layers: list
     }
     if assignment is not None:
         layout["modality_experts"] = assignment
+    if opts.router == "smoe":
+        layout["router_z_loss_coef"] = opts.router_z_loss_coef if opts.router_z_loss_coef is not None else DEFAULT_Z_LOSS
     if opts.style == "shared":
         layout["shared_expert"] = "dense MLP copy, sigmoid gate initialised to 0 (x0.5); routed output projections x0.5"
     if hf_arch is None:
@@ -205,7 +210,7 @@ def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
     vision_layers = parse_layers(opts.layers, vision_cfg["num_hidden_layers"], "vision encoder") if "vision" in opts.targets else []
     if "projector" in opts.targets and spec.projector_type != "mlp2x_gelu":
         raise UpcycleError("--moe-target projector needs the mlp2x_gelu projector (this one is linear)")
-    hf_arch, why = hf_arch_for(text_cfg, spec.text_type, opts.style, opts.targets, text_layers)
+    hf_arch, why = hf_arch_for(text_cfg, spec.text_type, opts.style, opts.targets, text_layers, opts.router)
 
     tensors = dict(ckpt.tensors)
     sites = [("text", f"text_model.model.layers.{i}.mlp.", text_cfg["hidden_size"]) for i in text_layers]

@@ -22,6 +22,10 @@ c = softmax(coefficient(x)). A capacity factor drops overflow tokens (in order) 
 evaluation is dropless. The load-balancing loss is the Switch/Mixtral one, E * sum_e f_e * P_e, computed
 separately for image and text tokens in ``modality`` style and weighted by the layout's coefficients;
 the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given.
+``router: smoe`` (LibMoE's SMoE, Fsoft-AIC/LibMoE ``moe_model/model/moe/smoe.py``) routes the same way
+but trains with LibMoE's losses: ``router_aux_loss_coef`` * balance + ``router_z_loss_coef`` * z, where
+balance = E^2 * mean over sequences and experts of (mean router probability * share of the sequence's
+tokens whose FIRST choice is the expert) and z = mean over tokens of logsumexp(router logits)^2.
 
 Modality: image tokens are the positions of ``config.image_token_id`` in ``input_ids`` (or, without
 ``input_ids``, the ``inputs_embeds`` rows equal to that token's embedding — Llava's own placeholder
@@ -60,6 +64,8 @@ class MoeBlock(nn.Module):
         self.capacity_factor = layout.get("capacity_factor")
         self.text_coef = float(layout.get("router_aux_loss_coef") or 0.0)
         self.image_coef = float(layout.get("vision_aux_loss_coef", self.text_coef) or 0.0)
+        self.router = str(layout.get("router") or "softmax_topk")
+        self.z_coef = float(layout.get("router_z_loss_coef") or 0.0)
         self.context = [context]  # a list so the module tree does not adopt it
         self.gate = nn.Linear(hidden, num_experts, bias=False)
         self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
@@ -124,7 +130,11 @@ class MoeBlock(nn.Module):
         if hasattr(self, "residual"):
             coef = torch.softmax(self.coefficient(x), dim=-1)
             out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
-        self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
+        if self.router == "smoe":
+            batch = shape[0] if len(shape) == 3 else 1
+            self.last_aux_loss = self._libmoe_loss(logits, probs, top_i, batch)
+        else:
+            self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
         return out.reshape(*shape[:-1], out.shape[-1])
 
     def _aux_loss(self, probs: torch.Tensor, top_i: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
@@ -139,6 +149,15 @@ class MoeBlock(nn.Module):
             fraction = chosen.mean(dim=0) / self.top_k
             total = total + coef * self.num_experts * (fraction * p.mean(dim=0)).sum()
         return total
+
+
+    def _libmoe_loss(self, logits: torch.Tensor, probs: torch.Tensor, top_i: torch.Tensor, batch: int) -> torch.Tensor:
+        """LibMoE's combine_loss: balance per sequence (first choices only), averaged; plus the router z-loss."""
+        density_proxy = probs.reshape(batch, -1, self.num_experts).mean(dim=1)  # [B, E]
+        first = torch.nn.functional.one_hot(top_i[:, 0], self.num_experts).float().reshape(batch, -1, self.num_experts)
+        balance = (density_proxy * first.mean(dim=1)).mean() * float(self.num_experts ** 2)
+        z = torch.logsumexp(logits, dim=-1).square().mean()
+        return self.text_coef * balance + self.z_coef * z
 
 
 def moe_blocks(model: nn.Module) -> list[MoeBlock]:

@@ -266,3 +266,24 @@ def test_router_prompts_errors(llm, out, tmp_path, dense):
         convert(base.path, out(), tgt_fmt="hf", moe=_moe(num_experts=2, router_init="hidden", router_prompts=str(empty)))
     with pytest.raises(UpcycleError, match="takes a plain LLM folder"):
         convert(dense("llama").path, out(), tgt_fmt="hf", moe=_moe(num_experts=3, router_init="hidden", router_prompts=str(three)))
+
+
+def test_an_upcycled_llm_assembles_into_an_moe_vlm(llm, out, tmp_path):
+    """`mmzoo init` takes the upcycled LLM as it is: the Llava keeps the MoE layout and the routers."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from mmzoo import read_checkpoint
+    from mmzoo.assemble import init_model
+    from mmzoo.tiny import build_vision
+
+    base = llm("mistral")
+    moe_llm = out("moe-llm")
+    convert(base.path, moe_llm, tgt_fmt="hf", moe=_moe(layers="all"))
+    build_vision(tmp_path / "clip")
+    vlm = out("vlm")
+    init_model(tmp_path / "clip", moe_llm, vlm, tgt_fmt="hf")
+    assert read_checkpoint(vlm).spec.moe["num_experts"] == 4
+    model = LlavaForConditionalGeneration.from_pretrained(vlm)
+    assert type(model.model.language_model).__name__ == "MixtralModel"
+    assert torch.equal(model.model.language_model.layers[1].mlp.gate.weight, load_causal_lm(moe_llm).model.layers[1].mlp.gate.weight)

@@ -12,7 +12,8 @@ TARGETS = ("text", "vision", "projector")
 DEFAULT_AUX = 0.01  # MoE-LLaVA / Mixtral-style load balancing
 DEFAULT_MODALITY_AUX = 0.001  # MoIIE: per modality
 DEFAULT_Z_LOSS = 0.001  # LibMoE's scripts: --balance_loss_coef 0.01 --router_z_loss_coef 0.001
-ROUTERS = ("softmax_topk", "smoe")
+ROUTERS = ("softmax_topk", "smoe", "xmoe")
+LIBMOE_ROUTERS = ("smoe", "xmoe")
 
 MAX_EXPERTS = 4096
 
@@ -23,8 +24,8 @@ class UpcycleOptions(BaseModel):
     num_experts: int = 4
     top_k: int = 2
     style: Literal["mixtral", "shared", "modality"] = "mixtral"
-    router: Literal["softmax_topk", "smoe"] = "softmax_topk"  # smoe: LibMoE's SMoE losses (balance + z-loss)
-    router_z_loss_coef: float | None = None  # smoe only; default 0.001 (LibMoE's training scripts)
+    router: Literal["softmax_topk", "smoe", "xmoe"] = "softmax_topk"  # LibMoE's SMoE / XMoE (with their balance + z-loss)
+    router_z_loss_coef: float | None = None  # smoe / xmoe; default 0.001 (LibMoE's training scripts)
     layers: str | list[int] = "all"  # all | even | odd | "0,3,5" | [0, 3, 5]
     targets: tuple[Literal["text", "vision", "projector"], ...] = ("text",)
     router_init: str = "normal:0.02"  # zeros | normal:STD | hidden | hidden_avg (plain LLMs, with router_prompts)
@@ -101,10 +102,12 @@ def parse_options(**options) -> UpcycleOptions:
         if coef is not None and coef < 0:
             raise UpcycleError(f"aux loss coefficients must be >= 0 (got {coef})")
     opts.router_std()
-    if opts.router == "smoe" and opts.style == "modality":
-        raise UpcycleError("--moe-router smoe (LibMoE) has one balance loss over all tokens; use --moe-style mixtral or shared")
-    if opts.router_z_loss_coef is not None and (opts.router != "smoe" or opts.router_z_loss_coef < 0):
-        raise UpcycleError("--router-z-loss-coef is a non-negative weight of --moe-router smoe")
+    if opts.router in LIBMOE_ROUTERS and opts.style == "modality":
+        raise UpcycleError(f"--moe-router {opts.router} (LibMoE) has one balance loss over all tokens; use --moe-style mixtral or shared")
+    if opts.router == "xmoe" and opts.num_experts < 2:
+        raise UpcycleError("--moe-router xmoe needs at least 2 experts (its router works in E/2 dimensions)")
+    if opts.router_z_loss_coef is not None and (opts.router not in LIBMOE_ROUTERS or opts.router_z_loss_coef < 0):
+        raise UpcycleError("--router-z-loss-coef is a non-negative weight of --moe-router smoe or xmoe")
     if opts.hidden_router and not opts.router_prompts:
         raise UpcycleError(f"--router-init {opts.router_init} needs --router-prompts FILE (each expert's prompts)")
     if opts.router_prompts and not opts.hidden_router:

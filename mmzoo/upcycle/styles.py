@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
-from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names
+from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes
 from ..errors import UpcycleError
 from ..io.tensors import Planned, Source
 from ..spec import Checkpoint
@@ -146,7 +146,9 @@ def expand_site(tensors: dict[str, Planned], prefix: str, target: str, hidden: i
     for name in dense:
         del tensors[prefix + name]
     dtype = dense[next(iter(wanted))].dtype
-    tensors[prefix + "gate.weight"] = Planned.of(router_source(prefix + "gate.weight", (opts.num_experts, hidden), dtype, opts.router_std(), opts.seed))
+    for name, shape in router_shapes(prefix, opts.router, opts.num_experts, hidden).items():
+        std = 0.02 if name.endswith("expert_embeddings") else opts.router_std()  # XMoE's embeddings: LibMoE's normal(0, 0.02)
+        tensors[name] = Planned.of(router_source(name, shape, dtype, std, opts.seed))
     scale_out = opts.style == "shared"
     for e in range(opts.num_experts):
         source = dense if experts_from is None else {n: experts_from[e][prefix + n] for n in dense}
@@ -185,7 +187,7 @@ def layout_for(opts: UpcycleOptions, text_layers: list[int], vision_layers: list
     }
     if assignment is not None:
         layout["modality_experts"] = assignment
-    if opts.router == "smoe":
+    if opts.router in ("smoe", "xmoe"):
         layout["router_z_loss_coef"] = opts.router_z_loss_coef if opts.router_z_loss_coef is not None else DEFAULT_Z_LOSS
     if opts.style == "shared":
         layout["shared_expert"] = "dense MLP copy, sigmoid gate initialised to 0 (x0.5); routed output projections x0.5"

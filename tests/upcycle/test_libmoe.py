@@ -1,7 +1,8 @@
-"""LibMoE's SMoE router (``--moe-router smoe``): Mixtral routing, LibMoE's balance + router z-loss.
+"""LibMoE's SMoE and XMoE routers (``--moe-router smoe|xmoe``) with LibMoE's balance + router z-loss.
 
-Dense-equivalent at init in every format that holds it (internal, hf with mmzoo's remote code), the
-aux loss is LibMoE's formula (recomputed here from the router's own logits), moe-llava refuses it."""
+Dense-equivalent at init in every format that holds them (internal, hf with mmzoo's remote code), the
+aux loss is LibMoE's formula (recomputed here from the router's own scores), XMoE's routing equals its
+definition on distinct experts, moe-llava refuses them."""
 from __future__ import annotations
 
 import json
@@ -20,50 +21,62 @@ def _moe(**kw):
     return options
 
 
-def libmoe_loss(logits: torch.Tensor, balance_coef: float, z_coef: float) -> torch.Tensor:
-    """LibMoE's combine_loss for one block, on router logits [B, N, E] (written from its moe.py)."""
-    num = logits.shape[-1]
-    softmax = torch.softmax(logits.float(), dim=-1)
+def libmoe_loss(raw: torch.Tensor, scaled: torch.Tensor, balance_coef: float, z_coef: float) -> torch.Tensor:
+    """LibMoE's combine_loss for one block (written from its moe.py): ``raw`` router scores [B, N, E] for the
+    z-loss, ``scaled`` the ones its softmax routes with (XMoE divides by its temperature)."""
+    num = raw.shape[-1]
+    softmax = torch.softmax(scaled.float(), dim=-1)
     first = torch.topk(softmax, 2, dim=-1).indices[..., 0]
     density = torch.nn.functional.one_hot(first, num).float().mean(dim=1)  # [B, E]
     proxy = softmax.mean(dim=1)
     balance = (proxy * density).mean() * num * num
-    z = torch.logsumexp(logits.float(), dim=-1).square().mean()
+    z = torch.logsumexp(raw.float(), dim=-1).square().mean()
     return balance_coef * balance + z_coef * z
 
 
+@pytest.mark.parametrize("router", ["smoe", "xmoe"])
 @pytest.mark.parametrize("style,targets", [("mixtral", ("text",)), ("shared", ("text",)), ("mixtral", ("text", "vision", "projector"))])
-def test_smoe_is_dense_equivalent_and_its_aux_loss_is_libmoes(dense, out, style, targets):
+def test_libmoe_routers_are_dense_equivalent_and_their_aux_loss_is_libmoes(dense, out, router, style, targets):
     ref = dense("llama")
-    path = out("smoe")
-    convert(ref.path, path, tgt_fmt="internal", moe=_moe(style=style, targets=list(targets), router_z_loss_coef=0.002), verify=True)
+    path = out(router)
+    convert(ref.path, path, tgt_fmt="internal", moe=_moe(router=router, style=style, targets=list(targets), router_z_loss_coef=0.002), verify=True)
     model = load_model(path)
     assert max_diff(model, ref) <= TOL
     from mmzoo.upcycle.moe_modeling import moe_blocks
 
     blocks = moe_blocks(model)
-    assert blocks and all(b.router == "smoe" and b.z_coef == 0.002 and b.text_coef == 0.01 for b in blocks)
-    seen = []  # (block input shape, router logits) per block call
-    hooks = [b.register_forward_hook(lambda m, a, o: seen.append((a[0].shape, m.gate(a[0].reshape(-1, a[0].shape[-1]))))) for b in blocks]
+    assert blocks and all(b.router == router and b.z_coef == 0.002 and b.text_coef == 0.01 for b in blocks)
+    seen = []  # (block input shape, raw router scores, scaled scores) per block call
+
+    def record(module, args, _output):
+        scaled = module.gate(args[0].reshape(-1, args[0].shape[-1])).float()
+        raw = module.gate.last_cosine if router == "xmoe" else scaled
+        seen.append((args[0].shape, raw, scaled))
+
+    hooks = [b.register_forward_hook(record) for b in blocks]
     with torch.no_grad():
         result = model(**ref.inputs)
     for h in hooks:
         h.remove()
     assert len(seen) == len(blocks)
-    expected = sum(libmoe_loss(logits.reshape(shape[0], -1, logits.shape[-1]) if len(shape) == 3 else logits[None], 0.01, 0.002)
-                   for shape, logits in seen)
+
+    def batched(shape, t):
+        return t.reshape(shape[0], -1, t.shape[-1]) if len(shape) == 3 else t[None]
+
+    expected = sum(libmoe_loss(batched(shape, raw), batched(shape, scaled), 0.01, 0.002) for shape, raw, scaled in seen)
     assert torch.allclose(result["aux_loss"].float(), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_smoe_hf_uses_remote_code_and_reads_back(dense, out):
+@pytest.mark.parametrize("router", ["smoe", "xmoe"])
+def test_libmoe_hf_uses_remote_code_and_reads_back(dense, out, router):
     from transformers import AutoModelForImageTextToText
 
     ref = dense("llama")
-    path = out("smoe-hf")
-    result = convert(ref.path, path, tgt_fmt="hf", moe=_moe(), verify=True)
-    assert any("LibMoE smoe router losses" in n for n in result.notes)
+    path = out(f"{router}-hf")
+    result = convert(ref.path, path, tgt_fmt="hf", moe=_moe(router=router), verify=True)
+    assert any(f"LibMoE {router} router losses" in n for n in result.notes)
     config = json.loads((path / "config.json").read_text())
-    assert config["text_config"]["mmzoo_moe"]["router"] == "smoe" and config["text_config"]["mmzoo_moe"]["router_z_loss_coef"] == 0.001
+    assert config["text_config"]["mmzoo_moe"]["router"] == router and config["text_config"]["mmzoo_moe"]["router_z_loss_coef"] == 0.001
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True).eval()
     assert max_diff(model, ref) <= TOL
     with torch.no_grad():
@@ -74,7 +87,7 @@ def test_smoe_hf_uses_remote_code_and_reads_back(dense, out):
     convert(path, back, tgt_fmt="internal", verify=True)
     from mmzoo import read_checkpoint
 
-    assert read_checkpoint(back).spec.moe["router"] == "smoe"
+    assert read_checkpoint(back).spec.moe["router"] == router
 
 
 def test_smoe_refusals(dense, out):
@@ -86,3 +99,35 @@ def test_smoe_refusals(dense, out):
         convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="tcmoe"))
     with pytest.raises(UnknownArchitecture, match="no LibMoE smoe router"):
         convert(dense("llama").path, out(), tgt_fmt="moe-llava", moe=_moe())
+    with pytest.raises(UpcycleError, match="xmoe needs at least 2 experts"):
+        convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="xmoe", num_experts=1, top_k=1))
+
+
+def test_xmoe_routing_follows_its_definition_on_distinct_experts():
+    """XMoE (LibMoE xmoe.py): cosine of the L2-normalised E/2-dim projection against embeddings rescaled to
+    norm 1.5, softmax at temperature 0.3, top-k, weights = softmax over the chosen probabilities."""
+    from mmzoo.upcycle.moe_modeling import MoeBlock
+    from mmzoo.upcycle.remote.modeling_mmzoo_moe import ModalityContext
+
+    torch.manual_seed(0)
+    dense_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
+    block = MoeBlock(dense_mlp, hidden=16, num_experts=6, top_k=2, style="mixtral", modality="text",
+                     layout={"router": "xmoe", "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}, context=ModalityContext())
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        got = block(x)
+        emb = block.gate.expert_embeddings
+        assert torch.allclose(emb.norm(dim=-1), torch.full((6,), 1.5))  # rescaled in place, as LibMoE does
+        reduced = torch.nn.functional.normalize(block.gate.inp_reduction(x), dim=-1, eps=1e-4)
+        probs = torch.softmax(reduced @ emb.t() / 0.3, dim=-1)
+        top_p, top_i = torch.topk(probs, 2, dim=-1)
+        weights = torch.softmax(top_p, dim=-1)
+        want = torch.zeros_like(x)
+        for b in range(2):
+            for t in range(5):
+                for slot in range(2):
+                    want[b, t] += weights[b, t, slot] * block.experts[int(top_i[b, t, slot])](x[b, t])
+    assert torch.allclose(got, want, atol=1e-6)

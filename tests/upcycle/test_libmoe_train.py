@@ -1,4 +1,4 @@
-"""LibMoE's SMoE router trains under ``mmzoo train``: its loss (balance + z-loss) is the logged aux loss,
+"""LibMoE's SMoE and XMoE routers train under ``mmzoo train``: their loss (balance + z-loss) is the logged aux loss,
 the loss falls, the routers move, and the exported hf folder (mmzoo's remote code) gives the engine's logits."""
 from __future__ import annotations
 
@@ -13,21 +13,22 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="module")
-def smoe_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["smoe", "xmoe"])
+def libmoe_run(request, tmp_path_factory):
     from mmzoo import convert
     from mmzoo.tiny import build_llava, make_caption_dataset
     from mmzoo.train.config import load_config
     from mmzoo.train.loop import run_training
 
-    root = tmp_path_factory.mktemp("smoe-train")
+    router = request.param
+    root = tmp_path_factory.mktemp(f"{router}-train")
     hf = root / "hf"
     build_llava(hf)
     images, data = make_caption_dataset(root, hf)
-    moe = root / "smoe"
-    convert(hf, moe, tgt_fmt="internal", moe=dict(num_experts=4, top_k=2, router="smoe", layers="all",
+    moe = root / router
+    convert(hf, moe, tgt_fmt="internal", moe=dict(num_experts=4, top_k=2, router=router, layers="all",
                                                     targets=["text", "projector"]))
-    cfg_path = root / "smoe.yaml"
+    cfg_path = root / f"{router}.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "stage": "moe", "model": str(moe), "data": {"path": str(data), "images": str(images)},
         "train": {"max_steps": 8, "micro_batch_size": 2, "global_batch_size": 4, "lr": 5e-3, "precision": "fp32",
@@ -50,11 +51,11 @@ def smoe_run(tmp_path_factory):
 
     run_training(cfg, on_finish=on_finish)
     rows = [json.loads(line) for line in (cfg.output_dir / "metrics.jsonl").read_text().splitlines()]
-    return dict(cfg=cfg, moe=moe, rows=rows, probe=probe, engine_logits=seen["logits"], root=root)
+    return dict(cfg=cfg, moe=moe, rows=rows, probe=probe, engine_logits=seen["logits"], root=root, router=router)
 
 
-def test_smoe_trains_with_libmoe_losses_logged(smoe_run):
-    rows = smoe_run["rows"]
+def test_libmoe_router_trains_with_its_losses_logged(libmoe_run):
+    rows = libmoe_run["rows"]
     assert [r["step"] for r in rows] == list(range(1, 9))
     for r in rows:
         assert r["aux_loss"] > 0 and abs(r["loss"] - r["lm_loss"] - r["aux_loss"]) < 1e-5
@@ -63,21 +64,21 @@ def test_smoe_trains_with_libmoe_losses_logged(smoe_run):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
 
 
-def test_smoe_export_reloads_with_the_engines_logits(smoe_run, tmp_path):
+def test_libmoe_export_reloads_with_the_engines_logits(libmoe_run, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from mmzoo import read_checkpoint
     from mmzoo.io.tensors import materialize
     from mmzoo.train.export import export
 
-    out = tmp_path / "smoe-hf"
-    export(smoe_run["cfg"].output_dir, out, tgt_fmt="hf")
-    assert json.loads((out / "config.json").read_text())["text_config"]["mmzoo_moe"]["router"] == "smoe"
+    out = tmp_path / f"{libmoe_run['router']}-hf"
+    export(libmoe_run["cfg"].output_dir, out, tgt_fmt="hf")
+    assert json.loads((out / "config.json").read_text())["text_config"]["mmzoo_moe"]["router"] == libmoe_run["router"]
     model = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True).eval()
     with torch.no_grad():
-        logits = model(**smoe_run["probe"]).logits
-    assert torch.allclose(logits, smoe_run["engine_logits"], atol=1e-5, rtol=0), float((logits - smoe_run["engine_logits"]).abs().max())
-    router = "text_model.model.layers.0.mlp.gate.weight"
-    trained, start = read_checkpoint(out), read_checkpoint(smoe_run["moe"])
-    assert trained.spec.moe["router"] == "smoe"
+        logits = model(**libmoe_run["probe"]).logits
+    assert torch.allclose(logits, libmoe_run["engine_logits"], atol=1e-5, rtol=0), float((logits - libmoe_run["engine_logits"]).abs().max())
+    router = "text_model.model.layers.0.mlp." + ("gate.inp_reduction.weight" if libmoe_run["router"] == "xmoe" else "gate.weight")
+    trained, start = read_checkpoint(out), read_checkpoint(libmoe_run["moe"])
+    assert trained.spec.moe["router"] == libmoe_run["router"]
     assert not torch.equal(materialize(trained.tensors[router]), materialize(start.tensors[router]))

@@ -22,6 +22,8 @@ c = softmax(coefficient(x)). A capacity factor drops overflow tokens (in order) 
 evaluation is dropless. The load-balancing loss is the Switch/Mixtral one, E * sum_e f_e * P_e, computed
 separately for image and text tokens in ``modality`` style and weighted by the layout's coefficients;
 the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given.
+``router: xmoe`` (LibMoE's XMoE) scores experts with ``XmoeGate`` and weighs the top-k by a softmax over
+their probabilities; it trains with the same two losses (z-loss on the cosine scores).
 ``router: smoe`` (LibMoE's SMoE, Fsoft-AIC/LibMoE ``moe_model/model/moe/smoe.py``) routes the same way
 but trains with LibMoE's losses: ``router_aux_loss_coef`` * balance + ``router_z_loss_coef`` * z, where
 balance = E^2 * mean over sequences and experts of (mean router probability * share of the sequence's
@@ -55,6 +57,34 @@ class ModalityContext:
     blocks: list = field(default_factory=list)
 
 
+class XmoeGate(nn.Module):
+    """LibMoE's XMoE router (``moe_model/model/moe/xmoe.py``): the token is projected to E/2 dimensions
+    (``inp_reduction``), L2-normalised, and scored by cosine against ``expert_embeddings`` [E, E/2], which
+    every forward rescales in place to norm 1.5 (as LibMoE does); the output is cosine / 0.3 (the
+    temperature), so softmax of it is XMoE's routing distribution. ``last_cosine`` keeps the raw scores
+    for the router z-loss."""
+
+    temperature = 0.3
+
+    def __init__(self, hidden: int, num_experts: int):
+        super().__init__()
+        dim = max(1, num_experts // 2)
+        self.inp_reduction = nn.Linear(hidden, dim, bias=False)
+        self.expert_embeddings = nn.Parameter(torch.empty(num_experts, dim))
+        self.last_cosine: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduced = self.inp_reduction(x)
+        with torch.no_grad():
+            self.expert_embeddings.mul_(1.5 / self.expert_embeddings.norm(p=2.0, dim=-1, keepdim=True))
+        cosine = torch.matmul(nn.functional.normalize(reduced.float(), p=2.0, dim=-1, eps=1e-4), self.expert_embeddings.float().t())
+        ok = cosine.isfinite()
+        if not ok.all():  # LibMoE's _make_finite
+            cosine = cosine.masked_fill(~ok, cosine[ok].min())
+        self.last_cosine = cosine
+        return cosine / self.temperature
+
+
 class MoeBlock(nn.Module):
     def __init__(self, dense: nn.Module, *, hidden: int, num_experts: int, top_k: int, style: str,
                  modality: str, layout: dict[str, Any], context: ModalityContext, residual: bool = False,
@@ -67,7 +97,7 @@ class MoeBlock(nn.Module):
         self.router = str(layout.get("router") or "softmax_topk")
         self.z_coef = float(layout.get("router_z_loss_coef") or 0.0)
         self.context = [context]  # a list so the module tree does not adopt it
-        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        self.gate = XmoeGate(hidden, num_experts) if self.router == "xmoe" else nn.Linear(hidden, num_experts, bias=False)
         self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
         if style == "shared":
             self.shared_expert = copy.deepcopy(dense)
@@ -84,7 +114,7 @@ class MoeBlock(nn.Module):
     @property
     def allowed(self) -> torch.Tensor:
         """[2, num_experts] bool: row 0 the experts text tokens may use, row 1 those image tokens may use."""
-        allowed = torch.ones(2, self.num_experts, dtype=torch.bool, device=self.gate.weight.device)
+        allowed = torch.ones(2, self.num_experts, dtype=torch.bool, device=next(self.gate.parameters()).device)
         for row, experts in enumerate(self._forbidden):
             if experts:
                 allowed[row, experts] = False
@@ -108,7 +138,10 @@ class MoeBlock(nn.Module):
         logits = logits.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        if self.router == "xmoe":  # LibMoE's _keepTopk: a softmax over the chosen probabilities
+            top_w = torch.softmax(top_w.to(x.dtype), dim=-1)
+        else:
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         capacity = None
         if self.training and self.capacity_factor:
             capacity = max(1, math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts))
@@ -130,9 +163,10 @@ class MoeBlock(nn.Module):
         if hasattr(self, "residual"):
             coef = torch.softmax(self.coefficient(x), dim=-1)
             out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
-        if self.router == "smoe":
+        if self.router in ("smoe", "xmoe"):
             batch = shape[0] if len(shape) == 3 else 1
-            self.last_aux_loss = self._libmoe_loss(logits, probs, top_i, batch)
+            raw = self.gate.last_cosine if self.router == "xmoe" else logits  # XMoE's z-loss: cosine logits, no temperature
+            self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch)
         else:
             self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
         return out.reshape(*shape[:-1], out.shape[-1])

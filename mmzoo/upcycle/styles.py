@@ -14,7 +14,7 @@ from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes
 from ..errors import UpcycleError
 from ..io.tensors import Planned, Source
 from ..spec import Checkpoint
-from .options import DEFAULT_Z_LOSS, UpcycleOptions, modality_experts, parse_layers
+from .options import DEFAULT_Z_LOSS, LIBMOE_ROUTERS, SHARED_E, UpcycleOptions, modality_experts, parse_layers
 
 # the tensor (prefix) of each target's dense MLP whose output the shared style halves
 OUTPUT_PROJ = {"text": ("down_proj.",), "vision": ("fc2.",), "projector": ("linear_2.",)}
@@ -149,7 +149,8 @@ def expand_site(tensors: dict[str, Planned], prefix: str, target: str, hidden: i
     for name, shape in router_shapes(prefix, opts.router, opts.num_experts, hidden).items():
         std = 0.02 if name.endswith("expert_embeddings") else opts.router_std()  # XMoE's embeddings: LibMoE's normal(0, 0.02)
         tensors[name] = Planned.of(router_source(name, shape, dtype, std, opts.seed))
-    scale_out = opts.style == "shared"
+    gated_shared = opts.style == "shared" and opts.router not in SHARED_E  # LibMoE SharedE mixes 0.5 / 0.5, no gate, no scaling
+    scale_out = gated_shared
     for e in range(opts.num_experts):
         source = dense if experts_from is None else {n: experts_from[e][prefix + n] for n in dense}
         for name, planned in source.items():
@@ -159,7 +160,8 @@ def expand_site(tensors: dict[str, Planned], prefix: str, target: str, hidden: i
     if opts.style == "shared":
         for name, planned in dense.items():
             tensors[f"{prefix}shared_expert.{name}"] = planned
-        tensors[prefix + "shared_expert_gate.weight"] = Planned.of(zeros_source(prefix + "shared_expert_gate.weight", (1, hidden), dtype))
+        if gated_shared:
+            tensors[prefix + "shared_expert_gate.weight"] = Planned.of(zeros_source(prefix + "shared_expert_gate.weight", (1, hidden), dtype))
     elif target == "text" and hf_arch == "qwen2_moe":
         tensors.update(zero_shared_expert(prefix, hidden, dtype))
 
@@ -187,9 +189,11 @@ def layout_for(opts: UpcycleOptions, text_layers: list[int], vision_layers: list
     }
     if assignment is not None:
         layout["modality_experts"] = assignment
-    if opts.router in ("smoe", "xmoe"):
+    if opts.router in LIBMOE_ROUTERS:
         layout["router_z_loss_coef"] = opts.router_z_loss_coef if opts.router_z_loss_coef is not None else DEFAULT_Z_LOSS
-    if opts.style == "shared":
+    if opts.style == "shared" and opts.router in SHARED_E:
+        layout["shared_expert"] = "dense MLP copy; output = 0.5 * shared + 0.5 * routed (LibMoE SharedE, no gate)"
+    elif opts.style == "shared":
         layout["shared_expert"] = "dense MLP copy, sigmoid gate initialised to 0 (x0.5); routed output projections x0.5"
     if hf_arch is None:
         layout["hf_unsupported"] = why

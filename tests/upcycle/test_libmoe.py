@@ -1,8 +1,9 @@
-"""LibMoE's SMoE and XMoE routers (``--moe-router smoe|xmoe``) with LibMoE's balance + router z-loss.
+"""LibMoE's SMoE, XMoE, SharedE-V2 and SharedE-V3 (``--moe-router smoe|xmoe|sharede_v2|sharede_v3``) with
+LibMoE's balance + router z-loss.
 
 Dense-equivalent at init in every format that holds them (internal, hf with mmzoo's remote code), the
-aux loss is LibMoE's formula (recomputed here from the router's own scores), XMoE's routing equals its
-definition on distinct experts, moe-llava refuses them."""
+aux loss is LibMoE's formula (recomputed here from the router's own scores), XMoE's and SharedE's
+outputs equal their definitions on distinct experts, moe-llava refuses them."""
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def libmoe_loss(raw: torch.Tensor, scaled: torch.Tensor, balance_coef: float, z_
     return balance_coef * balance + z_coef * z
 
 
-@pytest.mark.parametrize("router", ["smoe", "xmoe"])
-@pytest.mark.parametrize("style,targets", [("mixtral", ("text",)), ("shared", ("text",)), ("mixtral", ("text", "vision", "projector"))])
+ALL = ("text", "vision", "projector")
+CASES = [(r, style, t) for r in ("smoe", "xmoe") for style, t in (("mixtral", ("text",)), ("shared", ("text",)), ("mixtral", ALL))]
+CASES += [(r, "shared", t) for r in ("sharede_v2", "sharede_v3") for t in (("text",), ALL)]
+
+
+@pytest.mark.parametrize("router,style,targets", CASES)
 def test_libmoe_routers_are_dense_equivalent_and_their_aux_loss_is_libmoes(dense, out, router, style, targets):
     ref = dense("llama")
     path = out(router)
@@ -67,13 +72,14 @@ def test_libmoe_routers_are_dense_equivalent_and_their_aux_loss_is_libmoes(dense
     assert torch.allclose(result["aux_loss"].float(), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("router", ["smoe", "xmoe"])
+@pytest.mark.parametrize("router", ["smoe", "xmoe", "sharede_v2", "sharede_v3"])
 def test_libmoe_hf_uses_remote_code_and_reads_back(dense, out, router):
     from transformers import AutoModelForImageTextToText
 
     ref = dense("llama")
     path = out(f"{router}-hf")
-    result = convert(ref.path, path, tgt_fmt="hf", moe=_moe(router=router), verify=True)
+    style = "shared" if router.startswith("sharede") else "mixtral"
+    result = convert(ref.path, path, tgt_fmt="hf", moe=_moe(router=router, style=style), verify=True)
     assert any(f"LibMoE {router} router losses" in n for n in result.notes)
     config = json.loads((path / "config.json").read_text())
     assert config["text_config"]["mmzoo_moe"]["router"] == router and config["text_config"]["mmzoo_moe"]["router_z_loss_coef"] == 0.001
@@ -90,15 +96,17 @@ def test_libmoe_hf_uses_remote_code_and_reads_back(dense, out, router):
     assert read_checkpoint(back).spec.moe["router"] == router
 
 
-def test_smoe_refusals(dense, out):
+def test_libmoe_router_refusals(dense, out):
     with pytest.raises(UpcycleError, match="use --moe-style mixtral or shared"):
         convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(style="modality"))
-    with pytest.raises(UpcycleError, match="--router-z-loss-coef is a non-negative weight of --moe-router smoe"):
+    with pytest.raises(UpcycleError, match="--router-z-loss-coef is a non-negative weight of the LibMoE routers"):
         convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="softmax_topk", router_z_loss_coef=0.1))
     with pytest.raises(UpcycleError, match="invalid upcycling option router"):
         convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="tcmoe"))
     with pytest.raises(UnknownArchitecture, match="no LibMoE smoe router"):
         convert(dense("llama").path, out(), tgt_fmt="moe-llava", moe=_moe())
+    with pytest.raises(UpcycleError, match="sharede_v2 \\(LibMoE SharedE\\) needs \\-\\-moe\\-style shared"):
+        convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="sharede_v2"))
     with pytest.raises(UpcycleError, match="xmoe needs at least 2 experts"):
         convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="xmoe", num_experts=1, top_k=1))
 
@@ -130,4 +138,40 @@ def test_xmoe_routing_follows_its_definition_on_distinct_experts():
             for t in range(5):
                 for slot in range(2):
                     want[b, t] += weights[b, t, slot] * block.experts[int(top_i[b, t, slot])](x[b, t])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("router", ["sharede_v2", "sharede_v3"])
+def test_sharede_follows_its_definition_on_distinct_experts(dense, out, router):
+    """SharedE (LibMoE shard_smoe.py / shard_smoe_v3.py): 0.5 * shared + 0.5 * routed, no gate; V2 weighs the
+    top-k by renormalised softmax, V3 by renormalised sigmoid. Upcycled: no shared-expert gate, unscaled copies."""
+    from mmzoo import read_checkpoint
+    from mmzoo.upcycle.moe_modeling import MoeBlock
+    from mmzoo.upcycle.remote.modeling_mmzoo_moe import ModalityContext
+
+    path = out(router)
+    convert(dense("llama").path, path, tgt_fmt="internal", moe=_moe(router=router, style="shared", num_experts=3, top_k=1))
+    names = set(read_checkpoint(path).tensors)
+    assert "text_model.model.layers.0.mlp.shared_expert.down_proj.weight" in names
+    assert not any("shared_expert_gate" in n for n in names)
+    torch.manual_seed(0)
+    dense_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
+    block = MoeBlock(dense_mlp, hidden=16, num_experts=4, top_k=2, style="shared", modality="text",
+                     layout={"router": router, "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}, context=ModalityContext())
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        got = block(x)
+        logits = block.gate(x)
+        scores = torch.sigmoid(logits) if router == "sharede_v3" else torch.softmax(logits, dim=-1)
+        top_s, top_i = torch.topk(scores, 2, dim=-1)
+        weights = top_s / top_s.sum(dim=-1, keepdim=True)
+        want = torch.zeros_like(x)
+        for b in range(2):
+            for t in range(5):
+                routed = sum(weights[b, t, slot] * block.experts[int(top_i[b, t, slot])](x[b, t]) for slot in range(2))
+                want[b, t] = 0.5 * block.shared_expert(x[b, t]) + 0.5 * routed
     assert torch.allclose(got, want, atol=1e-6)

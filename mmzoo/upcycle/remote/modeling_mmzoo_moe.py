@@ -24,6 +24,9 @@ separately for image and text tokens in ``modality`` style and weighted by the l
 the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given.
 ``router: xmoe`` (LibMoE's XMoE) scores experts with ``XmoeGate`` and weighs the top-k by a softmax over
 their probabilities; it trains with the same two losses (z-loss on the cosine scores).
+``router: sharede_v2`` / ``sharede_v3`` (LibMoE's SharedE, ``shard_smoe.py`` / ``shard_smoe_v3.py``; style
+``shared``): output = 0.5 * shared_expert(x) + 0.5 * routed, no gate; V3 chooses and weighs the top-k by
+sigmoid(router logits), renormalised. Both train with the same two losses over the routed experts.
 ``router: smoe`` (LibMoE's SMoE, Fsoft-AIC/LibMoE ``moe_model/model/moe/smoe.py``) routes the same way
 but trains with LibMoE's losses: ``router_aux_loss_coef`` * balance + ``router_z_loss_coef`` * z, where
 balance = E^2 * mean over sequences and experts of (mean router probability * share of the sequence's
@@ -55,6 +58,10 @@ class ModalityContext:
     image_token_id: int | None = None
     image_mask: torch.Tensor | None = None  # [batch, seq] bool
     blocks: list = field(default_factory=list)
+
+
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3")
+SHARED_E = ("sharede_v2", "sharede_v3")
 
 
 class XmoeGate(nn.Module):
@@ -101,7 +108,8 @@ class MoeBlock(nn.Module):
         self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
         if style == "shared":
             self.shared_expert = copy.deepcopy(dense)
-            self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
+            if self.router not in SHARED_E:  # LibMoE's SharedE mixes 0.5 / 0.5 without a gate
+                self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
         if residual:
             self.residual = copy.deepcopy(dense)
             self.coefficient = nn.Linear(hidden, 2, bias=coefficient_bias)
@@ -138,7 +146,10 @@ class MoeBlock(nn.Module):
         logits = logits.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
-        if self.router == "xmoe":  # LibMoE's _keepTopk: a softmax over the chosen probabilities
+        if self.router == "sharede_v3":  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
+            top_w, top_i = torch.topk(torch.sigmoid(logits), self.top_k, dim=-1)
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        elif self.router == "xmoe":  # LibMoE's _keepTopk: a softmax over the chosen probabilities
             top_w = torch.softmax(top_w.to(x.dtype), dim=-1)
         else:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
@@ -158,12 +169,14 @@ class MoeBlock(nn.Module):
             out.index_add_(0, token_idx, y)
         if out is None:  # no token at all
             out = self.experts[0](x) * 0
-        if self.style == "shared":
+        if self.style == "shared" and self.router in SHARED_E:
+            out = self.shared_expert(x) * 0.5 + out * 0.5
+        elif self.style == "shared":
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         if hasattr(self, "residual"):
             coef = torch.softmax(self.coefficient(x), dim=-1)
             out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
-        if self.router in ("smoe", "xmoe"):
+        if self.router in LIBMOE_ROUTERS:
             batch = shape[0] if len(shape) == 3 else 1
             raw = self.gate.last_cosine if self.router == "xmoe" else logits  # XMoE's z-loss: cosine logits, no temperature
             self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch)

@@ -157,7 +157,9 @@ def _moe_line(moe) -> str:
         where.append(f"vision layers {moe['vision_layers']}")
     if "projector" in (moe.get("targets") or []):
         where.append("projector")
-    return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')} · " + ", ".join(where)
+    router = moe.get("router")
+    libmoe = f" · LibMoE {router} router" if router in ("smoe", "xmoe", "sharede_v2", "sharede_v3") else ""
+    return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')}{libmoe} · " + ", ".join(where)
 
 
 def diff(

@@ -94,6 +94,11 @@ def test_libmoe_hf_uses_remote_code_and_reads_back(dense, out, router):
     from mmzoo import read_checkpoint
 
     assert read_checkpoint(back).spec.moe["router"] == router
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "mmzoo.cli", "inspect", str(back)], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and f"LibMoE {router} router" in shown.stdout
 
 
 def test_libmoe_router_refusals(dense, out):

@@ -215,8 +215,11 @@ def site_prefixes(moe: dict[str, Any]) -> list[tuple[str, str, int]]:
     return out
 
 
-def router_shapes(prefix: str, router: str | None, num_experts: int, hidden: int) -> dict[str, tuple[int, ...]]:
-    """The router tensors of one MoE site: ``gate.weight`` [E, hidden], or LibMoE XMoE's low-rank cosine router."""
+def router_shapes(prefix: str, router: str | None, num_experts: int, hidden: int, top_k: int = 1) -> dict[str, tuple[int, ...]]:
+    """The router tensors of one MoE site: ``gate.weight`` [E, hidden], LibMoE TC-MoE's [2E + top_k, hidden]
+    (negated and null experts), or LibMoE XMoE's low-rank cosine router."""
+    if router == "tcmoe":
+        return {prefix + "gate.weight": (2 * num_experts + top_k, hidden)}
     if router == "xmoe":
         dim = max(1, num_experts // 2)
         return {prefix + "gate.inp_reduction.weight": (dim, hidden), prefix + "gate.expert_embeddings": (num_experts, dim)}
@@ -231,7 +234,7 @@ def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
     for target, prefix, _ in site_prefixes(moe):
         dense = dense_mlp_names(target, spec.text_config, spec.vision_config)
         hidden = spec.text_config["hidden_size"] if target == "text" else spec.vision_config["hidden_size"]
-        shapes.update(router_shapes(prefix, moe.get("router"), num, hidden))
+        shapes.update(router_shapes(prefix, moe.get("router"), num, hidden, int(moe.get("top_k") or 1)))
         for e in range(num):
             for name, shape in dense.items():
                 shapes[f"{prefix}experts.{e}.{name}"] = shape

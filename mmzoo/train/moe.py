@@ -79,6 +79,11 @@ class RouterTap:
             logits = logits.reshape(-1, logits.shape[-1])
             num_experts = logits.shape[-1]
             top_k = int(getattr(block, "top_k", None) or getattr(block.gate, "top_k", 1))
+            if mmzoo_block and getattr(block, "router", None) == "tcmoe":  # E experts, E negated copies, null experts
+                expert = block._tcmoe_route(logits)[2].reshape(-1)
+                counts = torch.bincount(expert[expert >= 0].detach(), minlength=block.num_experts).float()
+                self.counts[name] = self.counts.get(name, torch.zeros_like(counts)) + counts
+                return
             if mmzoo_block:  # the block's own modality mask decides which experts a token may use
                 is_image = block._image_tokens(logits.shape[0], logits.device)
                 allowed = block.allowed.to(logits.device)[is_image.long()]

@@ -146,7 +146,7 @@ def expand_site(tensors: dict[str, Planned], prefix: str, target: str, hidden: i
     for name in dense:
         del tensors[prefix + name]
     dtype = dense[next(iter(wanted))].dtype
-    for name, shape in router_shapes(prefix, opts.router, opts.num_experts, hidden).items():
+    for name, shape in router_shapes(prefix, opts.router, opts.num_experts, hidden, opts.top_k).items():
         std = 0.02 if name.endswith("expert_embeddings") else opts.router_std()  # XMoE's embeddings: LibMoE's normal(0, 0.02)
         tensors[name] = Planned.of(router_source(name, shape, dtype, std, opts.seed))
     gated_shared = opts.style == "shared" and opts.router not in SHARED_E  # LibMoE SharedE mixes 0.5 / 0.5, no gate, no scaling

@@ -72,19 +72,19 @@ def test_libmoe_routers_are_dense_equivalent_and_their_aux_loss_is_libmoes(dense
     assert torch.allclose(result["aux_loss"].float(), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("router", ["smoe", "xmoe", "sharede_v2", "sharede_v3"])
+@pytest.mark.parametrize("router", ["smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe"])
 def test_libmoe_hf_uses_remote_code_and_reads_back(dense, out, router):
     from transformers import AutoModelForImageTextToText
 
     ref = dense("llama")
     path = out(f"{router}-hf")
     style = "shared" if router.startswith("sharede") else "mixtral"
-    result = convert(ref.path, path, tgt_fmt="hf", moe=_moe(router=router, style=style), verify=True)
+    result = convert(ref.path, path, tgt_fmt="hf", moe=_moe(router=router, style=style, router_init="zeros" if router == "tcmoe" else "normal:0.02"), verify=True)
     assert any(f"LibMoE {router} router losses" in n for n in result.notes)
     config = json.loads((path / "config.json").read_text())
     assert config["text_config"]["mmzoo_moe"]["router"] == router and config["text_config"]["mmzoo_moe"]["router_z_loss_coef"] == 0.001
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True).eval()
-    assert max_diff(model, ref) <= TOL
+    assert max_diff(model, ref) <= (1e-3 if router == "tcmoe" else TOL)  # TC-MoE: its null experts (see below)
     with torch.no_grad():
         aux = model(**ref.inputs).aux_loss
     with torch.no_grad():
@@ -180,3 +180,54 @@ def test_sharede_follows_its_definition_on_distinct_experts(dense, out, router):
                 routed = sum(weights[b, t, slot] * block.experts[int(top_i[b, t, slot])](x[b, t]) for slot in range(2))
                 want[b, t] = 0.5 * block.shared_expert(x[b, t]) + 0.5 * routed
     assert torch.allclose(got, want, atol=1e-6)
+
+
+
+def test_tcmoe_is_dense_up_to_its_null_experts_and_follows_its_definition(dense, out):
+    """TC-MoE (LibMoE moe_tcmoe.py): softmax over [E experts, E negated copies - 1, k null experts - 10], top-k,
+    weights = p / (chosen non-null p + all null p), a negated copy subtracts. With zero routers the top-k are
+    k positive experts weighted 1 / (k (1 + e^-10)) each: the dense output scaled by 1 / (1 + e^-10)."""
+    import math
+
+    from mmzoo.upcycle.moe_modeling import MoeBlock
+    from mmzoo.upcycle.remote.modeling_mmzoo_moe import ModalityContext
+
+    ref = dense("llama")
+    path = out("tcmoe")
+    convert(ref.path, path, tgt_fmt="internal", moe=_moe(router="tcmoe", router_init="zeros"), verify=True)
+    model = load_model(path)
+    blocks = [b for b in model.modules() if isinstance(b, MoeBlock)]
+    assert blocks and all(tuple(b.gate.weight.shape) == (2 * 4 + 2, 64) for b in blocks)
+    diff = max_diff(model, ref)
+    assert 0 < diff <= 1e-3  # the exception: null experts' probability e^-10 stays in the denominator
+    torch.manual_seed(0)
+    dense_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
+    block = MoeBlock(dense_mlp, hidden=16, num_experts=4, top_k=2, style="mixtral", modality="text",
+                     layout={"router": "tcmoe", "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}, context=ModalityContext())
+    zero = torch.zeros(3, 16)
+    with torch.no_grad():
+        block.gate.weight.zero_()
+        scale = 1 / (1 + math.exp(-10))
+        assert torch.allclose(block(zero[None]), scale * dense_mlp(zero)[None], atol=1e-6)  # experts are still copies
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        x = torch.randn(2, 6, 16)
+        got = block(x)
+        logits = block.gate(x)
+        shifted = logits.clone()
+        shifted[..., 4:8] -= 1
+        shifted[..., 8:] -= 10
+        probs = torch.softmax(shifted, dim=-1)
+        top_p, top_i = torch.topk(probs, 2, dim=-1)
+        want = torch.zeros_like(x)
+        negated = 0
+        for b in range(2):
+            for t in range(6):
+                denom = sum(top_p[b, t, s] for s in range(2) if top_i[b, t, s] < 8) + probs[b, t, 8:].sum()
+                for s in range(2):
+                    i = int(top_i[b, t, s])
+                    if i < 8:
+                        negated += i >= 4
+                        want[b, t] += (1 if i < 4 else -1) * top_p[b, t, s] / denom * block.experts[i % 4](x[b, t])
+    assert negated > 0  # the negated copies were exercised
+    assert torch.allclose(got, want, atol=1e-5)

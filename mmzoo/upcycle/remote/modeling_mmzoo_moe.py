@@ -27,6 +27,10 @@ their probabilities; it trains with the same two losses (z-loss on the cosine sc
 ``router: sharede_v2`` / ``sharede_v3`` (LibMoE's SharedE, ``shard_smoe.py`` / ``shard_smoe_v3.py``; style
 ``shared``): output = 0.5 * shared_expert(x) + 0.5 * routed, no gate; V3 chooses and weighs the top-k by
 sigmoid(router logits), renormalised. Both train with the same two losses over the routed experts.
+``router: tcmoe`` (LibMoE's TC-MoE, ``moe_tcmoe.py``): the router scores E experts, E negated copies and
+top_k null experts (see ``_tcmoe_route``); not exactly dense-equivalent at init (the null experts'
+probability stays in the weights' denominator, and a negated copy can win). A token that picks an expert
+and its own negated copy gets both terms here; LibMoE's ``results[b, t] +=`` keeps only one of the two.
 ``router: smoe`` (LibMoE's SMoE, Fsoft-AIC/LibMoE ``moe_model/model/moe/smoe.py``) routes the same way
 but trains with LibMoE's losses: ``router_aux_loss_coef`` * balance + ``router_z_loss_coef`` * z, where
 balance = E^2 * mean over sequences and experts of (mean router probability * share of the sequence's
@@ -60,7 +64,7 @@ class ModalityContext:
     blocks: list = field(default_factory=list)
 
 
-LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3")
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe")
 SHARED_E = ("sharede_v2", "sharede_v3")
 
 
@@ -104,7 +108,12 @@ class MoeBlock(nn.Module):
         self.router = str(layout.get("router") or "softmax_topk")
         self.z_coef = float(layout.get("router_z_loss_coef") or 0.0)
         self.context = [context]  # a list so the module tree does not adopt it
-        self.gate = XmoeGate(hidden, num_experts) if self.router == "xmoe" else nn.Linear(hidden, num_experts, bias=False)
+        if self.router == "xmoe":
+            self.gate = XmoeGate(hidden, num_experts)
+        elif self.router == "tcmoe":  # TC-MoE: E positive, E negated copies, top_k null experts
+            self.gate = nn.Linear(hidden, 2 * num_experts + top_k, bias=False)
+        else:
+            self.gate = nn.Linear(hidden, num_experts, bias=False)
         self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
         if style == "shared":
             self.shared_expert = copy.deepcopy(dense)
@@ -142,11 +151,16 @@ class MoeBlock(nn.Module):
         tokens = x.shape[0]
         is_image = self._image_tokens(tokens, x.device)
         logits = self.gate(x).float()
-        allowed = self.allowed.to(x.device)[is_image.long()]  # [T, E]
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
-        if self.router == "sharede_v3":  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
+        if self.router == "tcmoe":
+            probs, top_w, top_i, chosen = self._tcmoe_route(logits)
+        else:
+            allowed = self.allowed.to(x.device)[is_image.long()]  # [T, E]
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+            top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
+        if self.router == "tcmoe":
+            pass
+        elif self.router == "sharede_v3":  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
             top_w, top_i = torch.topk(torch.sigmoid(logits), self.top_k, dim=-1)
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         elif self.router == "xmoe":  # LibMoE's _keepTopk: a softmax over the chosen probabilities
@@ -176,7 +190,10 @@ class MoeBlock(nn.Module):
         if hasattr(self, "residual"):
             coef = torch.softmax(self.coefficient(x), dim=-1)
             out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
-        if self.router in LIBMOE_ROUTERS:
+        if self.router == "tcmoe":
+            batch = shape[0] if len(shape) == 3 else 1
+            self.last_aux_loss = self._tcmoe_loss(logits, probs, chosen, batch)
+        elif self.router in LIBMOE_ROUTERS:
             batch = shape[0] if len(shape) == 3 else 1
             raw = self.gate.last_cosine if self.router == "xmoe" else logits  # XMoE's z-loss: cosine logits, no temperature
             self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch)
@@ -197,6 +214,46 @@ class MoeBlock(nn.Module):
             total = total + coef * self.num_experts * (fraction * p.mean(dim=0)).sum()
         return total
 
+
+    def _tcmoe_route(self, logits: torch.Tensor):
+        """LibMoE's TC-MoE (moe_tcmoe.py): softmax over [E experts, E negated experts - 1, top_k null experts - 10],
+        top-k, weights = probabilities / (chosen non-null + all null probability); a negated expert adds
+        -w * expert(x), a null one nothing. Returns (probs, signed weights, expert index or -1, chosen index)."""
+        num = self.num_experts
+        shifted = logits.clone()
+        shifted[:, num:2 * num] -= 1.0
+        shifted[:, 2 * num:] -= 10.0
+        probs = torch.softmax(shifted, dim=-1)
+        top_p, chosen = torch.topk(probs, self.top_k, dim=-1)
+        real = chosen < 2 * num
+        weightsum = (top_p * real.float()).sum(-1, keepdim=True) + probs[:, 2 * num:].sum(-1, keepdim=True)
+        weights = top_p / torch.clamp_min(weightsum + 1e-20, 1e-6)
+        sign = torch.where(chosen < num, 1.0, -1.0) * real.float()
+        expert = torch.where(real, chosen % num, torch.full_like(chosen, -1))
+        return probs, weights * sign, expert, chosen
+
+    def _tcmoe_loss(self, logits: torch.Tensor, probs: torch.Tensor, chosen: torch.Tensor, batch: int) -> torch.Tensor:
+        """TC-MoE's add_perplexity_reg_tcmoe + z-loss, as LibMoE computes them (including that every sequence's
+        row counts the whole batch's assignments, divided by that sequence's own non-null count)."""
+        num = self.num_experts
+        seq = probs.shape[0] // batch
+        probs_b = probs.reshape(batch, seq, -1)
+        chosen_b = chosen.reshape(batch, seq, -1)
+        total = probs.new_zeros(())
+        if self.training:  # reward for routing to the null experts (1e-5, LibMoE's default)
+            total = total - 1e-5 * probs_b[..., 2 * num:].sum() / (batch * seq)
+        if self.text_coef > 0:
+            non_null = probs_b[..., :2 * num]
+            p_norm = non_null / (non_null.sum(-1, keepdim=True) + 1e-20)
+            real = chosen_b < 2 * num
+            counts = torch.bincount((chosen_b % num)[real], minlength=num).float()  # the whole batch's
+            load = counts[None, :] / (real.sum(dim=(1, 2)).float()[:, None] + 1e-20)
+            p_avg = p_norm.mean(dim=1)
+            p_base = p_avg[:, :num] + p_avg[:, num:2 * num]
+            total = total + self.text_coef * (load * p_base).sum(dim=1).mean()
+        if self.z_coef > 0:
+            total = total + self.z_coef * torch.logsumexp(logits, dim=-1).square().mean()
+        return total
 
     def _libmoe_loss(self, logits: torch.Tensor, probs: torch.Tensor, top_i: torch.Tensor, batch: int) -> torch.Tensor:
         """LibMoE's combine_loss: balance per sequence (first choices only), averaged; plus the router z-loss."""

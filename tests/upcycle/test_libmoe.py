@@ -107,7 +107,7 @@ def test_libmoe_router_refusals(dense, out):
     with pytest.raises(UpcycleError, match="--router-z-loss-coef is a non-negative weight of the LibMoE routers"):
         convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="softmax_topk", router_z_loss_coef=0.1))
     with pytest.raises(UpcycleError, match="invalid upcycling option router"):
-        convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="tcmoe"))
+        convert(dense("llama").path, out(), tgt_fmt="internal", moe=_moe(router="moe_plus_plus"))
     with pytest.raises(UnknownArchitecture, match="no LibMoE smoe router"):
         convert(dense("llama").path, out(), tgt_fmt="moe-llava", moe=_moe())
     with pytest.raises(UpcycleError, match="sharede_v2 \\(LibMoE SharedE\\) needs \\-\\-moe\\-style shared"):

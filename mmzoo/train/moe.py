@@ -50,7 +50,8 @@ def _switch_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int, top
 class RouterTap:
     """Hooks every MoE block's router; collects expert load and (for transformers blocks) the aux loss."""
 
-    def __init__(self, model: nn.Module, *, image_token_id: int | None, text_coef: float, image_coef: float):
+    def __init__(self, model: nn.Module, *, image_token_id: int | None, text_coef: float, image_coef: float,
+                 z_coef: float | None = None):
         from ..upcycle.moe_modeling import MoeBlock
 
         self.blocks = find_blocks(model)
@@ -64,6 +65,8 @@ class RouterTap:
             if isinstance(block, MoeBlock):
                 self.own_aux = True
                 block.text_coef, block.image_coef = float(text_coef), float(image_coef)
+                if z_coef is not None:  # the LibMoE routers' z-loss (moe.router_z_loss_coef)
+                    block.z_coef = float(z_coef)
             block.gate.register_forward_hook(self._hook(name, block, isinstance(block, MoeBlock)))
 
     def __bool__(self) -> bool:

@@ -83,3 +83,25 @@ def test_libmoe_export_reloads_with_the_engines_logits(libmoe_run, tmp_path):
     trained, start = read_checkpoint(out), read_checkpoint(libmoe_run["moe"])
     assert trained.spec.moe["router"] == libmoe_run["router"]
     assert not torch.equal(materialize(trained.tensors[router]), materialize(start.tensors[router]))
+
+
+
+def test_moe_section_overrides_the_libmoe_coefficients(libmoe_run, tmp_path):
+    """`moe: {router_aux_loss_coef, router_z_loss_coef}` in the training config replace the layout's weights."""
+    from mmzoo.train.config import load_config
+    from mmzoo.train.loop import run_training
+
+    cfg_path = tmp_path / "coefs.yaml"
+    base = yaml.safe_load((libmoe_run["root"] / f"{libmoe_run['router']}.yaml").read_text())
+    aux = {}
+    for name, coefs in (("off", (0.0, 0.0)), ("z", (0.0, 0.5))):
+        cfg = {**base, "output_dir": str(tmp_path / name), "train": {**base["train"], "max_steps": 1},
+               "moe": {"router_aux_loss_coef": coefs[0], "router_z_loss_coef": coefs[1]}}
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        run_training(load_config(cfg_path))
+        aux[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["aux_loss"]
+    if libmoe_run["router"] == "tcmoe":  # its null-routing reward stays (LibMoE's fixed 1e-5)
+        assert abs(aux["off"]) < 1e-4
+    else:
+        assert aux["off"] == 0
+    assert aux["z"] > 0.1  # 0.5 * mean(logsumexp(scores)^2) per block

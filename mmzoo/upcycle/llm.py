@@ -176,6 +176,7 @@ def convert_llm(src: str | Path, out: str | Path, *, tgt_fmt: str, moe: dict[str
                 experts_from: list[str | Path] | None = None):
     """``mmzoo convert`` for a plain LLM source with ``--moe-experts``: upcycle and write a causal-LM folder."""
     from ..conversion import ConversionResult, atomic_write
+    from ..io.confine import confine_checkpoint
     from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
     from .options import parse_options
 
@@ -184,6 +185,10 @@ def convert_llm(src: str | Path, out: str | Path, *, tgt_fmt: str, moe: dict[str
                            "for a vision-language model assemble one first with `mmzoo init`", path=src)
     opts = parse_options(**moe)
     dense = read_llm(src)
+    for path in experts_from or []:  # the same checks as the source: exists, no symlink leaves the folder
+        if not Path(path).is_dir() or not (Path(path) / "config.json").is_file():
+            raise UpcycleError("--moe-experts-from: not a model folder (no config.json)", path=path)
+        confine_checkpoint(Path(path))
     others = [read_llm(path) for path in experts_from] if experts_from else None
     for ck in [dense, *(others or [])]:
         if dtype != "keep":

@@ -174,6 +174,11 @@ def test_llm_with_biases_is_refused_in_one_line(llm, out, tmp_path):
         convert(src, out(), tgt_fmt="hf", moe=_moe())
 
 
+def test_experts_from_a_missing_folder_is_one_line(llm, out, tmp_path):
+    with pytest.raises(UpcycleError, match="--moe-experts-from: not a model folder"):
+        convert(llm("llama").path, out(), tgt_fmt="hf", moe=_moe(num_experts=2), moe_experts_from=[llm("llama").path, tmp_path / "nope"])
+
+
 def test_experts_from_without_moe_is_refused(llm, out):
     with pytest.raises(MmzooError, match="--moe-experts-from needs --moe-experts"):
         convert(llm("llama").path, out(), tgt_fmt="hf", moe_experts_from=[llm("llama").path])

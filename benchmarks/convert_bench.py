@@ -4,7 +4,10 @@ Builds a synthetic hf LLaVA checkpoint (random bf16 weights, CLIP-L-like vision 
 about 2.3 GB in ~400 MB shards), then times, each in its own process (peak RSS measured by
 /usr/bin/time): `cp -r`, `mmzoo convert` hf → internal, internal → hf, hf → llava, hf → hf upcycled to 4
 experts (time per output GB), and transformers
-`from_pretrained` + `save_pretrained`. Prints wall-time ratios to `cp` and peak RSS.
+`from_pretrained` + `save_pretrained`. Also the plain-LLM route (the Llama alone, ~1.9 GB): `mmzoo convert`
+to a 4-expert Mixtral, and, when `mergekit-moe` is installed (optional, never a CI dependency), mergekit-moe
+building the same Mixtral (random gates, the base as every expert). Prints wall-time ratios to `cp` and
+peak RSS.
 
     python benchmarks/convert_bench.py --workdir /tmp/mmzoo-bench [--scale 1.0] [--repeat 3] [--keep]
 """
@@ -93,6 +96,34 @@ def build_checkpoint(folder: Path, scale: float = 1.0) -> int:
     return total
 
 
+def extract_llm(src: Path, out: Path) -> None:
+    """The Llama of the synthetic Llava as a plain causal-LM folder (one shard in memory at a time)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((src / "config.json").read_text())
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({**config["text_config"], "architectures": ["LlamaForCausalLM"],
+                                                 "dtype": "bfloat16"}, indent=2))
+    weight_map = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            tensors = {k[len("language_model."):]: f.get_tensor(k) for k in f.keys() if k.startswith("language_model.")}
+        if tensors:
+            save_file(tensors, out / shard.name, metadata={"format": "pt"})
+            weight_map.update({k: shard.name for k in tensors})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}))
+
+
+def mergekit_config(llm: Path, work: Path, experts: int) -> Path:
+    """A mergekit-moe config building the same Mixtral as `mmzoo convert --moe-experts N` (random gates)."""
+    path = work / "mergekit-moe.yml"
+    lines = [f"base_model: {llm}", "gate_mode: random", "dtype: bfloat16", "experts_per_token: 2", "experts:"]
+    lines += [f"  - source_model: {llm}" for _ in range(experts)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -144,6 +175,17 @@ def main() -> None:
         ("mmzoo convert hf → hf, upcycled to 4 experts (mixtral style)",
          lambda out: [*convert(src, "hf")(out), "--moe-experts", "4", "--moe-layers", "all"], "moe"),
     ]
+    llm = work / "src-llm"
+    extract_llm(src, llm)
+    commands += [
+        ("cp -r (the LLM alone)", lambda out: ["cp", "-r", str(llm), str(out)], "llmcp"),
+        ("mmzoo convert LLM → Mixtral, 4 experts", lambda out: [*convert(llm, "hf")(out), "--moe-experts", "4"], "mixtral"),
+    ]
+    if shutil.which("mergekit-moe"):
+        config = mergekit_config(llm, work, 4)
+        commands.append(("mergekit-moe LLM → Mixtral, 4 experts", lambda out: ["mergekit-moe", str(config), str(out)], "mergekit"))
+    else:
+        print("mergekit-moe is not installed: its row is skipped (pip install mergekit to compare)")
     timed(["cp", "-r", str(src), str(work / "warm")])  # warm the page cache so every run reads from memory
     shutil.rmtree(work / "warm")
     samples: dict[str, list[tuple[float, int]]] = {label: [] for label, _, _ in commands}

@@ -73,6 +73,7 @@ def init_model(
     shard_size: str = "5GB",
     progress=None,
 ) -> dict[str, Any]:
+    from .archs.moe import layout_from_config
     from .conversion import write_checkpoint
 
     vision, text = Path(vision), Path(text)
@@ -117,6 +118,7 @@ def init_model(
             vision_feature_select_strategy=strategy,
             image_seq_length=patches,
             dtype=text_cfg.get("dtype") or text_cfg.get("torch_dtype") or CONFIG_DTYPE_NAMES.get(dtype),
+            moe=layout_from_config(text_cfg),  # an LLM upcycled by mmzoo (Mixtral / Qwen2-MoE) keeps its MoE layout
             provenance={"made_by": "mmzoo init", "vision": str(vision.resolve()), "text": str(text.resolve()), "seed": seed},
         )
         tensors = {f"image_model.{k}": v for k, v in vision_canonical.items()}

@@ -168,11 +168,24 @@ def convert(
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[Checkpoint], None] | None = None,
     moe: dict[str, Any] | None = None,
+    moe_experts_from: list[str | Path] | None = None,
 ) -> ConversionResult:
-    """Convert ``src`` to ``tgt_fmt`` at ``out``. Bit-exact unless ``dtype`` asks otherwise."""
+    """Convert ``src`` to ``tgt_fmt`` at ``out``. Bit-exact unless ``dtype`` asks otherwise.
+    With ``moe``, a plain causal LM (Llama, Mistral, Qwen2, Phi-3) becomes a Mixtral / Qwen2-MoE LLM
+    folder, and ``moe_experts_from`` builds its experts from several fine-tuned LLMs (mmzoo.upcycle.llm)."""
     formats.get(tgt_fmt)  # fail on an unknown target before reading anything
     if dtype not in DTYPES:
         raise MmzooError(f"invalid --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if moe is not None:
+        from .upcycle.llm import convert_llm, is_plain_llm
+
+        if Path(src).exists():
+            confine_checkpoint(Path(src))
+        if is_plain_llm(src):
+            return convert_llm(src, out, tgt_fmt=tgt_fmt, moe=moe, dtype=dtype, shard_size=shard_size, overwrite=overwrite,
+                               verify=verify, progress=progress, on_start=on_start, experts_from=moe_experts_from)
+    if moe_experts_from:
+        raise MmzooError("--moe-experts-from needs --moe-experts and a plain LLM source (Llama, Mistral, Qwen2, Phi-3)")
     ckpt = cast(read_checkpoint(src, src_fmt, drop_unmatched=drop_unmatched_keys), dtype)
     if moe is not None:
         from .upcycle import upcycle  # dense -> MoE while converting (see mmzoo/upcycle)

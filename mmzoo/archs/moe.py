@@ -4,6 +4,7 @@ Canonical names (relative to the component; a dense MLP at ``P`` = ``model.layer
 ``encoder.layers.L.mlp.`` for vision, or the whole projector, becomes):
 
 - ``P gate.weight``                      router, [num_experts, hidden]
+  (LibMoE XMoE: ``P gate.inp_reduction.weight`` [E/2, hidden] and ``P gate.expert_embeddings`` [E, E/2])
 - ``P experts.E.<dense names>``          expert E, the dense MLP's own tensor names
   (text ``{gate,up,down}_proj.weight``, vision ``fc{1,2}.{weight,bias}``, projector ``linear_{1,2}.*``)
 - ``P shared_expert.<dense names>``      the shared expert (style ``shared``)
@@ -79,7 +80,8 @@ PROJECTOR = Table("projector", (Rule("linear_{1|2}.{weight|bias}"),))
 # an MoE site is an MLP (``....mlp.``) or, for the projector, the component itself (empty prefix)
 _SITE = r"((?:.*?\.)?mlp\.|)"
 _GROUP = re.compile(_SITE + r"(experts\.\d+\.|shared_expert\.|residual\.)(.*)\Z")
-_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|shared_expert_gate\.weight|coefficient\.weight|coefficient\.bias)\Z")
+_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|gate\.inp_reduction\.weight|gate\.expert_embeddings|shared_expert_gate\.weight"
+                          r"|coefficient\.weight|coefficient\.bias)\Z")
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,17 @@ def site_prefixes(moe: dict[str, Any]) -> list[tuple[str, str, int]]:
     return out
 
 
+def router_shapes(prefix: str, router: str | None, num_experts: int, hidden: int, top_k: int = 1) -> dict[str, tuple[int, ...]]:
+    """The router tensors of one MoE site: ``gate.weight`` [E, hidden], LibMoE TC-MoE's [2E + top_k, hidden]
+    (negated and null experts), or LibMoE XMoE's low-rank cosine router."""
+    if router == "tcmoe":
+        return {prefix + "gate.weight": (2 * num_experts + top_k, hidden)}
+    if router == "xmoe":
+        dim = max(1, num_experts // 2)
+        return {prefix + "gate.inp_reduction.weight": (dim, hidden), prefix + "gate.expert_embeddings": (num_experts, dim)}
+    return {prefix + "gate.weight": (num_experts, hidden)}
+
+
 def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
     """Canonical tensors every MoE site of ``spec.moe`` must have (router and experts)."""
     moe = spec.moe or {}
@@ -221,7 +234,7 @@ def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
     for target, prefix, _ in site_prefixes(moe):
         dense = dense_mlp_names(target, spec.text_config, spec.vision_config)
         hidden = spec.text_config["hidden_size"] if target == "text" else spec.vision_config["hidden_size"]
-        shapes[prefix + "gate.weight"] = (num, hidden)
+        shapes.update(router_shapes(prefix, moe.get("router"), num, hidden, int(moe.get("top_k") or 1)))
         for e in range(num):
             for name, shape in dense.items():
                 shapes[f"{prefix}experts.{e}.{name}"] = shape

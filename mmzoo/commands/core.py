@@ -33,12 +33,16 @@ def convert(
     moe_experts: Annotated[Optional[int], typer.Option("--moe-experts", help="Upcycle dense MLPs into N experts while converting.", rich_help_panel="Upcycling")] = None,
     moe_top_k: Annotated[int, typer.Option("--moe-top-k", help="Experts per token.", rich_help_panel="Upcycling")] = 2,
     moe_style: Annotated[str, typer.Option("--moe-style", help="mixtral | shared | modality.", rich_help_panel="Upcycling")] = "mixtral",
+    moe_router: Annotated[str, typer.Option("--moe-router", help="softmax_topk (Mixtral) | smoe | xmoe | sharede_v2 | sharede_v3 | tcmoe (LibMoE's, with their balance + z-loss; sharede_*: --moe-style shared).", rich_help_panel="Upcycling")] = "softmax_topk",
+    router_z_loss_coef: Annotated[Optional[float], typer.Option("--router-z-loss-coef", help="LibMoE router z-loss weight (LibMoE routers; default 0.001).", rich_help_panel="Upcycling")] = None,
     moe_layers: Annotated[str, typer.Option("--moe-layers", help="all | even | odd | comma list such as 0,3,5.", rich_help_panel="Upcycling")] = "all",
     moe_target: Annotated[Optional[list[str]], typer.Option("--moe-target", help="text | vision | projector (repeatable).", rich_help_panel="Upcycling")] = None,
-    router_init: Annotated[str, typer.Option("--router-init", help="zeros | normal:STD.", rich_help_panel="Upcycling")] = "normal:0.02",
+    router_init: Annotated[str, typer.Option("--router-init", help="zeros | normal:STD | hidden | hidden_avg (plain LLM + --router-prompts: mergekit's hidden gates).", rich_help_panel="Upcycling")] = "normal:0.02",
+    router_prompts: Annotated[Optional[Path], typer.Option("--router-prompts", help="YAML/JSON: each expert's prompts, in expert order (a mergekit-moe config works).", rich_help_panel="Upcycling")] = None,
     router_aux_loss_coef: Annotated[Optional[float], typer.Option("--router-aux-loss-coef", help="Load-balancing loss weight (default 0.01; modality style: 0.001).", rich_help_panel="Upcycling")] = None,
     vision_aux_loss_coef: Annotated[Optional[float], typer.Option("--vision-aux-loss-coef", help="Separate weight for image tokens (MoIIE).", rich_help_panel="Upcycling")] = None,
     capacity_factor: Annotated[Optional[float], typer.Option("--capacity-factor", help="Expert capacity factor (LLaVA-MoD: 1.5).", rich_help_panel="Upcycling")] = None,
+    moe_experts_from: Annotated[Optional[list[Path]], typer.Option("--moe-experts-from", help="Plain LLM source: expert E from the E-th of these fine-tuned LLMs (repeat once per expert; attention, embeddings, norms from SRC).", rich_help_panel="Upcycling")] = None,
     seed: Seed = 0,
     debug: Debug = False,
 ) -> None:
@@ -51,14 +55,16 @@ def convert(
       mmzoo convert ckpt -o llava-out --tgt-fmt llava --llava-vision-tower openai/clip-vit-large-patch14-336
 
       mmzoo convert llava-hf -o moe --tgt-fmt hf --moe-experts 4 --moe-top-k 2 --moe-layers even
+
+      mmzoo convert llama -o mixtral --tgt-fmt hf --moe-experts 4   (a plain LLM: a Mixtral / Qwen2-MoE LLM)
     """
     from ..api import convert as run
 
     moe = None
     if moe_experts is not None:
         moe = dict(
-            num_experts=moe_experts, top_k=moe_top_k, style=moe_style, layers=moe_layers, targets=moe_target or ["text"],
-            router_init=router_init, router_aux_loss_coef=router_aux_loss_coef, vision_aux_loss_coef=vision_aux_loss_coef,
+            num_experts=moe_experts, top_k=moe_top_k, style=moe_style, router=moe_router, router_z_loss_coef=router_z_loss_coef, layers=moe_layers, targets=moe_target or ["text"],
+            router_init=router_init, router_prompts=str(router_prompts) if router_prompts else None, router_aux_loss_coef=router_aux_loss_coef, vision_aux_loss_coef=vision_aux_loss_coef,
             capacity_factor=capacity_factor, seed=seed,
         )
     with progress_bytes("converting") as (start, advance):
@@ -66,6 +72,7 @@ def convert(
             src, output, tgt_fmt=tgt_fmt, src_fmt=src_fmt, dtype=dtype, shard_size=shard_size, overwrite=overwrite,
             verify=verify, drop_unmatched_keys=drop_unmatched_keys, llava_vision_tower=llava_vision_tower,
             progress=advance, on_start=lambda ckpt: start(sum(t.nbytes for t in ckpt.tensors.values())), moe=moe,
+            moe_experts_from=moe_experts_from,
         )
     checked = " and verified" if result.verified else ""
     console.print(
@@ -150,7 +157,9 @@ def _moe_line(moe) -> str:
         where.append(f"vision layers {moe['vision_layers']}")
     if "projector" in (moe.get("targets") or []):
         where.append("projector")
-    return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')} · " + ", ".join(where)
+    router = moe.get("router")
+    libmoe = f" · LibMoE {router} router" if router in ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe") else ""
+    return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')}{libmoe} · " + ", ".join(where)
 
 
 def diff(

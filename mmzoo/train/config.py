@@ -144,8 +144,9 @@ class MoeSection(_Strict):
     router_aux_loss_coef: float | None = None  # None: the checkpoint's layout (set at upcycling), else 0.01
     vision_aux_loss_coef: float | None = None  # image tokens' coefficient (MoIIE); None: same as text
     capacity_factor: float | None = None  # None: the checkpoint's layout (None there = dropless)
+    router_z_loss_coef: float | None = None  # LibMoE routers' z-loss weight; None: the checkpoint's layout
 
-    @field_validator("router_aux_loss_coef", "vision_aux_loss_coef")
+    @field_validator("router_aux_loss_coef", "vision_aux_loss_coef", "router_z_loss_coef")
     @classmethod
     def _coef(cls, value: float | None) -> float | None:
         if value is not None and value < 0:

@@ -235,7 +235,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         tap = None
         if source.spec.moe:
             text_coef, image_coef = layout_coefficients(source.spec, cfg.moe)
-            tap = RouterTap(model, image_token_id=source.spec.image_token_id, text_coef=text_coef, image_coef=image_coef)
+            tap = RouterTap(model, image_token_id=source.spec.image_token_id, text_coef=text_coef, image_coef=image_coef,
+                            z_coef=cfg.moe.router_z_loss_coef)
             if cfg.moe.capacity_factor is not None:
                 if not tap.own_aux:
                     raise ConfigError("moe.capacity_factor needs an mmzoo MoE layout (upcycle with --tgt-fmt internal)")

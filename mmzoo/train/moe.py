@@ -50,7 +50,8 @@ def _switch_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int, top
 class RouterTap:
     """Hooks every MoE block's router; collects expert load and (for transformers blocks) the aux loss."""
 
-    def __init__(self, model: nn.Module, *, image_token_id: int | None, text_coef: float, image_coef: float):
+    def __init__(self, model: nn.Module, *, image_token_id: int | None, text_coef: float, image_coef: float,
+                 z_coef: float | None = None):
         from ..upcycle.moe_modeling import MoeBlock
 
         self.blocks = find_blocks(model)
@@ -64,6 +65,8 @@ class RouterTap:
             if isinstance(block, MoeBlock):
                 self.own_aux = True
                 block.text_coef, block.image_coef = float(text_coef), float(image_coef)
+                if z_coef is not None:  # the LibMoE routers' z-loss (moe.router_z_loss_coef)
+                    block.z_coef = float(z_coef)
             block.gate.register_forward_hook(self._hook(name, block, isinstance(block, MoeBlock)))
 
     def __bool__(self) -> bool:
@@ -79,6 +82,11 @@ class RouterTap:
             logits = logits.reshape(-1, logits.shape[-1])
             num_experts = logits.shape[-1]
             top_k = int(getattr(block, "top_k", None) or getattr(block.gate, "top_k", 1))
+            if mmzoo_block and getattr(block, "router", None) == "tcmoe":  # E experts, E negated copies, null experts
+                expert = block._tcmoe_route(logits)[2].reshape(-1)
+                counts = torch.bincount(expert[expert >= 0].detach(), minlength=block.num_experts).float()
+                self.counts[name] = self.counts.get(name, torch.zeros_like(counts)) + counts
+                return
             if mmzoo_block:  # the block's own modality mask decides which experts a token may use
                 is_image = block._image_tokens(logits.shape[0], logits.device)
                 allowed = block.allowed.to(logits.device)[is_image.long()]

@@ -11,6 +11,10 @@ STYLES = ("mixtral", "shared", "modality")
 TARGETS = ("text", "vision", "projector")
 DEFAULT_AUX = 0.01  # MoE-LLaVA / Mixtral-style load balancing
 DEFAULT_MODALITY_AUX = 0.001  # MoIIE: per modality
+DEFAULT_Z_LOSS = 0.001  # LibMoE's scripts: --balance_loss_coef 0.01 --router_z_loss_coef 0.001
+ROUTERS = ("softmax_topk", "smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe")
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe")
+SHARED_E = ("sharede_v2", "sharede_v3")  # a shared expert mixed 0.5 / 0.5 with the routed ones, no gate
 
 MAX_EXPERTS = 4096
 
@@ -21,9 +25,13 @@ class UpcycleOptions(BaseModel):
     num_experts: int = 4
     top_k: int = 2
     style: Literal["mixtral", "shared", "modality"] = "mixtral"
+    # LibMoE's SMoE / XMoE / SharedE-V2 / SharedE-V3, with LibMoE's balance + z-loss
+    router: Literal["softmax_topk", "smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe"] = "softmax_topk"
+    router_z_loss_coef: float | None = None  # smoe / xmoe; default 0.001 (LibMoE's training scripts)
     layers: str | list[int] = "all"  # all | even | odd | "0,3,5" | [0, 3, 5]
     targets: tuple[Literal["text", "vision", "projector"], ...] = ("text",)
-    router_init: str = "normal:0.02"  # zeros | normal:STD
+    router_init: str = "normal:0.02"  # zeros | normal:STD | hidden | hidden_avg (plain LLMs, with router_prompts)
+    router_prompts: str | None = None  # the prompts file of the hidden modes (mmzoo.upcycle.router_prompts)
     router_aux_loss_coef: float | None = None  # default 0.01 (modality: 0.001)
     vision_aux_loss_coef: float | None = None  # image tokens' weight (modality; default = the text weight)
     capacity_factor: float | None = None  # None: dropless (LLaVA-MoD trains with 1.5)
@@ -54,8 +62,17 @@ class UpcycleOptions(BaseModel):
     def image_aux(self) -> float:
         return self.vision_aux_loss_coef if self.vision_aux_loss_coef is not None else self.text_aux
 
-    def router_std(self) -> float:
+    @property
+    def hidden_router(self) -> str | None:
+        """``hidden`` / ``hidden_avg`` when the routers come from prompts' hidden states, else None."""
         text = self.router_init.strip().lower()
+        return text if text in ("hidden", "hidden_avg") else None
+
+    def router_std(self) -> float:
+        """The normal init's std (0: zeros). The hidden modes start from zeros, replaced by the computed rows."""
+        text = self.router_init.strip().lower()
+        if self.hidden_router:
+            return 0.0
         if text in ("zeros", "zero", "0"):
             return 0.0
         if text == "normal":
@@ -67,7 +84,7 @@ class UpcycleOptions(BaseModel):
                 std = -1.0
             if std >= 0:
                 return std
-        raise UpcycleError(f"invalid --router-init {self.router_init!r} (zeros or normal:STD, e.g. normal:0.02)")
+        raise UpcycleError(f"invalid --router-init {self.router_init!r} (zeros, normal:STD such as normal:0.02, or hidden / hidden_avg with --router-prompts)")
 
 
 def parse_options(**options) -> UpcycleOptions:
@@ -87,6 +104,18 @@ def parse_options(**options) -> UpcycleOptions:
         if coef is not None and coef < 0:
             raise UpcycleError(f"aux loss coefficients must be >= 0 (got {coef})")
     opts.router_std()
+    if opts.router in LIBMOE_ROUTERS and opts.style == "modality":
+        raise UpcycleError(f"--moe-router {opts.router} (LibMoE) has one balance loss over all tokens; use --moe-style mixtral or shared")
+    if opts.router in SHARED_E and opts.style != "shared":
+        raise UpcycleError(f"--moe-router {opts.router} (LibMoE SharedE) needs --moe-style shared: N routed experts + 1 shared expert")
+    if opts.router == "xmoe" and opts.num_experts < 2:
+        raise UpcycleError("--moe-router xmoe needs at least 2 experts (its router works in E/2 dimensions)")
+    if opts.router_z_loss_coef is not None and (opts.router not in LIBMOE_ROUTERS or opts.router_z_loss_coef < 0):
+        raise UpcycleError("--router-z-loss-coef is a non-negative weight of the LibMoE routers (--moe-router smoe, xmoe, sharede_v2, sharede_v3, tcmoe)")
+    if opts.hidden_router and not opts.router_prompts:
+        raise UpcycleError(f"--router-init {opts.router_init} needs --router-prompts FILE (each expert's prompts)")
+    if opts.router_prompts and not opts.hidden_router:
+        raise UpcycleError("--router-prompts is used by --router-init hidden (or hidden_avg) only")
     return opts
 
 

@@ -10,11 +10,11 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
-from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names
+from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes
 from ..errors import UpcycleError
 from ..io.tensors import Planned, Source
 from ..spec import Checkpoint
-from .options import UpcycleOptions, modality_experts, parse_layers
+from .options import DEFAULT_Z_LOSS, LIBMOE_ROUTERS, SHARED_E, UpcycleOptions, modality_experts, parse_layers
 
 # the tensor (prefix) of each target's dense MLP whose output the shared style halves
 OUTPUT_PROJ = {"text": ("down_proj.",), "vision": ("fc2.",), "projector": ("linear_2.",)}
@@ -50,9 +50,12 @@ def zeros_source(name: str, shape: tuple[int, ...], dtype: str) -> Source:
     return Source(name, dtype, shape, load=load, origin="zeros (computed)")
 
 
-def hf_arch_for(cfg: dict[str, Any], base: str, style: str, targets, text_layers: list[int]) -> tuple[str | None, str]:
+def hf_arch_for(cfg: dict[str, Any], base: str, style: str, targets, text_layers: list[int],
+                router: str = "softmax_topk") -> tuple[str | None, str]:
     """The built-in transformers MoE architecture that expresses this layout exactly, or (None, why not):
     then the text_config is ``mmzoo_moe`` and ``hf`` folders carry mmzoo's remote code."""
+    if router != "softmax_topk":  # same routing, but training must see LibMoE's losses, which only MoeBlock has
+        return None, f"LibMoE {router} router losses"
     if style not in ("mixtral", "shared"):
         return None, f"{style} routing"
     if tuple(targets) != ("text",):
@@ -131,50 +134,42 @@ def moe_text_config(dense: dict[str, Any], base: str, layout: dict[str, Any]) ->
     return out
 
 
-def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
-    spec = ckpt.spec
-    if spec.moe:
-        raise UpcycleError(
-            f"the checkpoint is already MoE ({spec.moe.get('style')}, {spec.moe.get('num_experts')} experts); "
-            "upcycling needs a dense model", path=ckpt.path
-        )
-    text_cfg, vision_cfg = spec.text_config, spec.vision_config
-    text_layers = parse_layers(opts.layers, text_cfg["num_hidden_layers"], "LLM") if "text" in opts.targets else []
-    vision_layers = parse_layers(opts.layers, vision_cfg["num_hidden_layers"], "vision encoder") if "vision" in opts.targets else []
-    if "projector" in opts.targets and spec.projector_type != "mlp2x_gelu":
-        raise UpcycleError("--moe-target projector needs the mlp2x_gelu projector (this one is linear)")
-    assignment = modality_experts(opts.num_experts, opts.top_k) if opts.style == "modality" else None
-    hf_arch, why = hf_arch_for(text_cfg, spec.text_type, opts.style, opts.targets, text_layers)
-    std = opts.router_std()
-
-    tensors = dict(ckpt.tensors)
-    sites = [("text", f"text_model.model.layers.{i}.mlp.", text_cfg["hidden_size"]) for i in text_layers]
-    sites += [("vision", f"image_model.encoder.layers.{i}.mlp.", vision_cfg["hidden_size"]) for i in vision_layers]
-    if "projector" in opts.targets:
-        sites.append(("projector", "projector.", vision_cfg["hidden_size"]))
-    for target, prefix, hidden in sites:
-        dense = {n[len(prefix):]: t for n, t in ckpt.tensors.items() if n.startswith(prefix)}
-        wanted = dense_mlp_names(target, text_cfg, vision_cfg)
-        missing = [n for n in wanted if n not in dense]
-        if missing:
-            raise UpcycleError(f"cannot upcycle {prefix}: tensor {prefix + missing[0]!r} is missing", path=ckpt.path)
-        for name in dense:
-            del tensors[prefix + name]
-        dtype = dense[next(iter(wanted))].dtype
-        tensors[prefix + "gate.weight"] = Planned.of(router_source(prefix + "gate.weight", (opts.num_experts, hidden), dtype, std, opts.seed))
-        scale_out = opts.style == "shared"
-        for e in range(opts.num_experts):
-            for name, planned in dense.items():
-                if scale_out and name.startswith(OUTPUT_PROJ[target]):
-                    planned = planned.scale(0.5)
-                tensors[f"{prefix}experts.{e}.{name}"] = planned
-        if opts.style == "shared":
-            for name, planned in dense.items():
-                tensors[f"{prefix}shared_expert.{name}"] = planned
+def expand_site(tensors: dict[str, Planned], prefix: str, target: str, hidden: int, wanted: dict[str, Any],
+                opts: UpcycleOptions, hf_arch: str | None, *, where=None, experts_from: list[dict[str, Planned]] | None = None) -> None:
+    """Replace the dense MLP at ``prefix`` in ``tensors`` (canonical names) by its MoE block, in place:
+    the router, N experts (copies of the dense MLP, or expert ``e`` = the same MLP of ``experts_from[e]``)
+    and, per style, the shared expert."""
+    dense = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
+    missing = [n for n in wanted if n not in dense]
+    if missing:
+        raise UpcycleError(f"cannot upcycle {prefix}: tensor {prefix + missing[0]!r} is missing", path=where)
+    for name in dense:
+        del tensors[prefix + name]
+    dtype = dense[next(iter(wanted))].dtype
+    for name, shape in router_shapes(prefix, opts.router, opts.num_experts, hidden, opts.top_k).items():
+        std = 0.02 if name.endswith("expert_embeddings") else opts.router_std()  # XMoE's embeddings: LibMoE's normal(0, 0.02)
+        tensors[name] = Planned.of(router_source(name, shape, dtype, std, opts.seed))
+    gated_shared = opts.style == "shared" and opts.router not in SHARED_E  # LibMoE SharedE mixes 0.5 / 0.5, no gate, no scaling
+    scale_out = gated_shared
+    for e in range(opts.num_experts):
+        source = dense if experts_from is None else {n: experts_from[e][prefix + n] for n in dense}
+        for name, planned in source.items():
+            if scale_out and name.startswith(OUTPUT_PROJ[target]):
+                planned = planned.scale(0.5)
+            tensors[f"{prefix}experts.{e}.{name}"] = planned
+    if opts.style == "shared":
+        for name, planned in dense.items():
+            tensors[f"{prefix}shared_expert.{name}"] = planned
+        if gated_shared:
             tensors[prefix + "shared_expert_gate.weight"] = Planned.of(zeros_source(prefix + "shared_expert_gate.weight", (1, hidden), dtype))
-        elif target == "text" and hf_arch == "qwen2_moe":
-            tensors.update(zero_shared_expert(prefix, hidden, dtype))
+    elif target == "text" and hf_arch == "qwen2_moe":
+        tensors.update(zero_shared_expert(prefix, hidden, dtype))
 
+
+def layout_for(opts: UpcycleOptions, text_layers: list[int], vision_layers: list[int], hf_arch: str | None, why: str,
+               base: str) -> dict[str, Any]:
+    """``spec.moe`` (and ``text_config.mmzoo_moe``) for an upcycled layout."""
+    assignment = modality_experts(opts.num_experts, opts.top_k) if opts.style == "modality" else None
     layout: dict[str, Any] = {
         "style": opts.style,
         "num_experts": opts.num_experts,
@@ -183,7 +178,7 @@ def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
         "vision_layers": vision_layers,
         "targets": list(opts.targets),
         "layer_selection": opts.layers if isinstance(opts.layers, str) else ",".join(map(str, opts.layers)),
-        "router": "softmax_topk",
+        "router": opts.router,
         "norm_topk_prob": True,
         "router_init": opts.router_init,
         "router_aux_loss_coef": opts.text_aux,
@@ -194,12 +189,44 @@ def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
     }
     if assignment is not None:
         layout["modality_experts"] = assignment
-    if opts.style == "shared":
+    if opts.router in LIBMOE_ROUTERS:
+        layout["router_z_loss_coef"] = opts.router_z_loss_coef if opts.router_z_loss_coef is not None else DEFAULT_Z_LOSS
+    if opts.style == "shared" and opts.router in SHARED_E:
+        layout["shared_expert"] = "dense MLP copy; output = 0.5 * shared + 0.5 * routed (LibMoE SharedE, no gate)"
+    elif opts.style == "shared":
         layout["shared_expert"] = "dense MLP copy, sigmoid gate initialised to 0 (x0.5); routed output projections x0.5"
     if hf_arch is None:
         layout["hf_unsupported"] = why
+    layout["base_model_type"] = base
+    return layout
 
-    layout["base_model_type"] = spec.text_type
+
+def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
+    spec = ckpt.spec
+    if spec.moe:
+        raise UpcycleError(
+            f"the checkpoint is already MoE ({spec.moe.get('style')}, {spec.moe.get('num_experts')} experts); "
+            "upcycling needs a dense model", path=ckpt.path
+        )
+    if opts.hidden_router:
+        raise UpcycleError("--router-init hidden runs the source as a causal LM: it takes a plain LLM folder "
+                           "(upcycle the LLM, then assemble the VLM with `mmzoo init`)", path=ckpt.path)
+    text_cfg, vision_cfg = spec.text_config, spec.vision_config
+    text_layers = parse_layers(opts.layers, text_cfg["num_hidden_layers"], "LLM") if "text" in opts.targets else []
+    vision_layers = parse_layers(opts.layers, vision_cfg["num_hidden_layers"], "vision encoder") if "vision" in opts.targets else []
+    if "projector" in opts.targets and spec.projector_type != "mlp2x_gelu":
+        raise UpcycleError("--moe-target projector needs the mlp2x_gelu projector (this one is linear)")
+    hf_arch, why = hf_arch_for(text_cfg, spec.text_type, opts.style, opts.targets, text_layers, opts.router)
+
+    tensors = dict(ckpt.tensors)
+    sites = [("text", f"text_model.model.layers.{i}.mlp.", text_cfg["hidden_size"]) for i in text_layers]
+    sites += [("vision", f"image_model.encoder.layers.{i}.mlp.", vision_cfg["hidden_size"]) for i in vision_layers]
+    if "projector" in opts.targets:
+        sites.append(("projector", "projector.", vision_cfg["hidden_size"]))
+    for target, prefix, hidden in sites:
+        expand_site(tensors, prefix, target, hidden, dense_mlp_names(target, text_cfg, vision_cfg), opts, hf_arch, where=ckpt.path)
+
+    layout = layout_for(opts, text_layers, vision_layers, hf_arch, why, spec.text_type)
     new_text = moe_text_config(text_cfg, spec.text_type, layout) if ("text" in opts.targets or hf_arch is None) else text_cfg
     new_spec = spec.model_copy(update={"text_config": new_text, "moe": layout})
     return replace(ckpt, spec=new_spec, tensors=tensors)

@@ -22,6 +22,19 @@ c = softmax(coefficient(x)). A capacity factor drops overflow tokens (in order) 
 evaluation is dropless. The load-balancing loss is the Switch/Mixtral one, E * sum_e f_e * P_e, computed
 separately for image and text tokens in ``modality`` style and weighted by the layout's coefficients;
 the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given.
+``router: xmoe`` (LibMoE's XMoE) scores experts with ``XmoeGate`` and weighs the top-k by a softmax over
+their probabilities; it trains with the same two losses (z-loss on the cosine scores).
+``router: sharede_v2`` / ``sharede_v3`` (LibMoE's SharedE, ``shard_smoe.py`` / ``shard_smoe_v3.py``; style
+``shared``): output = 0.5 * shared_expert(x) + 0.5 * routed, no gate; V3 chooses and weighs the top-k by
+sigmoid(router logits), renormalised. Both train with the same two losses over the routed experts.
+``router: tcmoe`` (LibMoE's TC-MoE, ``moe_tcmoe.py``): the router scores E experts, E negated copies and
+top_k null experts (see ``_tcmoe_route``); not exactly dense-equivalent at init (the null experts'
+probability stays in the weights' denominator, and a negated copy can win). A token that picks an expert
+and its own negated copy gets both terms here; LibMoE's ``results[b, t] +=`` keeps only one of the two.
+``router: smoe`` (LibMoE's SMoE, Fsoft-AIC/LibMoE ``moe_model/model/moe/smoe.py``) routes the same way
+but trains with LibMoE's losses: ``router_aux_loss_coef`` * balance + ``router_z_loss_coef`` * z, where
+balance = E^2 * mean over sequences and experts of (mean router probability * share of the sequence's
+tokens whose FIRST choice is the expert) and z = mean over tokens of logsumexp(router logits)^2.
 
 Modality: image tokens are the positions of ``config.image_token_id`` in ``input_ids`` (or, without
 ``input_ids``, the ``inputs_embeds`` rows equal to that token's embedding — Llava's own placeholder
@@ -51,6 +64,38 @@ class ModalityContext:
     blocks: list = field(default_factory=list)
 
 
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe")
+SHARED_E = ("sharede_v2", "sharede_v3")
+
+
+class XmoeGate(nn.Module):
+    """LibMoE's XMoE router (``moe_model/model/moe/xmoe.py``): the token is projected to E/2 dimensions
+    (``inp_reduction``), L2-normalised, and scored by cosine against ``expert_embeddings`` [E, E/2], which
+    every forward rescales in place to norm 1.5 (as LibMoE does); the output is cosine / 0.3 (the
+    temperature), so softmax of it is XMoE's routing distribution. ``last_cosine`` keeps the raw scores
+    for the router z-loss."""
+
+    temperature = 0.3
+
+    def __init__(self, hidden: int, num_experts: int):
+        super().__init__()
+        dim = max(1, num_experts // 2)
+        self.inp_reduction = nn.Linear(hidden, dim, bias=False)
+        self.expert_embeddings = nn.Parameter(torch.empty(num_experts, dim))
+        self.last_cosine: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduced = self.inp_reduction(x)
+        with torch.no_grad():
+            self.expert_embeddings.mul_(1.5 / self.expert_embeddings.norm(p=2.0, dim=-1, keepdim=True))
+        cosine = torch.matmul(nn.functional.normalize(reduced.float(), p=2.0, dim=-1, eps=1e-4), self.expert_embeddings.float().t())
+        ok = cosine.isfinite()
+        if not ok.all():  # LibMoE's _make_finite
+            cosine = cosine.masked_fill(~ok, cosine[ok].min())
+        self.last_cosine = cosine
+        return cosine / self.temperature
+
+
 class MoeBlock(nn.Module):
     def __init__(self, dense: nn.Module, *, hidden: int, num_experts: int, top_k: int, style: str,
                  modality: str, layout: dict[str, Any], context: ModalityContext, residual: bool = False,
@@ -60,12 +105,20 @@ class MoeBlock(nn.Module):
         self.capacity_factor = layout.get("capacity_factor")
         self.text_coef = float(layout.get("router_aux_loss_coef") or 0.0)
         self.image_coef = float(layout.get("vision_aux_loss_coef", self.text_coef) or 0.0)
+        self.router = str(layout.get("router") or "softmax_topk")
+        self.z_coef = float(layout.get("router_z_loss_coef") or 0.0)
         self.context = [context]  # a list so the module tree does not adopt it
-        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        if self.router == "xmoe":
+            self.gate = XmoeGate(hidden, num_experts)
+        elif self.router == "tcmoe":  # TC-MoE: E positive, E negated copies, top_k null experts
+            self.gate = nn.Linear(hidden, 2 * num_experts + top_k, bias=False)
+        else:
+            self.gate = nn.Linear(hidden, num_experts, bias=False)
         self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
         if style == "shared":
             self.shared_expert = copy.deepcopy(dense)
-            self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
+            if self.router not in SHARED_E:  # LibMoE's SharedE mixes 0.5 / 0.5 without a gate
+                self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
         if residual:
             self.residual = copy.deepcopy(dense)
             self.coefficient = nn.Linear(hidden, 2, bias=coefficient_bias)
@@ -78,7 +131,7 @@ class MoeBlock(nn.Module):
     @property
     def allowed(self) -> torch.Tensor:
         """[2, num_experts] bool: row 0 the experts text tokens may use, row 1 those image tokens may use."""
-        allowed = torch.ones(2, self.num_experts, dtype=torch.bool, device=self.gate.weight.device)
+        allowed = torch.ones(2, self.num_experts, dtype=torch.bool, device=next(self.gate.parameters()).device)
         for row, experts in enumerate(self._forbidden):
             if experts:
                 allowed[row, experts] = False
@@ -98,11 +151,22 @@ class MoeBlock(nn.Module):
         tokens = x.shape[0]
         is_image = self._image_tokens(tokens, x.device)
         logits = self.gate(x).float()
-        allowed = self.allowed.to(x.device)[is_image.long()]  # [T, E]
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        if self.router == "tcmoe":
+            probs, top_w, top_i, chosen = self._tcmoe_route(logits)
+        else:
+            allowed = self.allowed.to(x.device)[is_image.long()]  # [T, E]
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+            top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
+        if self.router == "tcmoe":
+            pass
+        elif self.router == "sharede_v3":  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
+            top_w, top_i = torch.topk(torch.sigmoid(logits), self.top_k, dim=-1)
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        elif self.router == "xmoe":  # LibMoE's _keepTopk: a softmax over the chosen probabilities
+            top_w = torch.softmax(top_w.to(x.dtype), dim=-1)
+        else:
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         capacity = None
         if self.training and self.capacity_factor:
             capacity = max(1, math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts))
@@ -119,12 +183,22 @@ class MoeBlock(nn.Module):
             out.index_add_(0, token_idx, y)
         if out is None:  # no token at all
             out = self.experts[0](x) * 0
-        if self.style == "shared":
+        if self.style == "shared" and self.router in SHARED_E:
+            out = self.shared_expert(x) * 0.5 + out * 0.5
+        elif self.style == "shared":
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         if hasattr(self, "residual"):
             coef = torch.softmax(self.coefficient(x), dim=-1)
             out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
-        self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
+        if self.router == "tcmoe":
+            batch = shape[0] if len(shape) == 3 else 1
+            self.last_aux_loss = self._tcmoe_loss(logits, probs, chosen, batch)
+        elif self.router in LIBMOE_ROUTERS:
+            batch = shape[0] if len(shape) == 3 else 1
+            raw = self.gate.last_cosine if self.router == "xmoe" else logits  # XMoE's z-loss: cosine logits, no temperature
+            self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch)
+        else:
+            self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
         return out.reshape(*shape[:-1], out.shape[-1])
 
     def _aux_loss(self, probs: torch.Tensor, top_i: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
@@ -139,6 +213,55 @@ class MoeBlock(nn.Module):
             fraction = chosen.mean(dim=0) / self.top_k
             total = total + coef * self.num_experts * (fraction * p.mean(dim=0)).sum()
         return total
+
+
+    def _tcmoe_route(self, logits: torch.Tensor):
+        """LibMoE's TC-MoE (moe_tcmoe.py): softmax over [E experts, E negated experts - 1, top_k null experts - 10],
+        top-k, weights = probabilities / (chosen non-null + all null probability); a negated expert adds
+        -w * expert(x), a null one nothing. Returns (probs, signed weights, expert index or -1, chosen index)."""
+        num = self.num_experts
+        shifted = logits.clone()
+        shifted[:, num:2 * num] -= 1.0
+        shifted[:, 2 * num:] -= 10.0
+        probs = torch.softmax(shifted, dim=-1)
+        top_p, chosen = torch.topk(probs, self.top_k, dim=-1)
+        real = chosen < 2 * num
+        weightsum = (top_p * real.float()).sum(-1, keepdim=True) + probs[:, 2 * num:].sum(-1, keepdim=True)
+        weights = top_p / torch.clamp_min(weightsum + 1e-20, 1e-6)
+        sign = torch.where(chosen < num, 1.0, -1.0) * real.float()
+        expert = torch.where(real, chosen % num, torch.full_like(chosen, -1))
+        return probs, weights * sign, expert, chosen
+
+    def _tcmoe_loss(self, logits: torch.Tensor, probs: torch.Tensor, chosen: torch.Tensor, batch: int) -> torch.Tensor:
+        """TC-MoE's add_perplexity_reg_tcmoe + z-loss, as LibMoE computes them (including that every sequence's
+        row counts the whole batch's assignments, divided by that sequence's own non-null count)."""
+        num = self.num_experts
+        seq = probs.shape[0] // batch
+        probs_b = probs.reshape(batch, seq, -1)
+        chosen_b = chosen.reshape(batch, seq, -1)
+        total = probs.new_zeros(())
+        if self.training:  # reward for routing to the null experts (1e-5, LibMoE's default)
+            total = total - 1e-5 * probs_b[..., 2 * num:].sum() / (batch * seq)
+        if self.text_coef > 0:
+            non_null = probs_b[..., :2 * num]
+            p_norm = non_null / (non_null.sum(-1, keepdim=True) + 1e-20)
+            real = chosen_b < 2 * num
+            counts = torch.bincount((chosen_b % num)[real], minlength=num).float()  # the whole batch's
+            load = counts[None, :] / (real.sum(dim=(1, 2)).float()[:, None] + 1e-20)
+            p_avg = p_norm.mean(dim=1)
+            p_base = p_avg[:, :num] + p_avg[:, num:2 * num]
+            total = total + self.text_coef * (load * p_base).sum(dim=1).mean()
+        if self.z_coef > 0:
+            total = total + self.z_coef * torch.logsumexp(logits, dim=-1).square().mean()
+        return total
+
+    def _libmoe_loss(self, logits: torch.Tensor, probs: torch.Tensor, top_i: torch.Tensor, batch: int) -> torch.Tensor:
+        """LibMoE's combine_loss: balance per sequence (first choices only), averaged; plus the router z-loss."""
+        density_proxy = probs.reshape(batch, -1, self.num_experts).mean(dim=1)  # [B, E]
+        first = torch.nn.functional.one_hot(top_i[:, 0], self.num_experts).float().reshape(batch, -1, self.num_experts)
+        balance = (density_proxy * first.mean(dim=1)).mean() * float(self.num_experts ** 2)
+        z = torch.logsumexp(logits, dim=-1).square().mean()
+        return self.text_coef * balance + self.z_coef * z
 
 
 def moe_blocks(model: nn.Module) -> list[MoeBlock]:

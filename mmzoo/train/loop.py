@@ -302,7 +302,10 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                                      num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda", plan=plan)
         last: dict[str, Any] = {}
         window = _MetricsWindow(tap, world, accumulation, flops.supported)
-        with _progress(console if is_main else None, steps, start) as advance:
+        from .tracking import Trackers
+
+        with Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
+                _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
                 window.add(step, scheduler.get_last_lr()[0],
                            *_train_step(engine, batches, tap, cfg, step, accumulation, float_dtype, flops))
@@ -314,6 +317,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 diverged = not math.isfinite(record["loss"])  # the same on every rank: summed over them
                 if record["step"] % cfg.train.log_every == 0 or record["step"] == steps or diverged:
                     metrics.write(record)
+                    trackers.log(record)
                 advance(record)
                 if diverged:
                     kept = ck.latest(out_dir)

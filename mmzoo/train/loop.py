@@ -328,6 +328,10 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 if saving:
                     _save(engine, out_dir, step + 1, cfg, is_main)
         summary["last"] = last
+        if is_main and cfg.train.plot:  # train.plot: the curves beside metrics.jsonl (mmzoo plot)
+            from ..plot import plot_runs
+
+            plot_runs([out_dir], out_dir / "metrics.png", overwrite=True)
         dist.barrier()
         if on_finish is not None:
             on_finish(engine, summary)

@@ -67,7 +67,8 @@ def test_report_to_all_three_offline(ws, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_config(data=ws.config("tracked", stage="moe", model=str(ws.moe),
-                                     train={"report_to": ["tensorboard", "wandb", "mlflow"], "max_steps": 3, "save_every": 3}))
+                                     train={"report_to": ["tensorboard", "wandb", "mlflow"], "max_steps": 3, "save_every": 3,
+                                            "plot": True}))
     run_training(cfg)
     out = cfg.output_dir
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -119,3 +120,16 @@ def test_missing_tracker_package_is_one_line(ws, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(MissingDependency, match=r"pip install 'mmzoo\[wandb\]'"):
         load_config(data=ws.config("untracked", train={"report_to": ["wandb"]}))
+
+
+def test_train_plot_writes_the_curves(ws):
+    """train.plot: metrics.png beside metrics.jsonl at the end of the run (the image itself: tests/plot)."""
+    from PIL import Image
+
+    from mmzoo.train.config import load_config
+    from mmzoo.train.loop import run_training
+
+    cfg = load_config(data=ws.config("plotted", train={"max_steps": 2, "save_every": 2, "plot": True}))
+    run_training(cfg)
+    with Image.open(cfg.output_dir / "metrics.png") as image:
+        assert image.format == "PNG" and image.size[0] > 600

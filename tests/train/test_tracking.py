@@ -133,3 +133,40 @@ def test_train_plot_writes_the_curves(ws):
     run_training(cfg)
     with Image.open(cfg.output_dir / "metrics.png") as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+def test_resume_continues_the_same_tracker_runs(ws, monkeypatch):
+    """A run resumed after step 2 keeps logging into the same MLflow run and wandb run id, and TensorBoard
+    shows each step once."""
+    from mmzoo.train.config import load_config
+    from mmzoo.train.loop import run_training
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trackers = ["tensorboard", "wandb", "mlflow"]
+    first = load_config(data=ws.config("resumed", train={"report_to": trackers, "max_steps": 2, "save_every": 2}))
+    run_training(first)
+    out = first.output_dir
+    run_ids = {name: (out / f".{name}-run-id").read_text() for name in ("wandb", "mlflow")}
+    run_training(load_config(data=ws.config("resumed", train={"report_to": trackers, "max_steps": 4, "save_every": 2})), resume="auto")
+    assert {name: (out / f".{name}-run-id").read_text() for name in ("wandb", "mlflow")} == run_ids
+    logged = {json.loads(line)["step"]: json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert sorted(logged) == [1, 2, 3, 4]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    history = client.get_metric_history(run_ids["mlflow"].strip(), "loss")
+    assert {m.step: m.value for m in history} == pytest.approx(logged, rel=1e-9)
+    assert client.get_run(run_ids["mlflow"].strip()).info.status == "FINISHED"
+
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(run_ids["wandb"].strip()) for r in runs)  # `wandb sync` joins them
+    steps = [row["_step"] for run in runs for row in wandb_history(run)[0]]
+    assert steps == [1, 2, 3, 4]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]

@@ -1,8 +1,8 @@
 """``mmzoo plot``: training curves of one or several runs in one image (matplotlib, an optional extra).
 
 Reads each run's ``metrics.jsonl`` (the file ``mmzoo train`` writes) and draws one panel per metric that
-any run logged — loss, aux / kd losses, reward, learning rate, grad norm, tokens/s — with one colour per
-run, plus, for MoE runs, the expert load over steps: per layer, the busiest expert's share divided by the
+any run logged — loss, aux / kd losses, reward, learning rate, grad norm, tokens/s, TFLOP/s, and any other
+number a run logs, under its own name — with one colour per run, plus, for MoE runs, the expert load over steps: per layer, the busiest expert's share divided by the
 fair share 1/E (1 = balanced, E = one expert takes everything).
 """
 from __future__ import annotations
@@ -19,7 +19,10 @@ from ..errors import MissingDependency, MmzooError, OutputExists
 PANELS = (
     ("loss", "loss"), ("lm_loss", "language-model loss"), ("aux_loss", "router aux loss"), ("kd_loss", "distillation (KD) loss"),
     ("reward", "reward"), ("lr", "learning rate"), ("grad_norm", "grad norm"), ("tokens_per_s", "tokens/s"),
+    ("tflops", "model TFLOP/s"),
 )
+# bookkeeping, not curves; any other number a run logs (a new loss term) gets a panel under its own name
+NOT_PLOTTED = {"step", "tokens", "seconds", "expert_load"}
 FORMATS = (".png", ".svg", ".pdf")
 
 
@@ -87,7 +90,10 @@ def plot_runs(runs: list[str | Path], output: str | Path, *, overwrite: bool = F
     labels = run_labels([Path(r) for r in runs])
     plt = _pyplot()
 
-    panels = [(key, title) for key, title in PANELS if any(_series(records, key)[0] for records in data)
+    known = dict(PANELS)
+    others = sorted({key for records in data for record in records for key in record} - set(known) - NOT_PLOTTED)
+    panels = [(key, title) for key, title in [*PANELS, *((key, key) for key in others)]
+              if any(_series(records, key)[0] for records in data)
               and not (key == "lm_loss" and all(_same(records, "lm_loss", "loss") for records in data))]
     moe = [(label, expert_imbalance(records)) for label, records in zip(labels, data) if expert_imbalance(records)]
     count = len(panels) + len(moe)

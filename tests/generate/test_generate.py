@@ -27,6 +27,9 @@ def forms(tiny, tmp_path_factory):
     for name, fmt in (("moe-llava", "moe-llava"), ("moe-hf", "hf")):
         out[name] = root / name
         convert(out["moe-internal"], out[name], tgt_fmt=fmt)
+    # a Mixtral-style upcycle written as hf: transformers' own MoE classes, no remote code
+    out["mixtral-hf"] = root / "mixtral-hf"
+    convert(hf, out["mixtral-hf"], tgt_fmt="hf", moe=dict(num_experts=4, top_k=2, style="mixtral", layers="even"))
     out["image"] = make_images(root / "images", 1)[0]
     return out
 
@@ -62,6 +65,13 @@ def test_moe_greedy_equals_transformers_generate(forms, fmt):
     result = generate(forms[fmt], "Describe the picture.", [forms["image"]], max_new_tokens=MAX_NEW, template="vicuna_v1")
     assert result["prompt"].startswith("<s>A chat between") and result["prompt"].endswith("USER: <image>\nDescribe the picture. ASSISTANT: ")
     assert result["tokens"] == transformers_greedy(forms["moe-hf"], forms["image"], result["prompt"], trust_remote_code=True)
+
+
+def test_builtin_moe_hf_greedy_equals_transformers_generate(forms):
+    from mmzoo.generate import generate
+
+    result = generate(forms["mixtral-hf"], "What is shown?", [forms["image"]], max_new_tokens=MAX_NEW)
+    assert result["tokens"] == transformers_greedy(forms["mixtral-hf"], forms["image"], result["prompt"])
 
 
 def test_streamed_text_is_the_answer(forms):

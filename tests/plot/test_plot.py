@@ -21,6 +21,7 @@ def write_run(folder, steps=20, moe=False, kd=False, seed=0):
                   "tokens": 512, "tokens_per_s": 1000.0 + step, "tflops": None, "seconds": 0.5}
         if kd:
             record["kd_loss"] = 2.0 / step
+            record["teacher_entropy"] = 1.0  # a metric the plot does not know: drawn under its own name
         if moe:
             record["expert_load"] = {"text.0": [0.4, 0.3, 0.2, 0.1], "text.1": [0.25, 0.25, 0.25, 0.25]}
         lines.append(json.dumps(record))
@@ -74,6 +75,7 @@ def test_several_runs_with_moe_and_kd(tmp_path):
     result = plot_runs(runs, tmp_path / "cmp.png")
     assert result["runs"] == ["a/run", "b/run"]  # same folder names: told apart by their parents
     assert "distillation (KD) loss" in result["panels"] and "expert load (a/run)" in result["panels"]
+    assert "teacher_entropy" in result["panels"] and "tokens" not in result["panels"]
     width, height, gray, coloured = look_at(tmp_path / "cmp.png")
     assert [width, height] == result["size"] and height > 1020
     assert coloured > 0.002 and dark_lines(gray, axis=1, length=400) >= 2 * 4

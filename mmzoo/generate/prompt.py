@@ -41,18 +41,19 @@ def _chat_template(tokenizer, prompt: str, system: str | None) -> str:
                          hint="pick the training format with --template, e.g. vicuna_v1 or plain")
     n_images = prompt.count(IMAGE_MARKER)
     head = [{"role": "system", "content": system}] if system else []
-    # Published LLaVA templates (llava-hf) expect content parts and emit <image> for each image part;
-    # plain-string templates (LLaVA-style USER:/ASSISTANT:) print the content as it is. Try the former,
-    # and keep it only when it rendered every image and the text.
+    # Plain-string templates (LLaVA-style USER:/ASSISTANT:) print the content as it is; published LLaVA
+    # templates (llava-hf) expect content parts and emit <image> for each image part (given a string, they
+    # drop it). Try the string first, keep a rendering only when it holds every image and the text, and
+    # never one that printed the parts list itself.
     text = prompt.replace(IMAGE_MARKER, "").strip()
     parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
-    for content in (parts, prompt):
+    for content in (prompt, parts):
         messages = head + [{"role": "user", "content": content}]
         try:
             rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception:  # noqa: BLE001 - a template that cannot take this content shape: try the other
             continue
-        if rendered.count(IMAGE_MARKER) == n_images and text in rendered:
+        if rendered.count(IMAGE_MARKER) == n_images and text in rendered and "{'type'" not in rendered:
             return rendered
     raise MmzooError("the checkpoint's chat_template does not render an image prompt",
                      hint="pick the training format with --template, e.g. vicuna_v1")

@@ -101,6 +101,28 @@ def test_cli_json_and_stream(forms):
     assert out == result["answer"] + "\n" and "tokens/s" in err
 
 
+def test_text_only_prompt(forms):
+    from mmzoo.generate import generate
+
+    result = generate(forms["internal"], "hello", [], max_new_tokens=4)
+    assert result["prompt"] == "USER: hello\nASSISTANT:" and result["new_tokens"] > 0
+
+
+def test_published_llava_hf_chat_template(forms):
+    """llava-hf/llava-1.5-7b-hf's published template (content parts, one <image> per image part) renders the
+    image and the text, as its model card's example does."""
+    from pathlib import Path
+
+    from mmzoo.generate.prompt import render_prompt, with_image_markers
+    from mmzoo.modeling import load_processor
+
+    genuine = Path(__file__).parents[1] / "fixtures" / "genuine" / "llava-1.5-7b-hf" / "chat_template.jinja"
+    tokenizer = load_processor(forms["hf"]).tokenizer
+    tokenizer.chat_template = genuine.read_text()
+    assert render_prompt(tokenizer, with_image_markers("What is it?", 1)) == "USER: <image>\nWhat is it? ASSISTANT:"
+    assert render_prompt(tokenizer, with_image_markers("What is it?", 0)) == "USER: What is it? ASSISTANT:"
+
+
 def test_plain_template_is_the_pretraining_prompt(forms):
     from mmzoo.generate.prompt import render_prompt
     from mmzoo.modeling import load_processor

@@ -170,3 +170,26 @@ def test_resume_continues_the_same_tracker_runs(ws, monkeypatch):
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+
+
+def test_two_processes_log_once_from_rank_0(ws, monkeypatch):
+    """`mmzoo train --nproc 2`: one TensorBoard writer, one wandb run, one MLflow run, with the summed metrics."""
+    from train_helpers import metrics, run_mmzoo
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = ws.write("tracked-2proc", train={"report_to": ["tensorboard", "wandb", "mlflow"], "max_steps": 2, "save_every": 2})
+    proc = run_mmzoo("train", "--params", str(params), "--nproc", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = ws.root / "runs" / "tracked-2proc"
+    expected = {r["step"]: r["loss"] for r in metrics(out)}
+    assert sorted(expected) == [1, 2]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert {row["_step"]: row["loss"] for row in wandb_history(run_dir)[0]} == pytest.approx(expected, rel=1e-9)
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow ≥ 3.7 reads its file store only with it
+    client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "mmzoo"]
+    assert len(client.search_runs([experiment.experiment_id])) == 1

@@ -140,3 +140,21 @@ def test_errors_are_one_line(forms, capsys, tmp_path):
     assert "unknown template 'nope'" in cli_error(capsys, "generate", ckpt, "-i", image, "-p", "hi", "--template", "nope")
     assert "2 <image> markers" in cli_error(capsys, "generate", ckpt, "-i", image, "-p", "<image><image> hi")
     assert "at least 1" in cli_error(capsys, "generate", ckpt, "-i", image, "-p", "hi", "--max-new-tokens", "0")
+
+
+def test_checkpoint_sampling_settings_do_not_leak(forms, tmp_path):
+    """A generation_config.json asking for sampling, top-k 1 and a repetition penalty changes neither greedy
+    decoding nor the user's sampling settings."""
+    import shutil
+
+    from mmzoo.generate import generate
+
+    folder = tmp_path / "with-generation-config"
+    shutil.copytree(forms["hf"], folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update(do_sample=True, top_k=1, temperature=0.01, repetition_penalty=5.0)
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    ask = dict(prompt="hi", images=[forms["image"]], max_new_tokens=MAX_NEW)
+    assert generate(folder, **ask)["tokens"] == generate(forms["hf"], **ask)["tokens"]
+    samples = {tuple(generate(folder, **ask, temperature=1.5, seed=seed)["tokens"]) for seed in range(3)}
+    assert len(samples) > 1  # top-k 1 would make every sample the same

@@ -82,6 +82,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
         ("preprocess", "mmzoo.preprocess.demo_step", {"workdir": workdir / "preprocess", "checkpoint": hf}),
         ("upcycle", "mmzoo.upcycle.demo_step", {"dense_hf": hf, "workdir": workdir / "upcycle"}),
         ("train", "mmzoo.train.demo_step", {"hf_checkpoint": hf, "workdir": workdir / "train"}),
+        ("generate", "mmzoo.generate.demo_step", {"checkpoint": hf, "workdir": workdir}),
     ):
         module = _optional(module_name)
         if module is not None:

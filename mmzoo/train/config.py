@@ -64,6 +64,16 @@ class TrainSection(_Strict):
     cross_entropy: Literal["plain", "chunked", "liger"] = "plain"  # chunked/liger: no full logits tensor
     liger_kernels: bool = False  # Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA, Llama/Mistral/Qwen2 LLMs)
     compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = False  # torch.compile (true: inductor)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []  # experiment trackers (mmzoo/train/tracking.py)
+    plot: bool = False  # write OUTPUT_DIR/metrics.png (mmzoo plot) when the run ends
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        from .tracking import check_installed
+
+        check_installed(value)  # here, so `mmzoo train` says it before launching any process
+        return list(dict.fromkeys(value))
 
     @field_validator("micro_batch_size", "global_batch_size", "save_every", "log_every")
     @classmethod

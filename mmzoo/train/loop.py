@@ -308,7 +308,10 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                                      num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda", plan=plan)
         last: dict[str, Any] = {}
         window = _MetricsWindow(tap, world, accumulation, flops.supported, distill=teacher is not None)
-        with _progress(console if is_main else None, steps, start) as advance:
+        from .tracking import Trackers
+
+        with Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
+                _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
                 window.add(step, scheduler.get_last_lr()[0],
                            *_train_step(engine, batches, tap, cfg, step, accumulation, float_dtype, flops, teacher))
@@ -320,6 +323,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 diverged = not math.isfinite(record["loss"])  # the same on every rank: summed over them
                 if record["step"] % cfg.train.log_every == 0 or record["step"] == steps or diverged:
                     metrics.write(record)
+                    trackers.log(record)
                 advance(record)
                 if diverged:
                     kept = ck.latest(out_dir)
@@ -330,6 +334,10 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                 if saving:
                     _save(engine, out_dir, step + 1, cfg, is_main)
         summary["last"] = last
+        if is_main and cfg.train.plot:  # train.plot: the curves beside metrics.jsonl (mmzoo plot)
+            from ..plot import plot_runs
+
+            plot_runs([out_dir], out_dir / "metrics.png", overwrite=True)
         dist.barrier()
         if on_finish is not None:
             on_finish(engine, summary)

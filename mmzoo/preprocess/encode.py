@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -388,6 +389,10 @@ _WORKER: Encoder | None = None
 
 def init_worker(settings: Settings) -> None:
     global _WORKER
+    # The parent turns SIGTERM into an exception while it writes (mmzoo.io.claim); a pool worker must not
+    # inherit that: Pool.terminate() stops workers with SIGTERM, and one that did not die at once could
+    # hold the task queue's lock and leave its sibling, and the parent's join, waiting forever.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Each worker is one process; Rust-side threads would only fight the other workers for cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = Encoder(settings)

@@ -275,9 +275,6 @@ def test_an_moe_teacher_under_zero3_is_partitioned_and_matches_an_identical_stud
     assert abs(r["kd_loss"]) < 1e-6 and r["aux_loss"] > 0
 
 
-REAL_TOKENIZERS = Path.home() / ".cache" / "mmzoo-tests" / "real-tokenizers"  # built by tests/real_tokenizers.py (integ)
-
-
 def test_real_qwen2_and_llama3_tokenizers():
     """LLaVA-MoD's case: Qwen2-0.5B (151 936 embedding rows) and Qwen2-7B (152 064) share Qwen2's tokenizer of
     151 646 tokens — compared on that, not on the padded rows; a Llama-3 teacher is refused."""
@@ -285,13 +282,13 @@ def test_real_qwen2_and_llama3_tokenizers():
 
     from mmzoo.train.distill import shared_vocabulary
 
-    if not (REAL_TOKENIZERS / "qwen2-v1" / "tokenizer.json").is_file():
-        pytest.skip(f"the real tokenizer cache {REAL_TOKENIZERS} is not built here")
-    qwen_a = AutoTokenizer.from_pretrained(str(REAL_TOKENIZERS / "qwen2-v1"))
-    qwen_b = AutoTokenizer.from_pretrained(str(REAL_TOKENIZERS / "qwen2-v1"))
+    import real_tokenizers
+
+    qwen_a = AutoTokenizer.from_pretrained(str(real_tokenizers.qwen2()))
+    qwen_b = AutoTokenizer.from_pretrained(str(real_tokenizers.qwen2()))
     vocab = shared_vocabulary(qwen_a, qwen_b)
     assert vocab == 151_646 and vocab < 151_936 < 152_064
-    llama3 = AutoTokenizer.from_pretrained(str(REAL_TOKENIZERS / "llama-3-v1"))
+    llama3 = AutoTokenizer.from_pretrained(str(real_tokenizers.llama3()))
     with pytest.raises(ConfigError, match=r"tokenizer differs from the student's \(128,256 vs 151,646 tokens"):
         shared_vocabulary(qwen_a, llama3)
     qwen_b.add_special_tokens({"additional_special_tokens": ["<image>"]})  # one added token is another vocabulary

@@ -29,10 +29,13 @@ def render_prompt(tokenizer, prompt: str, template: str = "auto", system: str | 
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     turns = ([Turn("system", system)] if system else []) + [Turn("user", prompt), Turn("assistant", "")]
     if template == "plain":  # pretraining format: the image markers alone, the caption follows
-        return render_plain(turns, bos, eos)[0].text
-    if template not in FORMATS:
+        rendered = render_plain(turns, bos, eos)
+    elif template in FORMATS:
+        rendered = render_format(FORMATS[template], turns, bos, eos)
+    else:
         raise MmzooError(f"unknown template {template!r}", hint="choose one of auto, plain, " + ", ".join(FORMATS))
-    return render_format(FORMATS[template], turns, bos, eos)[0].text
+    # preprocess adds BOS as an id, not as text: spelled out here, so the prompt shows what the model sees
+    return (bos if rendered.add_bos else "") + rendered.segments[0].text
 
 
 def _chat_template(tokenizer, prompt: str, system: str | None) -> str:

@@ -153,7 +153,7 @@ def test_genuine_sparse_llava_hf_config_gets_transformers_defaults():
     from mmzoo.archs import vision as vision_arch
     from mmzoo.formats.hf import spec_from_config
 
-    config = json.loads((Path(__file__).parent / "genuine" / "llava-1.5-7b-hf.config.json").read_text())
+    config = json.loads((Path(__file__).parents[1] / "fixtures" / "genuine" / "llava-1.5-7b-hf" / "config.json").read_text())
     assert "hidden_size" not in config["text_config"]
     spec = spec_from_config(config, Path("llava-1.5-7b-hf"))
     text = text_arch.expected_shapes(spec.text_config)
@@ -169,7 +169,7 @@ def test_genuine_sparse_llava_hf_config_gets_transformers_defaults():
 def test_sparse_config_against_tiny_weights_is_a_shape_error_not_a_key_error(hf_copy, capsys):
     from pathlib import Path
 
-    genuine = (Path(__file__).parent / "genuine" / "llava-1.5-7b-hf.config.json").read_text()
+    genuine = (Path(__file__).parents[1] / "fixtures" / "genuine" / "llava-1.5-7b-hf" / "config.json").read_text()
     (hf_copy / "config.json").write_text(genuine)
     assert_one_line(*run_main(capsys, "inspect", hf_copy), "the config implies [32064, 4096]")
 

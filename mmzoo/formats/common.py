@@ -154,6 +154,14 @@ def validate(ckpt: Checkpoint) -> None:
             raise ShapeMismatch(f"tensor {name!r} has shape {list(planned.shape)}, expected {list(shape)}", path=where)
 
 
+def rope_parameters_from_4x(config: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5's ``rope_parameters`` for a 4.x config that keeps ``rope_theta`` / ``rope_scaling``
+    at the top level (genuine LLaVA and MoE-LLaVA configs); the inverse of :func:`transformers4_text_fields`."""
+    scaling = config.get("rope_scaling") or {}
+    return {"rope_type": scaling.get("rope_type", scaling.get("type", "default")), "rope_theta": config["rope_theta"],
+            **{k: v for k, v in scaling.items() if k not in ("type", "rope_type")}}
+
+
 def transformers4_text_fields(text_config: dict[str, Any]) -> dict[str, Any]:
     """The rope fields transformers 4.x reads (top-level ``rope_theta`` / ``rope_scaling``) for a 5.x
     text config that keeps them in ``rope_parameters``; without them 4.x silently uses theta 10000.

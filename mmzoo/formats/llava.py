@@ -20,7 +20,7 @@ from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
 from .common import (
-    detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, native_components, processor_from_folder, source_dtype, split_by_prefix,
+    detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, rope_parameters_from_4x, native_components, processor_from_folder, source_dtype, split_by_prefix,
     to_canonical, transformers4_text_fields, write_json,
 )
 
@@ -154,8 +154,7 @@ def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> 
         text.pop("_name_or_path", None)
     text = {k: v for k, v in text.items() if v is not None or k not in notes.get("replaced", {})}
     if "rope_parameters" not in text and "rope_theta" in text:  # a genuine 4.x config: keep what 5.x reads
-        scaling = text.get("rope_scaling") or {}
-        text["rope_parameters"] = {"rope_type": scaling.get("rope_type", scaling.get("type", "default")), "rope_theta": text["rope_theta"], **{k: v for k, v in scaling.items() if k not in ("type", "rope_type")}}
+        text["rope_parameters"] = rope_parameters_from_4x(text)
     vision = {k: v for k, v in vision_cfg.items() if k not in ("architectures", "torch_dtype", "dtype", "transformers_version") or k in notes.get("vision_keys", [])}
     vision.update(notes.get("vision_replaced", {}))
     projector = text_cfg.get("mm_projector_type", "linear")

@@ -42,7 +42,7 @@ from ..io.tensors import Planned, materialize
 from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
-from .common import detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, rope_parameters_from_4x, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 from .llava import CLIP_MODEL_ONLY, VISION_PREFIXES  # the same LLaVA-repo key spellings
 from .llava import TEXT_PREFIXES as LLAVA_TEXT_PREFIXES
 
@@ -210,9 +210,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     dense = {k: v for k, v in config.items() if k not in _MM_KEYS and k not in notes.get("added_keys", [])}
     dense.update(model_type=base, architectures=notes.get("architectures", [f"{''.join(p.title() for p in base.split('_'))}ForCausalLM"]))
     if "rope_parameters" not in dense and "rope_theta" in config:  # a genuine 4.x config
-        scaling = config.get("rope_scaling") or {}
-        dense["rope_parameters"] = {"rope_type": scaling.get("rope_type", scaling.get("type", "default")), "rope_theta": config["rope_theta"],
-                                    **{k: v for k, v in scaling.items() if k not in ("type", "rope_type")}}
+        dense["rope_parameters"] = rope_parameters_from_4x(config)
     if isinstance(notes.get("text_config"), dict):
         text_cfg = notes["text_config"]
         layout = dict(text_cfg.get(MOE_CONFIG_KEY) or notes.get("moe") or {})

@@ -42,6 +42,11 @@ def consolidated_state(tag_dir: Path) -> dict[str, Any]:
     # its progress prints would interleave with mmzoo's output; its torch.load calls become weights_only loads
     with contextlib.redirect_stdout(io.StringIO()), pickles.weights_only_loads():
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    if stage != 3 and model_states.is_file():
+        # ZeRO-1 keeps no frozen-parameter record zero_to_fp32 could read (DeepSpeed writes one only when
+        # gradients are partitioned, ZeRO-2): frozen tensors are unchanged, so the module state holds them.
+        module = pickles.load(model_states).get("module") or {}
+        state = {**{k: v for k, v in module.items() if k not in state}, **state}
     empty = [k for k, v in state.items() if v.numel() == 0]
     if empty:
         raise MmzooError(f"the consolidated checkpoint has empty tensors ({', '.join(empty[:3])})", path=tag_dir)

@@ -3,6 +3,7 @@ through each project's own reader."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -161,7 +162,9 @@ def test_resume_continues_the_same_tracker_runs(ws, monkeypatch):
     assert client.get_run(run_ids["mlflow"].strip()).info.status == "FINISHED"
 
     runs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(run_ids["wandb"].strip()) for r in runs)  # `wandb sync` joins them
+    # `wandb sync` joins them; a run resumed within the same second gets wandb's "-1" folder suffix
+    run_id = re.escape(run_ids["wandb"].strip())
+    assert len(runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", r.name) for r in runs), runs
     steps = [row["_step"] for run in runs for row in wandb_history(run)[0]]
     assert steps == [1, 2, 3, 4]
 

@@ -22,6 +22,18 @@ def _moe(**kw):
     return options
 
 
+def _tiny_block(router: str, style: str, num_experts: int):
+    """A 16-wide MoE block upcycled from a fresh dense MLP (seeded), for checking a router against its definition."""
+    from mmzoo.upcycle.moe_modeling import MoeBlock
+    from mmzoo.upcycle.remote.modeling_mmzoo_moe import ModalityContext
+
+    torch.manual_seed(0)
+    dense_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
+    block = MoeBlock(dense_mlp, hidden=16, num_experts=num_experts, top_k=2, style=style, modality="text",
+                     layout={"router": router, "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}, context=ModalityContext())
+    return block, dense_mlp
+
+
 def libmoe_loss(raw: torch.Tensor, scaled: torch.Tensor, balance_coef: float, z_coef: float) -> torch.Tensor:
     """LibMoE's combine_loss for one block (written from its moe.py): ``raw`` router scores [B, N, E] for the
     z-loss, ``scaled`` the ones its softmax routes with (XMoE divides by its temperature)."""
@@ -119,13 +131,8 @@ def test_libmoe_router_refusals(dense, out):
 def test_xmoe_routing_follows_its_definition_on_distinct_experts():
     """XMoE (LibMoE xmoe.py): cosine of the L2-normalised E/2-dim projection against embeddings rescaled to
     norm 1.5, softmax at temperature 0.3, top-k, weights = softmax over the chosen probabilities."""
-    from mmzoo.upcycle.moe_modeling import MoeBlock
-    from mmzoo.upcycle.remote.modeling_mmzoo_moe import ModalityContext
 
-    torch.manual_seed(0)
-    dense_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
-    block = MoeBlock(dense_mlp, hidden=16, num_experts=6, top_k=2, style="mixtral", modality="text",
-                     layout={"router": "xmoe", "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}, context=ModalityContext())
+    block, _ = _tiny_block("xmoe", "mixtral", num_experts=6)
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
@@ -152,18 +159,13 @@ def test_sharede_follows_its_definition_on_distinct_experts(dense, out, router):
     """SharedE (LibMoE shard_smoe.py / shard_smoe_v3.py): 0.5 * shared + 0.5 * routed, no gate; V2 weighs the
     top-k by renormalised softmax, V3 by renormalised sigmoid. Upcycled: no shared-expert gate, unscaled copies."""
     from mmzoo import read_checkpoint
-    from mmzoo.upcycle.moe_modeling import MoeBlock
-    from mmzoo.upcycle.remote.modeling_mmzoo_moe import ModalityContext
 
     path = out(router)
     convert(dense("llama").path, path, tgt_fmt="internal", moe=_moe(router=router, style="shared", num_experts=3, top_k=1))
     names = set(read_checkpoint(path).tensors)
     assert "text_model.model.layers.0.mlp.shared_expert.down_proj.weight" in names
     assert not any("shared_expert_gate" in n for n in names)
-    torch.manual_seed(0)
-    dense_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
-    block = MoeBlock(dense_mlp, hidden=16, num_experts=4, top_k=2, style="shared", modality="text",
-                     layout={"router": router, "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}, context=ModalityContext())
+    block, _ = _tiny_block(router, "shared", num_experts=4)
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
@@ -190,7 +192,6 @@ def test_tcmoe_is_dense_up_to_its_null_experts_and_follows_its_definition(dense,
     import math
 
     from mmzoo.upcycle.moe_modeling import MoeBlock
-    from mmzoo.upcycle.remote.modeling_mmzoo_moe import ModalityContext
 
     ref = dense("llama")
     path = out("tcmoe")
@@ -200,10 +201,7 @@ def test_tcmoe_is_dense_up_to_its_null_experts_and_follows_its_definition(dense,
     assert blocks and all(tuple(b.gate.weight.shape) == (2 * 4 + 2, 64) for b in blocks)
     diff = max_diff(model, ref)
     assert 0 < diff <= 1e-3  # the exception: null experts' probability e^-10 stays in the denominator
-    torch.manual_seed(0)
-    dense_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
-    block = MoeBlock(dense_mlp, hidden=16, num_experts=4, top_k=2, style="mixtral", modality="text",
-                     layout={"router": "tcmoe", "router_aux_loss_coef": 0.01, "router_z_loss_coef": 0.001}, context=ModalityContext())
+    block, dense_mlp = _tiny_block("tcmoe", "mixtral", num_experts=4)
     zero = torch.zeros(3, 16)
     with torch.no_grad():
         block.gate.weight.zero_()

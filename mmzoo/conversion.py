@@ -202,9 +202,10 @@ def convert(
     notes += getattr(formats.get(tgt_fmt), "target_notes", lambda _: [])(ckpt)  # a target format's caveats, if it has any
     result = ConversionResult(Path(src), Path(out), ckpt.format, tgt_fmt, len(ckpt.tensors), sum(t.nbytes for t in ckpt.tensors.values()), notes=notes)
     if ckpt.spec.moe:
+        from .formats.moe_llava import conversion_notes as moe_llava_notes
         from .upcycle import conversion_notes
 
-        result.notes.extend(conversion_notes(ckpt, tgt_fmt))
+        result.notes.extend(moe_llava_notes(ckpt, tgt_fmt) + conversion_notes(ckpt, tgt_fmt))
     if tgt_fmt == "hf":
         from .formats.hf import transformers4_notes
 

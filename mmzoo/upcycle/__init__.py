@@ -28,11 +28,11 @@ def upcycle(ckpt: Checkpoint, **options: Any) -> Checkpoint:
 
 
 def conversion_notes(ckpt: Checkpoint, tgt_fmt: str) -> list[str]:
-    """Behavioural caveats of writing this (MoE) checkpoint as ``tgt_fmt`` (for ConversionResult.notes)."""
-    from ..formats.moe_llava import conversion_notes as moe_llava_notes
+    """Behavioural caveats of writing this (MoE) checkpoint as ``tgt_fmt`` (for ConversionResult.notes).
+    The caveats of one layout (MoE-LLaVA's gating) are its format module's ``conversion_notes``."""
     from .remote import needs_remote_code
 
-    notes = moe_llava_notes(ckpt, tgt_fmt)
+    notes = []
     if tgt_fmt == "hf" and needs_remote_code(ckpt.spec):
         why = (ckpt.spec.moe or {}).get("hf_unsupported")
         notes.append(

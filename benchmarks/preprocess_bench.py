@@ -88,7 +88,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from mmzoo.preprocess import preprocess
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

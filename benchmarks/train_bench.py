@@ -57,8 +57,8 @@ MAX_SEQ = 2048
 
 def make_tokenizer(path: Path | None):
     """The tiny BPE tokenizer, or a real one from ``path`` with ``<image>`` added and a pad token set."""
-    from mmzoo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN
-    from mmzoo.tiny import make_tokenizer as tiny_tokenizer
+    from mmzoo.demo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN
+    from mmzoo.demo.tiny import make_tokenizer as tiny_tokenizer
 
     if path is None:
         return tiny_tokenizer()
@@ -77,7 +77,7 @@ def build(out: Path, preset: str, tokenizer_path: Path | None, dtype: str) -> No
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmzoo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, image_processor, text_config, vision_config
+    from mmzoo.demo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, image_processor, text_config, vision_config
 
     h, layers, heads, kv, inter, vh, vl, size, patch = PRESETS[preset]
     tok = make_tokenizer(tokenizer_path)
@@ -116,7 +116,7 @@ def text_lengths(kind: str, n: int, image_tokens: int, scale: float, caption_wor
 
 def make_data(work: Path, model: Path, args, image_tokens: int) -> Path:
     from mmzoo.preprocess import preprocess
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     size = PRESETS[args.preset][7]
     make_images(work / "images", 8, size=size)
@@ -227,8 +227,8 @@ def run_bare(cfg, warmup: int) -> dict:
     """The same model, trainable set and micro batches through a plain PyTorch loop (no DeepSpeed)."""
     import torch
 
-    from mmzoo.conversion import read_checkpoint
-    from mmzoo.modeling import load_model
+    from mmzoo.converters.pipeline import read_checkpoint
+    from mmzoo.models.load import load_model
     from mmzoo.train.data import TrainData, micro_batch_stream
     from mmzoo.train.flops import StepFlopsCounter
     from mmzoo.train.loop import batch_tokens

@@ -1,11 +1,11 @@
 """The Python API behind the CLI. Everything here is importable as ``mmzoo.<name>``."""
 from __future__ import annotations
 
-from .assemble import init_model
-from .conversion import ConversionResult, convert, read_checkpoint, write_checkpoint
-from .formats import detect as detect_format
+from .converters.assemble import init_model
+from .converters.pipeline import ConversionResult, convert, read_checkpoint, write_checkpoint
+from .converters import detect as detect_format
 from .inspection import check_checkpoint, diff, inspect
-from .modeling import load_model, load_processor
+from .models.load import load_model, load_processor
 
 __all__ = [
     "ConversionResult", "check_checkpoint", "convert", "detect_format", "diff", "init_model", "inspect",

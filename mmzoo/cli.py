@@ -21,12 +21,22 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-def _register_commands() -> None:
-    from .commands import core
+# Every subsystem keeps its commands in its own ``cli.py`` (imports lazy, so ``mmzoo --help`` stays fast);
+# this is the registry, in the order ``mmzoo --help`` lists them. A subsystem that is not installed is skipped.
+SUBCOMMANDS = (
+    "mmzoo.converters.cli",   # convert, init, formats
+    "mmzoo.inspection.cli",   # inspect, diff
+    "mmzoo.demo.cli",         # demo
+    "mmzoo.preprocess.cli",   # preprocess
+    "mmzoo.train.cli",        # train, export
+    "mmzoo.generate.cli",     # generate
+    "mmzoo.plot.cli",         # plot
+    "mmzoo.hub.cli",          # hub push / pull
+)
 
-    core.register(app)
-    # Other command groups register themselves here (each module keeps its imports lazy).
-    for module_name in ("mmzoo.preprocess.cli", "mmzoo.train.cli", "mmzoo.hub_cli", "mmzoo.generate.cli", "mmzoo.plot.cli"):
+
+def _register_commands() -> None:
+    for module_name in SUBCOMMANDS:
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -21,7 +21,7 @@ class TinyCheckpoints:
     def hf(self, text: str = "llama", vision: str = "clip", dtype: str = "float32") -> Path:
         key = (text, vision, dtype)
         if key not in self._built:
-            from mmzoo.tiny import build_llava
+            from mmzoo.demo.tiny import build_llava
 
             path = self.root / f"hf-{text}-{vision}-{dtype}"
             build_llava(path, text, vision, dtype=dtype)

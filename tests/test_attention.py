@@ -8,7 +8,7 @@ import torch
 
 import mmzoo
 from mmzoo.errors import MissingDependency, MmzooError
-from mmzoo.tiny import sample_inputs
+from mmzoo.demo.tiny import sample_inputs
 
 
 def test_sdpa_and_eager_give_the_same_logits(tiny):

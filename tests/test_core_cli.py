@@ -231,7 +231,7 @@ def test_os_errors_are_one_line(tiny, tmp_path):
 
 
 def test_a_plain_llm_or_vision_folder_names_mmzoo_init(tmp_path):
-    from mmzoo.tiny import build_llm, build_vision
+    from mmzoo.demo.tiny import build_llm, build_vision
 
     build_llm(tmp_path / "llm")
     build_vision(tmp_path / "vision")
@@ -299,7 +299,7 @@ def test_a_missing_output_parent_is_created_and_removed_again_on_failure(tiny, t
     code, _, stderr = run_cli("convert", str(tiny.hf("qwen2", "clip")), "-o", str(tmp_path / "gone" / "out"), "--tgt-fmt", "llava")
     _assert_one_line_error(code, stderr, "qwen2")
     assert not (tmp_path / "gone").exists()  # the parents made for a failed write are removed
-    from mmzoo.tiny import build_llm, build_vision
+    from mmzoo.demo.tiny import build_llm, build_vision
 
     build_llm(tmp_path / "llm")
     build_vision(tmp_path / "vision")

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import mmzoo
 from cli_helpers import run_cli
-from mmzoo.tiny import build_llm, build_vision, sample_inputs
+from mmzoo.demo.tiny import build_llm, build_vision, sample_inputs
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_init_cli_and_errors(parts, tmp_path):
 def test_full_clip_model_folder_as_vision(tmp_path, parts):
     from transformers import CLIPConfig, CLIPModel
 
-    from mmzoo.tiny import image_processor, vision_config
+    from mmzoo.demo.tiny import image_processor, vision_config
 
     config = CLIPConfig(vision_config=vision_config("clip").to_dict(), text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=100), projection_dim=16)
     CLIPModel(config).save_pretrained(tmp_path / "clip-full")

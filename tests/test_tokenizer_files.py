@@ -13,8 +13,8 @@ import pytest
 
 import mmzoo
 import real_tokenizers as rt
-from mmzoo.locate import tokenizer_folder
-from mmzoo.tiny import build_vision, text_config
+from mmzoo.checkpoint.locate import tokenizer_folder
+from mmzoo.demo.tiny import build_vision, text_config
 
 sys.path.insert(0, str(Path(__file__).parent / "preprocess"))
 from reference_corpus import corpus  # noqa: E402
@@ -115,7 +115,7 @@ def test_written_sentencepiece_tokenizers_read_the_same_in_transformers_4x(tmp_p
     llama.cpp's ids; the fast one (4.x LlamaConverter) gives the shipped tokenizer.json's ids."""
     from tokenizers import Tokenizer
 
-    from mmzoo.image_token import add_image_token
+    from mmzoo.checkpoint.image_token import add_image_token
 
     names = ["llava-v1.5", "llava-v1.5-slow-only", "phi-3"]
     request, image_ids = {"folders": []}, {}
@@ -151,7 +151,7 @@ def test_the_old_transformers_5_round_trip_would_have_changed_the_tokenizer(tmp_
 def test_convert_adding_image_keeps_a_slow_only_llava_tokenizer_byte_for_byte(tiny, tmp_path):
     """A LLaVA-repo checkpoint with liuhaotian's tokenizer (tokenizer.model only, no <image>) converted
     to hf: the files are the original ones, tokenizer_config.json gains <image> in its added tokens."""
-    from mmzoo.spec import TOKENIZER_FILES
+    from mmzoo.checkpoint.spec import TOKENIZER_FILES
 
     mmzoo.convert(tiny.hf("llama", "clip"), tmp_path / "llava", tgt_fmt="llava")
     text_dir = tokenizer_folder(tmp_path / "llava")

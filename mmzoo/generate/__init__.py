@@ -28,7 +28,7 @@ def generate(checkpoint: str | Path, prompt: str, images: list[str | Path] | tup
     """
     import torch
 
-    from ..modeling import load_model, load_processor
+    from ..models.load import load_model, load_processor
 
     if max_new_tokens < 1:
         raise MmzooError("--max-new-tokens must be at least 1")

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(result, ensure_ascii=False))
         else:
             sys.stdout.write("\n")
-            from ..commands._output import error_console
+            from ..console import error_console
 
             error_console.print(f"[dim]{result['new_tokens']} tokens in {result['seconds']:.2f} s ({result['tokens_per_s']} tokens/s)[/]",
                                 highlight=False)

@@ -8,7 +8,7 @@ from ..errors import MmzooError
 
 
 def run_demo_step(checkpoint: Path, workdir: Path, console) -> dict[str, Any]:
-    from ..tiny import make_images
+    from ..demo.tiny import make_images
     from . import generate
 
     workdir = Path(workdir)

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
           mmzoo plot runs/sft-lr1e-4 runs/sft-lr2e-5 -o compare.png --log-loss
         """
-        from ..commands._output import console
+        from ..console import console
         from . import plot_runs
 
         result = plot_runs(runs, output, overwrite=overwrite, dpi=dpi, log_loss=log_loss)

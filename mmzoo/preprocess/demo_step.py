@@ -25,7 +25,7 @@ def run_demo_step(workdir: Path, checkpoint: Path, console: Any) -> dict[str, An
     LLaVA folder), then read one batch back through H5Dataset + Collator."""
     from transformers import AutoImageProcessor
 
-    from ..tiny import make_images
+    from ..demo.tiny import make_images
     from . import Collator, H5Dataset, preprocess
 
     workdir = Path(workdir)

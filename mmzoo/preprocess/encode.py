@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import MmzooError
 from ..io.structured import load_json, read_text
 from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
-from ..locate import tokenizer_folder
+from ..checkpoint.locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
 from .tokenization import TextTokenizer, token_at
 

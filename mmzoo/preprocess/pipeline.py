@@ -131,7 +131,7 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
 
 
 def _resolve_num_image_tokens(n: int | None, model: str | Path | None, tokenizer: str | Path) -> int:
-    from ..locate import num_image_tokens
+    from ..checkpoint.locate import num_image_tokens
 
     if n is not None:
         return n

@@ -156,7 +156,7 @@ def prune(run_dir: Path, keep: int | None) -> None:
 
 def save_meta(ckpt, run_dir: Path) -> None:
     """Everything but the weights that an export needs, so the run folder stands on its own."""
-    from ..formats.common import copy_files, write_json
+    from ..converters.common import copy_files, write_json
 
     meta = Path(run_dir) / "meta"
     if meta.exists():
@@ -174,8 +174,8 @@ def save_meta(ckpt, run_dir: Path) -> None:
 
 def load_meta(run_dir: Path):
     """(spec, {name: (dtype, shape)}, tokenizer files, image processor, extra files, source info)."""
-    from ..locate import read_json
-    from ..spec import ModelSpec
+    from ..checkpoint.locate import read_json
+    from ..checkpoint.spec import ModelSpec
 
     from ..io.confine import confine_checkpoint
 

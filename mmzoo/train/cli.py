@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
         import yaml
 
-        from ..commands._output import console
+        from ..console import console
         from .config import gradient_accumulation, load_config
         from .launch import build_command, choose_launcher
         from .preflight import check_resume, check_settings, preflight
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
 
         Example: mmzoo export runs/tiny-sft --tgt-fmt hf -o tiny-sft-hf
         """
-        from ..commands._output import console
+        from ..console import console
         from .export import export
 
         result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)

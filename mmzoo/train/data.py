@@ -50,7 +50,7 @@ class TrainData:
     """``mmzoo.preprocess.H5Dataset`` + collator, images through the model's own image processor."""
 
     def __init__(self, path: Path, images: Path, model_path: Path, seed: int):
-        from ..modeling import load_processor
+        from ..models.load import load_processor
         from ..preprocess import Collator, H5Dataset
 
         if not (Path(path) / "manifest.json").is_file():
@@ -85,7 +85,7 @@ def check_data_fits_model(parameters: dict[str, Any], model_path: Path, image_to
                           stage: str) -> list[str]:
     """Refuse preprocessed data the model cannot read (one clear line instead of a shape error deep in
     the first forward); return warnings for data that runs but is probably not what the stage wants."""
-    from ..locate import num_image_tokens
+    from ..checkpoint.locate import num_image_tokens
 
     data_image_id = parameters.get("image_token_id")
     if image_token_id is not None and data_image_id is not None and data_image_id != image_token_id:

@@ -20,7 +20,7 @@ def _config(stage: str, model: Path, data: Path, images: Path, out: Path, zero: 
 
 
 def run_demo_step(hf_checkpoint: Path, workdir: Path, console) -> dict[str, Any]:
-    from ..tiny import make_caption_dataset
+    from ..demo.tiny import make_caption_dataset
     from .config import load_config
     from .export import export
     from .loop import run_training
@@ -52,7 +52,7 @@ def run_demo_step(hf_checkpoint: Path, workdir: Path, console) -> dict[str, Any]
     console.print(f"[green]✓[/] train distill (teacher {model.name}/, ZeRO-2): kd_loss {last['kd_loss']:.4f}, "
                   f"lm_loss {last['lm_loss']:.4f}")
     try:
-        from ..conversion import convert
+        from ..converters.pipeline import convert
     except ImportError:  # pragma: no cover
         convert = None
     import importlib.util

@@ -63,7 +63,7 @@ def combine(kd, lm_loss, cfg_distill) -> Any:
 
 def real_vocabulary(student: Path, teacher: Path) -> int:
     """The shared tokenizer's size; one line when teacher and student tokenize differently."""
-    from ..modeling import load_processor
+    from ..models.load import load_processor
 
     return shared_vocabulary(load_processor(student).tokenizer, load_processor(teacher).tokenizer, teacher)
 
@@ -85,8 +85,8 @@ class Teacher:
     as an inference model (no optimizer), so a teacher larger than one device still fits."""
 
     def __init__(self, cfg, student_model, float_dtype, ds_config: dict[str, Any], device):
-        from ..conversion import read_checkpoint
-        from ..modeling import load_model
+        from ..converters.pipeline import read_checkpoint
+        from ..models.load import load_model
 
         self.cfg = cfg.distill
         self.vocab = real_vocabulary(cfg.model, cfg.teacher)

@@ -2,7 +2,7 @@
 
 The weights are consolidated (ZeRO-1/2/3: DeepSpeed's ``zero_to_fp32``, i.e. the fp32 master weights,
 frozen parameters included; ZeRO-0: the module state), split back from in-memory names into mmzoo's
-canonical names (:mod:`mmzoo.train.names`), and written by ``mmzoo.conversion.write_checkpoint`` in any
+canonical names (:mod:`mmzoo.train.names`), and written by ``mmzoo.converters.pipeline.write_checkpoint`` in any
 format, with the tokenizer, image processor and spec saved in ``RUN_DIR/meta`` at training start.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def trained_checkpoint(run_dir: str | Path, step: int | None = None, dtype: str 
     """A lazy ``Checkpoint`` (canonical names) of the trained weights at ``step`` (default: the latest)."""
     from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, from_torch, is_float, to_torch
     from ..io.tensors import Planned, Source
-    from ..spec import Checkpoint
+    from ..checkpoint.spec import Checkpoint
     from .checkpoint import load_meta
     from .names import memory_layout, to_canonical
 
@@ -96,8 +96,8 @@ def trained_checkpoint(run_dir: str | Path, step: int | None = None, dtype: str 
 
 def export(run_dir: str | Path, out: str | Path, *, tgt_fmt: str = "hf", step: int | None = None, dtype: str = "keep",
            overwrite: bool = False, shard_size: str = "5GB") -> dict[str, Any]:
-    from .. import formats
-    from ..conversion import check_output, write_checkpoint
+    from .. import converters as formats
+    from ..converters.pipeline import check_output, write_checkpoint
 
     formats.get(tgt_fmt)  # an unknown format, an existing OUT or OUT inside the run fail before any work
     check_output(Path(out), Path(run_dir), overwrite)

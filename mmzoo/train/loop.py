@@ -193,7 +193,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         if is_main and console is not None and not os.environ.get("MMZOO_PREFLIGHT_SHOWN"):  # mmzoo train showed them
             for warning in checked.warnings:
                 console.print(f"[yellow]warning[/]: {warning}")
-        from ..modeling import load_model
+        from ..models.load import load_model
 
         plan = None
         if cfg.train.packing:

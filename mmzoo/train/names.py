@@ -1,7 +1,7 @@
 """Canonical (``image_model.*``, ``projector.*``, ``text_model.*``) <-> in-memory parameter names.
 
 The forward mapping (canonical -> the names a transformers / mmzoo-MoE model holds in memory) is the
-one the loaders use (``mmzoo.formats.hf`` for dense models, ``mmzoo.upcycle.modeling`` for MoE ones).
+one the loaders use (``mmzoo.converters.hf`` for dense models, ``mmzoo.models.moe`` for MoE ones).
 Running it on *marker* tensors (one ``Source`` per canonical tensor, nothing loaded) records, for every
 in-memory tensor, which canonical tensors' rows it holds and where. That record — the ``Layout`` —
 answers both questions training has: which canonical names a parameter carries (freeze rules), and
@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import MmzooError
 from ..io.tensors import Planned, Source
-from ..spec import Checkpoint
+from ..checkpoint.spec import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,14 @@ def memory_layout(ckpt: Checkpoint) -> Layout:
     marked = _markers(ckpt)
     spec = ckpt.spec
     if not spec.moe:
-        from ..formats.common import native_components
-        from ..formats.hf import MEMORY_PREFIXES, rename
+        from ..converters.common import native_components
+        from ..converters.hf import MEMORY_PREFIXES, rename
 
         plan = rename(native_components(marked), MEMORY_PREFIXES)
         return {name: _parts(p) for name, p in plan.items()}
     from ..archs import text_table
     from ..archs.moe import base_text_config
-    from ..upcycle import modeling as moe_modeling
+    from ..models import moe as moe_modeling
 
     if is_builtin_moe(spec):
         layout: Layout = {}

@@ -26,7 +26,7 @@ def check_resume(resume: str) -> None:
 
 
 def check_settings(cfg: TrainConfig, resume: str, accelerator: str) -> None:
-    from ..modeling import check_attn_implementation
+    from ..models.load import check_attn_implementation
 
     from .kernels import check_kernels
 
@@ -74,7 +74,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     universal = False
     if existing and world is not None:
         universal = ck.needs_universal(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)
-    from ..conversion import read_checkpoint
+    from ..converters.pipeline import read_checkpoint
 
     source = read_checkpoint(cfg.model)
     if cfg.stage == "moe" and not source.spec.moe:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Checkpoint
+from ..checkpoint.spec import Checkpoint
 from .options import STYLES, TARGETS, UpcycleOptions, parse_layers, parse_options
 
 __all__ = ["upcycle", "UpcycleOptions", "parse_layers", "STYLES", "TARGETS", "conversion_notes"]

@@ -19,9 +19,9 @@ def run_demo_step(dense_hf: Path, workdir: Path, console) -> dict[str, Any]:
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from ..conversion import convert
-    from ..modeling import load_model
-    from ..tiny import sample_inputs
+    from ..converters.pipeline import convert
+    from ..models.load import load_model
+    from ..demo.tiny import sample_inputs
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

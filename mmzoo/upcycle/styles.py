@@ -13,7 +13,7 @@ from typing import Any
 from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes
 from ..errors import UpcycleError
 from ..io.tensors import Planned, Source
-from ..spec import Checkpoint
+from ..checkpoint.spec import Checkpoint
 from .options import DEFAULT_Z_LOSS, LIBMOE_ROUTERS, SHARED_E, UpcycleOptions, modality_experts, parse_layers
 
 # the tensor (prefix) of each target's dense MLP whose output the shared style halves

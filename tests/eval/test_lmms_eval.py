@@ -20,7 +20,7 @@ LMMS_EVAL_PROBE = ("import torch, lmms_eval, importlib.metadata as m; assert m.v
 
 def test_lmms_eval_llava_hf_answers_like_mmzoo_generate(tiny, tmp_path):
     from mmzoo.generate import generate
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     python = side_python("lmms-eval-env", LMMS_EVAL_PACKAGES, LMMS_EVAL_PROBE, override_env="MMZOO_LMMS_EVAL_PYTHON")
     internal, hf = tmp_path / "internal", tmp_path / "exported-hf"

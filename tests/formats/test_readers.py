@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mmzoo
-from mmzoo.tiny import CHAT_TEMPLATE, sample_inputs
+from mmzoo.demo.tiny import CHAT_TEMPLATE, sample_inputs
 from hf_spellings import newest, old_4x, rewrite_keys
 
 
@@ -91,9 +91,9 @@ def test_default_vision_tower_is_absolute_output_path(tiny, tmp_path):
 
 
 def test_tied_embeddings_round_trip(tmp_path):
-    from mmzoo.tiny import build_llava, make_tokenizer
+    from mmzoo.demo.tiny import build_llava, make_tokenizer
 
-    import mmzoo.tiny as tiny_mod
+    import mmzoo.demo.tiny as tiny_mod
 
     original = tiny_mod.text_config
 
@@ -121,7 +121,7 @@ def test_genuine_llava_without_image_token_gets_one_when_converted_to_hf(tmp_pat
     """Checkpoints from the LLaVA code mark images with -200 and have no <image> token."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    from mmzoo.tiny import build_llm, build_vision
+    from mmzoo.demo.tiny import build_llm, build_vision
 
     build_llm(tmp_path / "llm", "llama")
     build_vision(tmp_path / "clip", "clip")

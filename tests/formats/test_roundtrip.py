@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mmzoo
-from mmzoo.tiny import TEXT_ARCHS, VISION_ARCHS, sample_inputs
+from mmzoo.demo.tiny import TEXT_ARCHS, VISION_ARCHS, sample_inputs
 
 ARCHS = list(itertools.product(TEXT_ARCHS, VISION_ARCHS))
 LLAVA_OK = {("llama", "clip"), ("mistral", "clip")}

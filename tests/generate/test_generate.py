@@ -14,7 +14,7 @@ MAX_NEW = 12
 def forms(tiny, tmp_path_factory):
     """The tiny dense model in hf, internal, llava; an upcycled MoE in internal, moe-llava and hf (remote code)."""
     from mmzoo import convert
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     root = tmp_path_factory.mktemp("generate")
     hf = tiny.hf("llama", "clip")
@@ -114,7 +114,7 @@ def test_published_llava_hf_chat_template(forms):
     from pathlib import Path
 
     from mmzoo.generate.prompt import render_prompt, with_image_markers
-    from mmzoo.modeling import load_processor
+    from mmzoo.models.load import load_processor
 
     genuine = Path(__file__).parents[1] / "fixtures" / "genuine" / "llava-1.5-7b-hf" / "chat_template.jinja"
     tokenizer = load_processor(forms["hf"]).tokenizer
@@ -125,7 +125,7 @@ def test_published_llava_hf_chat_template(forms):
 
 def test_plain_template_is_the_pretraining_prompt(forms):
     from mmzoo.generate.prompt import render_prompt
-    from mmzoo.modeling import load_processor
+    from mmzoo.models.load import load_processor
 
     tokenizer = load_processor(forms["hf"]).tokenizer
     assert render_prompt(tokenizer, "<image>\nignored", "plain") == tokenizer.bos_token + "<image>"

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 import mmzoo
 from mmzoo.errors import UnknownFormat
-from mmzoo.tiny import sample_inputs
-from mmzoo.tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
+from mmzoo.demo.tiny import sample_inputs
+from mmzoo.checkpoint.tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
 from side_env import llava_python, read_with_transformers4, run_side_script
 
 GENUINE = Path(__file__).parents[1] / "fixtures" / "genuine"
@@ -188,7 +188,7 @@ def _liuhaotian_folder(folder: Path, *, separate_projector: bool) -> None:
     Vicuna-era tokenizer (tokenizers < 0.19 spelling, as LLaVA's code reads it)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mmzoo.tiny import make_tokenizer
+    from mmzoo.demo.tiny import make_tokenizer
 
     folder.mkdir(parents=True)
     config = _genuine("llava-v1.5-7b/config.json")

@@ -37,7 +37,7 @@ def server(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_hf(tiny) -> Path:
-    """The session's tiny real transformers LLaVA folder (hf format, tokenizer + processor; mmzoo.tiny)."""
+    """The session's tiny real transformers LLaVA folder (hf format, tokenizer + processor; mmzoo.demo.tiny)."""
     return tiny.hf("llama", "clip")
 
 

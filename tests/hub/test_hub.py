@@ -292,7 +292,7 @@ def test_cli_push_pull_and_errors(server, hub_env, ckpt, tmp_path, capsys):
 
 
 def test_hub_cli_import_is_light():
-    code = ("import sys, mmzoo.cli, mmzoo.hub_cli; "
+    code = ("import sys, mmzoo.cli, mmzoo.hub.cli; "
             "heavy = [m for m in ('huggingface_hub', 'torch', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -302,7 +302,7 @@ def test_hub_cli_import_is_light():
 def test_demo_step(server, ckpt, tmp_path):
     from rich.console import Console
 
-    from mmzoo.hub_demo_step import run_demo_step
+    from mmzoo.hub.demo_step import run_demo_step
 
     result = run_demo_step(ckpt, tmp_path / "work", server.url, Console(quiet=True))
     assert result["bit_exact"] and result["commit"] == result["pulled_commit"]

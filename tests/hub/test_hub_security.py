@@ -35,7 +35,7 @@ def test_push_refuses_a_symlink_out_of_the_folder(server, tiny_hf, tmp_path):
 
 
 def test_pull_refuses_an_index_naming_a_local_file(server, tiny_hf, tmp_path):
-    from mmzoo.conversion import convert
+    from mmzoo.converters.pipeline import convert
 
     crafted = tmp_path / "crafted"
     convert(tiny_hf, crafted, tgt_fmt="hf", shard_size="150KB")
@@ -56,7 +56,7 @@ def test_pull_refuses_an_index_naming_a_local_file(server, tiny_hf, tmp_path):
 
 
 def test_pull_refuses_a_config_naming_a_local_vision_tower(server, tiny_hf, tmp_path):
-    from mmzoo.conversion import convert
+    from mmzoo.converters.pipeline import convert
 
     local = tmp_path / "local-llava"
     convert(tiny_hf, local, tgt_fmt="llava")  # image_model/ + text_model_llava/

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mmzoo
-from mmzoo.tiny import CHAT_TEMPLATE
+from mmzoo.demo.tiny import CHAT_TEMPLATE
 
 from side_env import clean_env, llava_python as _llava_python
 

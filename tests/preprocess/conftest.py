@@ -10,7 +10,7 @@ from pp_rendering import GOOD, write_jsonl
 
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory) -> Path:
-    from mmzoo.tiny import make_tokenizer
+    from mmzoo.demo.tiny import make_tokenizer
 
     folder = tmp_path_factory.mktemp("tok")
     tok = make_tokenizer()
@@ -29,7 +29,7 @@ def tokenizer(tok_dir):
 
 @pytest.fixture(scope="session")
 def image_root(tmp_path_factory) -> Path:
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     root = tmp_path_factory.mktemp("images")
     make_images(root, 4)
@@ -48,7 +48,7 @@ def good_jsonl(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def llava_dir(tmp_path_factory) -> Path:
-    from mmzoo.tiny import build_llava
+    from mmzoo.demo.tiny import build_llava
 
     folder = tmp_path_factory.mktemp("llava")
     build_llava(folder)

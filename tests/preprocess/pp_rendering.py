@@ -89,7 +89,7 @@ def expected(template: str, turns: list[dict[str, str]], placement: str = "llava
             text += f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"
             loss.append(f"{a}<|im_end|>")
         return text, loss
-    if template == "auto":  # mmzoo.tiny.CHAT_TEMPLATE, written out by hand
+    if template == "auto":  # mmzoo.demo.tiny.CHAT_TEMPLATE, written out by hand
         text = f"{system}\n" if system is not None else ""
         for q, a in pairs:
             text += f"USER: {q}\nASSISTANT: {a}</s>\n"

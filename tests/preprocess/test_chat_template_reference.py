@@ -12,7 +12,7 @@ import real_tokenizers as rt
 from pp_rendering import LLAMA3_SYS, N_IMG, llava_placement, read_shards, write_jsonl
 from reference_corpus import corpus
 
-from mmzoo.image_token import add_image_token
+from mmzoo.checkpoint.image_token import add_image_token
 from mmzoo.preprocess import preprocess
 
 CASES = {  # template: (tokenizer, the system prompt mmzoo's template renders when the data has none)

@@ -19,7 +19,7 @@ import real_tokenizers as rt
 from pp_rendering import N_IMG, read_shards, write_jsonl
 from reference_corpus import corpus
 
-from mmzoo.image_token import add_image_token
+from mmzoo.checkpoint.image_token import add_image_token
 from mmzoo.preprocess import preprocess
 
 HERE = Path(__file__).parent

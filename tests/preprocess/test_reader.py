@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mmzoo.preprocess import Collator, H5Dataset, preprocess
-from mmzoo.tiny import image_processor
+from mmzoo.demo.tiny import image_processor
 from pp_rendering import GOOD, N_IMG, read_shards
 
 

@@ -70,7 +70,7 @@ def test_schema_attributes_and_compression(tmp_path, good_jsonl, image_root, tok
 def test_num_image_tokens_from_model_and_tokenizer_from_checkpoint(tmp_path, good_jsonl, image_root, llava_dir):
     from tokenizers import Tokenizer
 
-    from mmzoo.locate import num_image_tokens
+    from mmzoo.checkpoint.locate import num_image_tokens
 
     out = tmp_path / "out"
     manifest = preprocess([good_jsonl], image_root, llava_dir, out, template="auto", model=llava_dir)

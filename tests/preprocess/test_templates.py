@@ -53,7 +53,7 @@ def test_template_raise_exception_rejects_the_sample(tmp_path, tok_dir, image_ro
 
 
 def test_tokenizer_without_image_token(tmp_path, image_root):
-    from mmzoo.tiny import make_tokenizer
+    from mmzoo.demo.tiny import make_tokenizer
 
     folder = tmp_path / "plain_tok"
     make_tokenizer(with_image_token=False).save_pretrained(folder)

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def internal_ckpt(tiny, tmp_path_factory) -> Path:
-    from mmzoo.conversion import convert
+    from mmzoo.converters.pipeline import convert
 
     out = tmp_path_factory.mktemp("robust") / "internal"
     convert(tiny.hf(), out, tgt_fmt="internal")
@@ -33,7 +33,7 @@ def internal_copy(internal_ckpt, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def pp_tokenizer(tmp_path_factory) -> Path:
     """A real (tiny, trained) byte-level BPE tokenizer folder with <image> and a chat_template."""
-    from mmzoo.tiny import make_tokenizer
+    from mmzoo.demo.tiny import make_tokenizer
 
     folder = tmp_path_factory.mktemp("pp-tok")
     make_tokenizer().save_pretrained(folder)
@@ -42,7 +42,7 @@ def pp_tokenizer(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pp_images(tmp_path_factory) -> Path:
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     root = tmp_path_factory.mktemp("pp-images")
     make_images(root, 2)
@@ -53,7 +53,7 @@ def pp_images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def layouts(tiny, tmp_path_factory) -> dict[str, Path]:
     """The tiny checkpoint in the llava and moe-llava layouts (converted once)."""
-    from mmzoo.conversion import convert
+    from mmzoo.converters.pipeline import convert
 
     root = tmp_path_factory.mktemp("layouts")
     convert(tiny.hf(), root / "llava", tgt_fmt="llava")

@@ -83,7 +83,7 @@ def test_mmzoo_yaml_with_wrong_types_names_the_file(internal_copy, capsys):
 
 
 def test_init_checks_both_folders_before_arithmetic(tiny, tmp_path, capsys):
-    from mmzoo.tiny import build_llm, build_vision
+    from mmzoo.demo.tiny import build_llm, build_vision
 
     vision, text = tmp_path / "vision", tmp_path / "llm"
     build_vision(vision)
@@ -151,7 +151,7 @@ def test_genuine_sparse_llava_hf_config_gets_transformers_defaults():
 
     from mmzoo.archs import text as text_arch
     from mmzoo.archs import vision as vision_arch
-    from mmzoo.formats.hf import spec_from_config
+    from mmzoo.converters.hf import spec_from_config
 
     config = json.loads((Path(__file__).parents[1] / "fixtures" / "genuine" / "llava-1.5-7b-hf" / "config.json").read_text())
     assert "hidden_size" not in config["text_config"]

@@ -45,7 +45,7 @@ def test_real_templates_render_as_before():
     t = JinjaTemplate("{{ 5000000000 % 1000000007 }}{{ '%05d|%s' % (3, 'x') }}{{ '{:>5}'.format('a') }}{{ '%d' | format(3) }}{{ 'x' * 3 }}{{ 2 ** 10 }}"
                       "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}", "<s>", "</s>")
     assert t.text([{"role": "user", "content": "hi"}], False) == "99999997200003|x    a3xxx1024[user]hi"
-    from mmzoo.tiny import CHAT_TEMPLATE
+    from mmzoo.demo.tiny import CHAT_TEMPLATE
 
     llama = JinjaTemplate(CHAT_TEMPLATE, "<s>", "</s>")
     segments = llama.render([Turn("user", "hi"), Turn("assistant", "hello")]).segments

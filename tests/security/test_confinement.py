@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from cli_helpers import run_cli
-from mmzoo.conversion import convert, read_checkpoint
+from mmzoo.converters.pipeline import convert, read_checkpoint
 from mmzoo.errors import MmzooError
 
 
@@ -118,8 +118,8 @@ def test_a_subfolder_symlinked_to_outside_is_refused(tiny, tmp_path):
 
 
 def test_init_refuses_an_llm_folder_linking_outside(tmp_path):
-    from mmzoo.assemble import init_model
-    from mmzoo.tiny import build_llm, build_vision
+    from mmzoo.converters.assemble import init_model
+    from mmzoo.demo.tiny import build_llm, build_vision
 
     build_vision(tmp_path / "clip", "clip")
     build_llm(tmp_path / "llama", "llama")

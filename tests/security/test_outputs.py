@@ -45,7 +45,7 @@ def test_two_concurrent_converts_one_wins_the_other_fails(tiny, tmp_path):
 
 _SLOW_WRITE = """
 import sys, time
-import mmzoo.formats.internal as target
+import mmzoo.converters.internal as target
 real = target.write
 def slow(ckpt, out, **kw):
     real(ckpt, out, **kw)

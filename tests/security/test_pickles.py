@@ -82,7 +82,7 @@ def test_deepspeed_own_loads_become_weights_only(tmp_path):
 @pytest.fixture
 def run_dir(tiny, tmp_path):
     """A run folder as `mmzoo train` leaves it (meta/ from the real source checkpoint) with one checkpoint."""
-    from mmzoo.conversion import read_checkpoint
+    from mmzoo.converters.pipeline import read_checkpoint
     from mmzoo.train.checkpoint import save_meta
 
     run = tmp_path / "run"

@@ -11,7 +11,7 @@ from mmzoo.cli import main
 
 @pytest.fixture
 def inputs(tiny, tmp_path):
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     work = tmp_path / "work"
     images = work / "images"

@@ -56,7 +56,7 @@ def test_reads_back_bit_exact_and_converts(cerebras_folder, tiny, tmp_path):
 
 
 def test_linear_projector_is_refused(tmp_path):
-    from mmzoo.tiny import build_llm, build_vision
+    from mmzoo.demo.tiny import build_llm, build_vision
 
     build_vision(tmp_path / "clip", "clip")
     build_llm(tmp_path / "llama", "llama")

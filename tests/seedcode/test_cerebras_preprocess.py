@@ -37,7 +37,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def output(tmp_path_factory):
-    from mmzoo.tiny import make_images, make_tokenizer
+    from mmzoo.demo.tiny import make_images, make_tokenizer
 
     root = tmp_path_factory.mktemp("cb-llava")
     tok = make_tokenizer()
@@ -81,7 +81,7 @@ def test_one_image_at_the_fixed_start_and_a_dummy_slot(output):
 
 def test_same_text_around_the_image_as_an_image_first_row(output, tmp_path):
     """Moving the marker is what the row would give had it been written image-first."""
-    from mmzoo.tiny import make_images
+    from mmzoo.demo.tiny import make_images
 
     root, manifest = output
     make_images(tmp_path / "images", 1)

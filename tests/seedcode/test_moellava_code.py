@@ -24,7 +24,7 @@ from cli_helpers import run_cli
 from safetensors.torch import load_file, save_file
 
 import mmzoo
-from mmzoo.formats.moe_llava import LOCAL_TOWER_NAME, tower_name
+from mmzoo.converters.moe_llava import LOCAL_TOWER_NAME, tower_name
 from mmzoo.io.tensors import materialize
 
 HERE = Path(__file__).parent

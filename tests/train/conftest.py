@@ -45,8 +45,8 @@ class Workspace:
 
 @pytest.fixture(scope="session")
 def ws(tmp_path_factory) -> Workspace:
-    from mmzoo.conversion import convert
-    from mmzoo.tiny import build_llava, make_caption_dataset
+    from mmzoo.converters.pipeline import convert
+    from mmzoo.demo.tiny import build_llava, make_caption_dataset
 
     root = tmp_path_factory.mktemp("train")
     hf = root / "hf"

@@ -59,7 +59,7 @@ def test_set_overrides_nested_keys_with_yaml_values(ws):
 
 
 def test_stage_defaults_and_rules_on_canonical_names(ws):
-    from mmzoo.conversion import read_checkpoint
+    from mmzoo.converters.pipeline import read_checkpoint
     from mmzoo.train.names import canonical_names, memory_layout
     from mmzoo.train.stages import select_trainable
 
@@ -82,7 +82,7 @@ def test_stage_defaults_and_rules_on_canonical_names(ws):
 
 
 def test_moe_stage_trains_experts_and_routers(ws):
-    from mmzoo.conversion import read_checkpoint
+    from mmzoo.converters.pipeline import read_checkpoint
     from mmzoo.train.names import canonical_names, memory_layout
     from mmzoo.train.stages import select_trainable
 

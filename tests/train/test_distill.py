@@ -76,7 +76,7 @@ def test_gradient_equals_llava_mods_cross_entropy():
 
 
 def _probe_batch(ws):
-    from mmzoo.modeling import load_processor
+    from mmzoo.models.load import load_processor
     from mmzoo.preprocess import Collator, H5Dataset
 
     dataset = H5Dataset(ws.data, ws.images, load_processor(ws.hf).image_processor)
@@ -86,7 +86,7 @@ def _probe_batch(ws):
 
 @pytest.mark.parametrize("all_tokens", [False, True])
 def test_a_student_identical_to_its_teacher_has_zero_loss_and_gradient(ws, all_tokens):
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
 
     student, teacher = load_model(ws.hf), load_model(ws.hf)
     batch = _probe_batch(ws)
@@ -107,8 +107,8 @@ def teachers(ws):
     """A teacher from another seed (same tokenizer), one with padded embedding rows, one with another tokenizer."""
     from transformers import LlavaForConditionalGeneration
 
-    from mmzoo.modeling import load_processor
-    from mmzoo.tiny import build_llava, make_tokenizer
+    from mmzoo.models.load import load_processor
+    from mmzoo.demo.tiny import build_llava, make_tokenizer
 
     other_seed = ws.root / "teacher-seed1"
     build_llava(other_seed, seed=1, tokenizer=load_processor(ws.hf).tokenizer)
@@ -214,7 +214,7 @@ def test_moe_student_with_a_dense_teacher_under_zero3_two_processes(ws, teachers
 
 
 def test_the_teacher_is_frozen_in_eval_mode_in_the_runs_precision(ws, teachers):
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train.distill import Teacher
 
     cfg = load_config(data=ws.config("distill-teacher", stage="distill", teacher=str(teachers["padded"]),

@@ -38,7 +38,7 @@ ARCHS = [("llama", "clip"), ("qwen2", "siglip"), ("phi3", "clip")]
 
 @pytest.fixture(scope="module", params=ARCHS, ids=lambda a: "+".join(a))
 def checkpoint(request, tmp_path_factory):
-    from mmzoo.tiny import build_llava
+    from mmzoo.demo.tiny import build_llava
 
     out = tmp_path_factory.mktemp("flops") / "+".join(request.param)
     build_llava(out, text_arch=request.param[0], vision_arch=request.param[1])
@@ -46,7 +46,7 @@ def checkpoint(request, tmp_path_factory):
 
 
 def _batch(model, sequences: int):
-    from mmzoo.tiny import sample_inputs
+    from mmzoo.demo.tiny import sample_inputs
 
     rows = [sample_inputs(model, n_images=2, seq_text=5, seed=seed) for seed in range(sequences)]
     batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
@@ -64,7 +64,7 @@ def _counted(model, batch) -> int:
                          ids=lambda t: "+".join(t) or "nothing")
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_closed_form_equals_counted(checkpoint, trained, attn):
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
 
     model = load_model(checkpoint, attn_implementation=attn)
     for name, param in model.named_parameters():
@@ -94,10 +94,10 @@ def _counted_attention_share(model, batch) -> float:
 
 
 def test_moe_models_are_refused(tmp_path):
-    from mmzoo.conversion import convert
+    from mmzoo.converters.pipeline import convert
     from mmzoo.errors import MmzooError
-    from mmzoo.modeling import load_model
-    from mmzoo.tiny import build_llava
+    from mmzoo.models.load import load_model
+    from mmzoo.demo.tiny import build_llava
 
     build_llava(tmp_path / "dense")
     convert(tmp_path / "dense", tmp_path / "moe", tgt_fmt="internal", moe=dict(num_experts=2, top_k=1))
@@ -107,7 +107,7 @@ def test_moe_models_are_refused(tmp_path):
 
 def test_step_counter_equals_the_closed_form_for_any_shape_and_packed_rows(ws):
     """The counter's three coefficients reproduce training_step_flops exactly, padded or packed."""
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train.flops import StepFlopsCounter, training_step_flops
 
     model = load_model(ws.hf)

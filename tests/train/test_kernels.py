@@ -29,7 +29,7 @@ def test_chunked_linear_cross_entropy_equals_plain_cross_entropy():
 @pytest.mark.parametrize("packed", [False, True])
 def test_chunked_cross_entropy_model_equals_plain_model(ws, packed):
     """The model forward with ``train.cross_entropy: chunked`` gives transformers' loss and gradients."""
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train.config import load_config
     from mmzoo.train.data import TrainData
     from mmzoo.train.kernels import apply_kernels
@@ -67,7 +67,7 @@ def test_training_with_chunked_cross_entropy_matches_plain(ws):
 def test_compiled_model_gives_the_plain_loss_and_gradients(ws, backend):
     """train.compile through dynamo + AOT autograd (forward and backward graphs). The aot_eager backend keeps the
     test in seconds; inductor's C++ code generation takes minutes on two cores (`compile: true` = inductor)."""
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train.config import load_config
     from mmzoo.train.data import TrainData
     from mmzoo.train.kernels import apply_kernels

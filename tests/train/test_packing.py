@@ -45,7 +45,7 @@ def _variable_lengths(data, count=4):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_batch_equals_padded_batch_dense(ws, attn):
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
 
     data = _data(ws)
     indices = _variable_lengths(data)
@@ -62,7 +62,7 @@ def test_packed_batch_equals_padded_batch_moe(ws):
     """MoE (modality routing, every layer): the routing of each token is its own, so with the load-balancing
     loss switched off packed = padded exactly; with it on they agree where no padding enters it (equal lengths:
     the padded aux loss averages over pad tokens too, the packed one over real tokens only)."""
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train.moe import find_blocks
 
     data = _data(ws)
@@ -168,7 +168,7 @@ def test_varlen_attention_adapter_gives_the_padded_loss(ws, monkeypatch):
     sample bounds from transformers' position ids, layouts, grouped-query heads — not the kernel."""
     import torch.nn.functional as F
 
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train import packing
 
     calls = []

@@ -26,8 +26,8 @@ def _train(ws, name: str, nproc: int = 1, **sections):
 
 
 def _exported_logits_are_finite(run, out) -> None:
-    from mmzoo.modeling import load_model
-    from mmzoo.tiny import sample_inputs
+    from mmzoo.models.load import load_model
+    from mmzoo.demo.tiny import sample_inputs
     from mmzoo.train.export import export
 
     export(run, out, tgt_fmt="hf")
@@ -49,8 +49,8 @@ def test_half_precision_training(ws, tmp_path, precision):
 
 @needs_flash
 def test_flash_attention_agrees_with_sdpa_and_trains(ws, tmp_path):
-    from mmzoo.modeling import load_model
-    from mmzoo.tiny import sample_inputs
+    from mmzoo.models.load import load_model
+    from mmzoo.demo.tiny import sample_inputs
 
     logits = {}
     for attn in ("sdpa", "flash_attention_2"):
@@ -78,7 +78,7 @@ def test_two_gpus_over_nccl_dense_and_moe_zero3(ws, tmp_path):
 
 def test_packed_batch_equals_padded_batch_on_cuda(ws):
     """Packing on the GPU path (sdpa's block-diagonal mask from position ids): the padded batch's loss."""
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train.data import TrainData
 
     data = TrainData(ws.data, ws.images, ws.hf, seed=0)
@@ -93,7 +93,7 @@ def test_packed_batch_equals_padded_batch_on_cuda(ws):
 
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel (mmzoo[liger])")
 def test_liger_kernels_match_plain_loss_and_train(ws):
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train.config import load_config
     from mmzoo.train.data import TrainData
     from mmzoo.train.kernels import apply_kernels
@@ -115,7 +115,7 @@ def test_liger_kernels_match_plain_loss_and_train(ws):
 
 def test_varlen_flash_attention_for_packed_rows_matches_padded(ws):
     """bf16 on CUDA: packed rows go through torch's varlen flash kernel and give the padded batch's loss."""
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
     from mmzoo.train import packing
     from mmzoo.train.data import TrainData
 

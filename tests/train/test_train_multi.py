@@ -65,7 +65,7 @@ def test_moe_zero3_two_processes(ws, tmp_path):
     rows = metrics(run)
     assert len(rows) == 2 and all(r["aux_loss"] > 0 and r["expert_load"] for r in rows)
     from mmzoo.train.export import export
-    from mmzoo.conversion import read_checkpoint
+    from mmzoo.converters.pipeline import read_checkpoint
 
     export(run, tmp_path / "moe", tgt_fmt="moe-llava")
     ckpt = read_checkpoint(tmp_path / "moe")

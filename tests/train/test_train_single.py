@@ -16,7 +16,7 @@ from mmzoo.train.loop import run_training
 
 def _probe(ws):
     from mmzoo.preprocess import Collator, H5Dataset
-    from mmzoo.modeling import load_processor
+    from mmzoo.models.load import load_processor
 
     dataset = H5Dataset(ws.data, ws.images, load_processor(ws.hf).image_processor)
     batch = Collator(dataset.pad_token_id)([dataset[0], dataset[3]])
@@ -76,7 +76,7 @@ def test_pretrain_trains_only_the_projector_and_exports_every_format(ws, tmp_pat
     assert cfg.lr == 1e-3  # the stage default
     run_training(cfg)
     assert metrics(cfg.output_dir)[0]["lr"] == 1e-3
-    from mmzoo.modeling import load_model
+    from mmzoo.models.load import load_model
 
     paths = {}
     for fmt in ("hf", "llava", "internal"):
@@ -103,8 +103,8 @@ def test_upcycled_moe_trains_with_aux_loss_and_expert_load(ws, tmp_path):
         assert all(abs(sum(v) - 1) < 1e-3 and len(v) == 4 for v in r["expert_load"].values())
     out = tmp_path / "moe-export"
     export(cfg.output_dir, out, tgt_fmt="internal")
-    from mmzoo.conversion import read_checkpoint
-    from mmzoo.modeling import load_model
+    from mmzoo.converters.pipeline import read_checkpoint
+    from mmzoo.models.load import load_model
 
     ckpt = read_checkpoint(out)
     assert ckpt.spec.moe["num_experts"] == 4
@@ -122,7 +122,7 @@ def test_upcycled_moe_trains_with_aux_loss_and_expert_load(ws, tmp_path):
 def test_transformers_moe_blocks_train_with_aux_loss_from_router_hooks(ws, tmp_path, style, layers, arch):
     """Upcycled to a built-in transformers MoE (Mixtral / Qwen2-MoE text config): Llava drops the
     router logits, so the aux loss comes from hooks on the routers; it must be there and train them."""
-    from mmzoo.conversion import convert, read_checkpoint
+    from mmzoo.converters.pipeline import convert, read_checkpoint
     from mmzoo.io.tensors import materialize
 
     moe_hf = tmp_path / f"moe-{style}"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import mmzoo
-from mmzoo.tiny import build_llm, build_vision, sample_inputs
+from mmzoo.demo.tiny import build_llm, build_vision, sample_inputs
 from hf_spellings import newest as newest_spelling, rewrite_keys
 from side_env import read_with_transformers4
 

@@ -16,7 +16,7 @@ class Dense:
         import torch
         from transformers import LlavaForConditionalGeneration
 
-        from mmzoo.tiny import sample_inputs
+        from mmzoo.demo.tiny import sample_inputs
 
         self.path = path
         model = LlavaForConditionalGeneration.from_pretrained(path).eval()
@@ -38,7 +38,7 @@ def build_variant(out: Path, variant: str) -> Path:
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmzoo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, image_processor, make_tokenizer, text_config, vision_config
+    from mmzoo.demo.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, image_processor, make_tokenizer, text_config, vision_config
 
     arch, overrides = VARIANTS[variant]
     tokenizer = make_tokenizer()

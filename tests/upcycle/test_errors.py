@@ -46,7 +46,7 @@ def test_hf_refuses_a_linear_projector_with_a_clear_error(dense, out):
     from dataclasses import replace
 
     from mmzoo import read_checkpoint
-    from mmzoo.conversion import write_checkpoint
+    from mmzoo.converters.pipeline import write_checkpoint
     from mmzoo.upcycle import upcycle
 
     ckpt = upcycle(read_checkpoint(dense("llama").path), **_moe(style="modality"))

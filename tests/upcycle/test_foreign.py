@@ -14,7 +14,7 @@ from mmzoo.errors import UpcycleError
 def test_transformers_mixtral_llava_is_read_as_moe(tmp_path):
     from transformers import LlavaConfig, LlavaForConditionalGeneration, MixtralConfig
 
-    from mmzoo.tiny import make_tokenizer, sample_inputs, vision_config
+    from mmzoo.demo.tiny import make_tokenizer, sample_inputs, vision_config
 
     tok = make_tokenizer()
     text = MixtralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,

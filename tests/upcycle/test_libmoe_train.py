@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="module", params=["smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe"])
 def libmoe_run(request, tmp_path_factory):
     from mmzoo import convert
-    from mmzoo.tiny import build_llava, make_caption_dataset
+    from mmzoo.demo.tiny import build_llava, make_caption_dataset
     from mmzoo.train.config import load_config
     from mmzoo.train.loop import run_training
 
@@ -36,7 +36,7 @@ def libmoe_run(request, tmp_path_factory):
         "deepspeed": {"zero_stage": 2}, "output_dir": str(root / "run"),
     }))
     cfg = load_config(cfg_path)
-    from mmzoo.modeling import load_processor
+    from mmzoo.models.load import load_processor
     from mmzoo.preprocess import Collator, H5Dataset
 
     dataset = H5Dataset(data, images, load_processor(hf).image_processor)

@@ -1,4 +1,4 @@
-"""Plain causal-LM upcycling (mmzoo.upcycle.llm): a Llama / Mistral / Qwen2 / Phi-3 folder in, a Mixtral /
+"""Plain causal-LM upcycling (mmzoo.converters.llm): a Llama / Mistral / Qwen2 / Phi-3 folder in, a Mixtral /
 Qwen2-MoE folder out that AutoModelForCausalLM loads with no missing weights and the dense logits;
 ``--moe-experts-from`` takes each expert's MLPs from another fine-tuned LLM of the same family."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ class DenseLlm:
     def __init__(self, path: Path, arch: str, seed: int):
         import torch
 
-        from mmzoo.tiny import build_llm
+        from mmzoo.demo.tiny import build_llm
 
         self.path = path
         model = build_llm(path, arch, seed=seed)
@@ -139,7 +139,7 @@ def test_experts_from_refuses_mismatches(llm, out, tmp_path):
                 moe_experts_from=[other.path, _retokenized(other.path, tmp_path / "retok")])
     from transformers import AutoModelForCausalLM
 
-    from mmzoo.tiny import text_config
+    from mmzoo.demo.tiny import text_config
 
     wide = tmp_path / "wide"  # a genuinely wider MLP, same tokenizer
     vocab = json.loads((other.path / "config.json").read_text())["vocab_size"]
@@ -163,7 +163,7 @@ def test_plain_llm_refusals(llm, out, options, fmt, message):
 
 
 def test_llm_with_biases_is_refused_in_one_line(llm, out, tmp_path):
-    from mmzoo.tiny import build_llm
+    from mmzoo.demo.tiny import build_llm
 
     src = tmp_path / "biased"
     build_llm(src, "llama")
@@ -279,8 +279,8 @@ def test_an_upcycled_llm_assembles_into_an_moe_vlm(llm, out, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     from mmzoo import read_checkpoint
-    from mmzoo.assemble import init_model
-    from mmzoo.tiny import build_vision
+    from mmzoo.converters.assemble import init_model
+    from mmzoo.demo.tiny import build_vision
 
     base = llm("mistral")
     moe_llm = out("moe-llm")

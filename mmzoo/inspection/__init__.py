@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .config_diff import diff_configs
-from .conversion import read_checkpoint
-from .io.tensors import digest, materialize
+from ..converters.pipeline import read_checkpoint
+from ..io.tensors import digest, materialize
 
 COMPONENTS = ("image_model", "projector", "text_model")
 
@@ -73,7 +73,7 @@ def check_checkpoint(path: str | Path, fmt: str | None = None) -> dict[str, Any]
 def diff(a: str | Path, b: str | Path, *, atol: float | None = None, weights_only: bool = False) -> dict[str, Any]:
     """Compare two checkpoints of any formats: tensors by canonical name (equal means identical bytes, or
     within ``atol`` when given; dtype and shape must still match), then model, generation, processor and
-    tokenizer settings (:mod:`mmzoo.config_diff`) unless ``weights_only``."""
+    tokenizer settings (:mod:`mmzoo.inspection.config_diff`) unless ``weights_only``."""
     left, right = read_checkpoint(a), read_checkpoint(b)
     rows: list[dict[str, Any]] = []
     for name in sorted(set(left.tensors) | set(right.tensors)):

@@ -1,4 +1,4 @@
-"""One place for console output: rich consoles and a byte-progress bar."""
+"""One place for console output: rich consoles, a byte-progress bar and byte sizes as people read them."""
 from __future__ import annotations
 
 import sys
@@ -22,3 +22,12 @@ def progress_bytes(label: str):
     task = progress.add_task(label, total=None)
     with progress:
         yield (lambda total: progress.update(task, total=total)), (lambda n: progress.advance(task, n))
+
+
+def human_size(n: float) -> str:
+    """``1.2 GB``: decimal units, as disks and the Hub count."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)

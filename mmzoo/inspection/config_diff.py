@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .formats.common import transformers4_text_fields
-from .spec import Checkpoint
-from .tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
+from ..converters.common import transformers4_text_fields
+from ..checkpoint.spec import Checkpoint
+from ..checkpoint.tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
 
 # Bookkeeping that says who wrote a file or how it was stored, not how the model behaves. Tensor dtypes
 # are compared tensor by tensor, so the declared dtype is left out here.

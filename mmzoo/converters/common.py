@@ -10,7 +10,7 @@ from ..archs import text as text_arch
 from ..archs import vision as vision_arch
 from ..errors import ConfigError, MissingTensor, ShapeMismatch, UnexpectedTensor
 from ..io.tensors import Planned
-from ..spec import Checkpoint, ModelSpec
+from ..checkpoint.spec import Checkpoint, ModelSpec
 
 PROJECTOR_NAMES = ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias")
 
@@ -18,7 +18,7 @@ PROJECTOR_NAMES = ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linea
 def detection_config(path: Path) -> dict[str, Any] | None:
     """``path/config.json`` for a format's ``detect()``: None when there is none or it is not JSON
     (detection stays quiet; the format's ``read()`` reports a broken file)."""
-    from ..locate import read_json
+    from ..checkpoint.locate import read_json
 
     config = path / "config.json"
     if not config.is_file():
@@ -192,7 +192,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def processor_from_folder(folder: Path) -> dict[str, Any] | None:
     """The image processor dict from preprocessor_config.json, or nested in 5.x's processor_config.json."""
-    from ..locate import read_json
+    from ..checkpoint.locate import read_json
 
     if (folder / "preprocessor_config.json").is_file():
         return read_json(folder / "preprocessor_config.json")

@@ -42,7 +42,7 @@ def native_memory_names(tensors: dict[str, Planned], table) -> dict[str, Planned
 def _builtin_model(ckpt, attn_implementation: str):
     import torch
 
-    from ..modeling import build_empty, dominant_dtype, llava_config, load_state
+    from .build import build_empty, dominant_dtype, llava_config, load_state
 
     config = llava_config(ckpt.spec)
     text = ckpt.component("text_model.")
@@ -70,10 +70,10 @@ def _builtin_model(ckpt, attn_implementation: str):
 
 def _mmzoo_model(ckpt, attn_implementation: str):
     """The remote-code class, from the config.json an hf folder of this checkpoint would have."""
-    from ..formats.hf import config_dict
-    from ..modeling import build_empty, dominant_dtype, load_state, state_dict_for
-    from .remote import hf_config
-    from .remote.modeling_mmzoo_moe import MmzooMoeLlavaConfig, MmzooMoeLlavaForConditionalGeneration
+    from ..converters.hf import config_dict
+    from .build import build_empty, dominant_dtype, load_state, state_dict_for
+    from ..upcycle.remote import hf_config
+    from ..upcycle.remote.modeling_mmzoo_moe import MmzooMoeLlavaConfig, MmzooMoeLlavaForConditionalGeneration
 
     config = MmzooMoeLlavaConfig.from_dict(hf_config(ckpt, config_dict(ckpt.spec)))
     state = state_dict_for(ckpt)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MmzooError
-from .io.structured import load_json, load_yaml
+from ..errors import ConfigError, MmzooError
+from ..io.structured import load_json, load_yaml
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -78,7 +78,7 @@ def select_strategy(path: str | Path) -> str:
 
 def num_image_tokens(path: str | Path) -> int:
     """How many placeholder tokens one image takes in the LLM input for the model at ``path``."""
-    from .archs.checks import check_vision_config
+    from ..archs.checks import check_vision_config
 
     cfg = vision_config(path)
     check_vision_config(cfg)

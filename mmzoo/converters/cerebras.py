@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import UnknownArchitecture
 from ..io.checkpoint import SAFE_INDEX
 from ..io.safetensors_file import read_header
-from ..spec import Checkpoint
+from ..checkpoint.spec import Checkpoint
 from . import llava
 
 NAME = "cerebras"

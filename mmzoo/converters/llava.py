@@ -16,9 +16,9 @@ from ..errors import UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned
-from ..locate import read_json
-from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
-from ..tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
+from ..checkpoint.locate import read_json
+from ..checkpoint.spec import Checkpoint, ModelSpec, find_tokenizer_files
+from ..checkpoint.tokenizer_files import added_tokens, chat_template, legacy_tokenizer_config, legacy_tokenizer_json
 from .common import (
     detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, rope_parameters_from_4x, native_components, processor_from_folder, source_dtype, split_by_prefix,
     to_canonical, transformers4_text_fields, write_json,

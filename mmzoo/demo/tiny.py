@@ -213,7 +213,7 @@ def make_caption_dataset(folder: Path, checkpoint: Path, samples: int = 8) -> tu
     and ``checkpoint``'s tokenizer. Returns (image folder, preprocessed folder)."""
     import json
 
-    from .preprocess import preprocess
+    from ..preprocess import preprocess
 
     images = folder / "images"
     make_images(images, 4)

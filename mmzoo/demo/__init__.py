@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .commands._output import console
-from .errors import MmzooError, OutputExists
+from ..console import console
+from ..errors import MmzooError, OutputExists
 
 
 def _logits_match(reference_path: Path, paths: dict[str, Path]) -> float:
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from .modeling import load_model
+    from ..models.load import load_model
     from .tiny import sample_inputs
 
     reference = LlavaForConditionalGeneration.from_pretrained(reference_path).eval()
@@ -36,7 +36,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
     from rich.table import Table
     from transformers.utils import logging as hf_logging
 
-    from .api import convert, diff, init_model
+    from ..api import convert, diff, init_model
 
     hf_logging.disable_progress_bar()
     from .tiny import build_llm, build_vision
@@ -88,7 +88,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
         if module is not None:
             step(label, lambda m=module, kw=kwargs: _summarize(m.run_demo_step(console=console, **kw)))
     if hub_endpoint:
-        module = _optional("mmzoo.hub_demo_step")
+        module = _optional("mmzoo.hub.demo_step")
         if module is None:
             raise MmzooError("this mmzoo has no hub support installed")
         step("hub push/pull", lambda: _summarize(module.run_demo_step(checkpoint=chain["internal"], workdir=workdir / "hub", endpoint=hub_endpoint, console=console)))

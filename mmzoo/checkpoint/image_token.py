@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .io.tensors import Planned, Source, materialize
+from ..io.tensors import Planned, Source, materialize
 from .spec import Checkpoint, find_tokenizer_files
 
 IMAGE_TOKEN = "<image>"
@@ -29,7 +29,7 @@ def append_mean_rows(planned: Planned, extra_rows: int) -> Planned:
 def add_image_token(tokenizer_dir: Path, save_dir: Path) -> int:
     """Copy the tokenizer in ``tokenizer_dir`` to ``save_dir`` byte for byte, adding ``<image>`` to its
     added tokens if it has none (see tokenizer_files.add_special_token). Returns the token's id."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
     from .tokenizer_files import add_special_token
 
     try:
@@ -55,7 +55,7 @@ def ensure_image_token(ckpt: Checkpoint, workdir: Path) -> str | None:
     if ckpt.spec.image_token_id is not None:
         return None
     if not ckpt.tokenizer_files:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("the checkpoint has no image token and no tokenizer to add one to", path=ckpt.path)
     source_dir = next(iter(ckpt.tokenizer_files.values())).parent

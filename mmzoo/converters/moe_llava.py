@@ -39,9 +39,9 @@ from ..errors import ConfigError, UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned, materialize
-from ..locate import read_json
-from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
-from ..tokenizer_files import added_tokens
+from ..checkpoint.locate import read_json
+from ..checkpoint.spec import Checkpoint, ModelSpec, find_tokenizer_files
+from ..checkpoint.tokenizer_files import added_tokens
 from .common import detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, rope_parameters_from_4x, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
 from .llava import CLIP_MODEL_ONLY, VISION_PREFIXES  # the same LLaVA-repo key spellings
 from .llava import TEXT_PREFIXES as LLAVA_TEXT_PREFIXES

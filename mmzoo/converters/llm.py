@@ -21,10 +21,10 @@ from ..archs.moe import dense_mlp_names
 from ..errors import MmzooError, UpcycleError
 from ..io.checkpoint import parse_size, read_weights, write_weights
 from ..io.tensors import Planned, digest
-from ..locate import read_json
-from ..spec import find_tokenizer_files
-from .options import UpcycleOptions, parse_layers
-from .styles import FIT_TYPES, expand_site, hf_arch_for, layout_for, moe_text_config
+from ..checkpoint.locate import read_json
+from ..checkpoint.spec import find_tokenizer_files
+from ..upcycle.options import UpcycleOptions, parse_layers
+from ..upcycle.styles import FIT_TYPES, expand_site, hf_arch_for, layout_for, moe_text_config
 
 EXTRA_FILES = ("generation_config.json",)
 
@@ -134,7 +134,7 @@ def hidden_routers(ckpt: LlmCheckpoint, opts: UpcycleOptions, layers: list[int],
     """The routers of ``--router-init hidden``: rows from the dense model's hidden states on each expert's prompts."""
     from ..io.dtypes import to_torch
     from ..io.tensors import Source
-    from .router_prompts import hidden_router_rows, load_prompts
+    from ..upcycle.router_prompts import hidden_router_rows, load_prompts
 
     rows = hidden_router_rows(ckpt.path, load_prompts(opts.router_prompts, opts.num_experts), layers, opts.hidden_router)
     out = {}
@@ -150,7 +150,7 @@ def native_tensors(ckpt: LlmCheckpoint) -> dict[str, Planned]:
 
 
 def write_llm(ckpt: LlmCheckpoint, out: Path, *, shard_bytes: int, progress: Callable[[int], None] | None = None) -> None:
-    from ..formats.common import copy_files, write_json
+    from .common import copy_files, write_json
 
     write_json(out / "config.json", ckpt.config)
     write_weights(out, dict(sorted(native_tensors(ckpt).items())), max_shard_bytes=shard_bytes, progress=progress)
@@ -175,10 +175,10 @@ def convert_llm(src: str | Path, out: str | Path, *, tgt_fmt: str, moe: dict[str
                 progress: Callable[[int], None] | None = None, on_start: Callable[[Any], None] | None = None,
                 experts_from: list[str | Path] | None = None):
     """``mmzoo convert`` for a plain LLM source with ``--moe-experts``: upcycle and write a causal-LM folder."""
-    from ..conversion import ConversionResult, atomic_write
+    from .pipeline import ConversionResult, atomic_write
     from ..io.confine import confine_checkpoint
     from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
-    from .options import parse_options
+    from ..upcycle.options import parse_options
 
     if tgt_fmt != "hf":
         raise UpcycleError(f"a plain LLM is upcycled into a transformers causal-LM folder: use --tgt-fmt hf (not {tgt_fmt}); "

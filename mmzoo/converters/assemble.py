@@ -10,17 +10,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
-from .archs.checks import check_text_config, check_vision_config
-from .errors import ConfigError, MmzooError, UnknownArchitecture, naming
-from .formats.common import processor_from_folder, split_by_prefix
-from .io.checkpoint import read_weights
-from .io.confine import confine_checkpoint
-from .image_token import add_image_token, computed, grow_vocab
-from .io.dtypes import CONFIG_DTYPE_NAMES
-from .io.tensors import Planned
-from .locate import read_json
-from .spec import Checkpoint, ModelSpec, find_tokenizer_files
+from ..archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
+from ..archs.checks import check_text_config, check_vision_config
+from ..errors import ConfigError, MmzooError, UnknownArchitecture, naming
+from .common import processor_from_folder, split_by_prefix
+from ..io.checkpoint import read_weights
+from ..io.confine import confine_checkpoint
+from ..checkpoint.image_token import add_image_token, computed, grow_vocab
+from ..io.dtypes import CONFIG_DTYPE_NAMES
+from ..io.tensors import Planned
+from ..checkpoint.locate import read_json
+from ..checkpoint.spec import Checkpoint, ModelSpec, find_tokenizer_files
 
 CLIP_FAMILY_EXTRAS = ("text_model.", "logit_scale", "logit_bias", "visual_projection.", "text_projection.")
 
@@ -73,8 +73,8 @@ def init_model(
     shard_size: str = "5GB",
     progress=None,
 ) -> dict[str, Any]:
-    from .archs.moe import layout_from_config
-    from .conversion import write_checkpoint
+    from ..archs.moe import layout_from_config
+    from .pipeline import write_checkpoint
 
     vision, text = Path(vision), Path(text)
     for folder in (vision, text):
@@ -126,11 +126,11 @@ def init_model(
         tensors.update({f"text_model.{k}": v for k, v in text_canonical.items()})
         extra = {n: text / n for n in ("generation_config.json",) if (text / n).is_file()}
         ckpt = Checkpoint(spec, tensors, text, "init", find_tokenizer_files(Path(tmp)), image_processor, extra)
-        from .formats.common import validate
+        from .common import validate
 
         validate(ckpt)
         write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress)
-    from .formats.hf import transformers4_notes
+    from .hf import transformers4_notes
 
     notes = transformers4_notes(spec) if tgt_fmt == "hf" else []
     return {"output": str(out), "format": tgt_fmt, "image_token_id": image_token_id, "vocab_size": text_cfg["vocab_size"],

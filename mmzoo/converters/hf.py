@@ -21,9 +21,9 @@ from ..archs.checks import TEXT_REQUIRED, VISION_REQUIRED, with_transformers_def
 from ..errors import ConfigError, UnknownArchitecture
 from ..io.checkpoint import read_weights, write_weights
 from ..io.tensors import Planned
-from ..locate import read_json
-from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
-from ..tokenizer_files import write_transformers4_tokenizer_files
+from ..checkpoint.locate import read_json
+from ..checkpoint.spec import Checkpoint, ModelSpec, find_tokenizer_files
+from ..checkpoint.tokenizer_files import write_transformers4_tokenizer_files
 from .common import (
     copy_files, detection_config, image_seq_length, native_components, processor_from_folder, split_by_prefix,
     to_canonical, transformers4_text_fields, write_json,
@@ -191,7 +191,7 @@ def transformers4_notes(spec: ModelSpec) -> list[str]:
 
 def processor_config(ckpt: Checkpoint) -> dict[str, Any]:
     """LlavaProcessor settings; without patch_size the processor would not expand image tokens."""
-    from ..tokenizer_files import token_for_id
+    from ..checkpoint.tokenizer_files import token_for_id
 
     spec = ckpt.spec
     is_clip = spec.vision_type == "clip_vision_model"

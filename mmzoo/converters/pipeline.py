@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import formats
-from .errors import MmzooError, OutputExists, naming, writing
-from .formats.common import validate
-from .image_token import ensure_image_token
-from .io.checkpoint import parse_size
-from .io.claim import exclusive_output
-from .io.confine import confine_checkpoint, confine_checkpoint_files
-from .io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
-from .io.tensors import digest
-from .spec import Checkpoint
+from .. import converters as formats
+from ..errors import MmzooError, OutputExists, naming, writing
+from .common import validate
+from ..checkpoint.image_token import ensure_image_token
+from ..io.checkpoint import parse_size
+from ..io.claim import exclusive_output
+from ..io.confine import confine_checkpoint, confine_checkpoint_files
+from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
+from ..io.tensors import digest
+from ..checkpoint.spec import Checkpoint
 
 DTYPES = ("keep", "bf16", "fp16", "fp32")
 
@@ -32,7 +32,7 @@ def read_checkpoint(path: str | Path, fmt: str | None = None, *, drop_unmatched:
     name = fmt or formats.detect(root)
     module = formats.get(name)
     if fmt and not module.detect(root):
-        from .errors import UnknownFormat
+        from ..errors import UnknownFormat
 
         try:
             looks = f"it looks like {formats.detect(root)}; drop --src-fmt to auto-detect"
@@ -172,12 +172,12 @@ def convert(
 ) -> ConversionResult:
     """Convert ``src`` to ``tgt_fmt`` at ``out``. Bit-exact unless ``dtype`` asks otherwise.
     With ``moe``, a plain causal LM (Llama, Mistral, Qwen2, Phi-3) becomes a Mixtral / Qwen2-MoE LLM
-    folder, and ``moe_experts_from`` builds its experts from several fine-tuned LLMs (mmzoo.upcycle.llm)."""
+    folder, and ``moe_experts_from`` builds its experts from several fine-tuned LLMs (mmzoo.converters.llm)."""
     formats.get(tgt_fmt)  # fail on an unknown target before reading anything
     if dtype not in DTYPES:
         raise MmzooError(f"invalid --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     if moe is not None:
-        from .upcycle.llm import convert_llm, is_plain_llm
+        from .llm import convert_llm, is_plain_llm
 
         if Path(src).exists():
             confine_checkpoint(Path(src))
@@ -188,7 +188,7 @@ def convert(
         raise MmzooError("--moe-experts-from needs --moe-experts and a plain LLM source (Llama, Mistral, Qwen2, Phi-3)")
     ckpt = cast(read_checkpoint(src, src_fmt, drop_unmatched=drop_unmatched_keys), dtype)
     if moe is not None:
-        from .upcycle import upcycle  # dense -> MoE while converting (see mmzoo/upcycle)
+        from ..upcycle import upcycle  # dense -> MoE while converting (see mmzoo/upcycle)
 
         ckpt = upcycle(ckpt, **moe)
     notes: list[str] = []
@@ -202,12 +202,12 @@ def convert(
     notes += getattr(formats.get(tgt_fmt), "target_notes", lambda _: [])(ckpt)  # a target format's caveats, if it has any
     result = ConversionResult(Path(src), Path(out), ckpt.format, tgt_fmt, len(ckpt.tensors), sum(t.nbytes for t in ckpt.tensors.values()), notes=notes)
     if ckpt.spec.moe:
-        from .formats.moe_llava import conversion_notes as moe_llava_notes
-        from .upcycle import conversion_notes
+        from .moe_llava import conversion_notes as moe_llava_notes
+        from ..upcycle import conversion_notes
 
         result.notes.extend(moe_llava_notes(ckpt, tgt_fmt) + conversion_notes(ckpt, tgt_fmt))
     if tgt_fmt == "hf":
-        from .formats.hf import transformers4_notes
+        from .hf import transformers4_notes
 
         result.notes.extend(transformers4_notes(ckpt.spec))
     if verify:

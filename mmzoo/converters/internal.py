@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import naming
 from ..io.checkpoint import read_weights, write_weights
 from ..io.tensors import Planned
-from ..locate import read_json, read_manifest
-from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
+from ..checkpoint.locate import read_json, read_manifest
+from ..checkpoint.spec import Checkpoint, ModelSpec, find_tokenizer_files
 from .common import copy_files, validate, write_json
 
 NAME = "internal"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import CorruptFile
-from .io.structured import load_json
+from ..errors import CorruptFile
+from ..io.structured import load_json
 
 
 def added_tokens(files: dict[str, Path]) -> dict[str, int]:
@@ -122,7 +122,7 @@ def add_special_token(files: dict[str, Path], save_dir: Path, token: str) -> tup
     if tokenizer_json is not None:
         token_id = _next_free_id(tokenizer_json)
     elif "tokenizer.model" in out:
-        from .io.sentencepiece import read_model
+        from ..io.sentencepiece import read_model
 
         token_id = max([len(read_model(out["tokenizer.model"])[0]) - 1, *existing.values()]) + 1
     else:

@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import HubError, MmzooError, OutputExists
-from .io.claim import exclusive_output
-from .io.confine import checkpoint_root, confined, self_contained
+from ..errors import HubError, MmzooError, OutputExists
+from ..io.claim import exclusive_output
+from ..io.confine import checkpoint_root, confined, self_contained
 
 HUB_RECORD = ".mmzoo-hub.json"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -235,7 +235,7 @@ def model_card(info: dict, *, repo_id: str | None = None, made_with: str | None 
 # ----------------------------------------------------------------------------------------------
 def _card_info(src: Path, info: dict) -> dict:
     """``info`` plus what the card wants and inspect does not return: architectures and provenance."""
-    from . import api as mmzoo_api
+    from .. import api as mmzoo_api
 
     extra = dict(info)
     try:
@@ -265,7 +265,7 @@ def push(
     endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Check ``path`` and upload it to ``repo_id`` (created if missing; a missing branch is created from main)."""
-    from . import api as mmzoo_api
+    from .. import api as mmzoo_api
 
     src = Path(path)
     _check_repo_id(repo_id)
@@ -405,7 +405,7 @@ def pull(
 def _pull(repo_id: str, out: Path, revision: str | None, tgt_fmt: str | None, token: str | None, endpoint: str | None,
           overwrite: bool) -> dict[str, Any]:
     """:func:`pull`, with OUT's lock held."""
-    from . import api as mmzoo_api
+    from .. import api as mmzoo_api
 
     ep = resolve_endpoint(endpoint)
     out = Path(out)

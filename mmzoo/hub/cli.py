@@ -45,8 +45,8 @@ def push(
 
       mmzoo hub push ./moe me/llava-moe --revision experiments --private -m "4 experts, top-2"
     """
-    from .commands._output import console
-    from .hub import push as run
+    from ..console import console
+    from . import push as run
 
     result = run(path, repo_id, revision=revision, private=private, message=message, create_pr=create_pr,
                  token=token, endpoint=endpoint)
@@ -84,8 +84,8 @@ def pull(
 
       mmzoo hub pull me/llava-moe -o moe-internal --revision experiments --tgt-fmt internal
     """
-    from .commands._output import console
-    from .hub import pull as run
+    from ..console import console
+    from . import pull as run
 
     result = run(repo_id, output, revision=revision, tgt_fmt=tgt_fmt, token=token, endpoint=endpoint,
                  overwrite=overwrite)

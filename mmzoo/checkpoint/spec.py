@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from .io.tensors import Planned
+from ..io.tensors import Planned
 
 
 class ModelSpec(BaseModel):
@@ -33,7 +33,7 @@ class ModelSpec(BaseModel):
     def _sane_numbers(self) -> "ModelSpec":
         """Config numbers bounded before any shape arithmetic (a ConfigError, not a pydantic error:
         the reader adds the file it came from)."""
-        from .archs.checks import check_moe_layout, check_text_config, check_vision_config
+        from ..archs.checks import check_moe_layout, check_text_config, check_vision_config
 
         check_vision_config(self.vision_config)
         check_text_config(self.text_config)

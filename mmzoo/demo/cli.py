@@ -1,0 +1,34 @@
+"""``mmzoo demo``: a thin layer over ``mmzoo.demo.run_demo``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Working folder for the demo's checkpoints.")] = Path("mmzoo-demo"),
+    hub_endpoint: Annotated[Optional[str], typer.Option("--hub-endpoint", help="Also push and pull through this Hub endpoint (e.g. a local mirror).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Reuse an existing demo folder.")] = True,
+    debug: Debug = False,
+) -> None:
+    """Run the whole pipeline on tiny models built in-process (offline; well under a minute on 2 cores).
+
+    Builds a tiny CLIP + Llama + tokenizer, assembles them (init), converts hf → internal → llava → hf and checks the round trip, then preprocesses a few images, upcycles to MoE and trains pretrain → sft → moe with an export. Every step checks its own result.
+
+    Examples:
+
+      mmzoo demo -o mmzoo-demo
+
+      HF_TOKEN=hf_demo mmzoo demo -o mmzoo-demo --hub-endpoint http://127.0.0.1:8765
+    """
+    from . import run_demo
+
+    run_demo(output, hub_endpoint=hub_endpoint, overwrite=overwrite)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,4 +1,4 @@
-"""``mmzoo demo``: a thin layer over ``mmzoo.demo.run_demo``."""
+"""``mmzoo demo``: a thin layer over ``mmzoo.demo.api.run_demo``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,7 +25,7 @@ def demo(
 
       HF_TOKEN=hf_demo mmzoo demo -o mmzoo-demo --hub-endpoint http://127.0.0.1:8765
     """
-    from . import run_demo
+    from .api import run_demo
 
     run_demo(output, hub_endpoint=hub_endpoint, overwrite=overwrite)
 

@@ -1,4 +1,4 @@
-"""``mmzoo hub push`` / ``mmzoo hub pull``: a thin Typer layer over ``mmzoo.hub``.
+"""``mmzoo hub push`` / ``mmzoo hub pull``: a thin Typer layer over ``mmzoo.hub.api``.
 
 huggingface_hub, torch and transformers are imported inside the commands only, so ``mmzoo --help``
 stays fast.
@@ -46,7 +46,7 @@ def push(
       mmzoo hub push ./moe me/llava-moe --revision experiments --private -m "4 experts, top-2"
     """
     from ..console import console
-    from . import push as run
+    from .api import push as run
 
     result = run(path, repo_id, revision=revision, private=private, message=message, create_pr=create_pr,
                  token=token, endpoint=endpoint)
@@ -85,7 +85,7 @@ def pull(
       mmzoo hub pull me/llava-moe -o moe-internal --revision experiments --tgt-fmt internal
     """
     from ..console import console
-    from . import pull as run
+    from .api import pull as run
 
     result = run(repo_id, output, revision=revision, tgt_fmt=tgt_fmt, token=token, endpoint=endpoint,
                  overwrite=overwrite)

@@ -30,7 +30,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _user(endpoint: str) -> str:
-    from .. import hub
+    from . import api as hub
 
     hf = hub._api(endpoint, None)
     with hub._hub_errors("whoami", endpoint, None, "push"):
@@ -39,7 +39,7 @@ def _user(endpoint: str) -> str:
 
 def run_demo_step(checkpoint: Path, workdir: Path, endpoint: str, console) -> dict[str, Any]:
     """Push ``checkpoint`` to ``endpoint``, pull it into ``workdir/hub-pull``, check every file is bit-exact."""
-    from .. import hub
+    from . import api as hub
 
     checkpoint, workdir = Path(checkpoint), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

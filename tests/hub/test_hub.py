@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import free_port, mmzoo_command
 from hub_helpers import READ_TOKEN, USER, WRITE_TOKEN, siblings, tree_digest
 
-from mmzoo import hub
+from mmzoo.hub import api as hub
 from mmzoo.errors import HubError, OutputExists
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hub_helpers import siblings
-from mmzoo import hub
+from mmzoo.hub import api as hub
 from mmzoo.errors import HubError
 
 # 9 levels of 9 aliases: 9**9 values once expanded, 400 bytes in the repository

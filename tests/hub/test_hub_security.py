@@ -8,7 +8,7 @@ import shutil
 import pytest
 from hub_helpers import WRITE_TOKEN, siblings
 
-from mmzoo import hub
+from mmzoo.hub import api as hub
 from mmzoo.errors import HubError
 
 

@@ -87,7 +87,7 @@ def test_symlink_to_a_system_file_is_not_copied(tiny, tmp_path):
 
 def test_symlinks_inside_the_folder_and_the_hf_cache_layout_are_fine(tiny, tmp_path):
     """huggingface_hub's cache: snapshots/<rev>/* are symlinks into the repo's blobs/ folder."""
-    from mmzoo.inspection import diff
+    from mmzoo.inspection.api import diff
 
     repo = tmp_path / "hub" / "models--org--tiny"
     snapshot = repo / "snapshots" / ("0" * 40)

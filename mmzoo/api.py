@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .converters.assemble import init_model
 from .converters.pipeline import ConversionResult, convert, read_checkpoint, write_checkpoint
-from .converters import detect as detect_format
+from .converters.registry import detect as detect_format
 from .inspection.api import check_checkpoint, diff, inspect
 from .models.load import load_model, load_processor
 

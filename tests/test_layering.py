@@ -80,7 +80,7 @@ def imports(path: Path, modules: set[str], root: Path = PACKAGE_ROOT) -> list[tu
             else:
                 target = node.module or ""
             if target.split(".")[0] == "mmzoo":
-                for alias in node.names:  # `from mmzoo import converters` imports the module mmzoo.converters
+                for alias in node.names:  # `from mmzoo.converters import registry` imports the module mmzoo.converters.registry
                     full = f"{target}.{alias.name}"
                     found.append((full if full in modules else resolve(target), node.lineno))
         for child in ast.iter_child_nodes(node):

@@ -119,7 +119,7 @@ def formats(debug: Debug = False) -> None:
     from rich.table import Table
 
     from .. import archs
-    from .. import converters as registry
+    from ..converters import registry
 
     table = Table(title="formats")
     table.add_column("name")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import converters as formats
+from . import registry as formats
 from ..errors import MmzooError, OutputExists, naming, writing
 from .common import validate
 from ..checkpoint.image_token import ensure_image_token

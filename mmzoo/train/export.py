@@ -96,7 +96,7 @@ def trained_checkpoint(run_dir: str | Path, step: int | None = None, dtype: str 
 
 def export(run_dir: str | Path, out: str | Path, *, tgt_fmt: str = "hf", step: int | None = None, dtype: str = "keep",
            overwrite: bool = False, shard_size: str = "5GB") -> dict[str, Any]:
-    from .. import converters as formats
+    from ..converters import registry as formats
     from ..converters.pipeline import check_output, write_checkpoint
 
     formats.get(tgt_fmt)  # an unknown format, an existing OUT or OUT inside the run fail before any work

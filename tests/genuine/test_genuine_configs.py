@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 import mmzoo
 from mmzoo.errors import UnknownFormat
 from mmzoo.tiny import sample_inputs
-from mmzoo.tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
+import real_tokenizers
 from side_env import llava_python, read_with_transformers4, run_side_script
 
 GENUINE = Path(__file__).parents[1] / "fixtures" / "genuine"
@@ -184,11 +184,10 @@ def _hub_cache_with_clip(cache: Path) -> Path:
 
 
 def _liuhaotian_folder(folder: Path, *, separate_projector: bool) -> None:
-    """liuhaotian/llava-v1.5-7b's published config.json (shrunk), LLaVA's key layout, float16, and a
-    Vicuna-era tokenizer (tokenizers < 0.19 spelling, as LLaVA's code reads it)."""
+    """liuhaotian/llava-v1.5-7b's published config.json (shrunk), LLaVA's key layout, float16, and the
+    LLaVA-1.5 tokenizer as its checkpoints ship it (the real Llama-2 tokenizer.model and the published
+    tokenizer files, tests/real_tokenizers.py)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mmzoo.tiny import make_tokenizer
 
     folder.mkdir(parents=True)
     config = _genuine("llava-v1.5-7b/config.json")
@@ -210,10 +209,8 @@ def _liuhaotian_folder(folder: Path, *, separate_projector: bool) -> None:
         state.update(projector)
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = make_tokenizer(with_image_token=False)
-    tokenizer.save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(legacy_tokenizer_json((folder / "tokenizer.json").read_text()))
-    (folder / "tokenizer_config.json").write_text(legacy_tokenizer_config((folder / "tokenizer_config.json").read_text()))
+    for item in real_tokenizers.llava_v15().iterdir():  # tokenizer.model + the published tokenizer_config / special tokens
+        shutil.copyfile(item, folder / item.name)
 
 
 @pytest.fixture()
@@ -245,9 +242,10 @@ def test_liuhaotian_layout_to_hf_keeps_every_field_and_gives_the_llava_code_logi
     expected_text = {k: v for k, v in published.items() if k not in llava_only}
     expected_text.update(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=written["text_config"]["vocab_size"])
     assert written["text_config"] == expected_text
-    image_token = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())["added_tokens"][-1]
-    assert image_token["content"] == "<image>"
-    assert written["image_seq_length"] == 576 and written["image_token_index"] == image_token["id"]
+    # the published tokenizer files (tokenizer.model, no tokenizer.json) stay; <image> is added to tokenizer_config.json
+    added = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert [(k, v["content"]) for k, v in added.items()] == [("32000", "<image>")]
+    assert written["image_seq_length"] == 576 and written["image_token_index"] == 32000
     assert (written["vision_feature_layer"], written["vision_feature_select_strategy"], written["projector_hidden_act"]) == (-2, "default", "gelu")
     assert written["vision_config"]["model_type"] == "clip_vision_model"
     assert {k: written["vision_config"][k] for k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers")} == {k: clip[k] for k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers")}

@@ -245,7 +245,7 @@ class _Run:
             from .cerebras import CerebrasLlavaWriter, image_start
 
             self.writer = CerebrasLlavaWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id, info.pad_id,
-                                              image_start(Encoder(settings)), shards)
+                                              image_start(Encoder(settings, info)), shards)
         else:
             attrs = {"image_token_id": info.image_token_id, "num_image_tokens": params["num_image_tokens"],
                      "max_seq_len": params["max_seq_len"], "template": params["template"], "tokenizer": params["tokenizer"]}

@@ -299,3 +299,28 @@ def test_projector_only_folder_is_one_clear_error(tmp_path, hub_cache):
     (repo / "model.safetensors").unlink()
     with pytest.raises(UnknownFormat, match="holds only the projector"):
         mmzoo.convert(repo, tmp_path / "hf", tgt_fmt="hf")
+
+
+# --- MoE-LLaVA's published checkpoints: LLMs mmzoo does not read -------------------------------------------------
+
+@pytest.mark.parametrize("model_type, architecture, name", [
+    ("moe_llava_stablelm", "MoELLaVAStablelmForCausalLM", "StableLM"),
+    ("moe_llava_phi", "MoELLaVAPhiForCausalLM", "Phi-2"),
+    ("moe_llava_qwen", "MoELLaVAQWenForCausalLM", "Qwen-1"),
+])
+def test_published_moe_llava_llms_are_refused_in_one_line(tmp_path, model_type, architecture, name):
+    """The published MoE-LLaVA checkpoints (LanguageBind/MoE-LLaVA-*) are built on StableLM, Phi-2 and
+    Qwen-1, whose code is MoE-LLaVA's own (their config files are not reachable here, see
+    tests/fixtures/genuine/README.md): the fields that identify them give one clear line, exit 2."""
+    from cli_helpers import run_cli
+
+    folder = tmp_path / "moe-llava"
+    folder.mkdir()
+    config = {"architectures": [architecture], "model_type": model_type, "mm_image_tower": "openai/clip-vit-large-patch14-336",
+              "moe": {"moe_enable": True, "moe_mode": "sparse", "moe_layers_idx": [0], "num_experts": [4], "top_k_experts": 2}}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"model.embed_tokens.weight": torch.zeros(4, 4)}, folder / "model.safetensors")
+    code, _, stderr = run_cli("convert", str(folder), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf")
+    assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("mmzoo: error:"), stderr
+    assert f"MoE-LLaVA with a {name} LLM ({model_type}) is not supported" in stderr
+    assert not (tmp_path / "out").exists()

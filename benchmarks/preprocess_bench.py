@@ -1,6 +1,7 @@
 """Benchmark `mmzoo preprocess` against pure `tokenizers` batch encoding of the same rendered texts.
 
     python benchmarks/preprocess_bench.py --samples 100000 --workers 2
+    python benchmarks/preprocess_bench.py --samples 20000 --repeat 5 --real-tokenizer llava-v1.5
 
 Builds (in a temp folder) a byte-level BPE tokenizer with an 8k vocabulary (or takes --tokenizer), 64 small PNGs and N
 synthetic LLaVA conversations (1-3 rounds, 70% with an image), then times, in one run:
@@ -8,13 +9,18 @@ synthetic LLaVA conversations (1-3 rounds, 70% with an image), then times, in on
   2. the same with `encode_batch_fast` (no offsets: the fastest tokenizers can do),
   3. the whole `mmzoo preprocess` (JSONL parsing, validation, image checks, rendering, tokenizing,
      masks, gzip'd H5 shards, manifest) with --workers W.
-The target is (3) <= 1.5x (1).
+The target is (3) <= 1.5x (1). On a shared machine wall-clock times move with the load of others: each
+repetition times (1), (2) and (3) back to back and gives its own ratio; the median of those ratios is
+reported (--repeat 5 or more), with the CPU-time ratio beside it (this process's CPU for (1); parent +
+worker processes for (3)), which load moves much less.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -80,9 +86,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--template", default="vicuna_v1")
-    parser.add_argument("--repeat", type=int, default=1, help="best of R runs of each measurement")
+    parser.add_argument("--repeat", type=int, default=1, help="R repetitions, each timing all three back to back; medians are reported")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--tokenizer", type=Path, help="use this tokenizer folder (with an <image> token) instead of the synthetic one")
+    parser.add_argument("--real-tokenizer", choices=("llava-v1.5", "phi-3", "llama-3", "qwen2"),
+                        help="a real vocabulary from the test suite's tests/real_tokenizers.py (llama.cpp's vocabulary files, "
+                             "built and cached offline), with <image> added as `mmzoo init` adds it")
     args = parser.parse_args()
 
     from tokenizers import Tokenizer
@@ -95,6 +104,15 @@ def main() -> None:
         tok_dir, images, data = tmp_path / "tok", tmp_path / "images", tmp_path / "data.jsonl"
         if args.tokenizer:
             tok_dir = args.tokenizer
+        elif args.real_tokenizer:
+            import sys
+
+            from mmzoo.checkpoint.image_token import add_image_token
+
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            import real_tokenizers
+
+            add_image_token(real_tokenizers.REAL_TOKENIZERS[args.real_tokenizer](), tok_dir)
         else:
             build_tokenizer(tok_dir)
         make_images(images, 64, size=32)
@@ -102,36 +120,50 @@ def main() -> None:
         texts = rendered_texts(data, tok_dir, args.template)
         tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
 
-        # The machine may be shared: run every measurement --repeat times and keep the best of each.
-        t_batch = t_fast = t_mmzoo = float("inf")
+        # The machine may be shared: each repetition times the baseline and mmzoo back to back, so both see
+        # about the same load; the median over repetitions is reported.
+        runs = []
         for attempt in range(args.repeat):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             encs = tok.encode_batch(texts, add_special_tokens=False)
-            t_batch = min(t_batch, time.perf_counter() - t0)
+            t_batch, cpu_batch = time.perf_counter() - t0, time.process_time() - c0
             n_text_tokens = sum(len(e.ids) for e in encs)
             del encs
             t0 = time.perf_counter()
             tok.encode_batch_fast(texts, add_special_tokens=False)
-            t_fast = min(t_fast, time.perf_counter() - t0)
+            t_fast = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            c0, t0 = time.process_time(), time.perf_counter()
             manifest = preprocess([data], images, tok_dir, tmp_path / f"out{attempt}", template=args.template,
                                   num_image_tokens=576, max_seq_len=4096, workers=args.workers)
-            t_mmzoo = min(t_mmzoo, time.perf_counter() - t0)
+            t_mmzoo, cpu_mmzoo = time.perf_counter() - t0, time.process_time() - c0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_mmzoo += (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+            runs.append({"batch": t_batch, "fast": t_fast, "mmzoo": t_mmzoo, "cpu_batch": cpu_batch, "cpu_mmzoo": cpu_mmzoo})
+            print(f"run {attempt + 1}/{args.repeat}: encode_batch {t_batch:.2f} s, mmzoo {t_mmzoo:.2f} s, ratio {t_mmzoo / t_batch:.2f} "
+                  f"(CPU {cpu_mmzoo:.2f} / {cpu_batch:.2f} s = {cpu_mmzoo / cpu_batch:.2f})", flush=True)
 
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    ratio = statistics.median(r["mmzoo"] / r["batch"] for r in runs)
+    t_batch, t_fast, t_mmzoo = median("batch"), median("fast"), median("mmzoo")
     stats = manifest["statistics"]
     figures = {
-        "tokenizer": str(args.tokenizer or "synthetic byte-level BPE (8k)"), "samples": args.samples, "workers": args.workers, "repeat": args.repeat, "template": args.template,
+        "tokenizer": str(args.tokenizer or args.real_tokenizer or "synthetic byte-level BPE (8k)"), "samples": args.samples, "workers": args.workers, "repeat": args.repeat, "template": args.template,
         "text_tokens": n_text_tokens, "tokens_written": stats["tokens"], "samples_written": stats["samples_written"],
         "tokenizers_encode_batch_s": round(t_batch, 3), "tokenizers_encode_batch_fast_s": round(t_fast, 3),
         "mmzoo_preprocess_s": round(t_mmzoo, 3),
-        "ratio_vs_encode_batch": round(t_mmzoo / t_batch, 3), "ratio_vs_encode_batch_fast": round(t_mmzoo / t_fast, 3),
+        "ratio_vs_encode_batch": round(ratio, 3),  # median of the per-repetition ratios
+        "ratio_vs_encode_batch_fast": round(statistics.median(r["mmzoo"] / r["fast"] for r in runs), 3),
+        "cpu_ratio_vs_encode_batch": round(statistics.median(r["cpu_mmzoo"] / r["cpu_batch"] for r in runs), 3),
         "mmzoo_samples_per_s": round(args.samples / t_mmzoo),
     }
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
-    print("target (mmzoo <= 1.5x encode_batch):", "MET" if t_mmzoo <= 1.5 * t_batch else "NOT MET")
+    print("target (mmzoo <= 1.5x encode_batch, median):", "MET" if ratio <= 1.5 else "NOT MET")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

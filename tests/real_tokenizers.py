@@ -5,11 +5,12 @@ vocabularies of Llama-2/Vicuna, Phi-3, Llama-3, Qwen2, ...) with ``.inp``/``.out
 strings beside them. From those this module builds tokenizer folders laid out as the published
 checkpoints ship them:
 
-- ``llava_v15()`` — the Llama-2/Vicuna SentencePiece tokenizer as liuhaotian/llava-v1.5-7b ships it
-  (tokenizer.model + tokenizer_config.json + special_tokens_map.json, ``legacy: false``, no
-  tokenizer.json); ``llava_v15(fast=True)`` adds the tokenizer.json that transformers 4.x's
+- ``llava_v15()`` — the Llama-2/Vicuna SentencePiece tokenizer as LLaVA-1.5 checkpoints ship it
+  (tokenizer.model + the published tokenizer_config.json + special_tokens_map.json of
+  tests/fixtures/genuine/llava-v1.5-7b, ``legacy: false``, no tokenizer.json); ``llava_v15(fast=True)`` adds the tokenizer.json that transformers 4.x's
   LlamaConverter writes (converted by transformers 4.37.2 itself, in the LLaVA venv), as Vicuna-era
-  fast checkpoints ship it.
+  fast checkpoints ship it; ``llava_v15_resaved_by_transformers5()`` is that folder after a
+  transformers 5 load + save (the third layout: differs from the original, see tests/test_real_tokenizers.py).
 - ``phi3()`` — Phi-3's SentencePiece tokenizer (tokenizer.model + 4.x tokenizer.json + its added
   tokens and chat template).
 - ``llama3()`` and ``qwen2()`` — byte-level BPE tokenizer.json in the published layout (pre-tokenizer
@@ -144,11 +145,6 @@ def _added(content: str, *, special: bool = True, rstrip: bool = False, normaliz
     return {"content": content, "lstrip": False, "normalized": normalized, "rstrip": rstrip, "single_word": False, "special": special}
 
 
-def _token_4x(content: str) -> dict:
-    """How transformers 4.3x writes an AddedToken in tokenizer_config.json / special_tokens_map.json."""
-    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-
-
 def _token_map(content: str) -> dict:
     """An AddedToken as special_tokens_map.json holds it."""
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
@@ -204,26 +200,15 @@ def _build(name: str, make) -> Path:
     return final
 
 
+GENUINE_LLAVA_V15 = Path(__file__).parent / "fixtures" / "genuine" / "llava-v1.5-7b"
+
+
 def _make_llava_v15(folder: Path) -> None:
     (folder / "tokenizer.model").write_bytes(_sentencepiece_model("llama-spm", 32000))
-    # liuhaotian/llava-v1.5-7b's tokenizer_config.json / special_tokens_map.json (transformers 4.31 era)
-    _write_json(folder / "tokenizer_config.json", {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "bos_token": _token_4x("<s>"),
-        "clean_up_tokenization_spaces": False,
-        "eos_token": _token_4x("</s>"),
-        "legacy": False,
-        "model_max_length": 2048,
-        "pad_token": None,
-        "padding_side": "right",
-        "sp_model_kwargs": {},
-        "tokenizer_class": "LlamaTokenizer",
-        "unk_token": _token_4x("<unk>"),
-    })
-    _write_json(folder / "special_tokens_map.json", {
-        "bos_token": _token_map("<s>"), "eos_token": _token_map("</s>"), "pad_token": "<unk>", "unk_token": _token_map("<unk>"),
-    })
+    # the tokenizer_config.json / special_tokens_map.json that LLaVA-1.5's train.py publishes (transformers 4.31
+    # era); where they come from: tests/fixtures/genuine/README.md
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(GENUINE_LLAVA_V15 / name, folder / name)
 
 
 def _make_llava_v15_fast(folder: Path) -> None:
@@ -234,6 +219,20 @@ def _make_llava_v15_fast(folder: Path) -> None:
 def llava_v15(fast: bool = False) -> Path:
     """The LLaVA-1.5 / Vicuna-7B-v1.5 tokenizer (Llama-2 SentencePiece, 32 000 pieces, legacy: false)."""
     return _build("llava-v1.5-7b-fast" if fast else "llava-v1.5-7b", _make_llava_v15_fast if fast else _make_llava_v15)
+
+
+def _make_llava_v15_resaved(folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(llava_v15(fast=True)).save_pretrained(folder)
+
+
+def llava_v15_resaved_by_transformers5() -> Path:
+    """The LLaVA-1.5 tokenizer after a transformers 5 load + save_pretrained (the installed 5.x): what a
+    user gets from ``tokenizer.save_pretrained`` in a 5.x script. Not what checkpoints ship."""
+    import transformers
+
+    return _build(f"llava-v1.5-7b-resaved-by-transformers-{transformers.__version__}", _make_llava_v15_resaved)
 
 
 PHI3_ADDED = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>", "<|placeholder4|>",

@@ -49,6 +49,8 @@ def register(app: typer.Typer) -> None:
             overwrite=overwrite, strict=strict, format=format, check_images=not no_image_check, image_placement=image_placement, console=console,
             progress=not quiet,
         )
+        for note in manifest.get("notes", []):  # also with --quiet: they may mean the tokens are not the model's
+            console.print(f"note: {note}", markup=False, highlight=False)
         if not quiet:
             print_statistics(console, manifest, out)
 

@@ -20,7 +20,7 @@ from ..io.structured import load_json, read_text
 from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from ..checkpoint.locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
-from .tokenization import TextTokenizer, token_at
+from .tokenization import RESAVED_BY_TRANSFORMERS5, TextTokenizer, resaved_by_transformers5, token_at
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).
 BAD_JSON = "bad_json"
@@ -76,6 +76,8 @@ class TokenizerInfo:
     chat_template: str | None
     legacy: bool  # the slow Llama tokenizer's flag (how text after a special token is tokenized)
     special_tokens: tuple[str, ...]  # special added tokens other than <image>
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # json_text loaded (tokenizers.Tokenizer)
+    notes: tuple[str, ...] = ()  # what the user should know about these files (printed, kept in the manifest)
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerInfo":
@@ -102,11 +104,13 @@ class TokenizerInfo:
             template = read_text(folder / "chat_template.jinja")
         if isinstance(template, list):  # named templates: use the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        specials = tuple(t["content"] for t in json.loads(json_text).get("added_tokens", [])
+        data = json.loads(json_text)
+        specials = tuple(t["content"] for t in data.get("added_tokens", [])
                          if t.get("special") and t["content"] != IMAGE_MARKER)
         bos_id = tok.token_to_id(bos) if bos else None
         legacy = config.get("legacy", True) is not False  # transformers 4.x's default when the flag is absent
-        return cls(folder, json_text, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials)
+        notes = (RESAVED_BY_TRANSFORMERS5,) if resaved_by_transformers5(data, config) else ()
+        return cls(folder, json_text, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials, tok, notes)
 
 
 # tokenizer.json files of real vocabularies run to tens of MB (Qwen2's 7 MB, Gemma's 33 MB)
@@ -154,12 +158,14 @@ class Settings:
 @dataclass
 class Encoder:
     settings: Settings
-    info: TokenizerInfo = field(init=False)
-    _image_cache: dict[str, str | None] = field(default_factory=dict, init=False)
+    info: TokenizerInfo | None = None  # the tokenizer folder, when the caller has loaded it already
+    _image_cache: dict[str, tuple[str | None, str]] = field(default_factory=dict, init=False)  # path -> (problem, normalised)
 
     def __post_init__(self) -> None:
-        self.info = TokenizerInfo.load(self.settings.tokenizer)
-        self.tokenizer = TextTokenizer(self.info.json_text, self.info.legacy)
+        # Loading a real tokenizer costs 0.2-1 s (parsing MBs of JSON, building the vocabulary): once per run.
+        if self.info is None:
+            self.info = TokenizerInfo.load(self.settings.tokenizer)
+        self.tokenizer = TextTokenizer(self.info.json_text, self.info.legacy, self.info.tokenizer)
         self.render = make_renderer(self.settings.template, self.info.bos, self.info.eos, self.info.chat_template)
         self.root = Path(self.settings.image_root).resolve()
         specials = sorted(self.info.special_tokens, key=len, reverse=True)
@@ -189,14 +195,15 @@ class Encoder:
         return images
 
     def _check_image(self, rel: str, sample_id: str | None) -> str:
-        """Return the normalised relative path, or reject the sample."""
-        reason = self._image_cache.get(rel, "")
-        if reason == "":
+        """Return the normalised relative path, or reject the sample (both cached: images recur)."""
+        cached = self._image_cache.get(rel)
+        if cached is None:
             reason = self._image_problem(rel)
-            self._image_cache[rel] = reason
+            cached = self._image_cache[rel] = (reason, PurePosixPath(rel.replace("\\", "/")).as_posix())
+        reason, normalised = cached
         if reason is not None:
             raise _Reject(reason.split(":", 1)[0], f"{rel}: {reason.split(':', 1)[1]}", sample_id)
-        return PurePosixPath(rel.replace("\\", "/")).as_posix()
+        return normalised
 
     def _image_problem(self, rel: str) -> str | None:
         pure = PurePosixPath(rel.replace("\\", "/"))
@@ -282,30 +289,31 @@ class Encoder:
     def _assemble(self, row: Row, sample_id: str | None, images: list[str], add_bos: bool,
                   pieces: list[tuple[str, list[tuple[int, int]], list[int]]], encoded: list[tuple[Any, int]]) -> Sample | Rejection:
         image_id, n_img = self.info.image_token_id, self.settings.num_image_tokens
-        ids: list[np.ndarray] = [np.array([self.info.bos_id] if add_bos and self.info.bos_id is not None else [], dtype=np.int32)]
-        loss: list[np.ndarray] = [np.zeros(len(ids[0]), dtype=np.uint8)]
-        cuts: list[np.ndarray] = [np.zeros(len(ids[0]), dtype=bool)]
+        # Python lists while assembling, one array per field at the end: a sample has one or two pieces,
+        # and a numpy call per piece and field cost more than the few list operations (profiled).
+        ids: list[int] = [self.info.bos_id] if add_bos and self.info.bos_id is not None else []
+        trained: list[tuple[int, int]] = []  # [first, last + 1) token ranges of assistant text
+        turn_ends: list[int] = []  # the token holding a turn's last character
         for k, ((text, spans, ends), (encoding, shift)) in enumerate(zip(pieces, encoded)):
             if k:  # the <image> marker between two LLaVA chunks
-                ids.append(np.array([image_id], dtype=np.int32))
-                loss.append(np.zeros(1, dtype=np.uint8))
-                cuts.append(np.zeros(1, dtype=bool))
-            piece_ids = np.array(encoding.ids, dtype=np.int32)
-            piece_loss = np.zeros(len(piece_ids), dtype=np.uint8)
-            piece_cuts = np.zeros(len(piece_ids), dtype=bool)
+                ids.append(image_id)
+            base = len(ids)
+            ids += encoding.ids
             # a token is trained when its characters overlap an assistant span
             for start, stop in spans:
                 first = token_at(encoding, start + shift, stop + shift, 1)
                 if first is not None:
-                    piece_loss[first: token_at(encoding, stop + shift - 1, start + shift - 1, -1) + 1] = 1
+                    trained.append((base + first, base + token_at(encoding, stop + shift - 1, start + shift - 1, -1) + 1))
             for end in ends:  # the token holding a turn's last character ends the turn
                 last = token_at(encoding, end + shift - 1, shift - 1, -1)
                 if last is not None:
-                    piece_cuts[last] = True
-            ids.append(piece_ids)
-            loss.append(piece_loss)
-            cuts.append(piece_cuts)
-        arr, loss_mask, cut_after = np.concatenate(ids), np.concatenate(loss), np.concatenate(cuts)
+                    turn_ends.append(base + last)
+        arr = np.array(ids, dtype=np.int32)
+        loss_mask = np.zeros(len(arr), dtype=np.uint8)
+        for first, stop in trained:
+            loss_mask[first:stop] = 1
+        cut_after = np.zeros(len(arr), dtype=bool)
+        cut_after[turn_ends] = True
         is_image = arr == image_id
         n_images = int(is_image.sum())
         if n_images != len(images):  # a marker glued to other text that the tokenizer did not split
@@ -385,6 +393,14 @@ class _Reject(Exception):
 
 # -- multiprocessing plumbing: one Encoder per worker process -------------------------------------
 _WORKER: Encoder | None = None
+_INHERITED: Encoder | None = None  # built by the parent before it forks its workers (see share_with_forked_workers)
+
+
+def share_with_forked_workers(encoder: Encoder | None) -> None:
+    """Let workers forked from now on use ``encoder`` (a copy-on-write copy of the parent's) instead
+    of loading the tokenizer again each; None forgets it. Spawned workers load their own."""
+    global _INHERITED
+    _INHERITED = encoder
 
 
 def init_worker(settings: Settings) -> None:
@@ -395,7 +411,8 @@ def init_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Each worker is one process; Rust-side threads would only fight the other workers for cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER = Encoder(settings)
+    inherited = _INHERITED
+    _WORKER = inherited if inherited is not None and inherited.settings == settings else Encoder(settings)
 
 
 def encode_chunk(rows: list[Row]) -> list[Sample | Rejection]:

@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
-from .encode import IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker
+from .encode import (IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker,
+                     share_with_forked_workers)
 from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
@@ -228,6 +229,7 @@ class _Run:
     def __init__(self, out: Path, paths: list[Path], params: dict, settings: Settings, info: TokenizerInfo,
                  format: str, strict: bool, state: dict):
         self.out, self.paths, self.params, self.settings, self.format, self.strict = out, paths, params, settings, format, strict
+        self.info = info
         self.stats: dict[str, Any] = state.get("statistics") or new_stats()
         self.rows_done: int = state.get("rows_consumed", 0)
         rejected = out / "rejected.jsonl"
@@ -243,7 +245,7 @@ class _Run:
             from .cerebras import CerebrasLlavaWriter, image_start
 
             self.writer = CerebrasLlavaWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id, info.pad_id,
-                                              image_start(Encoder(settings)), shards)
+                                              image_start(Encoder(settings, info)), shards)
         else:
             attrs = {"image_token_id": info.image_token_id, "num_image_tokens": params["num_image_tokens"],
                      "max_seq_len": params["max_seq_len"], "template": params["template"], "tokenizer": params["tokenizer"]}
@@ -260,7 +262,12 @@ class _Run:
         # sequentially (its fork guard disables rayon in children), so no inherited lock can bite.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        return ctx.Pool(workers, initializer=init_worker, initargs=(self.settings,))
+        if ctx.get_start_method() == "fork":  # forked workers inherit the loaded tokenizer instead of each loading it again
+            share_with_forked_workers(Encoder(self.settings, self.info))
+        try:
+            return ctx.Pool(workers, initializer=init_worker, initargs=(self.settings,))
+        finally:
+            share_with_forked_workers(None)
 
     def _results(self, pool: Any, workers: int) -> Iterator[list[Sample | Rejection]]:
         rows = iter_rows(self.paths, skip=self.rows_done)
@@ -268,7 +275,7 @@ class _Run:
             rows = map(self.writer.prepare, rows)
         chunks = chunked(rows, CHUNK_ROWS)
         if pool is None:
-            encoder = Encoder(self.settings)
+            encoder = Encoder(self.settings, self.info)
             yield from map(encoder.encode_rows, chunks)
             return
         window: deque = deque()
@@ -332,6 +339,8 @@ class _Run:
         stats = dict(self.stats, rejected=dict(sorted(self.stats["rejected"].items(), key=lambda kv: REASONS.index(kv[0]))))
         manifest = {"format": self.format, "format_version": FORMAT_VERSION, "shards": self.writer.shards,
                     "parameters": self.params, "statistics": stats}
+        if self.info.notes:
+            manifest["notes"] = list(self.info.notes)
         if self.format.startswith("cerebras"):
             manifest["max_num_img"] = self.writer.max_num_img
             if hasattr(self.writer, "image_start_idx"):

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 import mmzoo
 from mmzoo.errors import UnknownFormat
 from mmzoo.demo.tiny import sample_inputs
-from mmzoo.checkpoint.tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
+import real_tokenizers
 from side_env import llava_python, read_with_transformers4, run_side_script
 
 GENUINE = Path(__file__).parents[1] / "fixtures" / "genuine"
@@ -184,11 +184,10 @@ def _hub_cache_with_clip(cache: Path) -> Path:
 
 
 def _liuhaotian_folder(folder: Path, *, separate_projector: bool) -> None:
-    """liuhaotian/llava-v1.5-7b's published config.json (shrunk), LLaVA's key layout, float16, and a
-    Vicuna-era tokenizer (tokenizers < 0.19 spelling, as LLaVA's code reads it)."""
+    """liuhaotian/llava-v1.5-7b's published config.json (shrunk), LLaVA's key layout, float16, and the
+    LLaVA-1.5 tokenizer as its checkpoints ship it (the real Llama-2 tokenizer.model and the published
+    tokenizer files, tests/real_tokenizers.py)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mmzoo.demo.tiny import make_tokenizer
 
     folder.mkdir(parents=True)
     config = _genuine("llava-v1.5-7b/config.json")
@@ -210,10 +209,8 @@ def _liuhaotian_folder(folder: Path, *, separate_projector: bool) -> None:
         state.update(projector)
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = make_tokenizer(with_image_token=False)
-    tokenizer.save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(legacy_tokenizer_json((folder / "tokenizer.json").read_text()))
-    (folder / "tokenizer_config.json").write_text(legacy_tokenizer_config((folder / "tokenizer_config.json").read_text()))
+    for item in real_tokenizers.llava_v15().iterdir():  # tokenizer.model + the published tokenizer_config / special tokens
+        shutil.copyfile(item, folder / item.name)
 
 
 @pytest.fixture()
@@ -245,9 +242,10 @@ def test_liuhaotian_layout_to_hf_keeps_every_field_and_gives_the_llava_code_logi
     expected_text = {k: v for k, v in published.items() if k not in llava_only}
     expected_text.update(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=written["text_config"]["vocab_size"])
     assert written["text_config"] == expected_text
-    image_token = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())["added_tokens"][-1]
-    assert image_token["content"] == "<image>"
-    assert written["image_seq_length"] == 576 and written["image_token_index"] == image_token["id"]
+    # the published tokenizer files (tokenizer.model, no tokenizer.json) stay; <image> is added to tokenizer_config.json
+    added = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert [(k, v["content"]) for k, v in added.items()] == [("32000", "<image>")]
+    assert written["image_seq_length"] == 576 and written["image_token_index"] == 32000
     assert (written["vision_feature_layer"], written["vision_feature_select_strategy"], written["projector_hidden_act"]) == (-2, "default", "gelu")
     assert written["vision_config"]["model_type"] == "clip_vision_model"
     assert {k: written["vision_config"][k] for k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers")} == {k: clip[k] for k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers")}
@@ -301,3 +299,28 @@ def test_projector_only_folder_is_one_clear_error(tmp_path, hub_cache):
     (repo / "model.safetensors").unlink()
     with pytest.raises(UnknownFormat, match="holds only the projector"):
         mmzoo.convert(repo, tmp_path / "hf", tgt_fmt="hf")
+
+
+# --- MoE-LLaVA's published checkpoints: LLMs mmzoo does not read -------------------------------------------------
+
+@pytest.mark.parametrize("model_type, architecture, name", [
+    ("moe_llava_stablelm", "MoELLaVAStablelmForCausalLM", "StableLM"),
+    ("moe_llava_phi", "MoELLaVAPhiForCausalLM", "Phi-2"),
+    ("moe_llava_qwen", "MoELLaVAQWenForCausalLM", "Qwen-1"),
+])
+def test_published_moe_llava_llms_are_refused_in_one_line(tmp_path, model_type, architecture, name):
+    """The published MoE-LLaVA checkpoints (LanguageBind/MoE-LLaVA-*) are built on StableLM, Phi-2 and
+    Qwen-1, whose code is MoE-LLaVA's own (their config files are not reachable here, see
+    tests/fixtures/genuine/README.md): the fields that identify them give one clear line, exit 2."""
+    from cli_helpers import run_cli
+
+    folder = tmp_path / "moe-llava"
+    folder.mkdir()
+    config = {"architectures": [architecture], "model_type": model_type, "mm_image_tower": "openai/clip-vit-large-patch14-336",
+              "moe": {"moe_enable": True, "moe_mode": "sparse", "moe_layers_idx": [0], "num_experts": [4], "top_k_experts": 2}}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"model.embed_tokens.weight": torch.zeros(4, 4)}, folder / "model.safetensors")
+    code, _, stderr = run_cli("convert", str(folder), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf")
+    assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("mmzoo: error:"), stderr
+    assert f"MoE-LLaVA with a {name} LLM ({model_type}) is not supported" in stderr
+    assert not (tmp_path / "out").exists()

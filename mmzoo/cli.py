@@ -26,7 +26,8 @@ def _register_commands() -> None:
 
     core.register(app)
     # Other command groups register themselves here (each module keeps its imports lazy).
-    for module_name in ("mmzoo.preprocess.cli", "mmzoo.train.cli", "mmzoo.hub_cli", "mmzoo.generate.cli", "mmzoo.plot.cli"):
+    for module_name in ("mmzoo.preprocess.cli", "mmzoo.train.cli", "mmzoo.hub_cli", "mmzoo.generate.cli", "mmzoo.plot.cli",
+                        "mmzoo.analysis.cli"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

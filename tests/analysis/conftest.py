@@ -1,0 +1,55 @@
+"""Tiny real MoE checkpoints of every layout mmzoo writes, and real `mmzoo preprocess` output (once per session)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# name -> (target format, upcycling options). Routers drawn with std 0.5 (not the default 0.02) so that routing
+# is far from uniform and the statistics below tell experts apart.
+LAYOUTS = {
+    "mixtral-hf": ("hf", dict(num_experts=4, top_k=2, style="mixtral", layers="all")),  # transformers' Mixtral
+    "qwen2moe-hf": ("hf", dict(num_experts=4, top_k=2, style="shared", layers="odd")),  # transformers' Qwen2-MoE
+    "moe-llava": ("moe-llava", dict(num_experts=4, top_k=2, style="mixtral", layers="even")),  # DeepSpeed-MoE keys
+    "moiie": ("internal", dict(num_experts=6, top_k=2, style="modality", layers="all")),  # MoIIE modality experts
+    "moiie-hf": ("hf", dict(num_experts=6, top_k=2, style="modality", layers="all")),  # the same, remote code
+    "towers": ("internal", dict(num_experts=4, top_k=1, style="mixtral", layers="all",
+                                targets=["text", "vision", "projector"])),  # LibMoE-style vision/projector experts
+    "xmoe": ("internal", dict(num_experts=4, top_k=2, style="mixtral", layers="all", router="xmoe")),
+    "tcmoe": ("internal", dict(num_experts=4, top_k=2, style="mixtral", layers="all", router="tcmoe")),
+}
+
+
+@dataclass
+class Workspace:
+    root: Path
+    dense: Path
+    images: Path
+    data: Path
+    built: dict[str, Path] = field(default_factory=dict)
+
+    def moe(self, name: str) -> Path:
+        if name not in self.built:
+            from mmzoo.conversion import convert
+
+            fmt, options = LAYOUTS[name]
+            path = self.root / name
+            convert(self.dense, path, tgt_fmt=fmt, moe=dict(options, router_init="normal:0.5", seed=1))
+            self.built[name] = path
+        return self.built[name]
+
+
+@pytest.fixture(scope="session")
+def ws(tmp_path_factory) -> Workspace:
+    from mmzoo.tiny import build_llava, make_caption_dataset
+
+    root = tmp_path_factory.mktemp("analysis")
+    dense = root / "dense"
+    build_llava(dense)
+    images, data = make_caption_dataset(root, dense)
+    return Workspace(root, dense, images, data)

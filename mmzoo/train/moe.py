@@ -162,10 +162,6 @@ class RouterTap:
         self.stats = {}
         return RoutingCounts([short_name(n) for n in names], experts, table)
 
-    def take_load(self) -> dict[str, list[float]]:
-        """Share of routed assignments per expert for each MoE layer since the last call (summed over ranks)."""
-        return self.take_stats().load()
-
 
 def num_experts(block: nn.Module) -> int:
     """Routed experts of an MoE block (mmzoo's MoeBlock, transformers' Mixtral / Qwen2-MoE block)."""

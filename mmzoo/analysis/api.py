@@ -44,8 +44,12 @@ def analyze_routing(checkpoint: str | Path, data: str | Path, out: str | Path, *
         raise MmzooError("checkpoint not found", path=checkpoint)
     if not (data / "manifest.json").is_file():
         raise MmzooError("no manifest.json: give a folder written by `mmzoo preprocess`", path=data)
+    image_folder = Path(images) if images else _image_folder(data)
+    if not image_folder.is_dir():
+        raise MmzooError("image folder not found (give the folder the data's images are in with --images)",
+                         path=image_folder)
     check_output(out, checkpoint, overwrite)
-    refuse_overlap(out, [("data folder", data)])
+    refuse_overlap(out, [("data folder", data), ("image folder", image_folder)])
     if plots:
         from ..plot import _pyplot
 
@@ -57,10 +61,6 @@ def analyze_routing(checkpoint: str | Path, data: str | Path, out: str | Path, *
     if not tap:
         raise MmzooError("not a Mixture-of-Experts checkpoint: it has no MoE layer to analyse (upcycle it with "
                          "`mmzoo convert --moe-experts N`)", path=checkpoint)
-    image_folder = Path(images) if images else _image_folder(data)
-    if not image_folder.is_dir():
-        raise MmzooError("image folder not found (give the folder the data's images are in with --images)",
-                         path=image_folder)
     train_data = TrainData(data, image_folder, checkpoint, seed)
     # raises on data the model cannot read; the template advice it returns is for training, not for analysis
     check_data_fits_model(train_data.parameters, checkpoint, image_token_id, stage="moe")

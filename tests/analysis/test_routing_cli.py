@@ -119,8 +119,20 @@ def test_errors_are_one_line(ws, capsys, tmp_path):
     # the output may not be (inside) the checkpoint or the data, which --overwrite would destroy
     assert "must not be the source" in cli_error(capsys, "analyze-routing", moe, "--data", data, "-o", f"{moe}/routing")
     assert "inside the data folder" in cli_error(capsys, "analyze-routing", moe, "--data", data, "-o", f"{data}/routing")
+    assert "inside the image folder" in cli_error(capsys, "analyze-routing", moe, "--data", data, "-o",
+                                                  f"{ws.images}/routing")
     assert "--data" in cli_error(capsys, "analyze-routing", moe, "-o", str(tmp_path / "o"))  # a missing option
     assert not (tmp_path / "o").exists()
+
+
+def test_runs_in_bf16(ws, capsys, tmp_path):
+    """--dtype bf16: the model runs in bf16 (routers read in float32 by the tap), the report is complete."""
+    out = tmp_path / "bf16"
+    run_in_process(capsys, "analyze-routing", str(ws.moe("moiie")), "--data", str(ws.data), "--samples", "2",
+                   "--dtype", "bf16", "--no-plots", "-o", str(out))
+    report = json.loads((out / "routing.json").read_text())
+    assert list(report["layers"]) == ["text.0", "text.1"]
+    assert all(sum(s["load"]) == pytest.approx(1, abs=1e-5) and s["entropy"] > 0 for s in report["layers"].values())
 
 
 def test_existing_output_is_kept_without_overwrite(ws, capsys, tmp_path):

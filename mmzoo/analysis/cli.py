@@ -27,14 +27,9 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
         debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
     ) -> None:
-        """Which experts an MoE model routes its tokens to: expert load, router entropy, top-k overlap and the
-        image/text split of every MoE layer.
+        """Which experts an MoE model routes its tokens to: expert load, router entropy, top-k overlap and the image/text split of every MoE layer.
 
-        Runs CHECKPOINT (no gradients, eval mode) over --samples samples of preprocessed data and writes to
-        OUT: routing.json (per layer: load = each expert's share of the top-k assignments, load by modality,
-        mean router entropy in nats, image/text overlap; top-k overlap of consecutive layers) and three PNGs
-        (expert_load.png heatmap, modality_load.png bars, entropy.png). Definitions and the JSON schema:
-        docs/upcycle.md, "Analysing routing".
+        Runs CHECKPOINT (no gradients, eval mode) over --samples samples of preprocessed data, one sample per forward, and writes to OUT: routing.json (per layer: load = each expert's share of the top-k assignments, load by modality, mean router entropy in nats, image·text overlap; top-k overlap of consecutive layers) and three PNGs (expert_load.png heatmap, modality_load.png bars, entropy.png). Definitions and the JSON schema: docs/upcycle.md, "Analysing routing".
 
         Examples:
 

@@ -36,9 +36,15 @@ def router_logits(ws, path):
     routers = [(n, m) for n, m in model.named_modules() if re.search(r"(mlp|multi_modal_projector)\.gate\Z", n)]
     assert routers
     captured: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_module, _args, out):  # transformers' routers return (logits, weights, indices); mmzoo's the logits
+            logits = out[0] if isinstance(out, tuple) else out
+            captured[short(name)] = logits.detach().float().reshape(-1, logits.shape[-1])
+        return hook
+
     for name, module in routers:
-        module.register_forward_hook(lambda _m, _a, out, name=name: captured.__setitem__(
-            short(name), (out[0] if isinstance(out, tuple) else out).detach().float().reshape(-1, (out[0] if isinstance(out, tuple) else out).shape[-1])))
+        module.register_forward_hook(keep(name))
     dataset = H5Dataset(ws.data, ws.images, load_processor(path).image_processor)
     samples = []
     with torch.no_grad():

@@ -10,6 +10,11 @@ building the same Mixtral (random gates, the base as every expert). Prints wall-
 peak RSS.
 
     python benchmarks/convert_bench.py --workdir /tmp/mmzoo-bench [--scale 1.0] [--repeat 3] [--keep]
+        [--llm-only] [--mergekit ~/.cache/mmzoo-tests/mergekit-env/bin/mergekit-moe]
+
+mergekit is never a dependency of mmzoo: install it into a venv of its own (`python -m venv --system-site-packages
+ENV && ENV/bin/pip install mergekit`) and name its `mergekit-moe` with --mergekit (default: the one on PATH).
+``--llm-only`` times only the plain-LLM rows (cp, mmzoo, mergekit-moe).
 """
 from __future__ import annotations
 
@@ -154,6 +159,11 @@ def main() -> None:
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="Runs per command (median wall time reported).")
+    parser.add_argument("--llm-only", action="store_true", help="Only the plain-LLM rows (cp, mmzoo, mergekit-moe).")
+    parser.add_argument("--tokenizer", type=Path, help="A 32 000-token Llama tokenizer folder copied into the LLM "
+                        "(mergekit-moe refuses a model without one), e.g. llava-v1.5-7b's.")
+    parser.add_argument("--mergekit", default=shutil.which("mergekit-moe"),
+                        help="The mergekit-moe executable (default: the one on PATH; its row is skipped without one).")
     args = parser.parse_args()
     work = args.workdir
     if work.exists():
@@ -167,7 +177,7 @@ def main() -> None:
         return lambda out: [*mmzoo, "convert", str(source), "-o", str(out), "--tgt-fmt", fmt, "--shard-size", "400MB"]
 
     # (label, command for an output folder, output folder name); run 0's internal output feeds internal → hf
-    commands = [
+    commands = [] if args.llm_only else [
         ("cp -r", lambda out: ["cp", "-r", str(src), str(out)], "cp"),
         ("mmzoo convert hf → internal", convert(src, "internal"), "internal"),
         ("mmzoo convert internal → hf", convert(work / "internal0", "hf"), "hf"),
@@ -177,13 +187,19 @@ def main() -> None:
     ]
     llm = work / "src-llm"
     extract_llm(src, llm)
+    if args.tokenizer:
+        for file in args.tokenizer.iterdir():
+            if file.is_file() and (file.name.startswith("tokenizer") or file.name == "special_tokens_map.json"):
+                shutil.copy(file, llm / file.name)
     commands += [
         ("cp -r (the LLM alone)", lambda out: ["cp", "-r", str(llm), str(out)], "llmcp"),
         ("mmzoo convert LLM → Mixtral, 4 experts", lambda out: [*convert(llm, "hf")(out), "--moe-experts", "4"], "mixtral"),
     ]
-    if shutil.which("mergekit-moe"):
+    if args.mergekit:
         config = mergekit_config(llm, work, 4)
-        commands.append(("mergekit-moe LLM → Mixtral, 4 experts", lambda out: ["mergekit-moe", str(config), str(out)], "mergekit"))
+        commands.append(("mergekit-moe LLM → Mixtral, 4 experts",
+                         lambda out: [args.mergekit, str(config), str(out), "--i-understand-this-is-not-useful-without-training"],
+                         "mergekit"))
     else:
         print("mergekit-moe is not installed: its row is skipped (pip install mergekit to compare)")
     timed(["cp", "-r", str(src), str(work / "warm")])  # warm the page cache so every run reads from memory
@@ -198,7 +214,7 @@ def main() -> None:
             if i > 0:
                 shutil.rmtree(out)
     runs = [(label, statistics.median(w for w, _ in s), max(r for _, r in s), output_bytes[label]) for label, s in samples.items()]
-    if not args.skip_transformers:
+    if not (args.skip_transformers or args.llm_only):
         label = "transformers from_pretrained + save_pretrained"
         runs.append((label, *timed([sys.executable, "-c", TRANSFORMERS_ROUTE, str(src), str(work / "tf")]), folder_bytes(work / "tf")))
     base, base_per_gb = runs[0][1], runs[0][1] / (runs[0][3] / 1e9)

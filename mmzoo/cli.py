@@ -31,6 +31,7 @@ SUBCOMMANDS = (
     "mmzoo.train.cli",        # train, export
     "mmzoo.generate.cli",     # generate
     "mmzoo.plot.cli",         # plot
+    "mmzoo.analysis.cli",     # analyze-routing
     "mmzoo.hub.cli",          # hub push / pull
 )
 

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("mmzoo.models",)),
     ("api", ("mmzoo.api",)),
     ("data", ("mmzoo.preprocess", "mmzoo.plot")),
-    ("generate, train", ("mmzoo.generate", "mmzoo.train")),
+    ("generate, train, analysis", ("mmzoo.generate", "mmzoo.train", "mmzoo.analysis")),
     ("hub", ("mmzoo.hub",)),
     ("commands", ("mmzoo.cli", "mmzoo.console", "mmzoo.demo")),
 ]

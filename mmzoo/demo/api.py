@@ -81,6 +81,9 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
     for label, module_name, kwargs in (
         ("preprocess", "mmzoo.preprocess.demo_step", {"workdir": workdir / "preprocess", "checkpoint": hf}),
         ("upcycle", "mmzoo.upcycle.demo_step", {"dense_hf": hf, "workdir": workdir / "upcycle"}),
+        ("analyze routing", "mmzoo.analysis.demo_step", {"moe": workdir / "upcycle" / "moe-internal",
+                                                         "data": workdir / "preprocess" / "preprocessed",
+                                                         "workdir": workdir / "routing"}),
         ("train", "mmzoo.train.demo_step", {"hf_checkpoint": hf, "workdir": workdir / "train"}),
         ("generate", "mmzoo.generate.demo_step", {"checkpoint": hf, "workdir": workdir}),
     ):

@@ -66,6 +66,7 @@ class TrainSection(_Strict):
     compile: bool | Literal["inductor", "aot_eager", "cudagraphs"] = False  # torch.compile (true: inductor)
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []  # experiment trackers (mmzoo/train/tracking.py)
     plot: bool = False  # write OUTPUT_DIR/metrics.png (mmzoo plot) when the run ends
+    routing_plots: bool = False  # MoE: write OUTPUT_DIR/routing/ (routing.json + PNGs, as analyze-routing) at the end
 
     @field_validator("report_to")
     @classmethod

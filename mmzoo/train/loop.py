@@ -244,6 +244,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                     block.capacity_factor = cfg.moe.capacity_factor
             if cfg.deepspeed.zero_stage == 3:
                 mark_leaf_modules(model)
+        if cfg.train.routing_plots and not tap:
+            raise ConfigError("train.routing_plots needs an MoE model (this one has no MoE layer)")
 
         optimizer = _optimizer(model, cfg, accelerator)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -338,6 +340,11 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             from ..plot import plot_runs
 
             plot_runs([out_dir], out_dir / "metrics.png", overwrite=True)
+        if is_main and cfg.train.routing_plots and window.routing is not None:  # OUTPUT_DIR/routing/ (analyze-routing's)
+            from ..analysis import write_report
+
+            write_report({"schema": "mmzoo-routing/1", "run": str(out_dir), "steps": {"from": start + 1, "to": steps},
+                          "layers": window.routing.summary(), "layer_overlap": None}, out_dir / "routing")
         dist.barrier()
         if on_finish is not None:
             on_finish(engine, summary)
@@ -421,6 +428,7 @@ class _MetricsWindow:
         self.distill = distill
         self.started = time.perf_counter()
         self.steps: list[tuple[int, float, Any, int, int]] = []
+        self.routing = None  # the routing statistics of every window so far (train.routing_plots)
 
     def add(self, step: int, lr: float, losses, tokens: int, step_flops: int) -> None:
         self.steps.append((step, lr, losses, tokens, step_flops))
@@ -457,8 +465,11 @@ class _MetricsWindow:
         }
         if self.distill:
             record["kd_loss"] = float(summed[row, 3] / n)
-        if self.tap is not None:
-            record["expert_load"] = self.tap.take_load()
+        if self.tap is not None:  # routing statistics of the window (mmzoo.analysis.stats), one collective
+            routing = self.tap.take_stats()
+            record.update(expert_load=routing.load(), router_entropy=routing.entropy(),
+                          expert_load_by_modality=routing.load_by_modality(4))
+            self.routing = routing if self.routing is None else self.routing + routing
         self.steps, self.started = [], time.perf_counter()
         return record
 

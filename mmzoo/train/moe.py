@@ -48,17 +48,25 @@ def _switch_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int, top
 
 
 class RouterTap:
-    """Hooks every MoE block's router; collects expert load and (for transformers blocks) the aux loss."""
+    """Hooks every MoE block's router; collects routing statistics and (for transformers blocks) the aux loss.
+
+    Per MoE layer and per modality of the routed tokens (text, image) it accumulates, on the device and
+    without host synchronisation: the top-k assignments per expert, the summed entropy of the routing
+    distribution and the token count (:meth:`take_stats` reads them, once per log point). With
+    ``keep_choices`` it also keeps each layer's top-k expert indices of the last forward (``choices``), which
+    ``mmzoo analyze-routing`` compares between consecutive layers."""
 
     def __init__(self, model: nn.Module, *, image_token_id: int | None, text_coef: float, image_coef: float,
-                 z_coef: float | None = None):
+                 z_coef: float | None = None, keep_choices: bool = False):
         from ..upcycle.moe_modeling import MoeBlock
 
         self.blocks = find_blocks(model)
         self.image_token_id = image_token_id
         self.text_coef, self.image_coef = text_coef, image_coef
         self.image_mask: torch.Tensor | None = None
-        self.counts: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, torch.Tensor] = {}  # layer -> [2 (text, image), experts + 2 (entropy sum, tokens)]
+        self.keep_choices = keep_choices
+        self.choices: dict[str, torch.Tensor] = {}  # layer -> [tokens, top_k] expert indices (-1: none)
         self.losses: list[torch.Tensor] = []
         self.own_aux = False  # MoeBlock models add their aux loss in forward
         for name, block in self.blocks:
@@ -75,6 +83,7 @@ class RouterTap:
     def start(self, input_ids: torch.Tensor) -> None:
         self.image_mask = (input_ids == self.image_token_id).reshape(-1) if self.image_token_id is not None else None
         self.losses = []
+        self.choices = {}
 
     def _hook(self, name: str, block: nn.Module, mmzoo_block: bool):
         def hook(_module, _args, output):
@@ -82,29 +91,47 @@ class RouterTap:
             logits = logits.reshape(-1, logits.shape[-1])
             num_experts = logits.shape[-1]
             top_k = int(getattr(block, "top_k", None) or getattr(block.gate, "top_k", 1))
+            if mmzoo_block:  # the block's own modality mask: vision/projector blocks route image tokens only
+                is_image = block._image_tokens(logits.shape[0], logits.device)
+            else:
+                mask = self.image_mask
+                is_image = mask.to(logits.device) if mask is not None and mask.numel() == logits.shape[0] else None
             if mmzoo_block and getattr(block, "router", None) == "tcmoe":  # E experts, E negated copies, null experts
-                expert = block._tcmoe_route(logits)[2].reshape(-1)
-                counts = torch.bincount(expert[expert >= 0].detach(), minlength=block.num_experts).float()
-                self.counts[name] = self.counts.get(name, torch.zeros_like(counts)) + counts
+                probs, _, expert, _ = block._tcmoe_route(logits)
+                self._record(name, probs, expert, is_image, block.num_experts)
                 return
             if mmzoo_block:  # the block's own modality mask decides which experts a token may use
-                is_image = block._image_tokens(logits.shape[0], logits.device)
                 allowed = block.allowed.to(logits.device)[is_image.long()]
                 logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
             top_i = torch.topk(probs, top_k, dim=-1).indices
-            counts = torch.bincount(top_i.reshape(-1).detach(), minlength=num_experts).float()
-            self.counts[name] = self.counts.get(name, torch.zeros_like(counts)) + counts
+            self._record(name, probs, top_i, is_image, num_experts)
             if not mmzoo_block:
-                mask = self.image_mask
-                if mask is not None and mask.numel() != probs.shape[0]:
-                    mask = None
+                mask = is_image
                 groups = [(None, self.text_coef)] if mask is None else [(mask, self.image_coef), (~mask, self.text_coef)]
                 for m, coef in groups:
                     p, i = (probs, top_i) if m is None else (probs[m], top_i[m])
                     if p.shape[0] and coef:
                         self.losses.append(coef * _switch_loss(p, i, num_experts, top_k))
         return hook
+
+    def _record(self, name: str, probs: torch.Tensor, experts: torch.Tensor, is_image: torch.Tensor | None,
+                num_experts: int) -> None:
+        """Add one forward's routing to the layer's statistics (device tensors only: no host synchronisation)."""
+        with torch.no_grad():
+            probs, experts = probs.detach(), experts.detach()
+            # index_add_ into fixed-size rows, not bincount or boolean indexing: both read a size back to the host
+            modality = is_image.long() if is_image is not None else experts.new_zeros(experts.shape[0])
+            chosen = (experts >= 0).float()  # -1: a TC-MoE null expert, counted for no expert
+            slots = modality[:, None] * num_experts + experts.clamp_min(0)
+            counts = probs.new_zeros(2 * num_experts).index_add_(0, slots.reshape(-1), chosen.reshape(-1))
+            entropy = torch.special.entr(probs).sum(dim=-1)  # -Σ p ln p, 0 for the masked (p = 0) experts
+            entropy_sum = probs.new_zeros(2).index_add_(0, modality, entropy)
+            tokens = probs.new_zeros(2).index_add_(0, modality, torch.ones_like(entropy))
+            table = torch.cat([counts.reshape(2, num_experts), entropy_sum[:, None], tokens[:, None]], dim=1)
+            self.stats[name] = self.stats[name] + table if name in self.stats else table
+            if self.keep_choices:
+                self.choices[name] = experts
 
     def aux_loss(self, output: Any, reference: torch.Tensor) -> torch.Tensor:
         """The load-balancing loss of the last forward (already inside ``output.loss`` for MoeBlock models)."""
@@ -115,25 +142,30 @@ class RouterTap:
             return reference.new_zeros(())
         return torch.stack(self.losses).sum().to(reference.dtype)
 
-    def take_load(self) -> dict[str, list[float]]:
-        """Share of routed assignments per expert for each MoE layer since the last call (summed over ranks)."""
-        from .collectives import sum_over_processes
+    def take_stats(self, collective: bool = True):
+        """The routing statistics since the last call (summed over ranks), as a
+        :class:`mmzoo.analysis.stats.RoutingCounts`; the counters start again from zero."""
+        from ..analysis.stats import RoutingCounts
 
-        out: dict[str, list[float]] = {}
         names = [name for name, _ in self.blocks]
-        if not names:
-            return out
-        width = max(int(self.counts[n].numel()) if n in self.counts else 0 for n in names) or 1
-        table = torch.zeros(len(names), width)
+        experts = [num_experts(block) for _, block in self.blocks]
+        table = torch.zeros(len(names), 2, max(experts, default=0) + 2, dtype=torch.float64)
         for row, name in enumerate(names):
-            if name in self.counts:
-                table[row, : self.counts[name].numel()] = self.counts[name].cpu()
-        table = sum_over_processes(table)
-        for row, name in enumerate(names):
-            total = float(table[row].sum())
-            out[short_name(name)] = [round(float(v) / total, 4) if total else 0.0 for v in table[row]]
-        self.counts = {}
-        return out
+            if name in self.stats:  # [2, E + 2]: entropy and tokens go to the last two columns
+                stats = self.stats[name].double().cpu()
+                table[row, :, : experts[row]] = stats[:, :-2]
+                table[row, :, -2:] = stats[:, -2:]
+        if collective:
+            from .collectives import sum_over_processes
+
+            table = sum_over_processes(table)
+        self.stats = {}
+        return RoutingCounts([short_name(n) for n in names], experts, table)
+
+
+def num_experts(block: nn.Module) -> int:
+    """Routed experts of an MoE block (mmzoo's MoeBlock, transformers' Mixtral / Qwen2-MoE block)."""
+    return int(getattr(block, "num_experts", None) or getattr(block.gate, "num_experts", None) or block.gate.weight.shape[0])
 
 
 def short_name(module_name: str) -> str:

@@ -38,17 +38,23 @@ def check_installed(report_to: list[str]) -> None:
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """A metrics record as flat ``name -> number`` pairs: ``expert_load`` becomes one scalar per layer and
-    expert (``expert_load/text.0/e1``); None and non-numbers are left out; ``step`` is the x axis, not a metric."""
+    expert (``expert_load/text.0/e1``), ``router_entropy`` one per layer, ``expert_load_by_modality`` one per
+    layer, modality and expert (``expert_load_by_modality/text.0/image/e1``); None and non-numbers are left
+    out; ``step`` is the x axis, not a metric."""
     out: dict[str, float] = {}
     for key, value in record.items():
         if key == "step":
             continue
         if isinstance(value, dict):
             for layer, shares in value.items():
-                if isinstance(shares, (list, tuple)):
-                    out.update({f"{key}/{layer}/e{i}": float(v) for i, v in enumerate(shares)})
-                elif isinstance(shares, (int, float)):
-                    out[f"{key}/{layer}"] = float(shares)
+                # expert_load_by_modality: one more level, {"text.0": {"image": [...], "text": [...]}}
+                nested = shares.items() if isinstance(shares, dict) else [(None, shares)]
+                for sub, values in nested:
+                    name = f"{key}/{layer}" if sub is None else f"{key}/{layer}/{sub}"
+                    if isinstance(values, (list, tuple)):
+                        out.update({f"{name}/e{i}": float(v) for i, v in enumerate(values)})
+                    elif isinstance(values, (int, float)) and not isinstance(values, bool):
+                        out[name] = float(values)
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[key] = float(value)
     return out

@@ -15,6 +15,10 @@ def test_scalars_flatten_expert_load_and_drop_non_numbers():
     record = {"step": 3, "loss": 1.5, "grad_norm": None, "tokens": 12, "expert_load": {"text.0": [0.25, 0.75]},
               "tflops": float("nan")}
     assert scalars(record) == {"loss": 1.5, "tokens": 12.0, "expert_load/text.0/e0": 0.25, "expert_load/text.0/e1": 0.75}
+    routing = {"step": 3, "router_entropy": {"text.0": 0.5, "vision.1": None},
+               "expert_load_by_modality": {"text.0": {"text": [0.5, 0.5], "image": None}}}
+    assert scalars(routing) == {"router_entropy/text.0": 0.5, "expert_load_by_modality/text.0/text/e0": 0.5,
+                                "expert_load_by_modality/text.0/text/e1": 0.5}
     assert flat_params({"train": {"lr": 0.001, "report_to": ["wandb"]}}) == {"train.lr": "0.001", "train.report_to": "['wandb']"}
 
 

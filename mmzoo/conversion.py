@@ -204,7 +204,7 @@ def convert(
     if ckpt.spec.moe:
         from .upcycle import conversion_notes
 
-        result.notes.extend(conversion_notes(ckpt, tgt_fmt))
+        result.notes.extend(conversion_notes(ckpt, tgt_fmt, upcycled=moe is not None))
     if tgt_fmt == "hf":
         from .formats.hf import transformers4_notes
 

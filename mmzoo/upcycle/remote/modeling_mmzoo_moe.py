@@ -31,6 +31,12 @@ sigmoid(router logits), renormalised. Both train with the same two losses over t
 top_k null experts (see ``_tcmoe_route``); not exactly dense-equivalent at init (the null experts'
 probability stays in the weights' denominator, and a negated copy can win). A token that picks an expert
 and its own negated copy gets both terms here; LibMoE's ``results[b, t] +=`` keeps only one of the two.
+``router: moepp`` (LibMoE's MoE++, ``moe_plus_plus.py``): where the MLP maps hidden -> hidden (LLM and vision
+MLPs, not the projector, which is plain SMoE there as in LibMoE) the router scores E FFN experts, a zero expert
+(index E: adds nothing) and a constant expert (E + 1: softmax(wg(x)) mixes x and a learned vector), top-k
+renormalised; its balance loss spans the E + 2 columns with column 4 weighted by 1.3, plus the z-loss. LibMoE
+creates the paper's gating-residual projection (``gate_transform``) but never uses it, and has no copy expert:
+the same here (``gate_transform.weight`` is a buffer carried for the checkpoint). Not dense-equivalent at init.
 ``router: smoe`` (LibMoE's SMoE, Fsoft-AIC/LibMoE ``moe_model/model/moe/smoe.py``) routes the same way
 but trains with LibMoE's losses: ``router_aux_loss_coef`` * balance + ``router_z_loss_coef`` * z, where
 balance = E^2 * mean over sequences and experts of (mean router probability * share of the sequence's
@@ -64,8 +70,47 @@ class ModalityContext:
     blocks: list = field(default_factory=list)
 
 
-LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe")
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
 SHARED_E = ("sharede_v2", "sharede_v3")
+# MoE++'s balance loss weighs this column by 1.3 (LibMoE's ``t[:, 4] = 1.3``: the zero expert when E = 4)
+MOEPP_WEIGHTED_COLUMN, MOEPP_COLUMN_WEIGHT = 4, 1.3
+
+
+class ZeroExpert(nn.Module):
+    """MoE++'s zero expert (LibMoE ``moe_plus_plus.py``): outputs zeros, so a token routed to it skips part of the MLP."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+class ConstantExpert(nn.Module):
+    """MoE++'s constant expert: softmax(wg(x)) mixes the input itself and a learned vector,
+    ``w0 * x + w1 * constant`` (LibMoE's ``ConstantExpert``; the softmax in float32)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.constant = nn.Parameter(torch.zeros(hidden))
+        self.wg = nn.Linear(hidden, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.softmax(self.wg(x), dim=-1, dtype=torch.float32)
+        return weight[:, 0:1].type_as(x) * x + weight[:, 1:2].type_as(x) * self.constant.type_as(x)
+
+
+class UnusedWeight(nn.Module):
+    """A tensor LibMoE's MoE++ layer creates and saves but never uses in its forward (``gate_transform``, the
+    gating-residual projection of the MoE++ paper): kept as a buffer so checkpoints round-trip it bit for
+    bit and training never sees it as a parameter without a gradient."""
+
+    def __init__(self, rows: int, cols: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(rows, cols))
+
+
+def last_linear_out(module: nn.Module) -> int | None:
+    """The output width of a dense MLP (its last Linear: down_proj, fc2, linear_2)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
 
 
 class XmoeGate(nn.Module):
@@ -108,13 +153,21 @@ class MoeBlock(nn.Module):
         self.router = str(layout.get("router") or "softmax_topk")
         self.z_coef = float(layout.get("router_z_loss_coef") or 0.0)
         self.context = [context]  # a list so the module tree does not adopt it
+        # LibMoE's MoE++ adds its zero and constant experts only where the MLP maps hidden -> hidden (not the projector)
+        self.plus_plus = self.router == "moepp" and last_linear_out(dense) == hidden
         if self.router == "xmoe":
             self.gate = XmoeGate(hidden, num_experts)
         elif self.router == "tcmoe":  # TC-MoE: E positive, E negated copies, top_k null experts
             self.gate = nn.Linear(hidden, 2 * num_experts + top_k, bias=False)
+        elif self.plus_plus:  # MoE++: E FFN experts, a zero expert (index E) and a constant expert (E + 1)
+            self.gate = nn.Linear(hidden, num_experts + 2, bias=False)
+            self.gate_transform = UnusedWeight(num_experts + 2, num_experts + 2)
         else:
             self.gate = nn.Linear(hidden, num_experts, bias=False)
         self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
+        if self.plus_plus:
+            self.experts.append(ZeroExpert())
+            self.experts.append(ConstantExpert(hidden))
         if style == "shared":
             self.shared_expert = copy.deepcopy(dense)
             if self.router not in SHARED_E:  # LibMoE's SharedE mixes 0.5 / 0.5 without a gate
@@ -129,9 +182,14 @@ class MoeBlock(nn.Module):
         self.last_aux_loss: torch.Tensor | None = None
 
     @property
+    def num_routed(self) -> int:
+        """The router's width: the FFN experts, plus MoE++'s zero and constant experts."""
+        return self.num_experts + 2 if self.plus_plus else self.num_experts
+
+    @property
     def allowed(self) -> torch.Tensor:
         """[2, num_experts] bool: row 0 the experts text tokens may use, row 1 those image tokens may use."""
-        allowed = torch.ones(2, self.num_experts, dtype=torch.bool, device=next(self.gate.parameters()).device)
+        allowed = torch.ones(2, self.num_routed, dtype=torch.bool, device=next(self.gate.parameters()).device)
         for row, experts in enumerate(self._forbidden):
             if experts:
                 allowed[row, experts] = False
@@ -171,7 +229,9 @@ class MoeBlock(nn.Module):
         if self.training and self.capacity_factor:
             capacity = max(1, math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts))
         out = None
-        for e in range(self.num_experts):
+        for e in range(self.num_routed):
+            if self.plus_plus and e == self.num_experts:  # MoE++'s zero expert adds nothing
+                continue
             token_idx, slot = torch.where(top_i == e)
             if capacity is not None and token_idx.numel() > capacity:
                 token_idx, slot = token_idx[:capacity], slot[:capacity]
@@ -256,10 +316,17 @@ class MoeBlock(nn.Module):
         return total
 
     def _libmoe_loss(self, logits: torch.Tensor, probs: torch.Tensor, top_i: torch.Tensor, batch: int) -> torch.Tensor:
-        """LibMoE's combine_loss: balance per sequence (first choices only), averaged; plus the router z-loss."""
-        density_proxy = probs.reshape(batch, -1, self.num_experts).mean(dim=1)  # [B, E]
-        first = torch.nn.functional.one_hot(top_i[:, 0], self.num_experts).float().reshape(batch, -1, self.num_experts)
-        balance = (density_proxy * first.mean(dim=1)).mean() * float(self.num_experts ** 2)
+        """LibMoE's combine_loss: balance per sequence (first choices only), averaged; plus the router z-loss.
+        MoE++ (``moe_plus_plus.py``'s balanceloss): over all E + 2 router columns, column 4 weighted by 1.3."""
+        num = probs.shape[-1]
+        density_proxy = probs.reshape(batch, -1, num).mean(dim=1)  # [B, E]
+        first = torch.nn.functional.one_hot(top_i[:, 0], num).float().reshape(batch, -1, num)
+        dens = density_proxy * first.mean(dim=1)
+        if self.plus_plus:
+            weight = torch.ones_like(dens)
+            weight[:, MOEPP_WEIGHTED_COLUMN] = MOEPP_COLUMN_WEIGHT
+            dens = weight * dens
+        balance = dens.mean() * float(num ** 2)
         z = torch.logsumexp(logits, dim=-1).square().mean()
         return self.text_coef * balance + self.z_coef * z
 

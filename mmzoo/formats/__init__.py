@@ -12,6 +12,7 @@ from ..errors import MmzooError, UnknownFormat
 FORMAT_MODULES: dict[str, str] = {
     "internal": "mmzoo.formats.internal",
     "moe-llava": "mmzoo.formats.moe_llava",
+    "libmoe": "mmzoo.formats.libmoe",  # LibMoE's llava_phi configs; before llava, which would claim them
     "cerebras": "mmzoo.formats.cerebras",  # image_model/ + text_model/; before llava, which reads that folder too
     "llava": "mmzoo.formats.llava",
     "hf": "mmzoo.formats.hf",

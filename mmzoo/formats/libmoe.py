@@ -46,7 +46,7 @@ ROUTERS = {"smoe": ("smoe", "mixtral"), "smoe_tcmoe": ("tcmoe", "mixtral"), "smo
 MOE_NAMES = {router: name for name, (router, _) in ROUTERS.items()}
 # LibMoE's own config fields (its ModelArguments, set on the config by initialize_vision_modules, and the
 # trainer's): not the LLM's. Kept verbatim under spec.extra["libmoe"] so a round trip restores them.
-_FIELD = re.compile(r"^(mm_|moe_|num_experts$|num_selected$|num_layers$|clip_smoe$|mlp_smoe$|scales$|sparse_upcycling$|"
+_FIELD = re.compile(r"^(_name_or_path$|mm_|moe_|num_experts$|num_selected$|num_layers$|clip_smoe$|mlp_smoe$|scales$|sparse_upcycling$|"
                     r"balance_loss_coef$|router_z_loss_coef$|router_loss_coef$|diversity_loss_coef$|bal_comp_loss_coef$|"
                     r"e_loss_coef$|dropout$|unit_test$|pretrain_mm_mlp_adapter$|vision_tower|tune_mm_|freeze_|use_mm_proj$|"
                     r"tokenizer_|image_aspect_ratio$|topk_max$|topk_min$|use_old$|number_of_previous_tokens$|init_weight$|"
@@ -259,6 +259,8 @@ def config_for(spec: ModelSpec, vision_tower: str | None, torch_dtype: str, imag
     config = {**text, "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE}
     added = {k: v for k, v in {"torch_dtype": torch_dtype, **transformers4_text_fields(text)}.items() if k not in config}
     config.update(added)
+    if "rope_theta" not in added and config.get("rope_parameters") == rope_parameters_from_4x(config):
+        del config["rope_parameters"]  # LibMoE's transformers 4.43 reads rope_theta / rope_scaling; the reader rebuilds it
     libmoe = dict(spec.extra.get("libmoe") or {})
     tower = vision_tower or libmoe.get("mm_vision_tower")
     if not tower or not str(tower).startswith(SIGLIP_NAMES):
@@ -302,10 +304,9 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
     components = native_components(ckpt)
     torch_dtype = spec.dtype or CONFIG_DTYPE_NAMES.get(source_dtype(ckpt.tensors) or "F32", "float32")
     vision_moe = set(moe.get("vision_layers") or [])
-    synthesized = set(spec.extra.get("libmoe_synthesized", SYNTHESIZED))
     tensors: dict[str, Planned] = dict(components["text"])
     for name, planned in components["vision"].items():
-        if name in synthesized or name.startswith(("post_layernorm.", "head.")):  # LibMoE's tower has neither
+        if name.startswith(("post_layernorm.", "head.")):  # LibMoE's tower has neither (see left_out)
             continue
         match = re.match(r"(encoder\.layers\.(\d+)\.)mlp\.(.*)\Z", name)
         if match and int(match.group(2)) in vision_moe:
@@ -322,11 +323,17 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
     copy_files(ckpt.extra_files, out)
 
 
+def left_out(ckpt: Checkpoint) -> list[str]:
+    """Source tensors a libmoe folder cannot hold: a SigLIP post-layernorm and pooling head (LibMoE's tower has
+    neither; LLaVA reads layer -2, so neither is used). Reading the folder back gives an identity post-layernorm."""
+    synthesized = set(ckpt.spec.extra.get("libmoe_synthesized", ()))  # read from a LibMoE folder: identity, not the source's
+    return [n for n in ckpt.tensors if n.startswith(("image_model.post_layernorm.", "image_model.head."))
+            and n[len("image_model."):] not in synthesized]
+
+
 def target_notes(ckpt: Checkpoint) -> list[str]:
     """What writing a libmoe folder leaves out (for ConversionResult.notes)."""
-    synthesized = set(ckpt.spec.extra.get("libmoe_synthesized", SYNTHESIZED))
-    dropped = [n for n in ckpt.tensors if n.startswith(("image_model.post_layernorm.", "image_model.head."))
-               and n[len("image_model."):] not in synthesized]
+    dropped = left_out(ckpt)
     if dropped:
         return [f"LibMoE's SigLIP tower has no post-layernorm or pooling head: {len(dropped)} tensors of the source "
                 "(unused by LLaVA, which reads layer -2) are not written"]

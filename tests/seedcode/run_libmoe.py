@@ -43,7 +43,13 @@ def main(src: str, checkpoint: str, inputs_path: str, out_path: str) -> None:
         features = tower[0] if isinstance(tower, tuple) else tower
         projected = model.get_model().mm_projector(features)
         projected = projected[0] if isinstance(projected, tuple) else projected
-    torch.save({"names": names, "missing": list(missing), "unexpected": list(unexpected), "logits": logits,
+    # LibMoE's training-mode losses (its SMoE layers compute them only for inputs that need gradients)
+    config.training, config.local_rank = True, -1
+    model.train()
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] < 0, -100)
+    logs = model(input_ids=inputs["input_ids"], images=inputs["images"], labels=labels, return_dict=True)["trainer_logs"]
+    aux = {k: float(v) for k, v in logs.items() if k.startswith("auxiliary_loss")}
+    torch.save({"aux": aux, "names": names, "missing": list(missing), "unexpected": list(unexpected), "logits": logits,
                 "features": features, "projected": projected}, out_path)
 
 

@@ -1,7 +1,8 @@
 """LibMoE's own code reads the libmoe layout: its LlavaPhiForCausalLM (Fsoft-AIC/LibMoE ``vision_language_model``,
 transformers 4.43 in ~/.cache/mmzoo-tests/libmoe-env) built from the shrunk checkpoint's config has exactly the
 checkpoint's tensor names and shapes (strict load: nothing missing, nothing unexpected), and its logits equal
-those of mmzoo's hf conversion of the same folder.
+those of mmzoo's hf conversion of the same folder; in training mode LibMoE's aux loss (the mean of its vision
+layers' losses plus the projector's) equals mmzoo's ``aux_loss``.
 
 LibMoE is not on PyPI: set MMZOO_LIBMOE_SRC to a checkout of Fsoft-AIC/LibMoE (the folder holding
 ``vision_language_model/moe_model``); without it the test is skipped and says so."""
@@ -69,3 +70,11 @@ def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_pa
     with torch.no_grad():
         logits = model(input_ids=expanded, pixel_values=images).logits[..., : theirs["logits"].shape[-1]]  # + the <image> row
     assert torch.allclose(logits, theirs["logits"], atol=1e-5, rtol=0), float((logits - theirs["logits"]).abs().max())
+    # training-mode aux loss: LibMoE's mean over its tower's layers + the projector's, mmzoo's aux_loss
+    train = model.train()(input_ids=expanded, pixel_values=images)
+    if clip_smoe or mlp_smoe:
+        want = theirs["aux"]["auxiliary_loss_clip"] * clip_smoe + theirs["aux"]["auxiliary_loss_mlp"] * mlp_smoe
+        got = float(train["aux_loss"].detach())
+        assert abs(got - want) <= 1e-5 * want, (got, theirs["aux"])
+    else:
+        assert train.get("aux_loss") is None and theirs["aux"] == {}

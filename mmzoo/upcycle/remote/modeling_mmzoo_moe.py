@@ -21,7 +21,9 @@ shared_expert(x). ``residual`` (DeepSpeed ``use_residual``): moe * c0 + residual
 c = softmax(coefficient(x)). A capacity factor drops overflow tokens (in order) only in training mode;
 evaluation is dropless. The load-balancing loss is the Switch/Mixtral one, E * sum_e f_e * P_e, computed
 separately for image and text tokens in ``modality`` style and weighted by the layout's coefficients;
-the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given.
+the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given. The blocks' losses
+are summed, except that LibMoE routers' vision-encoder blocks count 1 / (number of vision MoE layers) each: LibMoE's
+tower returns the mean of its layers' losses (``torch.stack(auxiliary_losses).mean()``), added to the projector's.
 ``router: xmoe`` (LibMoE's XMoE) scores experts with ``XmoeGate`` and weighs the top-k by a softmax over
 their probabilities; it trains with the same two losses (z-loss on the cosine scores).
 ``router: sharede_v2`` / ``sharede_v3`` (LibMoE's SharedE, ``shard_smoe.py`` / ``shard_smoe_v3.py``; style
@@ -180,6 +182,7 @@ class MoeBlock(nn.Module):
         assignment = layout.get("modality_experts") if style == "modality" else None
         self._forbidden = ([int(e) for e in assignment["image"]], [int(e) for e in assignment["text"]]) if assignment else ([], [])
         self.last_aux_loss: torch.Tensor | None = None
+        self.loss_scale = 1.0  # install_moe: LibMoE averages its vision-tower blocks' losses (see there)
 
     @property
     def num_routed(self) -> int:
@@ -252,11 +255,11 @@ class MoeBlock(nn.Module):
             out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
         if self.router == "tcmoe":
             batch = shape[0] if len(shape) == 3 else 1
-            self.last_aux_loss = self._tcmoe_loss(logits, probs, chosen, batch)
+            self.last_aux_loss = self._tcmoe_loss(logits, probs, chosen, batch) * self.loss_scale
         elif self.router in LIBMOE_ROUTERS:
             batch = shape[0] if len(shape) == 3 else 1
             raw = self.gate.last_cosine if self.router == "xmoe" else logits  # XMoE's z-loss: cosine logits, no temperature
-            self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch)
+            self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch) * self.loss_scale
         else:
             self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
         return out.reshape(*shape[:-1], out.shape[-1])
@@ -349,9 +352,12 @@ def install_moe(model: LlavaForConditionalGeneration, layout: dict[str, Any], *,
     for layer in layout.get("layers") or []:
         block = lm.layers[layer]
         block.mlp = MoeBlock(block.mlp, hidden=text_hidden, modality="text", **common)
-    for layer in layout.get("vision_layers") or []:
+    vision_layers = layout.get("vision_layers") or []
+    for layer in vision_layers:
         block = tower.encoder.layers[layer]
         block.mlp = MoeBlock(block.mlp, hidden=vision_hidden, modality="image", **common)
+        if block.mlp.router in LIBMOE_ROUTERS:  # LibMoE's SigLIP/CLIP SMoE tower returns the MEAN of its layers' losses
+            block.mlp.loss_scale = 1.0 / len(vision_layers)
     if "projector" in (layout.get("targets") or []):
         inner.multi_modal_projector = MoeBlock(inner.multi_modal_projector, hidden=vision_hidden, modality="image", **common)
     context.blocks = moe_blocks(model)

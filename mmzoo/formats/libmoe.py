@@ -33,7 +33,7 @@ from ..locate import read_json
 from ..spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..tokenizer_files import added_tokens
 from .common import (
-    copy_files, detection_config, hub_cache_folder, mmzoo_notes, native_components, processor_from_folder, rope_parameters_from_4x,
+    copy_files, detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, native_components, processor_from_folder, rope_parameters_from_4x,
     source_dtype, split_by_prefix, to_canonical, transformers4_text_fields, write_json,
 )
 
@@ -117,7 +117,8 @@ def _layout(config: dict[str, Any], vision_layers: int, where: Path) -> dict[str
     }
 
 
-def _spec(config: dict[str, Any], where: Path) -> ModelSpec:
+def _spec(config: dict[str, Any], where: Path) -> tuple[ModelSpec, dict[str, Any] | None]:
+    """The spec of a LibMoE config, and the tower's image processor."""
     from ..upcycle.styles import moe_text_config
 
     notes = mmzoo_notes(config, where / "config.json")
@@ -134,7 +135,7 @@ def _spec(config: dict[str, Any], where: Path) -> ModelSpec:
     projector = config.get("mm_projector_type", "linear")
     if projector not in ("mlp2x_gelu", "moe"):
         raise UnknownArchitecture(f"LibMoE mm_projector_type {projector!r} is not supported (mlp2x_gelu, moe)", path=where)
-    vision, _ = _vision(config, notes, where)
+    vision, processor = _vision(config, notes, where)
     libmoe = {k: v for k, v in config.items() if _FIELD.match(k)}
     text = {k: v for k, v in config.items() if k not in libmoe and k != "mmzoo" and k not in notes.get("added_keys", [])}
     text.update(notes.get("replaced", {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}))
@@ -146,15 +147,13 @@ def _spec(config: dict[str, Any], where: Path) -> ModelSpec:
     layout = _layout(config, int(vision["num_hidden_layers"]), where)
     if layout is not None:
         text = moe_text_config(text, "phi3", layout)
-    from .common import image_seq_length
-
     spec = ModelSpec(
         vision_config=vision, text_config=text, projector_type="mlp2x_gelu", image_token_id=notes.get("image_token_index"),
         vision_feature_layer=-2, vision_feature_select_strategy="full",  # SigLIP has no class token: LibMoE's "patch" keeps every token
         dtype=config.get("torch_dtype") or config.get("dtype"), moe=layout,
         extra={"libmoe": libmoe, "libmoe_synthesized": list(notes.get("synthesized", SYNTHESIZED))},
     )
-    return spec.model_copy(update={"image_seq_length": image_seq_length(spec)})
+    return spec.model_copy(update={"image_seq_length": image_seq_length(spec)}), processor
 
 
 def _rename_site(name: str, shared_index: int | None, projector: bool) -> str:
@@ -171,7 +170,7 @@ def _rename_site(name: str, shared_index: int | None, projector: bool) -> str:
 def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     where = str(path)
     config = read_json(path / "config.json")
-    spec = _spec(config, path)
+    spec, processor = _spec(config, path)
     if not any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")):
         raise UnknownFormat(f"holds no model weights{' (only ' + PROJECTOR_ONLY + ': LibMoE pre-training stage)' if (path / PROJECTOR_ONLY).is_file() else ''}; "
                             "a LibMoE pre-training folder needs the base LLM and vision tower beside its projector", path=path)
@@ -205,7 +204,6 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     tokenizer_files = find_tokenizer_files(path)
     if spec.image_token_id is None:
         spec = spec.model_copy(update={"image_token_id": added_tokens(tokenizer_files).get("<image>")})
-    _, processor = _vision(config, mmzoo_notes(config, path / "config.json"), path)
     extra = {n: path / n for n in ("generation_config.json",) if (path / n).is_file()}
     return Checkpoint(spec, canonical, path, NAME, tokenizer_files, processor, extra)
 

@@ -208,6 +208,11 @@ def dense_mlp_names(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str,
     return {"linear_1.weight": (text_hidden, hidden), "linear_2.weight": (text_hidden, text_hidden)}
 
 
+def site_out_dim(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str, Any]) -> int:
+    """The output width of a site's dense MLP (the projector maps the vision width to the text width)."""
+    return vision_cfg["hidden_size"] if target == "vision" else text_cfg["hidden_size"]
+
+
 def site_prefixes(moe: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(target, full canonical prefix, layer index or -1 for the projector) for every MoE site of a layout."""
     out: list[tuple[str, str, int]] = []
@@ -245,7 +250,7 @@ def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
     for target, prefix, _ in site_prefixes(moe):
         dense = dense_mlp_names(target, spec.text_config, spec.vision_config)
         hidden = spec.text_config["hidden_size"] if target == "text" else spec.vision_config["hidden_size"]
-        out_dim = spec.text_config["hidden_size"] if target in ("text", "projector") else hidden
+        out_dim = site_out_dim(target, spec.text_config, spec.vision_config)
         shapes.update(router_shapes(prefix, moe.get("router"), num, hidden, int(moe.get("top_k") or 1), out_dim))
         for e in range(num):
             for name, shape in dense.items():

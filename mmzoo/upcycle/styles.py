@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
-from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes
+from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes, site_out_dim
 from ..errors import UpcycleError
 from ..io.tensors import Planned, Source
 from ..spec import Checkpoint
@@ -233,9 +233,8 @@ def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
     if "projector" in opts.targets:
         sites.append(("projector", "projector.", vision_cfg["hidden_size"]))
     for target, prefix, hidden in sites:
-        out_dim = vision_cfg["hidden_size"] if target == "vision" else text_cfg["hidden_size"]
         expand_site(tensors, prefix, target, hidden, dense_mlp_names(target, text_cfg, vision_cfg), opts, hf_arch, where=ckpt.path,
-                    out_dim=out_dim)
+                    out_dim=site_out_dim(target, text_cfg, vision_cfg))
 
     layout = layout_for(opts, text_layers, vision_layers, hf_arch, why, spec.text_type)
     new_text = moe_text_config(text_cfg, spec.text_type, layout) if ("text" in opts.targets or hf_arch is None) else text_cfg

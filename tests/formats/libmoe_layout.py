@@ -29,6 +29,16 @@ def hub_cache_with_siglip(cache: Path) -> Path:
     return snapshot
 
 
+def use_hub_cache_with_siglip(cache: Path, monkeypatch) -> Path:
+    """Point huggingface_hub (in this process and in subprocesses) at a cache holding LibMoE's SigLIP tower."""
+    from huggingface_hub import constants
+
+    hub_cache_with_siglip(cache)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import: the env var alone is too late
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
 def _moe_site(prefix: str, dense: dict, hidden: int, moe_name: str, num_experts: int, num_selected: int, gen, projector: bool) -> dict:
     """A LibMoE MoE layer's tensors: experts (copies of the dense MLP with a little noise each, as after training)
     and the router of ``moe_name``."""

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from libmoe_layout import TOWER, build_libmoe, hub_cache_with_siglip
+from libmoe_layout import TOWER, build_libmoe, use_hub_cache_with_siglip
 
 from mmzoo import convert, load_model, read_checkpoint
 from mmzoo.errors import UnknownArchitecture, UnknownFormat
@@ -21,13 +21,7 @@ LIBMOE_NAMES = ("smoe", "smoe_tcmoe", "smoe_plus_plus", "smoe_share", "smoe_shar
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub-cache"
-    hub_cache_with_siglip(cache)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    return cache
+    return use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
 
 
 def _tensors(folder):

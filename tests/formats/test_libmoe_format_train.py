@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 import yaml
-from libmoe_layout import build_libmoe, hub_cache_with_siglip
+from libmoe_layout import build_libmoe, use_hub_cache_with_siglip
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,13 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub-cache"
-    hub_cache_with_siglip(cache)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    return cache
+    return use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
 
 
 def test_converted_libmoe_checkpoint_continues_training_and_exports_back(tmp_path, hub_cache):

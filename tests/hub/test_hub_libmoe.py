@@ -10,7 +10,7 @@ import torch
 from hub_helpers import WRITE_TOKEN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
-from libmoe_layout import build_libmoe, hub_cache_with_siglip  # noqa: E402
+from libmoe_layout import build_libmoe, use_hub_cache_with_siglip  # noqa: E402
 
 from mmzoo import hub  # noqa: E402
 
@@ -19,12 +19,9 @@ from mmzoo import hub  # noqa: E402
 def libmoe_repo(server, tmp_path, monkeypatch):
     """The folder uploaded with huggingface_hub itself (no mmzoo involved), and the SigLIP tower LibMoE names
     in the local Hugging Face cache."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
-    cache = tmp_path / "hub-cache"
-    hub_cache_with_siglip(cache)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
     folder = build_libmoe(tmp_path / "published", moe_name="smoe_plus_plus")
     api = HfApi(endpoint=server.url, token=WRITE_TOKEN)
     api.create_repo("alice/Phi3.5-Siglip-smoe_plus_plus-tiny")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
-from libmoe_layout import build_libmoe, hub_cache_with_siglip  # noqa: E402
+from libmoe_layout import build_libmoe, use_hub_cache_with_siglip  # noqa: E402
 
 RUNNER = Path(__file__).parent / "run_libmoe.py"
 
@@ -37,15 +37,12 @@ def libmoe_src() -> Path:
     ("smoe_sharev3", True, True), ("smoe", False, False),
 ])
 def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_path, monkeypatch, moe_name, clip_smoe, mlp_smoe):
-    from huggingface_hub import constants
     from safetensors import safe_open
     from side_env import clean_env, libmoe_python
 
     from mmzoo import convert, load_model
 
-    cache = tmp_path / "hub-cache"
-    hub_cache_with_siglip(cache)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    cache = use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
     src = build_libmoe(tmp_path / "libmoe", moe_name=moe_name, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe, dtype="float32")
     gen = torch.Generator().manual_seed(0)
     ids = torch.tensor([[5, 6, 7, -200, 8, 9, 10, 11], [12, 13, -200, 14, 15, 16, 17, 18]])  # -200: LibMoE's IMAGE_TOKEN_INDEX

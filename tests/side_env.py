@@ -131,3 +131,13 @@ def llava_python() -> str:
 def transformers4_python() -> str:
     """transformers 4.46.3, the last 4.x line, as a reader of mmzoo's hf output."""
     return side_python("transformers4-env", TRANSFORMERS4_PACKAGES, TRANSFORMERS4_PROBE, override_env="MMZOO_TRANSFORMERS4_PYTHON")
+
+
+# LibMoE's pins (Fsoft-AIC/LibMoE pyproject.toml: transformers 4.43.0, tokenizers 0.19.1; its model code imports einops and loguru)
+LIBMOE_PACKAGES = ["transformers==4.43.0", "tokenizers==0.19.1", "einops", "loguru", "numpy<2", "safetensors", "sentencepiece", "protobuf"]
+LIBMOE_PROBE = "import torch, einops, loguru, transformers; assert transformers.__version__ == '4.43.0'"
+
+
+def libmoe_python() -> str:
+    """transformers 4.43.0 + einops: what LibMoE's vision_language_model code runs on."""
+    return side_python("libmoe-env", LIBMOE_PACKAGES, LIBMOE_PROBE, override_env="MMZOO_LIBMOE_PYTHON")

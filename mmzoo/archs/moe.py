@@ -4,7 +4,9 @@ Canonical names (relative to the component; a dense MLP at ``P`` = ``model.layer
 ``encoder.layers.L.mlp.`` for vision, or the whole projector, becomes):
 
 - ``P gate.weight``                      router, [num_experts, hidden]
-  (LibMoE XMoE: ``P gate.inp_reduction.weight`` [E/2, hidden] and ``P gate.expert_embeddings`` [E, E/2])
+  (LibMoE XMoE: ``P gate.inp_reduction.weight`` [E/2, hidden] and ``P gate.expert_embeddings`` [E, E/2];
+  LibMoE MoE++: [E + 2, hidden], ``P gate_transform.weight`` [E + 2, E + 2] (saved, unused), the zero expert
+  ``experts.E`` (no tensors) and the constant expert ``P experts.{E+1}.constant`` [hidden], ``.wg.weight`` [2, hidden])
 - ``P experts.E.<dense names>``          expert E, the dense MLP's own tensor names
   (text ``{gate,up,down}_proj.weight``, vision ``fc{1,2}.{weight,bias}``, projector ``linear_{1,2}.*``)
 - ``P shared_expert.<dense names>``      the shared expert (style ``shared``)
@@ -79,8 +81,9 @@ PROJECTOR = Table("projector", (Rule("linear_{1|2}.{weight|bias}"),))
 
 # an MoE site is an MLP (``....mlp.``) or, for the projector, the component itself (empty prefix)
 _SITE = r"((?:.*?\.)?mlp\.|)"
+_MOEPP_CONSTANT = re.compile(_SITE + r"experts\.\d+\.(constant|wg\.weight)\Z")  # MoE++'s constant expert
 _GROUP = re.compile(_SITE + r"(experts\.\d+\.|shared_expert\.|residual\.)(.*)\Z")
-_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|gate\.inp_reduction\.weight|gate\.expert_embeddings|shared_expert_gate\.weight"
+_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|gate\.inp_reduction\.weight|gate\.expert_embeddings|gate_transform\.weight|shared_expert_gate\.weight"
                           r"|coefficient\.weight|coefficient\.bias)\Z")
 
 
@@ -104,7 +107,9 @@ class MoeSites:
         kept: dict[str, Planned] = {}
         grouped: dict[tuple[str, str], dict[str, Planned]] = {}
         for name, planned in tensors.items():
-            if match := _GROUP.match(name):
+            if _MOEPP_CONSTANT.match(name):
+                kept[name] = planned
+            elif match := _GROUP.match(name):
                 grouped.setdefault((match.group(1), match.group(2)), {})[match.group(1) + match.group(3)] = planned
             elif _SITE_TENSOR.match(name):
                 kept[name] = planned
@@ -203,6 +208,11 @@ def dense_mlp_names(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str,
     return {"linear_1.weight": (text_hidden, hidden), "linear_2.weight": (text_hidden, text_hidden)}
 
 
+def site_out_dim(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str, Any]) -> int:
+    """The output width of a site's dense MLP (the projector maps the vision width to the text width)."""
+    return vision_cfg["hidden_size"] if target == "vision" else text_cfg["hidden_size"]
+
+
 def site_prefixes(moe: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(target, full canonical prefix, layer index or -1 for the projector) for every MoE site of a layout."""
     out: list[tuple[str, str, int]] = []
@@ -215,9 +225,15 @@ def site_prefixes(moe: dict[str, Any]) -> list[tuple[str, str, int]]:
     return out
 
 
-def router_shapes(prefix: str, router: str | None, num_experts: int, hidden: int, top_k: int = 1) -> dict[str, tuple[int, ...]]:
+def router_shapes(prefix: str, router: str | None, num_experts: int, hidden: int, top_k: int = 1,
+                  out_dim: int | None = None) -> dict[str, tuple[int, ...]]:
     """The router tensors of one MoE site: ``gate.weight`` [E, hidden], LibMoE TC-MoE's [2E + top_k, hidden]
-    (negated and null experts), or LibMoE XMoE's low-rank cosine router."""
+    (negated and null experts), LibMoE XMoE's low-rank cosine router, or LibMoE MoE++'s router over E + 2
+    experts with its unused ``gate_transform`` and constant expert (where the MLP's output width ``out_dim``
+    equals ``hidden``; elsewhere MoE++ is plain SMoE, as in LibMoE)."""
+    if router == "moepp" and (out_dim is None or out_dim == hidden):
+        return {prefix + "gate.weight": (num_experts + 2, hidden), prefix + "gate_transform.weight": (num_experts + 2, num_experts + 2),
+                f"{prefix}experts.{num_experts + 1}.constant": (hidden,), f"{prefix}experts.{num_experts + 1}.wg.weight": (2, hidden)}
     if router == "tcmoe":
         return {prefix + "gate.weight": (2 * num_experts + top_k, hidden)}
     if router == "xmoe":
@@ -234,7 +250,8 @@ def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
     for target, prefix, _ in site_prefixes(moe):
         dense = dense_mlp_names(target, spec.text_config, spec.vision_config)
         hidden = spec.text_config["hidden_size"] if target == "text" else spec.vision_config["hidden_size"]
-        shapes.update(router_shapes(prefix, moe.get("router"), num, hidden, int(moe.get("top_k") or 1)))
+        out_dim = site_out_dim(target, spec.text_config, spec.vision_config)
+        shapes.update(router_shapes(prefix, moe.get("router"), num, hidden, int(moe.get("top_k") or 1), out_dim))
         for e in range(num):
             for name, shape in dense.items():
                 shapes[f"{prefix}experts.{e}.{name}"] = shape

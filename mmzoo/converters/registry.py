@@ -12,6 +12,7 @@ from ..errors import MmzooError, UnknownFormat
 FORMAT_MODULES: dict[str, str] = {
     "internal": "mmzoo.converters.internal",
     "moe-llava": "mmzoo.converters.moe_llava",
+    "libmoe": "mmzoo.converters.libmoe",  # LibMoE's llava_phi configs; before llava, which would claim them
     "cerebras": "mmzoo.converters.cerebras",  # image_model/ + text_model/; before llava, which reads that folder too
     "llava": "mmzoo.converters.llava",
     "hf": "mmzoo.converters.hf",

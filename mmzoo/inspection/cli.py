@@ -60,7 +60,9 @@ def _moe_line(moe) -> str:
     if "projector" in (moe.get("targets") or []):
         where.append("projector")
     router = moe.get("router")
-    libmoe = f" · LibMoE {router} router" if router in ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe") else ""
+    from ..upcycle.options import LIBMOE_ROUTERS
+
+    libmoe = f" · LibMoE {router} router" if router in LIBMOE_ROUTERS else ""
     return f"{moe.get('style')} · {moe.get('num_experts')} experts · top-{moe.get('top_k')}{libmoe} · " + ", ".join(where)
 
 

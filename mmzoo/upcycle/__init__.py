@@ -27,12 +27,24 @@ def upcycle(ckpt: Checkpoint, **options: Any) -> Checkpoint:
     return upcycle_checkpoint(ckpt, parse_options(**options))
 
 
-def conversion_notes(ckpt: Checkpoint, tgt_fmt: str) -> list[str]:
-    """Behavioural caveats of writing this (MoE) checkpoint as ``tgt_fmt`` (for ConversionResult.notes).
-    The caveats of one layout (MoE-LLaVA's gating) are its format module's ``conversion_notes``."""
+# the one line `mmzoo convert` prints when it upcycles to a router that cannot start dense-equivalent
+NOT_DENSE_AT_INIT = {
+    "moepp": "MoE++ (--moe-router moepp) is not dense-equivalent at init: its zero and constant experts take part in "
+             "every token's top-k; a token whose top-k are all FFN experts gets exactly the dense MLP's output, one that "
+             "picks the zero or constant expert gets (its FFN weights' sum) x dense + w_const x (a x + b c) (docs/upcycle.md)",
+}
+
+
+def conversion_notes(ckpt: Checkpoint, tgt_fmt: str, *, upcycled: bool = False) -> list[str]:
+    """Behavioural caveats of writing this (MoE) checkpoint as ``tgt_fmt`` (for ConversionResult.notes);
+    ``upcycled``: it was made dense -> MoE by this conversion. The caveats of one layout (MoE-LLaVA's gating)
+    are its format module's ``conversion_notes``."""
     from .remote import needs_remote_code
 
     notes = []
+    router = (ckpt.spec.moe or {}).get("router")
+    if upcycled and router in NOT_DENSE_AT_INIT:
+        notes.append(NOT_DENSE_AT_INIT[router])
     if tgt_fmt == "hf" and needs_remote_code(ckpt.spec):
         why = (ckpt.spec.moe or {}).get("hf_unsupported")
         notes.append(

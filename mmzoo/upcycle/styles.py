@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
-from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes
+from ..archs.moe import MOE_CONFIG_KEY, dense_mlp_names, router_shapes, site_out_dim
 from ..errors import UpcycleError
 from ..io.tensors import Planned, Source
 from ..checkpoint.spec import Checkpoint
@@ -134,8 +134,18 @@ def moe_text_config(dense: dict[str, Any], base: str, layout: dict[str, Any]) ->
     return out
 
 
+# LibMoE's inits of the tensors besides the router (std of a normal): XMoE's expert embeddings, MoE++'s unused
+# gate_transform, its constant expert's mixing gate and vector (moe_plus_plus.py)
+EXTRA_STD = {"expert_embeddings": 0.02, "gate_transform.weight": 0.02, ".wg.weight": 0.02, ".constant": 0.002}
+
+
+def _init_std(name: str, opts: UpcycleOptions) -> float:
+    return next((std for suffix, std in EXTRA_STD.items() if name.endswith(suffix)), None) or opts.router_std()
+
+
 def expand_site(tensors: dict[str, Planned], prefix: str, target: str, hidden: int, wanted: dict[str, Any],
-                opts: UpcycleOptions, hf_arch: str | None, *, where=None, experts_from: list[dict[str, Planned]] | None = None) -> None:
+                opts: UpcycleOptions, hf_arch: str | None, *, where=None, experts_from: list[dict[str, Planned]] | None = None,
+                out_dim: int | None = None) -> None:
     """Replace the dense MLP at ``prefix`` in ``tensors`` (canonical names) by its MoE block, in place:
     the router, N experts (copies of the dense MLP, or expert ``e`` = the same MLP of ``experts_from[e]``)
     and, per style, the shared expert."""
@@ -146,9 +156,8 @@ def expand_site(tensors: dict[str, Planned], prefix: str, target: str, hidden: i
     for name in dense:
         del tensors[prefix + name]
     dtype = dense[next(iter(wanted))].dtype
-    for name, shape in router_shapes(prefix, opts.router, opts.num_experts, hidden, opts.top_k).items():
-        std = 0.02 if name.endswith("expert_embeddings") else opts.router_std()  # XMoE's embeddings: LibMoE's normal(0, 0.02)
-        tensors[name] = Planned.of(router_source(name, shape, dtype, std, opts.seed))
+    for name, shape in router_shapes(prefix, opts.router, opts.num_experts, hidden, opts.top_k, out_dim).items():
+        tensors[name] = Planned.of(router_source(name, shape, dtype, _init_std(name, opts), opts.seed))
     gated_shared = opts.style == "shared" and opts.router not in SHARED_E  # LibMoE SharedE mixes 0.5 / 0.5, no gate, no scaling
     scale_out = gated_shared
     for e in range(opts.num_experts):
@@ -224,7 +233,8 @@ def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
     if "projector" in opts.targets:
         sites.append(("projector", "projector.", vision_cfg["hidden_size"]))
     for target, prefix, hidden in sites:
-        expand_site(tensors, prefix, target, hidden, dense_mlp_names(target, text_cfg, vision_cfg), opts, hf_arch, where=ckpt.path)
+        expand_site(tensors, prefix, target, hidden, dense_mlp_names(target, text_cfg, vision_cfg), opts, hf_arch, where=ckpt.path,
+                    out_dim=site_out_dim(target, text_cfg, vision_cfg))
 
     layout = layout_for(opts, text_layers, vision_layers, hf_arch, why, spec.text_type)
     new_text = moe_text_config(text_cfg, spec.text_type, layout) if ("text" in opts.targets or hf_arch is None) else text_cfg

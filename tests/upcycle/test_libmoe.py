@@ -68,7 +68,7 @@ def test_libmoe_routers_are_dense_equivalent_and_their_aux_loss_is_libmoes(dense
     def record(module, args, _output):
         scaled = module.gate(args[0].reshape(-1, args[0].shape[-1])).float()
         raw = module.gate.last_cosine if router == "xmoe" else scaled
-        seen.append((args[0].shape, raw, scaled))
+        seen.append((args[0].shape, raw, scaled, module.loss_scale))
 
     hooks = [b.register_forward_hook(record) for b in blocks]
     with torch.no_grad():
@@ -80,7 +80,10 @@ def test_libmoe_routers_are_dense_equivalent_and_their_aux_loss_is_libmoes(dense
     def batched(shape, t):
         return t.reshape(shape[0], -1, t.shape[-1]) if len(shape) == 3 else t[None]
 
-    expected = sum(libmoe_loss(batched(shape, raw), batched(shape, scaled), 0.01, 0.002) for shape, raw, scaled in seen)
+    # LibMoE's vision tower averages its layers' losses: each vision block counts 1 / (vision MoE layers)
+    vision = sum(1 for b in blocks if b.modality == "image" and b is not getattr(model.model, "multi_modal_projector", None))
+    assert {scale for *_, scale in seen} == ({1.0, 1.0 / vision} if vision else {1.0})
+    expected = sum(scale * libmoe_loss(batched(shape, raw), batched(shape, scaled), 0.01, 0.002) for shape, raw, scaled, scale in seen)
     assert torch.allclose(result["aux_loss"].float(), expected, rtol=1e-5, atol=1e-7)
 
 

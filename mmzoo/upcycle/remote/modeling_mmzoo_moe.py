@@ -21,7 +21,9 @@ shared_expert(x). ``residual`` (DeepSpeed ``use_residual``): moe * c0 + residual
 c = softmax(coefficient(x)). A capacity factor drops overflow tokens (in order) only in training mode;
 evaluation is dropless. The load-balancing loss is the Switch/Mixtral one, E * sum_e f_e * P_e, computed
 separately for image and text tokens in ``modality`` style and weighted by the layout's coefficients;
-the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given.
+the model's output carries it as ``aux_loss`` and adds it to ``loss`` when labels are given. The blocks' losses
+are summed, except that LibMoE routers' vision-encoder blocks count 1 / (number of vision MoE layers) each: LibMoE's
+tower returns the mean of its layers' losses (``torch.stack(auxiliary_losses).mean()``), added to the projector's.
 ``router: xmoe`` (LibMoE's XMoE) scores experts with ``XmoeGate`` and weighs the top-k by a softmax over
 their probabilities; it trains with the same two losses (z-loss on the cosine scores).
 ``router: sharede_v2`` / ``sharede_v3`` (LibMoE's SharedE, ``shard_smoe.py`` / ``shard_smoe_v3.py``; style
@@ -31,6 +33,12 @@ sigmoid(router logits), renormalised. Both train with the same two losses over t
 top_k null experts (see ``_tcmoe_route``); not exactly dense-equivalent at init (the null experts'
 probability stays in the weights' denominator, and a negated copy can win). A token that picks an expert
 and its own negated copy gets both terms here; LibMoE's ``results[b, t] +=`` keeps only one of the two.
+``router: moepp`` (LibMoE's MoE++, ``moe_plus_plus.py``): where the MLP maps hidden -> hidden (LLM and vision
+MLPs, not the projector, which is plain SMoE there as in LibMoE) the router scores E FFN experts, a zero expert
+(index E: adds nothing) and a constant expert (E + 1: softmax(wg(x)) mixes x and a learned vector), top-k
+renormalised; its balance loss spans the E + 2 columns with column 4 weighted by 1.3, plus the z-loss. LibMoE
+creates the paper's gating-residual projection (``gate_transform``) but never uses it, and has no copy expert:
+the same here (``gate_transform.weight`` is a buffer carried for the checkpoint). Not dense-equivalent at init.
 ``router: smoe`` (LibMoE's SMoE, Fsoft-AIC/LibMoE ``moe_model/model/moe/smoe.py``) routes the same way
 but trains with LibMoE's losses: ``router_aux_loss_coef`` * balance + ``router_z_loss_coef`` * z, where
 balance = E^2 * mean over sequences and experts of (mean router probability * share of the sequence's
@@ -64,8 +72,47 @@ class ModalityContext:
     blocks: list = field(default_factory=list)
 
 
-LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe")
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
 SHARED_E = ("sharede_v2", "sharede_v3")
+# MoE++'s balance loss weighs this column by 1.3 (LibMoE's ``t[:, 4] = 1.3``: the zero expert when E = 4)
+MOEPP_WEIGHTED_COLUMN, MOEPP_COLUMN_WEIGHT = 4, 1.3
+
+
+class ZeroExpert(nn.Module):
+    """MoE++'s zero expert (LibMoE ``moe_plus_plus.py``): outputs zeros, so a token routed to it skips part of the MLP."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+class ConstantExpert(nn.Module):
+    """MoE++'s constant expert: softmax(wg(x)) mixes the input itself and a learned vector,
+    ``w0 * x + w1 * constant`` (LibMoE's ``ConstantExpert``; the softmax in float32)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.constant = nn.Parameter(torch.zeros(hidden))
+        self.wg = nn.Linear(hidden, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.softmax(self.wg(x), dim=-1, dtype=torch.float32)
+        return weight[:, 0:1].type_as(x) * x + weight[:, 1:2].type_as(x) * self.constant.type_as(x)
+
+
+class UnusedWeight(nn.Module):
+    """A tensor LibMoE's MoE++ layer creates and saves but never uses in its forward (``gate_transform``, the
+    gating-residual projection of the MoE++ paper): kept as a buffer so checkpoints round-trip it bit for
+    bit and training never sees it as a parameter without a gradient."""
+
+    def __init__(self, rows: int, cols: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(rows, cols))
+
+
+def last_linear_out(module: nn.Module) -> int | None:
+    """The output width of a dense MLP (its last Linear: down_proj, fc2, linear_2)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
 
 
 class XmoeGate(nn.Module):
@@ -108,13 +155,21 @@ class MoeBlock(nn.Module):
         self.router = str(layout.get("router") or "softmax_topk")
         self.z_coef = float(layout.get("router_z_loss_coef") or 0.0)
         self.context = [context]  # a list so the module tree does not adopt it
+        # LibMoE's MoE++ adds its zero and constant experts only where the MLP maps hidden -> hidden (not the projector)
+        self.plus_plus = self.router == "moepp" and last_linear_out(dense) == hidden
         if self.router == "xmoe":
             self.gate = XmoeGate(hidden, num_experts)
         elif self.router == "tcmoe":  # TC-MoE: E positive, E negated copies, top_k null experts
             self.gate = nn.Linear(hidden, 2 * num_experts + top_k, bias=False)
+        elif self.plus_plus:  # MoE++: E FFN experts, a zero expert (index E) and a constant expert (E + 1)
+            self.gate = nn.Linear(hidden, num_experts + 2, bias=False)
+            self.gate_transform = UnusedWeight(num_experts + 2, num_experts + 2)
         else:
             self.gate = nn.Linear(hidden, num_experts, bias=False)
         self.experts = nn.ModuleList(copy.deepcopy(dense) for _ in range(num_experts))
+        if self.plus_plus:
+            self.experts.append(ZeroExpert())
+            self.experts.append(ConstantExpert(hidden))
         if style == "shared":
             self.shared_expert = copy.deepcopy(dense)
             if self.router not in SHARED_E:  # LibMoE's SharedE mixes 0.5 / 0.5 without a gate
@@ -127,11 +182,17 @@ class MoeBlock(nn.Module):
         assignment = layout.get("modality_experts") if style == "modality" else None
         self._forbidden = ([int(e) for e in assignment["image"]], [int(e) for e in assignment["text"]]) if assignment else ([], [])
         self.last_aux_loss: torch.Tensor | None = None
+        self.loss_scale = 1.0  # install_moe: LibMoE averages its vision-tower blocks' losses (see there)
+
+    @property
+    def num_routed(self) -> int:
+        """The router's width: the FFN experts, plus MoE++'s zero and constant experts."""
+        return self.num_experts + 2 if self.plus_plus else self.num_experts
 
     @property
     def allowed(self) -> torch.Tensor:
         """[2, num_experts] bool: row 0 the experts text tokens may use, row 1 those image tokens may use."""
-        allowed = torch.ones(2, self.num_experts, dtype=torch.bool, device=next(self.gate.parameters()).device)
+        allowed = torch.ones(2, self.num_routed, dtype=torch.bool, device=next(self.gate.parameters()).device)
         for row, experts in enumerate(self._forbidden):
             if experts:
                 allowed[row, experts] = False
@@ -171,7 +232,9 @@ class MoeBlock(nn.Module):
         if self.training and self.capacity_factor:
             capacity = max(1, math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts))
         out = None
-        for e in range(self.num_experts):
+        for e in range(self.num_routed):
+            if self.plus_plus and e == self.num_experts:  # MoE++'s zero expert adds nothing
+                continue
             token_idx, slot = torch.where(top_i == e)
             if capacity is not None and token_idx.numel() > capacity:
                 token_idx, slot = token_idx[:capacity], slot[:capacity]
@@ -192,11 +255,11 @@ class MoeBlock(nn.Module):
             out = out * coef[:, 0:1] + self.residual(x) * coef[:, 1:2]
         if self.router == "tcmoe":
             batch = shape[0] if len(shape) == 3 else 1
-            self.last_aux_loss = self._tcmoe_loss(logits, probs, chosen, batch)
+            self.last_aux_loss = self._tcmoe_loss(logits, probs, chosen, batch) * self.loss_scale
         elif self.router in LIBMOE_ROUTERS:
             batch = shape[0] if len(shape) == 3 else 1
             raw = self.gate.last_cosine if self.router == "xmoe" else logits  # XMoE's z-loss: cosine logits, no temperature
-            self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch)
+            self.last_aux_loss = self._libmoe_loss(raw, probs, top_i, batch) * self.loss_scale
         else:
             self.last_aux_loss = self._aux_loss(probs, top_i, is_image)
         return out.reshape(*shape[:-1], out.shape[-1])
@@ -256,10 +319,17 @@ class MoeBlock(nn.Module):
         return total
 
     def _libmoe_loss(self, logits: torch.Tensor, probs: torch.Tensor, top_i: torch.Tensor, batch: int) -> torch.Tensor:
-        """LibMoE's combine_loss: balance per sequence (first choices only), averaged; plus the router z-loss."""
-        density_proxy = probs.reshape(batch, -1, self.num_experts).mean(dim=1)  # [B, E]
-        first = torch.nn.functional.one_hot(top_i[:, 0], self.num_experts).float().reshape(batch, -1, self.num_experts)
-        balance = (density_proxy * first.mean(dim=1)).mean() * float(self.num_experts ** 2)
+        """LibMoE's combine_loss: balance per sequence (first choices only), averaged; plus the router z-loss.
+        MoE++ (``moe_plus_plus.py``'s balanceloss): over all E + 2 router columns, column 4 weighted by 1.3."""
+        num = probs.shape[-1]
+        density_proxy = probs.reshape(batch, -1, num).mean(dim=1)  # [B, E]
+        first = torch.nn.functional.one_hot(top_i[:, 0], num).float().reshape(batch, -1, num)
+        dens = density_proxy * first.mean(dim=1)
+        if self.plus_plus:
+            weight = torch.ones_like(dens)
+            weight[:, MOEPP_WEIGHTED_COLUMN] = MOEPP_COLUMN_WEIGHT
+            dens = weight * dens
+        balance = dens.mean() * float(num ** 2)
         z = torch.logsumexp(logits, dim=-1).square().mean()
         return self.text_coef * balance + self.z_coef * z
 
@@ -282,9 +352,12 @@ def install_moe(model: LlavaForConditionalGeneration, layout: dict[str, Any], *,
     for layer in layout.get("layers") or []:
         block = lm.layers[layer]
         block.mlp = MoeBlock(block.mlp, hidden=text_hidden, modality="text", **common)
-    for layer in layout.get("vision_layers") or []:
+    vision_layers = layout.get("vision_layers") or []
+    for layer in vision_layers:
         block = tower.encoder.layers[layer]
         block.mlp = MoeBlock(block.mlp, hidden=vision_hidden, modality="image", **common)
+        if block.mlp.router in LIBMOE_ROUTERS:  # LibMoE's SigLIP/CLIP SMoE tower returns the MEAN of its layers' losses
+            block.mlp.loss_scale = 1.0 / len(vision_layers)
     if "projector" in (layout.get("targets") or []):
         inner.multi_modal_projector = MoeBlock(inner.multi_modal_projector, hidden=vision_hidden, modality="image", **common)
     context.blocks = moe_blocks(model)

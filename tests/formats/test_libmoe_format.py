@@ -1,0 +1,146 @@
+"""The ``libmoe`` format: LibMoE's published checkpoints (Fsoft-AIC/LibMoE's LlavaPhiForCausalLM folders).
+
+Shrunk layouts with LibMoE's key names and config fields (tests/formats/libmoe_layout.py) round-trip bit for bit
+through internal and hf, the hf output runs with mmzoo's MoE code, and what mmzoo cannot run (S2 multi-scale
+features, XMoE's extra gate, a tower not in the cache) is one clear line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from libmoe_layout import TOWER, build_libmoe, use_hub_cache_with_siglip
+
+from mmzoo import convert, load_model, read_checkpoint
+from mmzoo.errors import UnknownArchitecture, UnknownFormat
+
+LIBMOE_NAMES = ("smoe", "smoe_tcmoe", "smoe_plus_plus", "smoe_share", "smoe_sharev3")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    return use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
+
+
+def _tensors(folder):
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def _same_config(a: dict, b: dict) -> list[str]:
+    """Fields that differ, ignoring mmzoo's own note and who wrote the file."""
+    skip = {"mmzoo", "transformers_version"}
+    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
+
+
+@pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [(n, True, True) for n in LIBMOE_NAMES] + [("smoe", False, True), ("smoe", False, False)])
+def test_libmoe_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, moe_name, clip_smoe, mlp_smoe):
+    src = build_libmoe(tmp_path / "src", moe_name=moe_name, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe)
+    ckpt = read_checkpoint(src)
+    assert ckpt.format == "libmoe"
+    moe = ckpt.spec.moe
+    if clip_smoe or mlp_smoe:
+        router = {"smoe": "smoe", "smoe_tcmoe": "tcmoe", "smoe_plus_plus": "moepp", "smoe_share": "sharede_v2", "smoe_sharev3": "sharede_v3"}[moe_name]
+        assert moe["router"] == router and moe["vision_layers"] == ([0, 1, 2] if clip_smoe else []) and moe["layers"] == []
+        assert moe["num_experts"] == (3 if moe_name.startswith("smoe_share") else 4)
+    else:
+        assert moe is None
+    internal = tmp_path / "internal"
+    convert(src, internal, tgt_fmt="internal", verify=True)
+    back = tmp_path / "back"
+    convert(internal, back, tgt_fmt="libmoe", verify=True)
+    original, again = _tensors(src), _tensors(back)
+    assert sorted(original) == sorted(again)
+    for name, tensor in original.items():
+        assert again[name].dtype == tensor.dtype and torch.equal(again[name], tensor), name
+    assert _same_config(json.loads((src / "config.json").read_text()), json.loads((back / "config.json").read_text())) == []
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (back / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_libmoe_through_hf_runs_mmzoos_moe_code_and_comes_back(tmp_path, hub_cache):
+    """hf adds the <image> token LibMoE never had (one mean row in the embeddings and lm_head); every other tensor
+    comes back bit for bit; the hf folder loads with trust_remote_code and gives mmzoo's engine's logits."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmzoo.demo.tiny import sample_inputs
+
+    src = build_libmoe(tmp_path / "src", moe_name="smoe_plus_plus", dtype="float32")
+    hf = tmp_path / "hf"
+    result = convert(src, hf, tgt_fmt="hf", verify=True)
+    assert any("added the <image> token" in n for n in result.notes)
+    config = json.loads((hf / "config.json").read_text())
+    assert config["text_config"]["mmzoo_moe"]["router"] == "moepp" and config["text_config"]["base_model_type"] == "phi3"
+    engine = load_model(hf)
+    model = AutoModelForImageTextToText.from_pretrained(hf, trust_remote_code=True).eval()
+    inputs = sample_inputs(model, n_images=1, seq_text=5)
+    with torch.no_grad():
+        theirs, mine = model(**inputs), engine(**inputs)
+    assert torch.equal(theirs.logits, mine["logits"]) and mine["aux_loss"] > 0
+    back = tmp_path / "back"
+    convert(hf, back, tgt_fmt="libmoe", verify=True)
+    original, again = _tensors(src), _tensors(back)
+    assert sorted(original) == sorted(again)
+    for name, tensor in original.items():
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert again[name].shape[0] == tensor.shape[0] + 1 and torch.equal(again[name][:-1], tensor), name
+        else:
+            assert torch.equal(again[name], tensor), name
+
+
+def test_libmoe_cli_formats_inspect_and_refusals(tmp_path, hub_cache):
+    src = build_libmoe(tmp_path / "src")
+    import os
+
+    env_run = dict(capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    formats = subprocess.run([sys.executable, "-m", "mmzoo.cli", "formats"], **env_run)
+    assert formats.returncode == 0 and "libmoe" in formats.stdout
+    shown = subprocess.run([sys.executable, "-m", "mmzoo.cli", "inspect", str(src)], **env_run)
+    assert shown.returncode == 0, shown.stderr
+    assert "libmoe" in shown.stdout and "LibMoE smoe router" in shown.stdout and "vision layers [0, 1, 2]" in shown.stdout
+    s2 = build_libmoe(tmp_path / "s2")
+    config = json.loads((s2 / "config.json").read_text())
+    (s2 / "config.json").write_text(json.dumps({**config, "scales": [1, 3]}))  # what LibMoE's published runs use
+    refused = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", str(s2), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal"], **env_run)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "S2 multi-scale image features (scales [1, 3]) are not implemented" in refused.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_libmoe_unsupported_and_missing_pieces_are_one_clear_error(tmp_path, hub_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    xmoe = build_libmoe(tmp_path / "xmoe")
+    (xmoe / "config.json").write_text(json.dumps({**json.loads((xmoe / "config.json").read_text()), "moe_name": "xmoe"}))
+    with pytest.raises(UnknownArchitecture, match="moe_name 'xmoe' is not supported"):
+        read_checkpoint(xmoe)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(UnknownFormat, match=f"vision tower '{TOWER}' is neither a local folder nor in the Hugging Face cache"):
+        read_checkpoint(build_libmoe(tmp_path / "plain"))
+
+
+def test_writing_libmoe_from_another_layout(tmp_path, tiny, hub_cache):
+    """A Phi-3 + SigLIP model upcycled by mmzoo with a LibMoE router in the tower and projector writes as LibMoE;
+    its unused post-layernorm and pooling head are left out (said in a note); a Llama model is refused."""
+    src = tiny.hf("phi3", "siglip")
+    moe = dict(num_experts=4, top_k=2, router="smoe", targets=["vision", "projector"])
+    with pytest.raises(UnknownArchitecture, match="google/... name"):
+        convert(src, tmp_path / "x", tgt_fmt="libmoe", moe=moe)
+    out = tmp_path / "libmoe"
+    result = convert(src, out, tgt_fmt="libmoe", moe=moe, llava_vision_tower=TOWER, verify=True)
+    assert any("no post-layernorm or pooling head" in n for n in result.notes)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llava_phi" and config["moe_name"] == "smoe" and config["clip_smoe"] and config["mlp_smoe"]
+    names = set(_tensors(out))
+    assert "model.vision_tower.vision_model.encoder.layers.0.moelayer.experts.3.fc2.weight" in names
+    assert "model.mm_projector.moelayer.experts.0.0.weight" in names and "model.mm_projector.moelayer.gate.weight" in names
+    assert "model.layers.0.self_attn.qkv_proj.weight" in names and not any("post_layernorm" in n or ".head." in n for n in names)
+    with pytest.raises(UnknownArchitecture, match="holds a Phi-3 LLM with a SigLIP tower"):
+        convert(tiny.hf("llama", "siglip"), tmp_path / "y", tgt_fmt="libmoe", llava_vision_tower=TOWER)

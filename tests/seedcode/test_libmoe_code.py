@@ -1,0 +1,77 @@
+"""LibMoE's own code reads the libmoe layout: its LlavaPhiForCausalLM (Fsoft-AIC/LibMoE ``vision_language_model``,
+transformers 4.43 in ~/.cache/mmzoo-tests/libmoe-env) built from the shrunk checkpoint's config has exactly the
+checkpoint's tensor names and shapes (strict load: nothing missing, nothing unexpected), and its logits equal
+those of mmzoo's hf conversion of the same folder; in training mode LibMoE's aux loss (the mean of its vision
+layers' losses plus the projector's) equals mmzoo's ``aux_loss``.
+
+LibMoE is not on PyPI: set MMZOO_LIBMOE_SRC to a checkout of Fsoft-AIC/LibMoE (the folder holding
+``vision_language_model/moe_model``); without it the test is skipped and says so."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
+from libmoe_layout import build_libmoe, use_hub_cache_with_siglip  # noqa: E402
+
+RUNNER = Path(__file__).parent / "run_libmoe.py"
+
+
+@pytest.fixture(scope="module")
+def libmoe_src() -> Path:
+    src = os.environ.get("MMZOO_LIBMOE_SRC")
+    if not src:
+        pytest.skip("LibMoE is not on PyPI: set MMZOO_LIBMOE_SRC to a checkout of Fsoft-AIC/LibMoE to run its code")
+    folder = Path(src) / "vision_language_model"
+    if not (folder / "moe_model" / "model" / "moe" / "moe_plus_plus.py").is_file():
+        pytest.fail(f"MMZOO_LIBMOE_SRC={src} holds no vision_language_model/moe_model/model/moe/moe_plus_plus.py")
+    return folder
+
+
+@pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [
+    ("smoe_plus_plus", True, True), ("smoe", True, True), ("smoe_tcmoe", True, True), ("smoe_share", True, True),
+    ("smoe_sharev3", True, True), ("smoe", False, False),
+])
+def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_path, monkeypatch, moe_name, clip_smoe, mlp_smoe):
+    from safetensors import safe_open
+    from side_env import clean_env, libmoe_python
+
+    from mmzoo import convert, load_model
+
+    cache = use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
+    src = build_libmoe(tmp_path / "libmoe", moe_name=moe_name, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe, dtype="float32")
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[5, 6, 7, -200, 8, 9, 10, 11], [12, 13, -200, 14, 15, 16, 17, 18]])  # -200: LibMoE's IMAGE_TOKEN_INDEX
+    images = torch.randn(2, 3, 32, 32, generator=gen)
+    torch.save({"input_ids": ids, "images": images}, tmp_path / "inputs.pt")
+    import subprocess
+
+    env = {**clean_env(), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([libmoe_python(), str(RUNNER), str(libmoe_src), str(src), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert theirs["missing"] == [] and theirs["unexpected"] == []
+    with safe_open(src / "model.safetensors", "pt") as f:
+        assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == theirs["names"]
+
+    hf = tmp_path / "hf"
+    convert(src, hf, tgt_fmt="hf")
+    model = load_model(hf).eval()
+    image_token, count = model.config.image_token_id, model.config.image_seq_length
+    expanded = torch.tensor([[u for t in row for u in ([image_token] * count if t == -200 else [t])] for row in ids.tolist()])
+    with torch.no_grad():
+        logits = model(input_ids=expanded, pixel_values=images).logits[..., : theirs["logits"].shape[-1]]  # + the <image> row
+    assert torch.allclose(logits, theirs["logits"], atol=1e-5, rtol=0), float((logits - theirs["logits"]).abs().max())
+    # training-mode aux loss: LibMoE's mean over its tower's layers + the projector's, mmzoo's aux_loss
+    train = model.train()(input_ids=expanded, pixel_values=images)
+    if clip_smoe or mlp_smoe:
+        want = theirs["aux"]["auxiliary_loss_clip"] * clip_smoe + theirs["aux"]["auxiliary_loss_mlp"] * mlp_smoe
+        got = float(train["aux_loss"].detach())
+        assert abs(got - want) <= 1e-5 * want, (got, theirs["aux"])
+    else:
+        assert train.get("aux_loss") is None and theirs["aux"] == {}

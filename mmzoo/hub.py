@@ -27,6 +27,7 @@ from .errors import HubError, MmzooError, OutputExists
 from .io.claim import exclusive_output
 from .io.confine import checkpoint_root, confined, self_contained
 from .io.parents import parents_removed_on_failure
+from .io.structured import load_json
 
 HUB_RECORD = ".mmzoo-hub.json"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -240,10 +241,10 @@ def _card_info(src: Path, info: dict) -> dict:
 
     extra = dict(info)
     try:
-        config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-        if isinstance(config.get("architectures"), list):
+        config = load_json(src / "config.json")  # bounded: the card is best-effort, a bad config only drops a line
+        if isinstance(config, dict) and isinstance(config.get("architectures"), list):
             extra.setdefault("architectures", config["architectures"])
-    except (OSError, ValueError):
+    except (MmzooError, OSError, ValueError):
         pass
     try:
         provenance = dict(mmzoo_api.read_checkpoint(src).spec.provenance or {})

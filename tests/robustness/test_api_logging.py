@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ print(json.dumps({"before": before, "after": after, "quieted": state()}))
 
 
 def test_the_api_changes_no_logging_state_and_quiet_libraries_is_opt_in(tiny, tmp_path):
-    env = {k: v for k, v in __import__("os").environ.items()
+    env = {k: v for k, v in os.environ.items()
            if k not in ("TRANSFORMERS_VERBOSITY", "TQDM_DISABLE", "TRANSFORMERS_NO_ADVISORY_WARNINGS", "PYTHONWARNINGS", "MMZOO_DEBUG")}
     proc = subprocess.run([sys.executable, "-c", PROBE, str(tiny.hf()), str(tmp_path / "internal")],
                           capture_output=True, text=True, env=env, timeout=300)

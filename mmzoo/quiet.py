@@ -1,6 +1,10 @@
 """Keep third-party chatter off the terminal. mmzoo says what happened in its own lines; without this, torch,
 DeepSpeed, transformers and tqdm add warnings and progress bars to every run that tell the user nothing they
-can act on. ``--debug`` / ``MMZOO_DEBUG=1`` keeps all of it. Stdlib only: the CLI calls this before any import."""
+can act on. ``--debug`` / ``MMZOO_DEBUG=1`` keeps all of it. Stdlib only: the CLI calls this before any import.
+
+Only the CLI calls it. The Python API leaves the host process's logging, warning filters and environment as
+they are: silencing other libraries is the application's decision (a notebook user may want transformers'
+warnings); an application that wants the CLI's quiet calls :func:`quiet_libraries` itself."""
 from __future__ import annotations
 
 import logging

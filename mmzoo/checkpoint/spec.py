@@ -79,4 +79,8 @@ class Checkpoint:
 
 
 def find_tokenizer_files(folder: Path) -> dict[str, Path]:
-    return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+    """The tokenizer files in ``folder``, each checked to be a regular file within its size cap: whatever reads
+    them later (mmzoo, transformers, a copy into an output) reads a bounded file."""
+    from ..io.structured import check_tokenizer_file
+
+    return {name: check_tokenizer_file(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import CorruptFile
-from ..io.structured import load_json
+from ..io.structured import load_json, read_bytes, read_tokenizer_text, tokenizer_file_limit
 
 
 def added_tokens(files: dict[str, Path]) -> dict[str, int]:
@@ -44,10 +44,10 @@ def chat_template(files: dict[str, Path]) -> str | None:
     """The default chat template, wherever the files keep it: chat_template.jinja (5.x),
     chat_template.json (4.x processors) or tokenizer_config.json (4.x tokenizers)."""
     if "chat_template.jinja" in files:
-        return files["chat_template.jinja"].read_text(encoding="utf-8")
+        return read_tokenizer_text(files["chat_template.jinja"])
     for name in ("chat_template.json", "tokenizer_config.json"):
         if name in files:
-            template = json.loads(files[name].read_text(encoding="utf-8")).get("chat_template")
+            template = json.loads(read_tokenizer_text(files[name])).get("chat_template")
             if isinstance(template, str):
                 return template
     return None
@@ -77,7 +77,7 @@ def write_transformers4_tokenizer_files(files: dict[str, Path], folder: Path) ->
     chat_template.json (the processor's template in 4.x; 5.x reads it too, with the same content)."""
     template = chat_template(files)
     if "tokenizer_config.json" in files:
-        text = files["tokenizer_config.json"].read_text(encoding="utf-8")
+        text = read_tokenizer_text(files["tokenizer_config.json"])
         legacy = legacy_tokenizer_config(text, template)
         if legacy != text:
             (folder / "tokenizer_config.json").write_text(legacy, encoding="utf-8")
@@ -106,7 +106,7 @@ def add_special_token(files: dict[str, Path], save_dir: Path, token: str) -> tup
     save_dir.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, src in files.items():
-        (save_dir / name).write_bytes(src.read_bytes())
+        (save_dir / name).write_bytes(read_bytes(src, limit=tokenizer_file_limit(name)))
         out[name] = save_dir / name
     tokenizer_json = json.loads(out["tokenizer.json"].read_text(encoding="utf-8")) if "tokenizer.json" in out else None
     config = json.loads(out["tokenizer_config.json"].read_text(encoding="utf-8")) if "tokenizer_config.json" in out else {}

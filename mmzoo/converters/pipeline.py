@@ -15,6 +15,7 @@ from .common import validate
 from ..checkpoint.image_token import ensure_image_token
 from ..io.checkpoint import parse_size
 from ..io.claim import exclusive_output
+from ..io.parents import parents_removed_on_failure
 from ..io.confine import confine_checkpoint, confine_checkpoint_files
 from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
 from ..io.tensors import digest
@@ -84,16 +85,6 @@ def check_output(out: Path, source: Path | None, overwrite: bool) -> None:
         raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
 
 
-def missing_parents(out: Path) -> list[Path]:
-    """The ancestors of ``out`` that do not exist yet, innermost first (removed again if the write fails)."""
-    missing = []
-    for parent in Path(out).absolute().parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    return missing
-
-
 def prepare_output(out: Path, source: Path | None, overwrite: bool) -> Path:
     """Refuse unsafe outputs, create missing parent folders; return the temporary sibling to write into."""
     out = out.absolute()
@@ -120,8 +111,7 @@ def commit_output(tmp: Path, out: Path) -> None:
 def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callable[[Path], None]) -> None:
     """Write OUT through a temporary sibling, holding OUT's lock (see mmzoo.io.claim): a second writer of the
     same OUT fails in one line, SIGTERM and Ctrl-C leave nothing behind, stale partials of dead runs go."""
-    created = missing_parents(out)
-    try:
+    with parents_removed_on_failure(Path(out)):  # a failed write leaves nothing behind, not even the folders made for it
         prepare_output(Path(out), source, overwrite)  # refuse before a lock file is made beside OUT...
         with exclusive_output(Path(out)):
             tmp = prepare_output(Path(out), source, overwrite)  # ...and again under the lock: another writer may have finished
@@ -133,13 +123,6 @@ def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callabl
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-    except BaseException:
-        for folder in created:  # a failed write leaves nothing behind, not even the folders made for it
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
 
 
 def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwrite: bool = False, shard_size: str | int = "5GB",

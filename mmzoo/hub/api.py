@@ -26,6 +26,8 @@ from typing import Any, Iterator
 from ..errors import HubError, MmzooError, OutputExists
 from ..io.claim import exclusive_output
 from ..io.confine import checkpoint_root, confined, self_contained
+from ..io.parents import parents_removed_on_failure
+from ..io.structured import load_json
 
 HUB_RECORD = ".mmzoo-hub.json"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -239,10 +241,10 @@ def _card_info(src: Path, info: dict) -> dict:
 
     extra = dict(info)
     try:
-        config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-        if isinstance(config.get("architectures"), list):
+        config = load_json(src / "config.json")  # bounded: the card is best-effort, a bad config only drops a line
+        if isinstance(config, dict) and isinstance(config.get("architectures"), list):
             extra.setdefault("architectures", config["architectures"])
-    except (OSError, ValueError):
+    except (MmzooError, OSError, ValueError):
         pass
     try:
         provenance = dict(mmzoo_api.read_checkpoint(src).spec.provenance or {})
@@ -397,9 +399,10 @@ def pull(
     One pull (or convert) at a time writes OUT: a second one fails in one line (mmzoo.io.claim).
     """
     _check_repo_id(repo_id)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_output(Path(out)):
-        return _pull(repo_id, Path(out), revision, tgt_fmt, token, endpoint, overwrite)
+    with parents_removed_on_failure(Path(out)):  # a failed pull leaves no empty folders it made for OUT
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_output(Path(out)):
+            return _pull(repo_id, Path(out), revision, tgt_fmt, token, endpoint, overwrite)
 
 
 def _pull(repo_id: str, out: Path, revision: str | None, tgt_fmt: str | None, token: str | None, endpoint: str | None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..converters.common import transformers4_text_fields
+from ..io.structured import read_bytes, read_tokenizer_text, tokenizer_file_limit
 from ..checkpoint.spec import Checkpoint
 from ..checkpoint.tokenizer_files import legacy_tokenizer_config, legacy_tokenizer_json
 
@@ -73,10 +74,10 @@ def _without_templates(files: dict[str, Path]) -> dict[str, Path]:
 def chat_template(files: dict[str, Path]) -> Any:
     """The tokenizer's chat template, from the file transformers 5 reads first, else where 4.x keeps it."""
     if "chat_template.jinja" in files:
-        return files["chat_template.jinja"].read_text(encoding="utf-8")
+        return read_tokenizer_text(files["chat_template.jinja"])
     for name in ("chat_template.json", "tokenizer_config.json"):
         if name in files:
-            data = _json(name, files[name].read_bytes(), keep_template=True)
+            data = _json(name, read_bytes(files[name], limit=tokenizer_file_limit(name)), keep_template=True)
             if isinstance(data, dict) and data.get("chat_template") is not None:
                 return data["chat_template"]
     return None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import MmzooError
+from .structured import MAX_TOKENIZER_BYTES, read_bytes
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 BPE = 2
@@ -51,7 +52,7 @@ def read_model(path: Path) -> tuple[list[tuple[str, float, int]], int, bool]:
     """(pieces as (text, score, type), model type, byte_fallback) of a SentencePiece model file;
     ValueError when it is not one."""
     try:
-        return _read_model(path.read_bytes())
+        return _read_model(read_bytes(path, limit=MAX_TOKENIZER_BYTES))
     except (ValueError, IndexError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"{path.name} is not a SentencePiece model ({exc})") from None
 

@@ -1,7 +1,9 @@
 """Read JSON and YAML input files within bounds, so a hostile or broken file costs one clear error line.
 
 Every config-like file mmzoo reads (config.json, mmzoo.yaml, params yaml, indexes, manifests, progress
-files, a pulled repo's files) goes through here:
+files, a pulled repo's files) goes through here, and so do the "third-party" files a checkpoint carries for
+other libraries (tokenizer, chat template: :func:`check_tokenizer_file`, applied where a checkpoint's
+tokenizer files are found, so transformers never opens one that is out of bounds either):
 
 - only regular files are opened (a named pipe would block forever, a device could stream forever);
 - a size cap (configs are kilobytes; tokenizer.json tens of megabytes), checked before reading;
@@ -25,6 +27,10 @@ from ..errors import ConfigError, CorruptFile, MmzooError
 MAX_CONFIG_BYTES = 64 << 20  # a config or index: far above any real one (Llama-3 tokenizer.json is 9 MB)
 MAX_DEPTH = 100  # real configs nest < 10 levels
 MAX_YAML_NODES = 1_000_000  # after alias expansion
+# Vocabulary files of real tokenizers run to tens of MB (Qwen2's tokenizer.json 7 MB, Gemma's 33 MB, Llama-2's
+# tokenizer.model 0.5 MB); their JSON configs and chat templates are kilobytes and get MAX_CONFIG_BYTES.
+MAX_TOKENIZER_BYTES = 256 << 20
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
 
 
 def require_regular_file(path: str | Path) -> os.stat_result:
@@ -43,6 +49,15 @@ def require_regular_file(path: str | Path) -> os.stat_result:
 
 def read_text(path: str | Path, *, limit: int = MAX_CONFIG_BYTES) -> str:
     """The UTF-8 text of a regular file of at most ``limit`` bytes."""
+    raw = read_bytes(path, limit=limit)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", path=path) from None
+
+
+def read_bytes(path: str | Path, *, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes."""
     size = require_regular_file(path).st_size
     if size > limit:
         raise ConfigError(f"is {size:,} bytes, more than the {limit:,} a file of this kind may have", path=path)
@@ -50,10 +65,26 @@ def read_text(path: str | Path, *, limit: int = MAX_CONFIG_BYTES) -> str:
         raw = handle.read(limit + 1)
     if len(raw) > limit:  # grew since stat
         raise ConfigError(f"is more than the {limit:,} bytes a file of this kind may have", path=path)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", path=path) from None
+    return raw
+
+
+def tokenizer_file_limit(name: str) -> int:
+    """The size cap of a tokenizer file, by its name."""
+    return MAX_TOKENIZER_BYTES if name in VOCABULARY_FILES else MAX_CONFIG_BYTES
+
+
+def check_tokenizer_file(path: str | Path) -> Path:
+    """``path`` when it is a regular file within its kind's cap; one ConfigError line otherwise."""
+    limit = tokenizer_file_limit(Path(path).name)
+    size = require_regular_file(path).st_size
+    if size > limit:
+        raise ConfigError(f"is {size:,} bytes, more than the {limit:,} a {Path(path).name} may have", path=path)
+    return Path(path)
+
+
+def read_tokenizer_text(path: str | Path) -> str:
+    """The UTF-8 text of a tokenizer file (tokenizer.json, tokenizer_config.json, chat_template.jinja, ...)."""
+    return read_text(path, limit=tokenizer_file_limit(Path(path).name))
 
 
 def parse_json(text: str | bytes, *, where: str | Path | None = None) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import MmzooError
-from ..io.structured import load_json, read_text
+from ..io.structured import MAX_TOKENIZER_BYTES, load_json, read_text
 from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from ..checkpoint.locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
@@ -111,10 +111,6 @@ class TokenizerInfo:
         legacy = config.get("legacy", True) is not False  # transformers 4.x's default when the flag is absent
         notes = (RESAVED_BY_TRANSFORMERS5,) if resaved_by_transformers5(data, config) else ()
         return cls(folder, json_text, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials, tok, notes)
-
-
-# tokenizer.json files of real vocabularies run to tens of MB (Qwen2's 7 MB, Gemma's 33 MB)
-MAX_TOKENIZER_BYTES = 256 * 2**20
 
 
 def load_tokenizer(json_text: str, json_path: Path) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
+from ..io.parents import parents_removed_on_failure
 from .encode import (IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker,
                      share_with_forked_workers)
 from ..io.structured import load_json
@@ -79,10 +80,12 @@ def preprocess(
     # --overwrite replaces OUT and --resume deletes unfinished files in it: neither may touch an input.
     inputs = [("data file", p) for p in paths] + [("image folder", image_root), ("tokenizer", Path(tokenizer))]
     refuse_overlap(target, inputs + ([("model", Path(model))] if model is not None else []))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_output(target):  # one preprocess (or convert) writes OUT at a time
-        return _write(target, paths, params, settings, info, format, strict, resume, overwrite, workers,
-                      console if progress else None)
+    # A run that fails before writing anything leaves no empty folders it made for OUT (kept shards stay).
+    with parents_removed_on_failure(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_output(target):  # one preprocess (or convert) writes OUT at a time
+            return _write(target, paths, params, settings, info, format, strict, resume, overwrite, workers,
+                          console if progress else None)
 
 
 def _write(target: Path, paths: list[Path], params: dict, settings: Settings, info: TokenizerInfo, format: str,

@@ -9,8 +9,11 @@ attributes), the output is counted as it streams, and each render has a deadline
 crosses a limit stops the run with one line (it would fail every sample alike): a limit on a render,
 not a rejection of the sample.
 
-The deadline uses SIGALRM, so it applies when rendering runs in a process's main thread (the CLI,
-and every ``--workers`` process); elsewhere only the size limits apply.
+The deadline holds in every thread. The instrumented points (every call, operator, filter, ``~``, loop
+iteration and output piece) compare the clock with the render's deadline, so a render in any thread (a
+caller's thread pool, a notebook, a server) stops on time: a template can only take long by looping or
+recursing, and each loop iteration and each macro call passes a check. In a process's main thread (the CLI,
+every ``--workers`` process) a SIGALRM timer backs this up as well.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import functools
 import re
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -39,7 +43,25 @@ def _too_big(value: Any) -> bool:
     return isinstance(value, (str, list, tuple, dict)) and len(value) > MAX_CHARS
 
 
+_render = threading.local()  # .deadline: time.monotonic() value the current thread's render must end by
+
+
+def check_deadline() -> None:
+    deadline = getattr(_render, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise TemplateLimitError(f"took more than {RENDER_SECONDS:g} s to render one conversation")
+
+
+def deadline_iter(iterable: Any) -> Iterator[Any]:
+    """A template's ``for`` loop goes through this: each iteration checks the deadline (an empty loop body
+    calls nothing else that would)."""
+    for item in iterable:
+        check_deadline()
+        yield item
+
+
 def checked(value: Any) -> Any:
+    check_deadline()
     if _too_big(value):
         raise TemplateLimitError(f"built a value of {len(value):,} items (limit {MAX_CHARS:,})")
     return value
@@ -79,6 +101,7 @@ def _bounded_filter(function: Any) -> Any:
 def bounded_environment() -> Any:
     """An ImmutableSandboxedEnvironment as transformers uses, with every value measured."""
     import jinja2.ext
+    from jinja2 import nodes
     from jinja2.compiler import CodeGenerator
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from jinja2.utils import Namespace
@@ -88,6 +111,12 @@ def bounded_environment() -> Any:
             self.write("environment.checked(")
             super().visit_Concat(node, frame)
             self.write(")")
+
+        def visit_For(self, node: Any, frame: Any) -> None:  # `for x in xs` iterates `deadline_iter(xs)`
+            if not getattr(node, "_mmzoo_deadline", False):
+                node.iter = nodes.Call(nodes.EnvironmentAttribute("deadline_iter"), [node.iter], [], None, None, lineno=node.lineno)
+                node._mmzoo_deadline = True
+            super().visit_For(node, frame)
 
     class BoundedNamespace(Namespace):
         def __setitem__(self, name: str, value: Any) -> None:
@@ -100,6 +129,8 @@ def bounded_environment() -> Any:
         @staticmethod
         def checked(value: Any) -> Any:
             return checked(value)
+
+        deadline_iter = staticmethod(deadline_iter)
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             ints = isinstance(left, int) and isinstance(right, int)
@@ -142,11 +173,22 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """Arm a one-shot timer around a render. The handler is installed once per process (swapping it
-    on every render would double the cost of a typical render); it chains to any earlier handler."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
+    """Set this thread's render deadline (checked at every instrumented point) and, in the main thread, arm a
+    one-shot SIGALRM timer as well. The handler is installed once per process (swapping it on every render
+    would double the cost of a typical render); it chains to any earlier handler."""
+    _render.deadline = time.monotonic() + seconds
+    try:
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+            yield
+        else:
+            with _alarm_timer(seconds):
+                yield
+    finally:
+        _render.deadline = None
+
+
+@contextmanager
+def _alarm_timer(seconds: float) -> Iterator[None]:
     if signal.getsignal(signal.SIGALRM) is not _on_alarm:
         _alarm["previous"] = signal.signal(signal.SIGALRM, _on_alarm)
     _alarm["armed"] = True
@@ -165,6 +207,7 @@ def render_bounded(template: Any, **variables: Any) -> str:
     try:
         with _deadline(RENDER_SECONDS):
             for piece in template.generate(**variables):
+                check_deadline()
                 size += len(piece)
                 if size > MAX_CHARS:
                     raise TemplateLimitError(f"rendered more than {MAX_CHARS:,} characters")

@@ -37,3 +37,23 @@ def test_lmms_eval_llava_hf_answers_like_mmzoo_generate(tiny, tmp_path):
     ours = generate(internal, question, [image], max_new_tokens=10)
     assert ours["new_tokens"] > 0 and ours["answer"].strip()
     assert theirs == ours["answer"]
+
+
+# The task names docs/eval.md gives for the seeds' benchmarks (MMBench-en dev, TextVQA val, GQA test-dev
+# balanced, ScienceQA-IMG, POPE, MME).
+SEED_BENCHMARK_TASKS = ["mmbench_en_dev", "textvqa_val", "gqa", "scienceqa_img", "pope", "mme"]
+
+
+def test_docs_task_names_are_lmms_eval_tasks():
+    import re
+
+    python = side_python("lmms-eval-env", LMMS_EVAL_PACKAGES, LMMS_EVAL_PROBE, override_env="MMZOO_LMMS_EVAL_PYTHON")
+    proc = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('lmms_eval').submodule_search_locations[0])"],
+                          capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    defined = set()
+    for yaml_file in (Path(proc.stdout.strip()) / "tasks").rglob("*.yaml"):
+        defined |= set(re.findall(r"^(?:task|group):\s*\"?([\w-]+)\"?\s*$", yaml_file.read_text(errors="replace"), re.M))
+    assert set(SEED_BENCHMARK_TASKS) <= defined, sorted(set(SEED_BENCHMARK_TASKS) - defined)
+    docs = (HERE.parents[1] / "docs" / "eval.md").read_text()
+    assert "--tasks " + ",".join(SEED_BENCHMARK_TASKS) in docs

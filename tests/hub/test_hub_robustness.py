@@ -46,3 +46,17 @@ def test_huggingface_hub_validation_errors_are_wrapped(server, repo_id, tmp_path
     with pytest.raises(HubError, match="huggingface_hub refused to push"):
         hub.push(tiny_hf, repo_id)
     assert not (tmp_path / "out").exists()
+
+
+def test_failed_pull_removes_the_parent_folders_it_made_and_only_those(server, tiny_hf, tmp_path, capsys):
+    from mmzoo.cli import main
+
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    out = kept / "new" / "deeper" / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hub", "pull", "alice/does-not-exist", "-o", str(out)])
+    code, err = exit_info.value.code, capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1].startswith("mmzoo: error:") and "Traceback" not in err
+    assert not (kept / "new").exists()  # made by mmzoo for OUT, removed with the failure
+    assert kept.is_dir() and list(kept.iterdir()) == []  # existed before: kept, and nothing left in it

@@ -29,6 +29,8 @@ HOSTILE = {
     "infinite macro": "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
     "exponential macro": "{% macro f(n) %}{% if n > 0 %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}",
     "huge output": "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "loops over a variable": "{% set r = range(100000) %}{% for i in r %}{% for j in r %}{% for k in r %}{% endfor %}{% endfor %}{% endfor %}",
+    "recursive loop": "{% for x in [[1, 2]] * 3 recursive %}{{ loop([[1, 2]] * 3) }}{% endfor %}",
 }
 
 
@@ -38,6 +40,30 @@ def test_hostile_template_stops_in_bounded_time(name):
     with pytest.raises(TemplateLimitError, match="the tokenizer's chat_template"):
         JinjaTemplate(HOSTILE[name], "<s>", "</s>").check()
     assert time.perf_counter() - start < 6  # the render deadline is 2 s; size limits trip at once
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_template_stops_in_bounded_time_outside_the_main_thread(name):
+    """No SIGALRM there (a caller's thread pool, a notebook, a server): the deadline is checked by the template's
+    own loops and calls."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def render() -> None:
+        try:
+            JinjaTemplate(HOSTILE[name], "<s>", "</s>").check()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=render, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), f"{name}: still rendering after 20 s"
+    assert isinstance(outcome[0], TemplateLimitError) and "the tokenizer's chat_template" in str(outcome[0])
+    assert time.perf_counter() - start < 6
 
 
 def test_real_templates_render_as_before():

@@ -183,7 +183,7 @@ def test_reader_accepts_moe_llava_layouts(tiny, moe_llava, tmp_path, unwrap):
         assert torch.equal(materialize(ckpt.tensors[name]), materialize(reference.tensors[name]))
 
 
-@pytest.mark.parametrize("llm", ["phi", "qwen", "stablelm"])
+@pytest.mark.parametrize("llm", ["phi", "qwen", "stablelm", "qwen1_5", "minicpm"])  # MoE-LLaVA's other model_types
 def test_unsupported_moe_llava_llm_is_one_line(moe_llava, tmp_path, llm):
     import shutil
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample
 from .templates import IMAGE_MARKER, parse_turns
 from .writer import BufferedShardWriter, h5_file, sha256
@@ -109,6 +110,9 @@ def image_start(encoder: Encoder) -> int:
     Encoded exactly as a sample is (the encoder's own rendering, tokenization and assembly)."""
     turns = parse_turns([{"from": "human", "value": IMAGE_MARKER + "\nx"}, {"from": "gpt", "value": "y"}])
     sample = encoder.encode_turns(turns, ["image"])
+    if isinstance(sample, Rejection):  # max_seq_len below the template's prompt + one image: no sample could fit
+        raise ConfigError(f"--format cerebras: an image sample cannot fit in max_seq_len {encoder.settings.max_seq_len} "
+                          f"with this template ({sample.detail})", hint="raise --max-seq-len")
     return int(np.flatnonzero(sample.input_ids == encoder.info.image_token_id)[0])
 
 

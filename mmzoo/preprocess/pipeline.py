@@ -93,8 +93,8 @@ def _write(target: Path, paths: list[Path], params: dict, settings: Settings, in
     work, state = _prepare_output(target, params, format, resume, overwrite)
     if state.get("complete"):
         return state["manifest"]
-    run = _Run(work, paths, params, settings, info, format, strict, state)
     try:
+        run = _Run(work, paths, params, settings, info, format, strict, state)  # a layout may refuse the settings
         with writing(work):  # a full disk names the output folder (finished shards stay for --resume)
             if not state:  # mark the folder as mmzoo's from the start: only such a folder accepts --resume
                 run._checkpoint(0)

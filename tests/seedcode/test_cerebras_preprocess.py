@@ -157,3 +157,15 @@ def test_layouts_it_cannot_write_are_one_line(output, tmp_path, args, expected):
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("mmzoo: error:") and expected in lines[0], stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_max_seq_len_without_room_for_an_image_is_one_line(output, tmp_path):
+    from cli_helpers import run_cli
+
+    root, _ = output
+    code, _, stderr = run_cli("preprocess", "--data", str(root / "data.jsonl"), "--images", str(root / "images"), "--tokenizer",
+                              str(root / "tok"), "-o", str(tmp_path / "out"), "--num-image-tokens", "64", "--max-seq-len", "48",
+                              "--template", "vicuna_v1", "--format", "cerebras")
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "cannot fit in max_seq_len 48" in lines[0], stderr
+    assert not (tmp_path / "out").exists()

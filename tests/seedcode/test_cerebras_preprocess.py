@@ -169,3 +169,23 @@ def test_max_seq_len_without_room_for_an_image_is_one_line(output, tmp_path):
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "cannot fit in max_seq_len 48" in lines[0], stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_image_start_idx_is_cerebras_phase_2_value_with_the_real_vicuna_tokenizer(tmp_path):
+    """Cerebras' LLaVA phase-2 config says image_start_idx 35: BOS + the vicuna_v1 system prompt + 'USER:' in the
+    Llama-2/Vicuna tokenizer that liuhaotian/llava-v1.5-7b ships (with <image> added, as `mmzoo init` does)."""
+    import shutil
+
+    from real_tokenizers import llava_v15
+    from transformers import AutoTokenizer
+
+    from mmzoo.preprocess.cerebras import image_start
+    from mmzoo.preprocess.encode import Encoder, Settings
+
+    shutil.copytree(llava_v15(fast=True), tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.save_pretrained(tmp_path / "tok")
+    encoder = Encoder(Settings(tokenizer=str(tmp_path / "tok"), image_root=str(tmp_path), template="vicuna_v1", max_seq_len=2048,
+                               num_image_tokens=576, truncate=False))
+    assert image_start(encoder) == 35

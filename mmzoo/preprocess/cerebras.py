@@ -33,9 +33,6 @@ from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejecti
 from .templates import IMAGE_MARKER, parse_turns
 from .writer import BufferedShardWriter, h5_file, sha256
 
-LLAVA = "cerebras"  # LlavaModel's conventions: what a Cerebras LLaVA run reads
-MULTIMODAL = "cerebras-multimodal"  # MultimodalSimple's generic layout
-FORMATS = (LLAVA, MULTIMODAL)
 TARGET_FILE_BYTES = 1 << 20
 
 

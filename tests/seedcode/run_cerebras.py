@@ -8,11 +8,11 @@ Given mmzoo's ``cerebras`` checkpoint folder and an H5 folder written by ``mmzoo
    folder HF -> CS (``cs-2.9``, the newest format its LLaVA converter names) and the result back CS -> HF;
 2. its ``LlavaModel`` is built from the CS config the converter wrote (``image_start_idx`` set to the one mmzoo
    recorded in data_params.json), loads the CS checkpoint with ``cerebras.pytorch.load``, and runs a batch that its
-   ``LlavaHDF5MapDataProcessor`` (transforms of its LLaVA phase-2 config) reads from mmzoo's H5 files;
-3. it saves the batch, the logits, the embeddings its ``Llava.compute_input_embeddings`` hands to the text model,
-   the projected image features and the plain text embeddings, for the test to compare.
+   ``LlavaHDF5MapDataProcessor`` (transforms of its LLaVA phase-2 config) reads from each H5 folder given;
+3. it saves, per folder, the batch, the logits, the embeddings its ``Llava.compute_input_embeddings`` hands to the
+   text model, the projected image features and the plain text embeddings, for the test to compare.
 
-Usage: run_cerebras.py JOB.json (fields: src, checkpoint, h5_dir, img_dir, image_size, image_start_idx, batch_size,
+Usage: run_cerebras.py JOB.json (fields: src, checkpoint, h5_dirs, img_dir, image_size, image_start_idx, batch_size,
 work, out).
 """
 import json
@@ -63,12 +63,6 @@ transforms = [  # params_llava_v1p5_pretrain_7b_phase2_MSL2K.yaml's, at this tow
     {"name": "to_tensor"},
     {"name": "normalize", "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
 ]
-data_config = LlavaHDF5MapDataProcessorConfig(
-    data_processor="LlavaHDF5MapDataProcessor", data_dir=job["h5_dir"], img_data_dir=job["img_dir"],
-    image_data_size=[3, image_size, image_size], transforms=transforms, batch_size=job["batch_size"], shuffle=False,
-    drop_last=False, num_workers=0)
-loader = LlavaHDF5MapDataProcessor(data_config).create_dataloader()
-batch = next(iter(loader))
 
 # 3. what its pasting logic hands the text model, and the logits
 seen = {}
@@ -85,8 +79,15 @@ def capture_projected(module, args, output):
 
 text_model.register_forward_pre_hook(capture_inputs, with_kwargs=True)
 llava.projector_image_model.register_forward_hook(capture_projected)
-with torch.no_grad():
-    loss, logits = model(batch, output_logits=True)
-    text_embeddings = text_model.compute_input_embeddings(batch["text_input_ids"], None)
-torch.save({"batch": {k: v for k, v in batch.items()}, "logits": logits, "loss": loss, "text_embeddings": text_embeddings,
-            "cs_checkpoint": cs_checkpoint, "cs_keys": sorted(state), "cstorch": cstorch.__version__, **seen}, job["out"])
+runs = []
+for h5_dir in job["h5_dirs"]:
+    data_config = LlavaHDF5MapDataProcessorConfig(
+        data_processor="LlavaHDF5MapDataProcessor", data_dir=h5_dir, img_data_dir=job["img_dir"],
+        image_data_size=[3, image_size, image_size], transforms=transforms, batch_size=job["batch_size"], shuffle=False,
+        drop_last=False, num_workers=0)
+    batch = next(iter(LlavaHDF5MapDataProcessor(data_config).create_dataloader()))
+    with torch.no_grad():
+        loss, logits = model(batch, output_logits=True)
+        text_embeddings = text_model.compute_input_embeddings(batch["text_input_ids"], None)
+    runs.append({"batch": dict(batch), "logits": logits, "loss": loss, "text_embeddings": text_embeddings, **seen})
+torch.save({"runs": runs, "cs_checkpoint": cs_checkpoint, "cs_keys": sorted(state), "cstorch": cstorch.__version__}, job["out"])

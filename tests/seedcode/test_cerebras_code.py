@@ -6,7 +6,8 @@
   its ``LlavaHDF5MapDataProcessor`` reads from ``mmzoo preprocess --format cerebras`` files: its pasting logic
   (``Llava.compute_input_embeddings``) puts the projected image features exactly on the image positions and leaves
   every other position's text embedding as it is, and its logits equal transformers' LlavaForConditionalGeneration
-  on the same tokens, image and attention mask.
+  on the same tokens, image and attention mask; fed the generic ``--format cerebras-multimodal`` files instead, it
+  overwrites attended text of the text-only sample (why ``cerebras`` reserves a masked dummy-image slot).
 
 The code runs in a side environment, ~/.cache/mmzoo-tests/cerebras-env (built once with pip, about 4 GB: cerebras-pytorch
 2.10.0 pins torch 2.4.0, whose PyPI wheel pulls the CUDA libraries, though only the CPU is used), isolated from the
@@ -73,8 +74,10 @@ def cerebras_run(modelzoo_src, tiny, tmp_path_factory):
     manifest = preprocess([root / "data.jsonl"], root / "images", hf, root / "h5", template="vicuna_v1", model=hf,
                           max_seq_len=MSL, format="cerebras")
     assert manifest["statistics"]["samples_written"] == len(ROWS)
+    preprocess([root / "data.jsonl"], root / "images", hf, root / "h5-generic", template="vicuna_v1", model=hf,
+               max_seq_len=MSL, format="cerebras-multimodal")
     image_size = json.loads((root / "cb" / "image_model" / "config.json").read_text())["image_size"]
-    job = {"src": str(modelzoo_src), "checkpoint": str(root / "cb"), "h5_dir": str(root / "h5"), "img_dir": str(root / "images"),
+    job = {"src": str(modelzoo_src), "checkpoint": str(root / "cb"), "h5_dirs": [str(root / "h5"), str(root / "h5-generic")], "img_dir": str(root / "images"),
            "image_size": image_size, "image_start_idx": manifest["image_start_idx"], "batch_size": len(ROWS),
            "work": str(root / "work"), "out": str(root / "out.pt")}
     (root / "job.json").write_text(json.dumps(job))
@@ -97,6 +100,7 @@ def test_its_converter_round_trips_mmzoos_folder_bit_exact(cerebras_run):
 def test_its_llava_model_pastes_the_image_on_the_image_positions(cerebras_run):
     root, manifest, theirs = cerebras_run
     start, patches = manifest["image_start_idx"], manifest["parameters"]["num_image_tokens"]
+    theirs = theirs["runs"][0]
     batch = theirs["batch"]
     (path,) = sorted((root / "h5").glob("*.h5"))
     with h5py.File(path) as f:
@@ -118,6 +122,7 @@ def test_its_logits_equal_the_transformers_model(cerebras_run, tiny):
     from transformers import LlavaForConditionalGeneration
 
     root, _, theirs = cerebras_run
+    theirs = theirs["runs"][0]
     batch = theirs["batch"]
     model = LlavaForConditionalGeneration.from_pretrained(tiny.hf("llama", "clip")).eval()
     (path,) = sorted((root / "h5").glob("*.h5"))
@@ -134,3 +139,17 @@ def test_its_logits_equal_the_transformers_model(cerebras_run, tiny):
         keep = attended.bool()
         difference = (theirs["logits"][k][keep] - expected[keep]).abs().max()
         assert difference < 1e-5, (row["id"], difference)
+
+
+def test_the_generic_layout_would_have_text_overwritten(cerebras_run):
+    """The control: without the dummy slot, the blank image's features land on the text-only sample's real text."""
+    root, manifest, theirs = cerebras_run
+    start, patches = manifest["image_start_idx"], manifest["parameters"]["num_image_tokens"]
+    generic = theirs["runs"][1]
+    with h5py.File(next((root / "h5-generic").glob("*.h5"))) as f:
+        data = f["data"][:]
+    window = slice(start, start + patches)
+    k = [r["id"] for r in ROWS].index("text")
+    assert not data[k, 3, window].any() and not data[k, 4, window].any()  # attended text tokens sit there
+    assert torch.equal(generic["input_embeddings"][k, window], generic["image_features"][k])  # pasted over them
+    assert not torch.equal(generic["input_embeddings"][k, window], generic["text_embeddings"][k, window])

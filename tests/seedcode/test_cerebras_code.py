@@ -28,6 +28,7 @@ import torch
 
 import mmzoo
 from mmzoo.io.tensors import materialize
+from test_cerebras_preprocess import ROWS as PREPROCESS_ROWS
 
 HERE = Path(__file__).parent
 PACKAGES = ["cerebras-pytorch==2.10.0", "torchvision==0.19.0", "pydantic==2.8.2", "h5py==3.13.0", "Pillow==10.4.0",
@@ -38,14 +39,8 @@ PROBE = ("import sys, torch, h5py, yaml, torchvision, slack_sdk, deepdiff, cereb
          "assert cstorch.__version__ == '2.10.0' and torch.__version__.startswith('2.4.0'); "
          "assert all(sys.prefix in p or 'site-packages' not in p for p in sys.path), sys.path")
 MSL = 256
-ROWS = [
-    {"id": "end", "image": "img_000.png", "conversations": [
-        {"from": "human", "value": "What is shown here?\n<image>"}, {"from": "gpt", "value": "A red square."}]},
-    {"id": "text", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi there."}]},
-    {"id": "start", "image": "img_001.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Blue."},
-        {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]},
-]
+# the samples of the preprocess tests that its LlavaModel takes: an image that ends its turn, text only, an image first
+ROWS = [row for row in PREPROCESS_ROWS if row["id"] in ("end", "text", "start")]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ on PyPI, so the test needs a checkout: set MMZOO_MOELLAVA_SRC to a folder holdin
 its pyproject pins 4.37.0 —, DeepSpeed 0.9.5 with pydantic 1) is built with pip once and cached in
 ~/.cache/mmzoo-tests/moellava-env (or set MMZOO_MOELLAVA_PYTHON to an interpreter that has them). It is isolated from
 the global site-packages (whose transformers 5 / peft / pydantic 2 would be imported by transformers 4.34's optional
-integrations): the only thing it shares is the torch release the test runs under, installed into it from the same
-wheel. A cached environment that sees the global site-packages or lacks a package is rebuilt. The stubs the runner
+integrations): what it has in common with the main environment is only the torch release the test runs under,
+installed into it with pip (on our machines the local CPU wheel). A cached environment that sees the global site-packages or lacks a package is rebuilt. The stubs the runner
 needs (GPU-only or unrelated code) are listed in run_moellava.py.
 """
 from __future__ import annotations

@@ -80,7 +80,9 @@ def cerebras_run(modelzoo_src, tiny, tmp_path_factory):
     return root, manifest, torch.load(root / "out.pt", weights_only=False)
 
 
-def test_its_converter_round_trips_mmzoos_folder_bit_exact(cerebras_run):
+def test_its_converter_round_trips_mmzoos_folder_bit_exact(cerebras_run, tmp_path):
+    import shutil
+
     root, _, theirs = cerebras_run
     assert theirs["cstorch"] == "2.10.0" and Path(theirs["cs_checkpoint"]).is_file()
     back = root / "work" / "hf-again"  # CS -> HF: image_model/ + text_model/ with pytorch_model-*.bin and an index
@@ -90,6 +92,13 @@ def test_its_converter_round_trips_mmzoos_folder_bit_exact(cerebras_run):
     for name in ours.tensors:
         assert torch.equal(materialize(again.tensors[name]), materialize(ours.tensors[name])), name
     assert again.spec.projector_type == "mlp2x_gelu" and again.spec.vision_feature_layer == ours.spec.vision_feature_layer
+    # it writes no tokenizer back: with the original's tokenizer files in text_model/ (its README's setup) the image
+    # token is known again and the folder converts to hf like the original
+    shutil.copytree(back, tmp_path / "back")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(root / "cb" / "text_model" / name, tmp_path / "back" / "text_model" / name)
+    mmzoo.convert(tmp_path / "back", tmp_path / "hf", tgt_fmt="hf", verify=True)
+    assert mmzoo.read_checkpoint(tmp_path / "hf").spec.image_token_id == ours.spec.image_token_id
 
 
 def test_its_llava_model_pastes_the_image_on_the_image_positions(cerebras_run):

@@ -9,7 +9,7 @@
   on the same tokens, image and attention mask; fed the generic ``--format cerebras-multimodal`` files instead, it
   overwrites attended text of the text-only sample (why ``cerebras`` reserves a masked dummy-image slot).
 
-The code runs in a side environment, ~/.cache/mmzoo-tests/cerebras-env (built once with pip, about 4 GB: cerebras-pytorch
+The code runs in a side environment, ~/.cache/mmzoo-tests/cerebras-env (built once with pip, about 6 GB: cerebras-pytorch
 2.10.0 pins torch 2.4.0, whose PyPI wheel pulls the CUDA libraries, though only the CPU is used), isolated from the
 global site-packages. Cerebras modelzoo itself is not on PyPI: set MMZOO_CEREBRAS_MODELZOO_SRC to the ``src/`` folder
 of a Cerebras/modelzoo checkout (Release_2.10.0); without it the tests are skipped and say so. The runner is

@@ -58,12 +58,14 @@ def _site_packages(python: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def side_python(name: str, packages: list[str], probe: str, *, no_deps: tuple[str, ...] = (), override_env: str | None = None) -> str:
+def side_python(name: str, packages: list[str], probe: str, *, no_deps: tuple[str, ...] = (), override_env: str | None = None,
+                isolated: bool = False) -> str:
     """Path of a Python interpreter with ``packages`` (pip requirement strings) installed over the
     running interpreter's packages; ``no_deps`` are installed afterwards with ``--no-deps``.
     ``probe`` is Python code that must run without error in a ready environment (check versions
     and ``import torch`` there). ``override_env`` names an environment variable that, when set,
-    gives an existing interpreter to use instead."""
+    gives an existing interpreter to use instead. ``isolated``: borrow nothing (a system that pins its
+    own torch, or that the running interpreter's other packages would break); ``packages`` then lists all."""
     if override_env and os.environ.get(override_env):
         return os.environ[override_env]
     env = cache_root() / name
@@ -76,7 +78,8 @@ def side_python(name: str, packages: list[str], probe: str, *, no_deps: tuple[st
         if _probe(python, probe):
             return str(python)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True, capture_output=True, env=clean_env())
-        (_site_packages(python) / PTH_NAME).write_text("\n".join(borrowed_site_packages()) + "\n", encoding="utf-8")
+        if not isolated:
+            (_site_packages(python) / PTH_NAME).write_text("\n".join(borrowed_site_packages()) + "\n", encoding="utf-8")
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         for args in ([*packages], ["--no-deps", *no_deps] if no_deps else None):
             if args:

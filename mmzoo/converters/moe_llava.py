@@ -42,7 +42,7 @@ from ..io.tensors import Planned, materialize
 from ..checkpoint.locate import read_json
 from ..checkpoint.spec import Checkpoint, ModelSpec, find_tokenizer_files
 from ..checkpoint.tokenizer_files import added_tokens
-from .common import detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, rope_parameters_from_4x, processor_from_folder, source_dtype, split_by_prefix, to_canonical, write_json
+from .common import detection_config, hub_cache_folder, image_seq_length, mmzoo_notes, rope_parameters_from_4x, processor_from_folder, source_dtype, split_by_prefix, to_canonical, transformers4_text_fields, write_json
 from .llava import CLIP_MODEL_ONLY, VISION_PREFIXES  # the same LLaVA-repo key spellings
 from .llava import TEXT_PREFIXES as LLAVA_TEXT_PREFIXES
 
@@ -360,12 +360,7 @@ def config_dict(spec: ModelSpec, base: str, vision_tower: str, torch_dtype: str)
     config = dict(dense)
     architectures = config.get("architectures")
     config.update(architectures=[CLASSES[base]], model_type=f"moe_llava_{base}")
-    added: dict[str, Any] = {"torch_dtype": torch_dtype}
-    rope = config.get("rope_parameters")
-    if isinstance(rope, dict):  # what transformers 4.x (MoE-LLaVA's pin) reads
-        added["rope_theta"] = rope.get("rope_theta", 10000.0)
-        rope_type = rope.get("rope_type", "default")
-        added["rope_scaling"] = None if rope_type == "default" else {"type": rope_type, **{k: v for k, v in rope.items() if k != "rope_theta"}}
+    added: dict[str, Any] = {"torch_dtype": torch_dtype, **transformers4_text_fields(config)}  # MoE-LLaVA runs 4.x
     added = {k: v for k, v in added.items() if k not in config}
     config.update(added)
     ds_moe: dict[str, Any] = {

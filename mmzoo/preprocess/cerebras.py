@@ -1,40 +1,42 @@
-"""``--format cerebras`` / ``cerebras-llava``: the Cerebras modelzoo multimodal HDF5 layouts.
+"""``--format cerebras`` / ``cerebras-multimodal``: the Cerebras modelzoo multimodal HDF5 layouts.
 
-``cerebras`` is the generic layout below (any number of images per sample, wherever the markers sit), as its
-MultimodalSimple model reads it through ``img_data_loc``. ``cerebras-llava`` follows what its ``LlavaModel``
-(fed by ``LlavaHDF5MapDataProcessor``, which reads only the first four channels and the first ``img_path``)
-depends on: it pastes the image features at one fixed position, ``image_start_idx``. So each ``<image>`` marker
-is moved to the start of its user turn first (as LLaVA's own ``preprocess_multimodal`` does), a sample holds at
-most one image and it must sit in the first user turn (others are rejected, never silently cut), text-only
-samples get a dummy-image slot of ``num_patches`` placeholders at the same position with key_padding_mask 1
-(its reader feeds a blank image for ``img_path`` "None"), ``has_img`` is [N, 1] and ``max_num_img`` 1, and
-``data_params.json`` records ``image_start_idx`` to put in the model config.
+``cerebras`` follows what its ``LlavaModel`` (fed by ``LlavaHDF5MapDataProcessor``, which reads only the first four
+channels and the first ``img_path``) depends on: it pastes the image features at one fixed position,
+``image_start_idx`` (``Llava.compute_input_embeddings``). So the ``<image>`` marker opens its user turn (the
+encoder's LLaVA placement, as Cerebras' and LLaVA's own preprocessing do; ``--image-placement keep`` is refused), a
+sample holds at most one image and it must sit in the first user turn (others are rejected into rejected.jsonl,
+never silently cut), text-only samples get a dummy-image slot of ``num_patches`` placeholders at the same position
+with key_padding_mask 1 (its reader feeds a blank image for ``img_path`` "None"), ``has_img`` is [N, 1] and
+``max_num_img`` 1, and ``data_params.json`` records ``image_start_idx`` to put in the model config.
+
+``cerebras-multimodal`` is the generic layout (any number of images per sample, wherever the markers sit), as its
+MultimodalSimple model reads it through ``img_data_loc``.
 
 Per file ``output_chunk_{proc}_{chunk}.h5`` (~1 MiB of examples):
 ``data`` int32 [N, 5, MSL] = input_ids, loss_mask, labels, key_padding_mask, token_modality_idx
 (next-token layout: input_ids = tokens[:-1], labels = tokens[1:], loss_mask aligned with labels,
 key_padding_mask 1 on padding, token_modality_idx 1 on image placeholders);
-``img_path`` strings [N, max_num_img] ("None" when absent), ``has_img`` bool [N],
-``img_data_loc`` int32 [N, max_num_img, num_patches] (positions in input_ids, -1 when absent);
+``img_path`` strings [N, max_num_img] ("None" when absent), ``has_img`` bool ([N] generic, [N, 1] cerebras),
+``img_data_loc`` int32 [N, max_num_img, num_patches] (positions in input_ids, MSL when absent);
 gzip, chunks of one example, attribute ``n_examples``. We write everything from one process, so
 ``proc`` is always 0; the output does not depend on ``--workers``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample, _pieces
+from ..errors import ConfigError
+from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample
 from .templates import IMAGE_MARKER, parse_turns
 from .writer import BufferedShardWriter, h5_file, sha256
 
 TARGET_FILE_BYTES = 1 << 20
 
 
-class CerebrasWriter(BufferedShardWriter):
+class CerebrasMultimodalWriter(BufferedShardWriter):
     def __init__(self, out: Path, msl: int, num_patches: int, image_token_id: int, pad_id: int, shards: list[dict] | None = None):
         self.out, self.msl, self.num_patches = out, msl, num_patches
         self.image_token_id, self.pad_id = image_token_id, pad_id
@@ -98,42 +100,20 @@ class CerebrasWriter(BufferedShardWriter):
                             "sha256": sha256(self.out / name)})
 
 
-# ---------------------------------------------------------------- cerebras-llava
-
-def image_first(row: Row) -> Row:
-    """LLaVA's preprocess_multimodal on one row: each turn's <image> marker moves to the turn's start, then "\\n".
-
-    Rows that do not parse are passed on as they are, for the encoder to reject with its usual reason."""
-    data = row.raw
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except (json.JSONDecodeError, RecursionError):
-            return row
-    turns = data.get("conversations") if isinstance(data, dict) else None
-    if not isinstance(turns, list):
-        return row
-    moved = []
-    for turn in turns:
-        value = turn.get("value") if isinstance(turn, dict) else None
-        if isinstance(value, str) and IMAGE_MARKER in value:
-            turn = dict(turn, value=(IMAGE_MARKER + "\n" + value.replace(IMAGE_MARKER, "").strip()).strip())
-        moved.append(turn)
-    return row._replace(raw=dict(data, conversations=moved))
-
+# ---------------------------------------------------------------- cerebras (LlavaModel)
 
 def image_start(encoder: Encoder) -> int:
     """Where the template puts an image that opens the first user turn: Cerebras' fixed image_start_idx.
     Encoded exactly as a sample is (the encoder's own rendering, tokenization and assembly)."""
     turns = parse_turns([{"from": "human", "value": IMAGE_MARKER + "\nx"}, {"from": "gpt", "value": "y"}])
-    result = encoder.render(turns)
-    pieces = _pieces(result.segments, result.llava_chunks)
-    sample = encoder._assemble(Row(0, 0, 0, None), None, ["image"], result.add_bos, pieces,
-                               encoder.tokenizer.encode([piece[0] for piece in pieces]))
+    sample = encoder.encode_turns(turns, ["image"])
+    if isinstance(sample, Rejection):  # max_seq_len below the template's prompt + one image: no sample could fit
+        raise ConfigError(f"--format cerebras: an image sample cannot fit in max_seq_len {encoder.settings.max_seq_len} "
+                          f"with this template ({sample.detail})", hint="raise --max-seq-len")
     return int(np.flatnonzero(sample.input_ids == encoder.info.image_token_id)[0])
 
 
-class CerebrasLlavaWriter(CerebrasWriter):
+class CerebrasLlavaWriter(CerebrasMultimodalWriter):
     def __init__(self, out: Path, msl: int, num_patches: int, image_token_id: int, pad_id: int, image_start_idx: int,
                  shards: list[dict] | None = None):
         super().__init__(out, msl, num_patches, image_token_id, pad_id, shards)
@@ -142,9 +122,9 @@ class CerebrasLlavaWriter(CerebrasWriter):
         self._in_flight: dict[int, tuple[int, int]] = {}  # row index -> (source, position), for rejections
 
     def prepare(self, row: Row) -> Row:
-        """Before encoding (in the main process, in order): the marker moves to its turn's start."""
+        """Before encoding (in the main process, in order): remember where the row came from, for a rejection."""
         self._in_flight[row.index] = (row.source, row.position)
-        return image_first(row)
+        return row
 
     def admit(self, result: Sample | Rejection) -> Sample | Rejection:
         where = self._in_flight.pop(result.row, (0, 0))

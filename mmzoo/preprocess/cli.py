@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT: finished shards are kept, the rest is redone.")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only once the new output is complete).")] = False,
         strict: Annotated[bool, typer.Option("--strict", help="Fail on the first rejected sample instead of listing it in rejected.jsonl.")] = False,
-        format: Annotated[str, typer.Option("--format", help="mmzoo (documented H5 shards, read by mmzoo.preprocess.H5Dataset), cerebras (modelzoo multimodal layout, any images) or cerebras-llava (its LlavaModel: one image at a fixed start, dummy image for text-only).")] = "mmzoo",
+        format: Annotated[str, typer.Option("--format", help="mmzoo (documented H5 shards, read by mmzoo.preprocess.H5Dataset), cerebras (Cerebras modelzoo's LlavaModel: one image at the fixed image_start_idx, a dummy image for text-only samples) or cerebras-multimodal (its MultimodalSimple layout: any number of images where the markers sit).")] = "mmzoo",
         no_image_check: Annotated[bool, typer.Option("--no-image-check", help="Only check that image files exist; skip decoding them (faster on huge sets).")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or statistics table.")] = False,
         debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,

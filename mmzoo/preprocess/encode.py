@@ -265,7 +265,7 @@ class Encoder:
             except _Reject as rej:
                 rendered.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
                 continue
-            pieces = _pieces(result.segments, result.llava_chunks)
+            pieces = text_pieces(result.segments, result.llava_chunks)
             rendered.append((row, sample_id, images, result, pieces, cut))
             texts.extend(piece[0] for piece in pieces)
         encodings = self.tokenizer.encode(texts)
@@ -281,6 +281,14 @@ class Encoder:
             sample = self._assemble(row, sample_id, images, result.add_bos, pieces, encoded)
             out.append(sample._replace(truncated=True) if cut and isinstance(sample, Sample) else sample)
         return out
+
+    def encode_turns(self, turns: list[Turn], images: list[str]) -> Sample | Rejection:
+        """One parsed conversation encoded exactly as encode_rows encodes a row (rendering, tokenization,
+        assembly), without a source row: for a layout that must know where the template puts things."""
+        result = self.render(turns)
+        pieces = text_pieces(result.segments, result.llava_chunks)
+        return self._assemble(Row(0, 0, 0, None), None, images, result.add_bos, pieces,
+                              self.tokenizer.encode([piece[0] for piece in pieces]))
 
     def _assemble(self, row: Row, sample_id: str | None, images: list[str], add_bos: bool,
                   pieces: list[tuple[str, list[tuple[int, int]], list[int]]], encoded: list[tuple[Any, int]]) -> Sample | Rejection:
@@ -334,7 +342,7 @@ class Encoder:
         return Sample(row.index, sid, arr, loss_mask, images, truncated)
 
 
-def _pieces(segments: list[Segment], llava_chunks: bool) -> list[tuple[str, list[tuple[int, int]], list[int]]]:
+def text_pieces(segments: list[Segment], llava_chunks: bool) -> list[tuple[str, list[tuple[int, int]], list[int]]]:
     """The texts to tokenize (one, or one per <image>-separated chunk for LLaVA's templates), each with
     its assistant spans (start, stop) and turn ends (character positions), relative to the text."""
     text, spans, ends, pos = "", [], [], 0

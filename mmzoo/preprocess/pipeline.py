@@ -25,8 +25,8 @@ from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
 from .writer import FORMAT_VERSION, TMP_SUFFIX, MmzooWriter
 
-FORMATS = ("mmzoo", "cerebras", "cerebras-llava")
-CHECKPOINT = {"mmzoo": ".progress.json", "cerebras": "checkpoint.txt", "cerebras-llava": "checkpoint.txt"}
+FORMATS = ("mmzoo", "cerebras", "cerebras-multimodal")
+CHECKPOINT = {"mmzoo": ".progress.json", "cerebras": "checkpoint.txt", "cerebras-multimodal": "checkpoint.txt"}
 CHUNK_ROWS = 512  # rows per task: large enough to amortise IPC, small enough to keep workers busy
 
 
@@ -62,6 +62,9 @@ def preprocess(
     _check_options(template, format, max_seq_len, workers, samples_per_shard, resume, overwrite, num_image_tokens, model)
     if image_placement not in IMAGE_PLACEMENTS:
         raise ConfigError(f"unknown image placement {image_placement!r}", hint="llava or keep")
+    if format == "cerebras" and image_placement != "llava":  # its LlavaModel pastes the image at one fixed position
+        raise ConfigError("--format cerebras needs --image-placement llava (Cerebras' LlavaModel pastes the image at the start "
+                          "of the first user turn)", hint="use --format cerebras-multimodal to keep the markers where they are")
     check_sources(paths)
     image_root = Path(images)
     if not image_root.is_dir():
@@ -94,8 +97,8 @@ def _write(target: Path, paths: list[Path], params: dict, settings: Settings, in
     work, state = _prepare_output(target, params, format, resume, overwrite)
     if state.get("complete"):
         return state["manifest"]
-    run = _Run(work, paths, params, settings, info, format, strict, state)
     try:
+        run = _Run(work, paths, params, settings, info, format, strict, state)  # a layout may refuse the settings
         with writing(work):  # a full disk names the output folder (finished shards stay for --resume)
             if not state:  # mark the folder as mmzoo's from the start: only such a folder accepts --resume
                 run._checkpoint(0)
@@ -116,8 +119,11 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
                    overwrite: bool, num_image_tokens: int | None, model: Any) -> None:
     if template not in TEMPLATES:
         raise ConfigError(f"unknown template {template!r}", hint="choose one of " + ", ".join(TEMPLATES))
+    if format == "cerebras-llava":  # its name before it became what --format cerebras means
+        raise ConfigError("--format cerebras-llava is now --format cerebras (Cerebras' LlavaModel layout)",
+                          hint="the generic multi-image layout is --format cerebras-multimodal")
     if format not in FORMATS:
-        raise ConfigError(f"unknown format {format!r}", hint="mmzoo, cerebras or cerebras-llava")
+        raise ConfigError(f"unknown format {format!r}", hint="mmzoo, cerebras or cerebras-multimodal")
     if max_seq_len < 8 or workers < 1 or per_shard < 1:
         raise ConfigError("--max-seq-len must be >= 8, --workers and --samples-per-shard >= 1")
     # Upper bounds far above real use: the cerebras layout allocates max_seq_len per sample and a
@@ -241,14 +247,15 @@ class _Run:
         self.rejected = rejected.open("a", encoding="utf-8")
         shards = state.get("shards", [])
         if format == "cerebras":
-            from .cerebras import CerebrasWriter
-
-            self.writer: Any = CerebrasWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id, info.pad_id, shards)
-        elif format == "cerebras-llava":
             from .cerebras import CerebrasLlavaWriter, image_start
 
-            self.writer = CerebrasLlavaWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id, info.pad_id,
-                                              image_start(Encoder(settings, info)), shards)
+            self.writer: Any = CerebrasLlavaWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id,
+                                                   info.pad_id, image_start(Encoder(settings, info)), shards)
+        elif format == "cerebras-multimodal":
+            from .cerebras import CerebrasMultimodalWriter
+
+            self.writer = CerebrasMultimodalWriter(out, params["max_seq_len"], params["num_image_tokens"], info.image_token_id,
+                                                   info.pad_id, shards)
         else:
             attrs = {"image_token_id": info.image_token_id, "num_image_tokens": params["num_image_tokens"],
                      "max_seq_len": params["max_seq_len"], "template": params["template"], "tokenizer": params["tokenizer"]}
@@ -274,7 +281,7 @@ class _Run:
 
     def _results(self, pool: Any, workers: int) -> Iterator[list[Sample | Rejection]]:
         rows = iter_rows(self.paths, skip=self.rows_done)
-        if hasattr(self.writer, "prepare"):  # a layout that rewrites rows before encoding (cerebras-llava)
+        if hasattr(self.writer, "prepare"):  # a layout that looks at rows before encoding (cerebras)
             rows = map(self.writer.prepare, rows)
         chunks = chunked(rows, CHUNK_ROWS)
         if pool is None:

@@ -1,4 +1,4 @@
-"""The training reader, the cerebras layout and the demo step, on real shards and a real image processor."""
+"""The training reader, the cerebras-multimodal layout and the demo step, on real shards and a real image processor."""
 from __future__ import annotations
 
 import json
@@ -74,12 +74,12 @@ def test_dataloader_with_workers(tmp_path, good_jsonl, image_root, tok_dir):
             assert torch.equal(a["pixel_values"], b["pixel_values"])
 
 
-def test_cerebras_layout(tmp_path, good_jsonl, image_root, tok_dir, tokenizer):
+def test_cerebras_multimodal_layout(tmp_path, good_jsonl, image_root, tok_dir, tokenizer):
     ref = _build(tmp_path, good_jsonl, image_root, tok_dir)
     stored = read_shards(ref)
     out = tmp_path / "cb"
     msl = 512
-    manifest = preprocess([good_jsonl], image_root, tok_dir, out, template="llama3", num_image_tokens=N_IMG, max_seq_len=msl, format="cerebras")
+    manifest = preprocess([good_jsonl], image_root, tok_dir, out, template="llama3", num_image_tokens=N_IMG, max_seq_len=msl, format="cerebras-multimodal")
     params = json.loads((out / "data_params.json").read_text())
     assert params["statistics"]["samples_written"] == len(GOOD) and params == manifest
     max_img = msl // N_IMG

@@ -6,7 +6,8 @@ Cerebras modelzoo is not on PyPI (only cerebras-pytorch / cerebras-appliance, it
 test that runs its code needs a checkout: set MMZOO_CEREBRAS_MODELZOO_SRC to the ``src/`` folder of a clone of
 Cerebras/modelzoo (Release 2.10); without it that test is skipped and says so. It loads
 ``tools/checkpoint_converters/streaming_checkpoints.py`` — the reader the converter uses for a ``*.index.json`` —
-with one stub: ``cerebras.pytorch`` (the Wafer-Scale runtime, used there only to save Cerebras-side checkpoints).
+with one stub: ``cerebras.pytorch`` (the Wafer-Scale runtime, used there only to save Cerebras-side checkpoints), so
+it runs in-process. The converter itself, with the real cerebras-pytorch, runs in test_cerebras_code.py.
 """
 from __future__ import annotations
 

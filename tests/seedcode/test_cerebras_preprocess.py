@@ -1,4 +1,4 @@
-"""``--format cerebras-llava``: H5 files in the conventions Cerebras' LlavaModel depends on — the image pasted at
+"""``--format cerebras``: H5 files in the conventions Cerebras' LlavaModel depends on — the image pasted at
 one fixed position (image_start_idx), one image per sample, a dummy-image slot for text-only samples.
 
 The files are read with Cerebras' own ``H5Reader`` (``data/common/h5_map_dataset/readers.py``, plain h5py + numpy,
@@ -46,7 +46,7 @@ def output(tmp_path_factory):
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     manifest = preprocess([data], root / "images", root / "tok", root / "out", template="vicuna_v1", num_image_tokens=P,
-                          max_seq_len=MSL, format="cerebras-llava")
+                          max_seq_len=MSL, format="cerebras")
     return root, manifest
 
 
@@ -88,7 +88,7 @@ def test_same_text_around_the_image_as_an_image_first_row(output, tmp_path):
     row = dict(ROWS[0], conversations=[{"from": "human", "value": "<image>\nWhat is shown here?"}, ROWS[0]["conversations"][1]])
     (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
     preprocess([tmp_path / "d.jsonl"], tmp_path / "images", root / "tok", tmp_path / "out", template="vicuna_v1",
-               num_image_tokens=P, max_seq_len=MSL, format="cerebras-llava")
+               num_image_tokens=P, max_seq_len=MSL, format="cerebras")
     with h5py.File(next((tmp_path / "out").glob("*.h5"))) as f, h5py.File(next((root / "out").glob("*.h5"))) as g:
         assert np.array_equal(f["data"][0], g["data"][0])
 
@@ -125,7 +125,7 @@ def test_cerebras_h5_reader_reads_it(output):
 def test_workers_give_the_same_files(output):
     root, manifest = output
     again = preprocess([root / "data.jsonl"], root / "images", root / "tok", root / "out2", template="vicuna_v1",
-                       num_image_tokens=P, max_seq_len=MSL, format="cerebras-llava", workers=2)
+                       num_image_tokens=P, max_seq_len=MSL, format="cerebras", workers=2)
     assert again["statistics"] == manifest["statistics"] and again["image_start_idx"] == manifest["image_start_idx"]
     with h5py.File(next((root / "out").glob("*.h5"))) as f, h5py.File(next((root / "out2").glob("*.h5"))) as g:
         assert np.array_equal(f["data"][:], g["data"][:]) and np.array_equal(f["has_img"][:], g["has_img"][:])
@@ -135,10 +135,57 @@ def test_cerebras_h5_reader_reads_the_generic_layout(output, tmp_path):
     reader_class = _cerebras_h5_reader()
     root, _ = output
     manifest = preprocess([root / "data.jsonl"], root / "images", root / "tok", tmp_path / "generic", template="vicuna_v1",
-                          num_image_tokens=P, max_seq_len=MSL, format="cerebras")
+                          num_image_tokens=P, max_seq_len=MSL, format="cerebras-multimodal")
     reader = reader_class(data_dirs=[str(tmp_path / "generic")], extra_data_keys=["img_path"], sequence_length=None,
                           read_extra_token=True, data_subset=None, sort=True, use_vsl=False)
     assert len(reader) == manifest["statistics"]["samples_written"] == len(ROWS)  # every layout the generic one holds
     two = reader[3]
     assert [p.decode("utf-8") for p in two["img_path"][:2]] == ["img_000.png", "img_001.png"]
     assert np.asarray(two["data"]).shape == (5, MSL)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--format", "cerebras", "--image-placement", "keep"], "--image-placement llava"),
+    (["--format", "cerebras-llava"], "now --format cerebras"),
+])
+def test_layouts_it_cannot_write_are_one_line(output, tmp_path, args, expected):
+    from cli_helpers import run_cli
+
+    root, _ = output
+    code, _, stderr = run_cli("preprocess", "--data", str(root / "data.jsonl"), "--images", str(root / "images"), "--tokenizer",
+                              str(root / "tok"), "-o", str(tmp_path / "out"), "--num-image-tokens", str(P), *args)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("mmzoo: error:") and expected in lines[0], stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_seq_len_without_room_for_an_image_is_one_line(output, tmp_path):
+    from cli_helpers import run_cli
+
+    root, _ = output
+    code, _, stderr = run_cli("preprocess", "--data", str(root / "data.jsonl"), "--images", str(root / "images"), "--tokenizer",
+                              str(root / "tok"), "-o", str(tmp_path / "out"), "--num-image-tokens", "64", "--max-seq-len", "48",
+                              "--template", "vicuna_v1", "--format", "cerebras")
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "cannot fit in max_seq_len 48" in lines[0], stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_start_idx_is_cerebras_phase_2_value_with_the_real_vicuna_tokenizer(tmp_path):
+    """Cerebras' LLaVA phase-2 config says image_start_idx 35: BOS + the vicuna_v1 system prompt + 'USER:' in the
+    Llama-2/Vicuna tokenizer that liuhaotian/llava-v1.5-7b ships (with <image> added, as `mmzoo init` does)."""
+    import shutil
+
+    from real_tokenizers import llava_v15
+    from transformers import AutoTokenizer
+
+    from mmzoo.preprocess.cerebras import image_start
+    from mmzoo.preprocess.encode import Encoder, Settings
+
+    shutil.copytree(llava_v15(fast=True), tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.save_pretrained(tmp_path / "tok")
+    encoder = Encoder(Settings(tokenizer=str(tmp_path / "tok"), image_root=str(tmp_path), template="vicuna_v1", max_seq_len=2048,
+                               num_image_tokens=576, truncate=False))
+    assert image_start(encoder) == 35

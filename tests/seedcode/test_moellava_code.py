@@ -6,9 +6,12 @@ and checks the text+image logits against the dense transformers model the MoE wa
 on PyPI, so the test needs a checkout: set MMZOO_MOELLAVA_SRC to a folder holding its `moellava/` package (a
 `git clone` of the repository); without it the test is skipped and says so. Its side environment (transformers
 4.34.1 — MoE-LLaVA's Llama MoE code calls `_prepare_decoder_attention_mask`, gone from transformers 4.36 on, although
-its pyproject pins 4.37.0 —, DeepSpeed 0.9.5 with pydantic 1, system torch) is built with pip once and cached in
-~/.cache/mmzoo-tests/moellava-env (or set MMZOO_MOELLAVA_PYTHON to an interpreter that has them). The stubs the
-runner needs (GPU-only or unrelated code) are listed in run_moellava.py.
+its pyproject pins 4.37.0 —, DeepSpeed 0.9.5 with pydantic 1) is built with pip once and cached in
+~/.cache/mmzoo-tests/moellava-env (or set MMZOO_MOELLAVA_PYTHON to an interpreter that has them). It is isolated from
+the global site-packages (whose transformers 5 / peft / pydantic 2 would be imported by transformers 4.34's optional
+integrations): what it has in common with the main environment is only the torch release the test runs under,
+installed into it with pip (on our machines the local CPU wheel). A cached environment that sees the global site-packages or lacks a package is rebuilt. The stubs the runner
+needs (GPU-only or unrelated code) are listed in run_moellava.py.
 """
 from __future__ import annotations
 
@@ -29,9 +32,15 @@ from mmzoo.io.tensors import materialize
 
 HERE = Path(__file__).parent
 ENV = Path.home() / ".cache" / "mmzoo-tests" / "moellava-env"
-PACKAGES = ["transformers==4.34.1", "tokenizers>=0.14,<0.15", "numpy<2", "accelerate==0.21.0", "sentencepiece", "einops==0.6.1",
-            "shortuuid", "protobuf", "tiktoken", "pydantic>=1,<2", "py-cpuinfo", "hjson", "ninja"]
-PROBE = "import deepspeed, transformers; assert deepspeed.__version__ == '0.9.5' and transformers.__version__ == '4.34.1'"
+TORCH = "torch==" + torch.__version__.split("+")[0]  # the one thing shared: the torch release mmzoo's side runs
+PACKAGES = [TORCH, "transformers==4.34.1", "tokenizers>=0.14,<0.15", "numpy<2", "accelerate==0.21.0", "sentencepiece",
+            "einops==0.6.1", "shortuuid", "protobuf", "tiktoken", "pydantic>=1,<2", "py-cpuinfo", "hjson", "ninja", "psutil",
+            "packaging", "Pillow", "safetensors", "requests", "pyyaml", "tqdm", "regex"]
+PROBE = ("import sys, deepspeed, transformers, torch, PIL; "
+         "assert deepspeed.__version__ == '0.9.5' and transformers.__version__ == '4.34.1'; "
+         f"assert torch.__version__.split('+')[0] == {TORCH.split('==')[1]!r}; "
+         # isolation: nothing is imported from outside the environment (a global peft or pydantic 2 broke it before)
+         "assert all(sys.prefix in p or 'site-packages' not in p for p in sys.path), sys.path")
 MOE = dict(num_experts=4, top_k=2, layers="even", capacity_factor=4.0)  # capacity = every token: DeepSpeed drops none
 
 
@@ -47,7 +56,7 @@ def _moellava_python() -> str:
     python = ENV / "bin" / "python"
     if python.exists() and subprocess.run([str(python), "-c", PROBE], capture_output=True, env=_side_env()).returncode == 0:
         return str(python)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(ENV)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(ENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, *PACKAGES], check=True, capture_output=True)
     # DeepSpeed 0.9.5's setup.py imports torch (hence no build isolation); DS_BUILD_OPS=0: no CUDA kernels
@@ -174,7 +183,7 @@ def test_reader_accepts_moe_llava_layouts(tiny, moe_llava, tmp_path, unwrap):
         assert torch.equal(materialize(ckpt.tensors[name]), materialize(reference.tensors[name]))
 
 
-@pytest.mark.parametrize("llm", ["phi", "qwen", "stablelm"])
+@pytest.mark.parametrize("llm", ["phi", "qwen", "stablelm", "qwen1_5", "minicpm"])  # MoE-LLaVA's other model_types
 def test_unsupported_moe_llava_llm_is_one_line(moe_llava, tmp_path, llm):
     import shutil
 

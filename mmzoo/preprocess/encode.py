@@ -413,6 +413,8 @@ def init_worker(settings: Settings) -> None:
     # inherit that: Pool.terminate() stops workers with SIGTERM, and one that did not die at once could
     # hold the task queue's lock and leave its sibling, and the parent's join, waiting forever.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # the parent forks its workers with SIGTERM blocked (pipeline._pool)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     # Each worker is one process; Rust-side threads would only fight the other workers for cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     inherited = _INHERITED

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -274,9 +275,18 @@ class _Run:
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         if ctx.get_start_method() == "fork":  # forked workers inherit the loaded tokenizer instead of each loading it again
             share_with_forked_workers(Encoder(self.settings, self.info))
+        # SIGTERM stays blocked while the workers are forked, and every worker unblocks it only after it has
+        # reset the handler it inherited (init_worker). Otherwise a Pool.terminate() that reaches a worker
+        # still starting up can be lost: CPython drops a signal whose Python handler became SIG_DFL before
+        # the handler ran, and that worker then waits on the task queue forever, and the parent's join with it.
+        # The pool's own threads, started here, keep it blocked, so the main thread still receives it.
+        masked = hasattr(signal, "pthread_sigmask")
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if masked else None
         try:
             return ctx.Pool(workers, initializer=init_worker, initargs=(self.settings,))
         finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             share_with_forked_workers(None)
 
     def _results(self, pool: Any, workers: int) -> Iterator[list[Sample | Rejection]]:

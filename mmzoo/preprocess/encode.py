@@ -149,6 +149,7 @@ class Settings:
     truncate: bool
     check_images: bool = True
     image_placement: str = "llava"  # "llava": <image> first in its turn, as LLaVA's training does; "keep"
+    kind: str = "conversation"  # "preference": chosen/rejected pairs (mmzoo/preprocess/preference.py)
 
 
 @dataclass
@@ -395,7 +396,16 @@ def init_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Each worker is one process; Rust-side threads would only fight the other workers for cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER = Encoder(settings)
+    _WORKER = make_encoder(settings)
+
+
+def make_encoder(settings: Settings) -> Encoder:
+    """The encoder of the data's kind: conversations, or preference pairs (both sides through the same code)."""
+    if settings.kind == "preference":
+        from .preference import PreferenceEncoder
+
+        return PreferenceEncoder(settings)
+    return Encoder(settings)
 
 
 def encode_chunk(rows: list[Row]) -> list[Sample | Rejection]:

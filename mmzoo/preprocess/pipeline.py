@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
-from .encode import IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker
+from .encode import (IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker,
+                     make_encoder)
 from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
@@ -52,12 +53,15 @@ def preprocess(
     format: str = "mmzoo",
     check_images: bool = True,
     image_placement: str = "llava",
+    kind: str = "conversation",
     console: Any = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Tokenize LLaVA conversations into H5 shards under ``out``; returns the manifest (a dict)."""
+    """Tokenize LLaVA conversations (``kind`` preference: chosen/rejected pairs, mmzoo/preprocess/preference.py)
+    into H5 shards under ``out``; returns the manifest (a dict)."""
     paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
     _check_options(template, format, max_seq_len, workers, samples_per_shard, resume, overwrite, num_image_tokens, model)
+    _check_kind(kind, format, truncate)
     if image_placement not in IMAGE_PLACEMENTS:
         raise ConfigError(f"unknown image placement {image_placement!r}", hint="llava or keep")
     check_sources(paths)
@@ -73,7 +77,10 @@ def preprocess(
         "samples_per_shard": samples_per_shard, "image_token_id": info.image_token_id, "pad_token_id": info.pad_id,
         "check_images": check_images, "image_placement": image_placement,
     }
-    settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images, image_placement)
+    if kind != "conversation":  # only then: the parameters (and so --resume) of conversation data stay as they were
+        params["kind"] = kind
+    settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images,
+                        image_placement, kind)
     target = Path(out)
     # --overwrite replaces OUT and --resume deletes unfinished files in it: neither may touch an input.
     inputs = [("data file", p) for p in paths] + [("image folder", image_root), ("tokenizer", Path(tokenizer))]
@@ -128,6 +135,17 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
         raise ConfigError("give --num-image-tokens or --model, not both")
     if num_image_tokens is not None and num_image_tokens < 1:
         raise ConfigError("--num-image-tokens must be >= 1")
+
+
+def _check_kind(kind: str, format: str, truncate: bool) -> None:
+    from .preference import KINDS
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}", hint="conversation or preference")
+    if kind == "preference" and format != "mmzoo":
+        raise ConfigError(f"--kind preference writes --format mmzoo only (not {format})")
+    if kind == "preference" and truncate:
+        raise ConfigError("--kind preference never truncates (a cut could drop the answers compared): use --skip-long")
 
 
 def _resolve_num_image_tokens(n: int | None, model: str | Path | None, tokenizer: str | Path) -> int:
@@ -247,7 +265,10 @@ class _Run:
         else:
             attrs = {"image_token_id": info.image_token_id, "num_image_tokens": params["num_image_tokens"],
                      "max_seq_len": params["max_seq_len"], "template": params["template"], "tokenizer": params["tokenizer"]}
-            self.writer = MmzooWriter(out, params["samples_per_shard"], attrs, shards)
+            per_shard = params["samples_per_shard"]
+            if params.get("kind") == "preference":  # a pair is two consecutive samples: shards hold whole pairs
+                attrs["kind"], per_shard = "preference", 2 * per_shard
+            self.writer = MmzooWriter(out, per_shard, attrs, shards)
 
     # -- encoding, in order ------------------------------------------------------------------------
     def _pool(self, workers: int) -> Any:
@@ -268,7 +289,7 @@ class _Run:
             rows = map(self.writer.prepare, rows)
         chunks = chunked(rows, CHUNK_ROWS)
         if pool is None:
-            encoder = Encoder(self.settings)
+            encoder = make_encoder(self.settings)
             yield from map(encoder.encode_rows, chunks)
             return
         window: deque = deque()
@@ -302,12 +323,16 @@ class _Run:
         if isinstance(result, Rejection):
             self._reject(result)
             return
-        stats["samples_written"] += 1
-        stats["tokens"] += len(result.input_ids)
-        stats["loss_tokens"] += int(result.loss_mask.sum())
-        stats["images"] += len(result.images)
-        stats["truncated"] += int(result.truncated)
-        if self.writer.add(result):
+        stats["samples_written"] += 1  # a preference pair counts once, its two sides' tokens both
+        sides = (result.chosen, result.rejected) if hasattr(result, "chosen") else (result,)
+        stats["images"] += len(sides[0].images)  # both sides show the same images
+        done = False
+        for side in sides:
+            stats["tokens"] += len(side.input_ids)
+            stats["loss_tokens"] += int(side.loss_mask.sum())
+            stats["truncated"] += int(side.truncated)
+            done = self.writer.add(side)  # a shard holds whole pairs, so it can only end after a pair's last side
+        if done:
             self._checkpoint(result.row + 1)
 
     def _reject(self, rej: Rejection) -> None:

@@ -224,3 +224,22 @@ def make_caption_dataset(folder: Path, checkpoint: Path, samples: int = 8) -> tu
     data = folder / "data"
     preprocess([folder / "data.json"], images, checkpoint, data, template="plain", model=checkpoint, max_seq_len=128)
     return images, data
+
+
+def make_preference_dataset(folder: Path, checkpoint: Path, pairs: int = 8, images: Path | None = None) -> Path:
+    """``pairs`` RLAIF-V-style records (question, chosen = the image's caption, rejected = another image's caption)
+    over the four images of ``images`` (made in ``folder/images`` when None), preprocessed with ``--kind
+    preference`` and ``checkpoint``'s tokenizer. Returns the preprocessed folder."""
+    import json
+
+    from .preprocess import preprocess
+
+    if images is None:
+        images = folder / "images"
+        make_images(images, 4)
+    rows = [{"idx": f"p{i}", "image": f"img_{i % 4:03d}.png", "question": "Describe the picture.",
+             "chosen": CAPTIONS[i % 4], "rejected": CAPTIONS[(i + 1 + i // 4) % 4]} for i in range(pairs)]
+    (folder / "pairs.json").write_text(json.dumps(rows))
+    data = folder / "pairs"
+    preprocess([folder / "pairs.json"], images, checkpoint, data, kind="preference", model=checkpoint, max_seq_len=128)
+    return data

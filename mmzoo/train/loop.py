@@ -175,7 +175,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     import deepspeed
 
     from . import checkpoint as ck
-    from .moe import RouterTap, layout_coefficients, mark_leaf_modules
+    from .moe import RouterTap, layout_coefficients, leaf_inputs_require_grad, mark_leaf_modules
     from .names import memory_layout
     from .stages import select_trainable
 
@@ -244,6 +244,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                     block.capacity_factor = cfg.moe.capacity_factor
             if cfg.deepspeed.zero_stage == 3:
                 mark_leaf_modules(model)
+                leaf_inputs_require_grad(model)  # frozen layers before a trained MoE block (moe.py says why)
 
         optimizer = _optimizer(model, cfg, accelerator)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

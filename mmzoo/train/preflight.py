@@ -86,8 +86,12 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
         if not Path(cfg.teacher).exists():
             raise ConfigError("teacher checkpoint not found", path=cfg.teacher)
         real_vocabulary(cfg.model, cfg.teacher)  # a teacher with another tokenizer: one line before any model loads
-    if cfg.stage == "preference" and not Path(cfg.reference_model).exists():
-        raise ConfigError("reference checkpoint not found", path=cfg.reference_model)
+    if cfg.stage == "preference" and cfg.reference is not None:
+        from .distill import real_vocabulary
+
+        if not Path(cfg.reference).exists():
+            raise ConfigError("reference checkpoint not found", path=cfg.reference)
+        real_vocabulary(cfg.model, cfg.reference, ("policy", "reference"))  # log-probs of the same tokens
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
     if data.pairs != (cfg.stage == "preference"):
         kind = "preference pairs" if data.pairs else "conversations"

@@ -166,7 +166,8 @@ def test_kto_pair_raises_the_margin_of_an_moe_policy(ws, pairs):
     from mmzoo.train.loop import run_training
 
     cfg = load_config(data=_config(ws, pairs, "pref-moe", model=str(ws.moe), preference={"loss": "kto_pair", "beta": 0.5},
-                                   train={"max_steps": 5, "save_every": 5, "lr": 3e-3, "lr_scheduler": "constant"}))
+                                   train={"max_steps": 4, "save_every": 4, "lr": 3e-3, "lr_scheduler": "constant",
+                                          "global_batch_size": 2}))
     run_training(cfg)
     rows = metrics(cfg.output_dir)
     assert rows[0]["rewards/margins"] == 0

@@ -33,9 +33,11 @@ def test_quickstart_then_the_readme_training_example(tmp_path):
     assert (tmp_path / "mmzoo-demo" / "llava-internal" / "mmzoo.yaml").is_file()
     assert (tmp_path / "mmzoo-demo" / "llava-repo" / "text_model_llava" / "config.json").is_file()
     assert "train distill" in stdout and "kd_loss" in stdout
-    for name in ("tiny-pretrain", "tiny-sft", "tiny-moe", "tiny-distill"):  # every tiny config reads what the demo wrote
+    assert "train preference" in stdout and "reward margin" in stdout
+    for name in ("tiny-pretrain", "tiny-sft", "tiny-moe", "tiny-distill", "tiny-preference"):  # every tiny config reads what the demo wrote
         cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-        for path in (cfg["model"], cfg["data"]["path"], cfg["data"]["images"], *filter(None, [cfg.get("teacher")])):
+        for path in (cfg["model"], cfg["data"]["path"], cfg["data"]["images"],
+                     *filter(None, [cfg.get("teacher"), cfg.get("reference")])):
             assert (tmp_path / path).exists(), (name, path)
     stdout = run("train", "--params", str(CONFIGS / "tiny-sft.yaml"), "--nproc", "2",
                  "--set", "train.max_steps=2", "--set", "train.save_every=2")

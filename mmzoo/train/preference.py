@@ -90,14 +90,12 @@ class Reference:
     """The frozen reference model and the stage's loss (``loss`` is what the training loop calls)."""
 
     def __init__(self, cfg, policy_model, float_dtype, ds_config: dict[str, Any], device):
-        from .distill import real_vocabulary
         from .frozen import load_frozen
 
+        # the shared tokenizer (log-probs of the same tokens) is checked by the preflight, before any model loads
         self.cfg, self.section = cfg, cfg.preference
         self.metric_names = METRICS
         self.float_dtype, self.device = float_dtype, device
-        if Path(cfg.reference_model) != Path(cfg.model):  # log-probs of the same tokens: one tokenizer
-            real_vocabulary(cfg.model, cfg.reference_model, ("policy", "reference"))
         self.model = load_frozen(cfg.reference_model, cfg, float_dtype, ds_config, device)
         self.cached = None  # (chosen, rejected) float32 log-probs by pair index, when precomputed
 

@@ -47,6 +47,7 @@ BAD = [
     {"id": "no-question", "image": "img_000.png", "chosen": "x", "rejected": "y"},
     {"id": "mixed", "image": "img_000.png", "question": "q", "chosen": "x", "rejected": [{"from": "gpt", "value": "y"}]},
     {"id": "missing-image", "image": "nope.png", "question": "q", "chosen": "x", "rejected": "y"},
+    {"id": "escapes", "image": "../outside_dir/img_000.png", "question": "q", "chosen": "x", "rejected": "y"},
 ]
 
 
@@ -84,8 +85,8 @@ def test_pairs_schema_masks_and_shared_prompt(tmp_path, image_root, qwen_dir):
 
     out, manifest = _run(tmp_path, image_root, qwen_dir, RLAIF_V + LLAVA_MOD + BAD, samples_per_shard=2)
     stats = manifest["statistics"]
-    assert stats["samples_read"] == 7 and stats["samples_written"] == 3
-    assert stats["rejected"] == {"bad_schema": 3, "missing_image": 1}
+    assert stats["samples_read"] == 8 and stats["samples_written"] == 3
+    assert stats["rejected"] == {"bad_schema": 3, "unsafe_image_path": 1, "missing_image": 1}
     assert manifest["parameters"]["kind"] == "preference"
     # shards hold whole pairs: samples_per_shard counts pairs
     assert [s["n_samples"] for s in manifest["shards"]] == [4, 2]
@@ -94,7 +95,7 @@ def test_pairs_schema_masks_and_shared_prompt(tmp_path, image_root, qwen_dir):
     with h5py.File(out / "shard-00000.h5") as f:
         assert f.attrs["kind"] == "preference"
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rejected] == ["prompts-differ", "no-question", "mixed", "missing-image"]
+    assert [r["id"] for r in rejected] == ["prompts-differ", "no-question", "mixed", "missing-image", "escapes"]
     assert rejected[3]["detail"].startswith("chosen: nope.png")
 
     tok = AutoTokenizer.from_pretrained(str(qwen_dir))

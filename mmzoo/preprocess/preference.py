@@ -18,12 +18,11 @@ being compared).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .encode import BAD_JSON, BAD_SCHEMA, TOO_LONG, Encoder, Rejection, Row, Sample
+from .encode import BAD_SCHEMA, Encoder, Rejection, Row, Sample, _Reject
 from .templates import IMAGE_MARKER
 
 KINDS = ("conversation", "preference")
@@ -37,32 +36,30 @@ class Pair(NamedTuple):
     rejected: Sample
 
 
-def conversations(data: Any) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
-    """(id, chosen row, rejected row) as LLaVA conversation records; ValueError(reason, detail) otherwise."""
-    if not isinstance(data, dict):
-        raise _Bad(BAD_SCHEMA, "a row must be a JSON object")
+def conversations(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(chosen row, rejected row) as LLaVA conversation records; a rejection (``_Reject``) otherwise."""
     sample_id = data.get("id", data.get("idx"))
     sample_id = None if sample_id is None else str(sample_id)
     chosen, rejected = data.get("chosen"), data.get("rejected")
     if isinstance(chosen, list) and isinstance(rejected, list):  # LLaVA-MoD: two whole conversations
         pair = chosen, rejected
         if len(chosen) != len(rejected) or chosen[:-1] != rejected[:-1]:
-            raise _Bad(BAD_SCHEMA, "'chosen' and 'rejected' must share every turn but the last answer", sample_id)
+            raise _Reject(BAD_SCHEMA, "'chosen' and 'rejected' must share every turn but the last answer", sample_id)
     elif isinstance(chosen, str) and isinstance(rejected, str):  # RLAIF-V / TRL: question + two answers
         question = data.get("question", data.get("prompt"))
         if not isinstance(question, str):
-            raise _Bad(BAD_SCHEMA, "a record with string answers needs a string 'question' (or 'prompt')", sample_id)
+            raise _Reject(BAD_SCHEMA, "a record with string answers needs a string 'question' (or 'prompt')", sample_id)
         if data.get("image") is not None and IMAGE_MARKER not in question:
             question = f"{IMAGE_MARKER}\n{question}"
         pair = tuple([{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
                      for answer in (chosen, rejected))
     else:
-        raise _Bad(BAD_SCHEMA, "needs 'chosen' and 'rejected', both conversations (lists) or both answers (strings)",
+        raise _Reject(BAD_SCHEMA, "needs 'chosen' and 'rejected', both conversations (lists) or both answers (strings)",
                    sample_id)
     base = {"id": sample_id} if sample_id is not None else {}
     if "image" in data:
         base["image"] = data["image"]
-    return sample_id, {**base, "conversations": pair[0]}, {**base, "conversations": pair[1]}
+    return {**base, "conversations": pair[0]}, {**base, "conversations": pair[1]}
 
 
 def score_last_answer(sample: Sample) -> Sample:
@@ -81,45 +78,26 @@ class PreferenceEncoder(Encoder):
 
     def encode_rows(self, rows: list[Row]) -> list[Pair | Rejection]:
         sides: list[Row] = []
-        parsed: list[tuple[Row, str | None] | Rejection] = []
+        parsed: list[Row | Rejection] = []
         for row in rows:
             try:
-                data = row.raw
-                if isinstance(data, str):
-                    try:
-                        data = json.loads(data)
-                    except (json.JSONDecodeError, RecursionError) as exc:
-                        raise _Bad(BAD_JSON, f"invalid JSON: {exc}") from None
-                sample_id, chosen, rejected = conversations(data)
-            except _Bad as bad:
+                _, data = self._parse(row)  # the conversation encoder's JSON and object checks
+                chosen, rejected = conversations(data)
+            except _Reject as bad:
                 parsed.append(Rejection(row.index, row.source, row.position, bad.sample_id, bad.reason, bad.detail))
                 continue
-            parsed.append((row, sample_id))
+            parsed.append(row)
             sides += [row._replace(raw=chosen), row._replace(raw=rejected)]
         encoded = iter(super().encode_rows(sides))
         out: list[Pair | Rejection] = []
         for item in parsed:
-            if isinstance(item, Rejection):
-                out.append(item)
-                continue
-            row, sample_id = item
-            chosen, rejected = next(encoded), next(encoded)
-            out.append(_pair(row, chosen, rejected))
+            out.append(item if isinstance(item, Rejection) else _pair(next(encoded), next(encoded)))
         return out
 
 
-def _pair(row: Row, chosen: Sample | Rejection, rejected: Sample | Rejection) -> Pair | Rejection:
+def _pair(chosen: Sample | Rejection, rejected: Sample | Rejection) -> Pair | Rejection:
+    """Both sides encoded (never truncated: preprocess refuses --truncate for pairs), or the first side's rejection."""
     for side, result in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(result, Rejection):
             return result._replace(detail=f"{side}: {result.detail}")
-    for side, result in (("chosen", chosen), ("rejected", rejected)):
-        if result.truncated:
-            return Rejection(row.index, row.source, row.position, result.sample_id, TOO_LONG,
-                             f"{side}: longer than max_seq_len; a pair is never truncated")
-    return Pair(row.index, chosen.sample_id, score_last_answer(chosen), score_last_answer(rejected))
-
-
-class _Bad(Exception):
-    def __init__(self, reason: str, detail: str, sample_id: str | None = None):
-        self.reason, self.detail, self.sample_id = reason, detail, sample_id
-        super().__init__(detail)
+    return Pair(chosen.row, chosen.sample_id, score_last_answer(chosen), score_last_answer(rejected))

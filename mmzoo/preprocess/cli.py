@@ -63,7 +63,8 @@ def print_statistics(console: Any, manifest: dict[str, Any], out: Path) -> None:
     table = Table(title=f"mmzoo preprocess -> {out}", show_header=False)
     table.add_column("statistic")
     table.add_column("value", justify="right")
-    rows = [("samples read", stats["samples_read"]), ("samples written", stats["samples_written"]),
+    unit = "pairs" if manifest["parameters"].get("kind") == "preference" else "samples"  # a pair is one record
+    rows = [(f"{unit} read", stats["samples_read"]), (f"{unit} written", stats["samples_written"]),
             ("truncated", stats["truncated"]), ("tokens", stats["tokens"]), ("loss tokens", stats["loss_tokens"]),
             ("images", stats["images"]), ("files", len(manifest["shards"]))]
     for name, value in rows:

@@ -169,7 +169,7 @@ def test_too_long_pairs_are_rejected_and_resume_is_exact(tmp_path, image_root, q
     assert (partial / "rejected.jsonl").read_text() == (out / "rejected.jsonl").read_text()
 
 
-def test_preference_options_are_refused_in_one_line(tmp_path, image_root, qwen_dir):
+def test_the_cli_writes_pairs_and_refuses_bad_options_in_one_line(tmp_path, image_root, qwen_dir, capsys):
     from mmzoo.cli import main
 
     data = write_jsonl(tmp_path / "p.jsonl", RLAIF_V)
@@ -187,6 +187,11 @@ def test_preference_options_are_refused_in_one_line(tmp_path, image_root, qwen_d
 
     from cli_helpers import mmzoo_command
 
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["-o", str(tmp_path / "ok"), "--kind", "preference"])
+        raise SystemExit(0)
+    assert exc.value.code in (0, None) and (tmp_path / "ok" / "manifest.json").is_file()
+    assert "pairs written" in capsys.readouterr().err
     proc = subprocess.run(mmzoo_command(*base, "-o", str(tmp_path / "o"), "--kind", "dpo"), capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("mmzoo: error:") and "unknown kind 'dpo'" in proc.stderr

@@ -34,9 +34,12 @@ def test_quickstart_then_the_readme_training_example(tmp_path):
     assert (tmp_path / "mmzoo-demo" / "llava-repo" / "text_model_llava" / "config.json").is_file()
     assert "train distill" in stdout and "kd_loss" in stdout
     assert (tmp_path / "mmzoo-demo" / "routing" / "routing.json").is_file()  # analyze-routing of the upcycled MoIIE
-    for name in ("tiny-pretrain", "tiny-sft", "tiny-moe", "tiny-distill"):  # every tiny config reads what the demo wrote
+    flat = " ".join(stdout.split())  # rich wraps long lines at the terminal width
+    assert "train preference (kto_pair" in flat and "reward margin" in flat
+    for name in ("tiny-pretrain", "tiny-sft", "tiny-moe", "tiny-distill", "tiny-preference"):  # every tiny config reads what the demo wrote
         cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-        for path in (cfg["model"], cfg["data"]["path"], cfg["data"]["images"], *filter(None, [cfg.get("teacher")])):
+        for path in (cfg["model"], cfg["data"]["path"], cfg["data"]["images"],
+                     *filter(None, [cfg.get("teacher"), cfg.get("reference")])):
             assert (tmp_path / path).exists(), (name, path)
     stdout = run("train", "--params", str(CONFIGS / "tiny-sft.yaml"), "--nproc", "2",
                  "--set", "train.max_steps=2", "--set", "train.save_every=2")

@@ -206,6 +206,7 @@ def sample_inputs(model_or_config, tokenizer=None, n_images: int = 1, seq_text: 
 
 
 CAPTIONS = ["A red sofa with a cat.", "Two dogs play in the park.", "A bowl of fruit on a table.", "A boat on a calm lake."]
+HALLUCINATIONS = ["A green car in the snow.", "Three birds sit on a wire.", "A clock on a brick wall.", "A kite over the beach."]
 
 
 def make_caption_dataset(folder: Path, checkpoint: Path, samples: int = 8) -> tuple[Path, Path]:
@@ -224,3 +225,22 @@ def make_caption_dataset(folder: Path, checkpoint: Path, samples: int = 8) -> tu
     data = folder / "data"
     preprocess([folder / "data.json"], images, checkpoint, data, template="plain", model=checkpoint, max_seq_len=128)
     return images, data
+
+
+def make_preference_dataset(folder: Path, checkpoint: Path, pairs: int = 8, images: Path | None = None) -> Path:
+    """``pairs`` RLAIF-V-style records (question, chosen = the image's caption, rejected = a hallucinated one)
+    over the four images of ``images`` (made in ``folder/images`` when None), preprocessed with ``--kind
+    preference`` and ``checkpoint``'s tokenizer. Returns the preprocessed folder."""
+    import json
+
+    from ..preprocess import preprocess
+
+    if images is None:
+        images = folder / "images"
+        make_images(images, 4)
+    rows = [{"idx": f"p{i}", "image": f"img_{i % 4:03d}.png", "question": "Describe the picture.",
+             "chosen": CAPTIONS[i % 4], "rejected": HALLUCINATIONS[i % 4]} for i in range(pairs)]
+    (folder / "pairs.json").write_text(json.dumps(rows))
+    data = folder / "pairs"
+    preprocess([folder / "pairs.json"], images, checkpoint, data, kind="preference", model=checkpoint, max_seq_len=128)
+    return data

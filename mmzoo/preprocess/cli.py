@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         num_image_tokens: Annotated[Optional[int], typer.Option("--num-image-tokens", help="Tokens per image (e.g. 576 for CLIP-L/14 at 336px).")] = None,
         model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint whose vision config gives the tokens per image (instead of --num-image-tokens).")] = None,
         image_placement: Annotated[str, typer.Option("--image-placement", help="llava: move each <image> to the front of its turn followed by a newline, as LLaVA's training does (default); keep: leave markers where the data puts them.")] = "llava",
+        kind: Annotated[str, typer.Option("--kind", help="conversation (LLaVA conversations, default) or preference (chosen/rejected pairs for `stage: preference`: LLaVA-MoD's chosen/rejected conversations or RLAIF-V's question/chosen/rejected strings).")] = "conversation",
         truncate: Annotated[bool, typer.Option("--truncate/--skip-long", help="Cut over-long samples after the last assistant turn that fits (never inside an image), or skip them (default).")] = False,
         workers: Annotated[int, typer.Option("--workers", help="Tokenizer processes; the output is identical for any value.")] = 1,
         samples_per_shard: Annotated[int, typer.Option("--samples-per-shard", help="Samples per shard-XXXXX.h5 file.")] = 10000,
@@ -37,6 +38,8 @@ def register(app: typer.Typer) -> None:
         Each <image> marker becomes N image tokens; the loss mask covers assistant answers and their end-of-turn token. Bad rows, missing or unsafe images and over-long samples are rejected, counted by reason and listed in OUT/rejected.jsonl.
 
         Example: mmzoo preprocess --data llava_instruct_150k.json --images coco/train2017 --tokenizer ./llava-hf --model ./llava-hf --template vicuna_v1 --workers 8 -o data/instruct
+
+        Example: mmzoo preprocess --data rlaif-v.jsonl --kind preference --images rlaif-v/images --tokenizer ./student --model ./student -o data/rlaif-v
         """
         from rich.console import Console
 
@@ -46,7 +49,7 @@ def register(app: typer.Typer) -> None:
         manifest = preprocess(
             data, images, tokenizer, out, template=template, max_seq_len=max_seq_len, num_image_tokens=num_image_tokens,
             model=model, truncate=truncate, workers=workers, samples_per_shard=samples_per_shard, resume=resume,
-            overwrite=overwrite, strict=strict, format=format, check_images=not no_image_check, image_placement=image_placement, console=console,
+            overwrite=overwrite, strict=strict, format=format, check_images=not no_image_check, image_placement=image_placement, kind=kind, console=console,
             progress=not quiet,
         )
         for note in manifest.get("notes", []):  # also with --quiet: they may mean the tokens are not the model's
@@ -62,7 +65,8 @@ def print_statistics(console: Any, manifest: dict[str, Any], out: Path) -> None:
     table = Table(title=f"mmzoo preprocess -> {out}", show_header=False)
     table.add_column("statistic")
     table.add_column("value", justify="right")
-    rows = [("samples read", stats["samples_read"]), ("samples written", stats["samples_written"]),
+    unit = "pairs" if manifest["parameters"].get("kind") == "preference" else "samples"  # a pair is one record
+    rows = [(f"{unit} read", stats["samples_read"]), (f"{unit} written", stats["samples_written"]),
             ("truncated", stats["truncated"]), ("tokens", stats["tokens"]), ("loss tokens", stats["loss_tokens"]),
             ("images", stats["images"]), ("files", len(manifest["shards"]))]
     for name, value in rows:

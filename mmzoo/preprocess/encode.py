@@ -149,6 +149,7 @@ class Settings:
     truncate: bool
     check_images: bool = True
     image_placement: str = "llava"  # "llava": <image> first in its turn, as LLaVA's training does; "keep"
+    kind: str = "conversation"  # "preference": chosen/rejected pairs (mmzoo/preprocess/preference.py)
 
 
 @dataclass
@@ -418,7 +419,17 @@ def init_worker(settings: Settings) -> None:
     # Each worker is one process; Rust-side threads would only fight the other workers for cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     inherited = _INHERITED
-    _WORKER = inherited if inherited is not None and inherited.settings == settings else Encoder(settings)
+    _WORKER = inherited if inherited is not None and inherited.settings == settings else make_encoder(settings)
+
+
+def make_encoder(settings: Settings, info: TokenizerInfo | None = None) -> Encoder:
+    """The encoder of the data's kind: conversations, or preference pairs (both sides through the same code);
+    ``info``: the tokenizer folder, when the caller has loaded it already."""
+    if settings.kind == "preference":
+        from .preference import PreferenceEncoder
+
+        return PreferenceEncoder(settings, info)
+    return Encoder(settings, info)
 
 
 def encode_chunk(rows: list[Row]) -> list[Sample | Rejection]:

@@ -20,7 +20,7 @@ from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
 from ..io.parents import parents_removed_on_failure
 from .encode import (IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker,
-                     share_with_forked_workers)
+                     make_encoder, share_with_forked_workers)
 from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
@@ -55,12 +55,15 @@ def preprocess(
     format: str = "mmzoo",
     check_images: bool = True,
     image_placement: str = "llava",
+    kind: str = "conversation",
     console: Any = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Tokenize LLaVA conversations into H5 shards under ``out``; returns the manifest (a dict)."""
+    """Tokenize LLaVA conversations (``kind`` preference: chosen/rejected pairs, mmzoo/preprocess/preference.py)
+    into H5 shards under ``out``; returns the manifest (a dict)."""
     paths = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
     _check_options(template, format, max_seq_len, workers, samples_per_shard, resume, overwrite, num_image_tokens, model)
+    _check_kind(kind, format, truncate)
     if image_placement not in IMAGE_PLACEMENTS:
         raise ConfigError(f"unknown image placement {image_placement!r}", hint="llava or keep")
     if format == "cerebras" and image_placement != "llava":  # its LlavaModel pastes the image at one fixed position
@@ -79,7 +82,10 @@ def preprocess(
         "samples_per_shard": samples_per_shard, "image_token_id": info.image_token_id, "pad_token_id": info.pad_id,
         "check_images": check_images, "image_placement": image_placement,
     }
-    settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images, image_placement)
+    if kind != "conversation":  # only then: the parameters (and so --resume) of conversation data stay as they were
+        params["kind"] = kind
+    settings = Settings(str(tokenizer), str(image_root), template, max_seq_len, n_img, truncate, check_images,
+                        image_placement, kind)
     target = Path(out)
     # --overwrite replaces OUT and --resume deletes unfinished files in it: neither may touch an input.
     inputs = [("data file", p) for p in paths] + [("image folder", image_root), ("tokenizer", Path(tokenizer))]
@@ -139,6 +145,17 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
         raise ConfigError("give --num-image-tokens or --model, not both")
     if num_image_tokens is not None and num_image_tokens < 1:
         raise ConfigError("--num-image-tokens must be >= 1")
+
+
+def _check_kind(kind: str, format: str, truncate: bool) -> None:
+    from .preference import KINDS
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}", hint="conversation or preference")
+    if kind == "preference" and format != "mmzoo":
+        raise ConfigError(f"--kind preference writes --format mmzoo only (not {format})")
+    if kind == "preference" and truncate:
+        raise ConfigError("--kind preference never truncates (a cut could drop the answers compared): use --skip-long")
 
 
 def _resolve_num_image_tokens(n: int | None, model: str | Path | None, tokenizer: str | Path) -> int:
@@ -260,7 +277,10 @@ class _Run:
         else:
             attrs = {"image_token_id": info.image_token_id, "num_image_tokens": params["num_image_tokens"],
                      "max_seq_len": params["max_seq_len"], "template": params["template"], "tokenizer": params["tokenizer"]}
-            self.writer = MmzooWriter(out, params["samples_per_shard"], attrs, shards)
+            per_shard = params["samples_per_shard"]
+            if params.get("kind") == "preference":  # a pair is two consecutive samples: shards hold whole pairs
+                attrs["kind"], per_shard = "preference", 2 * per_shard
+            self.writer = MmzooWriter(out, per_shard, attrs, shards)
 
     # -- encoding, in order ------------------------------------------------------------------------
     def _pool(self, workers: int) -> Any:
@@ -274,7 +294,7 @@ class _Run:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         if ctx.get_start_method() == "fork":  # forked workers inherit the loaded tokenizer instead of each loading it again
-            share_with_forked_workers(Encoder(self.settings, self.info))
+            share_with_forked_workers(make_encoder(self.settings, self.info))
         # SIGTERM stays blocked while the workers are forked, and every worker unblocks it only after it has
         # reset the handler it inherited (init_worker). Otherwise a Pool.terminate() that reaches a worker
         # still starting up can be lost: CPython drops a signal whose Python handler became SIG_DFL before
@@ -295,7 +315,7 @@ class _Run:
             rows = map(self.writer.prepare, rows)
         chunks = chunked(rows, CHUNK_ROWS)
         if pool is None:
-            encoder = Encoder(self.settings, self.info)
+            encoder = make_encoder(self.settings, self.info)
             yield from map(encoder.encode_rows, chunks)
             return
         window: deque = deque()
@@ -329,12 +349,16 @@ class _Run:
         if isinstance(result, Rejection):
             self._reject(result)
             return
-        stats["samples_written"] += 1
-        stats["tokens"] += len(result.input_ids)
-        stats["loss_tokens"] += int(result.loss_mask.sum())
-        stats["images"] += len(result.images)
-        stats["truncated"] += int(result.truncated)
-        if self.writer.add(result):
+        stats["samples_written"] += 1  # a preference pair counts once, its two sides' tokens both
+        sides = (result.chosen, result.rejected) if hasattr(result, "chosen") else (result,)
+        stats["images"] += len(sides[0].images)  # both sides show the same images
+        done = False
+        for side in sides:
+            stats["tokens"] += len(side.input_ids)
+            stats["loss_tokens"] += int(side.loss_mask.sum())
+            stats["truncated"] += int(side.truncated)
+            done = self.writer.add(side)  # a shard holds whole pairs, so it can only end after a pair's last side
+        if done:
             self._checkpoint(result.row + 1)
 
     def _reject(self, rej: Rejection) -> None:

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         print_command: Annotated[bool, typer.Option("--print-command", help="Print the launch command and exit.")] = False,
         debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
     ) -> None:
-        """Train a VLM stage (pretrain | sft | moe | distill) with DeepSpeed ZeRO 0-3.
+        """Train a VLM stage (pretrain | sft | moe | distill | preference) with DeepSpeed ZeRO 0-3.
 
         Examples:
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from ..errors import ConfigError
 from ..io.structured import load_yaml, safe_yaml
 
-STAGES = ("pretrain", "sft", "moe", "distill")
+STAGES = ("pretrain", "sft", "moe", "distill", "preference")
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -187,11 +187,41 @@ class DistillSection(_Strict):
         return value
 
 
+class PreferenceSection(_Strict):
+    """LLaVA-MoD's preference distillation (``stage: preference``; the loss is in mmzoo/train/preference.py)."""
+    loss: Literal["sigmoid", "kto_pair"] = "sigmoid"  # DPO (sigmoid) or KTO on pairs (LOSS_TYPE)
+    beta: float = 0.1  # how far the policy may move from the reference (LLaVA-MoD / TRL default 0.1)
+    label_smoothing: float = 0.0  # cDPO: the share of pairs assumed mislabelled (sigmoid only)
+    precompute_reference: bool = False  # reference log-probs once over the data before training (cached in the run)
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing(cls, value: float) -> float:
+        if not 0.0 <= value < 0.5:
+            raise ValueError("must be in [0, 0.5)")
+        return value
+
+    @model_validator(mode="after")
+    def _smoothing_loss(self) -> "PreferenceSection":
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ValueError("label_smoothing applies to loss sigmoid only (kto_pair has none)")
+        return self
+
+
 class TrainConfig(_Strict):
-    stage: Literal["pretrain", "sft", "moe", "distill"]
+    stage: Literal["pretrain", "sft", "moe", "distill", "preference"]
     model: Path
     teacher: Path | None = None  # stage distill: the frozen teacher, any checkpoint mmzoo reads
     distill: DistillSection = DistillSection()
+    reference: Path | None = None  # stage preference: the frozen reference model (None: the policy's starting weights)
+    preference: PreferenceSection = PreferenceSection()
     data: DataSection
     train: TrainSection = TrainSection(max_steps=1000)
     deepspeed: DeepSpeedSection = DeepSpeedSection()
@@ -209,7 +239,18 @@ class TrainConfig(_Strict):
             raise ValueError("stage distill needs train.cross_entropy plain (the KD loss reads the full logits)")
         if self.stage == "distill" and self.train.packing:
             raise ValueError("stage distill does not support train.packing yet (use padded batches)")
+        if self.stage != "preference" and self.reference is not None:
+            raise ValueError(f"reference: is used by stage preference only (this stage is {self.stage})")
+        if self.stage == "preference" and self.train.cross_entropy != "plain":
+            raise ValueError("stage preference needs train.cross_entropy plain (the log-probs read the full logits)")
+        if self.stage == "preference" and self.train.packing:
+            raise ValueError("stage preference does not support train.packing (a pair is two padded sequences)")
         return self
+
+    @property
+    def reference_model(self) -> Path:
+        """The preference stage's reference: ``reference:``, else the policy's starting weights."""
+        return self.reference if self.reference is not None else self.model
 
     @property
     def lr(self) -> float:

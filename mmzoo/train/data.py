@@ -58,14 +58,21 @@ class TrainData:
         processor = load_processor(model_path)
         self.dataset = H5Dataset(path, images, processor.image_processor)
         self.collate = Collator(self.dataset.pad_token_id)
-        self.order = SampleOrder(len(self.dataset), seed)
         self.parameters = self.dataset.manifest.get("parameters", {})
+        # `mmzoo preprocess --kind preference`: sample 2k is pair k's chosen side, 2k + 1 its rejected side
+        self.pairs = self.parameters.get("kind") == "preference"
+        self.order = SampleOrder(len(self), seed)
         self._lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        """Samples, or pairs of preference data (the unit the order, batches and epochs count)."""
+        return len(self.dataset) // 2 if self.pairs else len(self.dataset)
 
     def batch(self, indices: list[int]) -> dict[str, Any]:
+        if self.pairs:  # one batch of 2B rows, the chosen sides then the rejected sides, for one forward
+            batch = self.collate([self.dataset[2 * i] for i in indices] + [self.dataset[2 * i + 1] for i in indices])
+            batch["pair_indices"] = torch.tensor(indices, dtype=torch.long)
+            return batch
         return self.collate([self.dataset[i] for i in indices])
 
     def packed_batch(self, indices: list[int]) -> dict[str, Any]:
@@ -104,7 +111,7 @@ def check_data_fits_model(parameters: dict[str, Any], model_path: Path, image_to
     if stage == "pretrain" and template not in (None, "plain"):
         warnings.append(f"stage pretrain usually trains on caption data preprocessed with --template plain "
                         f"(this data: {template})")
-    if stage in ("sft", "moe", "distill") and template == "plain":
+    if stage in ("sft", "moe", "distill", "preference") and template == "plain":
         warnings.append(f"stage {stage} usually trains on conversations in the LLM's chat template "
                         "(this data was preprocessed with --template plain)")
     return warnings

@@ -1,4 +1,5 @@
-"""The training step of ``mmzoo demo``: pretrain -> sft -> distill -> upcycle -> moe -> export, on the demo's tiny model.
+"""The training step of ``mmzoo demo``: pretrain -> sft -> distill -> upcycle -> moe -> export -> preference, on the
+demo's tiny model.
 
 Every stage is a real (single-process, CPU) DeepSpeed run of a few steps on `mmzoo preprocess` output; each
 stage starts from the previous stage's export, as the seeds' recipes chain them.
@@ -69,6 +70,16 @@ def run_demo_step(hf_checkpoint: Path, workdir: Path, console) -> dict[str, Any]
         report["moe_aux_loss"] = round(last["aux_loss"], 5)
         console.print(f"[green]✓[/] train moe (upcycled 4 experts top-2, ZeRO-3): loss {last['loss']:.4f} "
                       f"(aux {last['aux_loss']:.4f}) → export moe-llava {final.name}/")
+        # LLaVA-MoD's preference distillation: the sparse policy against the dense SFT model as the reference
+        from ..demo.tiny import make_preference_dataset
+
+        pairs = make_preference_dataset(workdir, Path(hf_checkpoint), pairs=8, images=images)
+        cfg = load_config(data={**_config("preference", moe_model, pairs, images, workdir / "run-preference", 2, steps=2),
+                                "reference": str(model), "preference": {"loss": "kto_pair"}})
+        last = run_training(cfg)["last"]
+        report["preference_margin"] = round(last["rewards/margins"], 4)
+        console.print(f"[green]✓[/] train preference (kto_pair, reference {model.name}/, ZeRO-2): loss {last['loss']:.4f}, "
+                      f"reward margin {last['rewards/margins']:.4f}")
         model = final
     report["final"] = str(model)
     report["seconds"] = round(time.perf_counter() - started, 1)

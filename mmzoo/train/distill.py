@@ -61,22 +61,23 @@ def combine(kd, lm_loss, cfg_distill) -> Any:
     return scaled if cfg_distill.loss == "only_kd" else scaled + lm_loss
 
 
-def real_vocabulary(student: Path, teacher: Path) -> int:
+def real_vocabulary(student: Path, teacher: Path, roles: tuple[str, str] = ("student", "teacher")) -> int:
     """The shared tokenizer's size; one line when teacher and student tokenize differently."""
     from ..models.load import load_processor
 
-    return shared_vocabulary(load_processor(student).tokenizer, load_processor(teacher).tokenizer, teacher)
+    return shared_vocabulary(load_processor(student).tokenizer, load_processor(teacher).tokenizer, teacher, roles)
 
 
-def shared_vocabulary(student_tok, teacher_tok, teacher: Path | None = None) -> int:
+def shared_vocabulary(student_tok, teacher_tok, teacher: Path | None = None,
+                      roles: tuple[str, str] = ("student", "teacher")) -> int:
     """``len(tokenizer)`` when both tokenizers map every token to the same id (added tokens included)."""
     s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
     if s_vocab != t_vocab:
         differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=lambda kv: kv[1])
         example = f" (e.g. {differing[0][0]!r} → {differing[0][1]})" if differing else ""
-        raise ConfigError(f"the teacher's tokenizer differs from the student's ({len(t_vocab):,} vs {len(s_vocab):,} "
-                          f"tokens{example}); distillation compares the two models token by token, so both must "
-                          "use the same tokenizer", path=teacher)
+        raise ConfigError(f"the {roles[1]}'s tokenizer differs from the {roles[0]}'s ({len(t_vocab):,} vs "
+                          f"{len(s_vocab):,} tokens{example}); {'distillation' if roles[1] == 'teacher' else 'preference training'}"
+                          " compares the two models token by token, so both must use the same tokenizer", path=teacher)
     return len(student_tok)
 
 
@@ -85,35 +86,19 @@ class Teacher:
     as an inference model (no optimizer), so a teacher larger than one device still fits."""
 
     def __init__(self, cfg, student_model, float_dtype, ds_config: dict[str, Any], device):
-        from ..converters.pipeline import read_checkpoint
-        from ..models.load import load_model
+        from .frozen import load_frozen
 
         self.cfg = cfg.distill
+        self.metric_names = ("kd_loss",)
         self.vocab = real_vocabulary(cfg.model, cfg.teacher)
-        spec = read_checkpoint(cfg.teacher).spec
-        model = load_model(cfg.teacher, attn_implementation=cfg.train.attn_implementation)
+        self.model = load_frozen(cfg.teacher, cfg, float_dtype, ds_config, device)
+        module = getattr(self.model, "module", self.model)
         # from the configs: under ZeRO-3 the student's weights are already partitioned (empty on this rank)
         for name, rows in (("student", student_model.config.get_text_config().vocab_size),
-                           ("teacher", model.config.get_text_config().vocab_size)):
+                           ("teacher", module.config.get_text_config().vocab_size)):
             if rows < self.vocab:
                 raise ConfigError(f"the {name} has {rows:,} output rows, fewer than the tokenizer's {self.vocab:,} tokens",
                                   path=cfg.teacher if name == "teacher" else cfg.model)
-        model.to(float_dtype).eval().requires_grad_(False)
-        if cfg.deepspeed.zero_stage == 3:
-            import deepspeed
-
-            if spec.moe:
-                from .moe import mark_leaf_modules
-
-                mark_leaf_modules(model)  # every rank gathers every expert: no rank waits for another's routing
-            config = {key: ds_config[key] for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                                                      "train_batch_size", "bf16", "fp16") if key in ds_config}
-            config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
-            engine, *_ = deepspeed.initialize(model=model, config=config)
-            engine.module.eval()
-            self.model = engine
-        else:
-            self.model = model.to(device)  # ZeRO-0/1/2 replicate the student; the teacher is replicated too
 
     def logits(self, batch: dict[str, Any]):
         import torch
@@ -123,9 +108,9 @@ class Teacher:
             return self.model(**inputs).logits
 
     def loss(self, output, batch: dict[str, Any], lm_loss):
-        """(training loss before aux, kd loss) for a student ``output`` on ``batch``."""
+        """(training loss before aux, [kd loss]) for a student ``output`` on ``batch``."""
         teacher_logits = self.logits(batch)
         mask = distill_mask(batch["labels"], batch.get("attention_mask"), self.cfg.all_tokens)
         kd = kd_loss(output.logits, teacher_logits, mask, vocab=self.vocab, temperature=self.cfg.temperature)
-        return combine(kd, lm_loss, self.cfg), kd
+        return combine(kd, lm_loss, self.cfg), kd.detach().reshape(1)
 

@@ -175,7 +175,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     import deepspeed
 
     from . import checkpoint as ck
-    from .moe import RouterTap, layout_coefficients, mark_leaf_modules
+    from .moe import RouterTap, layout_coefficients, leaf_inputs_require_grad, mark_leaf_modules
     from .names import memory_layout
     from .stages import select_trainable
 
@@ -244,6 +244,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                     block.capacity_factor = cfg.moe.capacity_factor
             if cfg.deepspeed.zero_stage == 3:
                 mark_leaf_modules(model)
+                leaf_inputs_require_grad(model)  # frozen layers before a trained MoE block (moe.py says why)
         if cfg.train.routing_plots and not tap:
             raise ConfigError("train.routing_plots needs an MoE model (this one has no MoE layer)")
 
@@ -272,11 +273,17 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             resume_dir = converted
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-        teacher = None
+        teacher = None  # the frozen second model of stage distill (teacher) or preference (reference)
         if cfg.stage == "distill":
             from .distill import Teacher
 
             teacher = Teacher(cfg, model, float_dtype, ds_config, engine.device)
+        elif cfg.stage == "preference":
+            from .preference import Reference
+
+            teacher = Reference(cfg, model, float_dtype, ds_config, engine.device)
+            if cfg.preference.precompute_reference:
+                teacher.precompute(data, out_dir, rank=rank, world=world)
 
         from .flops import StepFlopsCounter
 
@@ -309,7 +316,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                                      world=world, micro_batch_size=cfg.train.micro_batch_size,
                                      num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda", plan=plan)
         last: dict[str, Any] = {}
-        window = _MetricsWindow(tap, world, accumulation, flops.supported, distill=teacher is not None)
+        window = _MetricsWindow(tap, world, accumulation, flops.supported,
+                                extra=teacher.metric_names if teacher is not None else ())
         from .tracking import Trackers
 
         with Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
@@ -372,7 +380,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
 
 def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, accumulation: int, float_dtype, flops, teacher=None):
     """One optimizer step. Returns the losses summed over the micro batches as a device tensor (loss, lm_loss,
-    aux_loss, kd_loss; read only at log points) and this process's tokens and model FLOPs, counted on the CPU."""
+    aux_loss, then the teacher's / reference's metrics; read only at log points) and this process's tokens and
+    model FLOPs, counted on the CPU."""
     import torch
 
     torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout / jitter: same on resume
@@ -401,14 +410,16 @@ def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, accumulation:
         else:
             aux = output.loss.new_zeros(())
             lm_loss = loss = output.loss
-        kd = aux.new_zeros(())
-        if teacher is not None:  # stage distill (mmzoo/train/distill.py): the KD term replaces or joins the LM loss
+        extra = aux.new_zeros(0)
+        if teacher is not None:  # stage distill (KD term) or preference (DPO / KTO): the objective, then the aux loss
             pure_lm = output.loss - aux if tap is not None and tap.own_aux else output.loss
-            objective, kd = teacher.loss(output, batch, pure_lm)
+            pairs = {"pair_indices": cpu_batch["pair_indices"]} if "pair_indices" in cpu_batch else {}
+            objective, extra = teacher.loss(output, {**batch, **pairs}, pure_lm)
             loss = objective + aux
         engine.backward(loss)
         engine.step()
-        micro = torch.stack([loss.detach(), lm_loss.detach(), aux.detach(), kd.detach().to(aux.dtype)]).double()
+        micro = torch.cat([torch.stack([loss.detach(), lm_loss.detach(), aux.detach()]).double(),
+                           extra.detach().double().to(loss.device)])
         losses = micro if losses is None else losses + micro
     return losses, tokens, step_flops
 
@@ -423,9 +434,9 @@ class _MetricsWindow:
     """The steps since the last log point: their losses stay on the device until ``flush`` reads them all at
     once (one host synchronisation and one collective per log point, not one per micro batch)."""
 
-    def __init__(self, tap, world: int, accumulation: int, flops_supported: bool, distill: bool = False):
+    def __init__(self, tap, world: int, accumulation: int, flops_supported: bool, extra: tuple[str, ...] = ()):
         self.tap, self.world, self.accumulation, self.flops_supported = tap, world, accumulation, flops_supported
-        self.distill = distill
+        self.extra = extra  # the names of the columns after loss, lm_loss, aux_loss (kd_loss; rewards/…)
         self.started = time.perf_counter()
         self.steps: list[tuple[int, float, Any, int, int]] = []
         self.routing = None  # the routing statistics of every window so far (train.routing_plots)
@@ -439,7 +450,7 @@ class _MetricsWindow:
 
         from .collectives import sum_over_processes
 
-        table = torch.stack([s[2] for s in self.steps])  # [steps, 4] on the device
+        table = torch.stack([s[2] for s in self.steps])  # [steps, 3 + extra] on the device
         counts = torch.tensor([[s[3], s[4]] for s in self.steps], dtype=torch.float64)
         summed = sum_over_processes(torch.cat([table.cpu(), counts], dim=1))  # the one synchronisation
         seconds = time.perf_counter() - self.started
@@ -448,7 +459,8 @@ class _MetricsWindow:
         step, lr = self.steps[row][0], self.steps[row][1]
         n = self.accumulation * self.world
         grad_norm = engine.get_global_grad_norm()
-        window_tokens, window_flops = float(summed[:, 4].sum()), float(summed[:, 5].sum())
+        tokens_col = 3 + len(self.extra)
+        window_tokens, window_flops = float(summed[:, tokens_col].sum()), float(summed[:, tokens_col + 1].sum())
         record = {
             "step": step + 1,
             "loss": float(summed[row, 0] / n),
@@ -456,15 +468,15 @@ class _MetricsWindow:
             "aux_loss": float(summed[row, 2] / n),
             "lr": float(lr),
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "tokens": int(summed[row, 4]),
+            "tokens": int(summed[row, tokens_col]),
             # real (non-pad) tokens and model FLOP/s of all processes together over the window (mmzoo.train.flops;
             # MFU = tflops / (peak × processes))
             "tokens_per_s": window_tokens / seconds if seconds > 0 else None,
             "tflops": window_flops / seconds / 1e12 if self.flops_supported and seconds > 0 else None,
             "seconds": round(seconds / len(self.steps), 4),  # per step
         }
-        if self.distill:
-            record["kd_loss"] = float(summed[row, 3] / n)
+        for column, name in enumerate(self.extra, start=3):  # means over the micro batches and processes
+            record[name] = float(summed[row, column] / n)
         if self.tap is not None:  # routing statistics of the window (mmzoo.analysis.stats), one collective
             routing = self.tap.take_stats()
             record.update(expert_load=routing.load(), router_entropy=routing.entropy(),

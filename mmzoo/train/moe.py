@@ -205,3 +205,31 @@ def mark_leaf_modules(model: nn.Module) -> list[str]:
     if classes:
         set_z3_leaf_modules(model, classes)
     return [c.__name__ for c in classes]
+
+
+def leaf_inputs_require_grad(model: nn.Module) -> int:
+    """ZeRO-3 with trainable MoE blocks whose input needs no gradient (everything before them frozen, e.g.
+    ``train_only`` on the MLPs only): make the block's input require one. DeepSpeed reduces a leaf module's
+    gradients in a full backward hook, and PyTorch fires that hook, when no input of the module requires a
+    gradient, as soon as the gradients of its *outputs* are known — before the block's own backward. DeepSpeed
+    then reduces and re-partitions the experts, and their gradients, computed next, meet an empty (partitioned)
+    weight: "The size of tensor a (0) must match the size of tensor b …" at the first backward. With the input
+    requiring a gradient (a detached copy: the model's other uses of the tensor are unchanged) the hook fires
+    after the block's backward, as it does when the layers before it train. Returns the number of blocks hooked."""
+    hooked = 0
+    for _, block in find_blocks(model):
+        if not any(p.requires_grad for p in block.parameters()):
+            continue
+
+        def hook(module, args, kwargs):
+            if not torch.is_grad_enabled():
+                return None
+            if args and torch.is_tensor(args[0]) and not args[0].requires_grad:
+                return (args[0].detach().requires_grad_(), *args[1:]), kwargs
+            if not args and torch.is_tensor(kwargs.get("hidden_states")) and not kwargs["hidden_states"].requires_grad:
+                return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_()}
+            return None
+
+        block.register_forward_pre_hook(hook, with_kwargs=True)
+        hooked += 1
+    return hooked

@@ -5,12 +5,20 @@ log-probability is the sum over its response tokens of log p(token) with the usu
 score the label at t + 1), as LLaVA-MoD's ``get_logp`` does (``average_log_prob`` False). Rewards are
 β · (log π − log π_ref), detached; accuracy is the share of pairs whose chosen reward beats the rejected one.
 
-These are the loss building blocks; ``stage: preference`` (pair data, the training loop) is not wired yet —
-see docs/train.md.
+``stage: preference`` runs them: each micro batch holds B pairs as 2B rows (chosen sides, then rejected sides,
+mmzoo/train/data.py), which go through the policy in ONE forward, as TRL's ``concatenated_forward`` does
+(LLaVA-MoD runs two; the log-probs are the same, and the MoE aux loss is that of the one forward). The reference
+(:class:`Reference`) is a frozen model (mmzoo/train/frozen.py) whose log-probs are computed on the fly without
+gradients, or once before training (``preference.precompute_reference``) and kept in the run folder.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any
+
 
 IGNORE_INDEX = -100
 LOSSES = ("sigmoid", "kto_pair")
@@ -66,3 +74,110 @@ def reward_metrics(chosen_rewards, rejected_rewards) -> dict[str, Any]:
         "rewards/accuracies": float((chosen_rewards > rejected_rewards).float().mean()),
         "rewards/margins": float((chosen_rewards - rejected_rewards).mean()),
     }
+
+
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+CACHE = "reference-logps.safetensors"
+
+
+def split_pairs(values):
+    """(chosen, rejected) halves of a 2B-row batch's per-row values."""
+    half = values.shape[0] // 2
+    return values[:half], values[half:]
+
+
+class Reference:
+    """The frozen reference model and the stage's loss (``loss`` is what the training loop calls)."""
+
+    def __init__(self, cfg, policy_model, float_dtype, ds_config: dict[str, Any], device):
+        from .frozen import load_frozen
+
+        # the shared tokenizer (log-probs of the same tokens) is checked by the preflight, before any model loads
+        self.cfg, self.section = cfg, cfg.preference
+        self.metric_names = METRICS
+        self.float_dtype, self.device = float_dtype, device
+        self.model = load_frozen(cfg.reference_model, cfg, float_dtype, ds_config, device)
+        self.cached = None  # (chosen, rejected) float32 log-probs by pair index, when precomputed
+
+    def logps(self, batch: dict[str, Any]):
+        """(chosen, rejected) reference log-probs of a pair batch: looked up when precomputed, else one forward."""
+        import torch
+
+        if self.cached is not None:
+            index = batch["pair_indices"].cpu()
+            chosen, rejected = (t[index].to(self.device) for t in self.cached)
+            return chosen, rejected
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "pair_indices")}
+        with torch.no_grad():
+            logits = self.model(**inputs).logits
+        return split_pairs(sequence_logps(logits, batch["labels"]))
+
+    def loss(self, output, batch: dict[str, Any], lm_loss):
+        """(training loss before aux, [rewards/chosen, rewards/rejected, accuracy, margin]) of a policy ``output``."""
+        import torch
+
+        policy_chosen, policy_rejected = split_pairs(sequence_logps(output.logits, batch["labels"]))
+        reference_chosen, reference_rejected = self.logps(batch)
+        losses, chosen, rejected = preference_loss(self.section.loss, self.section.beta, policy_chosen, policy_rejected,
+                                                   reference_chosen, reference_rejected, self.section.label_smoothing)
+        stats = torch.stack([chosen.mean(), rejected.mean(), (chosen > rejected).float().mean(),
+                             (chosen - rejected).mean()])
+        return losses.mean(), stats
+
+    # -- preference.precompute_reference ---------------------------------------------------------------
+    def precompute(self, data, out_dir: Path, *, rank: int, world: int, console=None) -> None:
+        """Every pair's reference log-probs, computed once (spread over the processes) and cached in the run folder;
+        a resumed run reads the cache back when it was made for the same data, reference and precision."""
+        import torch
+        import torch.distributed as dist
+
+        from safetensors.torch import load_file, save_file
+
+        path = Path(out_dir) / CACHE
+        key = self._cache_key(data)
+        if path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                same = (f.metadata() or {}).get("key") == key
+            if same:
+                tensors = load_file(str(path))
+                self.cached = (tensors["chosen"], tensors["rejected"])
+                return
+        n, size = len(data), self.cfg.train.micro_batch_size
+        chunks = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        # every process runs the same number of forwards (ZeRO-3 gathers need all of them): the last ones repeat
+        rounds = -(-len(chunks) // world)
+        table = torch.zeros(2, n, dtype=torch.float64)
+        for r in range(rounds):
+            k = min(r * world + rank, len(chunks) - 1)
+            from .loop import _to_device
+
+            cpu = data.batch(chunks[k])
+            batch = _to_device(cpu, self.device, self.float_dtype)
+            batch["pair_indices"] = cpu["pair_indices"]
+            chosen, rejected = self.logps(batch)
+            if r * world + rank < len(chunks):
+                table[0, chunks[k]] = chosen.double().cpu()
+                table[1, chunks[k]] = rejected.double().cpu()
+        from .collectives import sum_over_processes
+
+        table = sum_over_processes(table)  # each pair was computed by exactly one process
+        self.cached = (table[0].float(), table[1].float())
+        if rank == 0:
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({"chosen": self.cached[0].contiguous(), "rejected": self.cached[1].contiguous()}, str(tmp),
+                      metadata={"key": key, "pairs": str(n)})
+            os.replace(tmp, path)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _cache_key(self, data) -> str:
+        """What the cached log-probs depend on: the data's shards, the reference's weights, the precision."""
+        shards = [s.get("sha256") for s in data.dataset.manifest.get("shards", [])]
+        reference = Path(self.cfg.reference_model).resolve()
+        weights = sorted((str(p.relative_to(reference)), p.stat().st_size, p.stat().st_mtime_ns)
+                         for p in reference.rglob("*") if p.is_file())
+        text = json.dumps({"shards": shards, "reference": weights, "precision": self.cfg.train.precision,
+                           "attn": self.cfg.train.attn_implementation})
+        return hashlib.sha256(text.encode()).hexdigest()

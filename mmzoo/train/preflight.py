@@ -86,7 +86,17 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
         if not Path(cfg.teacher).exists():
             raise ConfigError("teacher checkpoint not found", path=cfg.teacher)
         real_vocabulary(cfg.model, cfg.teacher)  # a teacher with another tokenizer: one line before any model loads
+    if cfg.stage == "preference" and cfg.reference is not None:
+        from .distill import real_vocabulary
+
+        if not Path(cfg.reference).exists():
+            raise ConfigError("reference checkpoint not found", path=cfg.reference)
+        real_vocabulary(cfg.model, cfg.reference, ("policy", "reference"))  # log-probs of the same tokens
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+    if data.pairs != (cfg.stage == "preference"):
+        kind = "preference pairs" if data.pairs else "conversations"
+        raise ConfigError(f"stage {cfg.stage} cannot train on {kind}: stage preference reads `mmzoo preprocess --kind "
+                          "preference` output, the other stages conversation data", path=cfg.data.path)
     check_image_paths(data.dataset, Path(cfg.data.images))
     warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
     warnings += zero_stage_warnings(cfg, world)

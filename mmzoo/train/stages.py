@@ -33,6 +33,8 @@ STAGE_DEFAULTS = {
     "moe": StageDefaults((rf"^image_model\.(?!.*{MOE_PARTS})",), 2e-5, "projector + LLM + experts/routers"),
     # LLaVA-MoD's mimic distillation (dense→dense and dense→sparse): what the sft / moe stages train
     "distill": StageDefaults((rf"^image_model\.(?!.*{MOE_PARTS})",), 2e-5, "projector + LLM (+ experts/routers)"),
+    # LLaVA-MoD's preference distillation (DPO / KTO against a frozen reference): the same parts, its lr 2e-6
+    "preference": StageDefaults((rf"^image_model\.(?!.*{MOE_PARTS})",), 2e-6, "projector + LLM (+ experts/routers)"),
 }
 
 

@@ -154,7 +154,7 @@ def test_print_command_from_cli(ws, capsys):
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
-    assert cfg.stage in ("pretrain", "sft", "moe", "distill")
+    assert cfg.stage in ("pretrain", "sft", "moe", "distill", "preference")
 
 
 def test_data_that_does_not_fit_the_model_is_one_line(ws, tmp_path, capsys):

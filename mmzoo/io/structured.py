@@ -83,8 +83,11 @@ def check_tokenizer_file(path: str | Path) -> Path:
 
 
 def read_tokenizer_text(path: str | Path) -> str:
-    """The UTF-8 text of a tokenizer file (tokenizer.json, tokenizer_config.json, chat_template.jinja, ...)."""
-    return read_text(path, limit=tokenizer_file_limit(Path(path).name))
+    """The UTF-8 text of a tokenizer file (tokenizer.json, tokenizer_config.json, chat_template.jinja, ...), with
+    newlines translated as Python's text mode does (transformers opens them so: a published chat_template.jinja
+    with CRLF line ends renders with LF)."""
+    text = read_text(path, limit=tokenizer_file_limit(Path(path).name))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def parse_json(text: str | bytes, *, where: str | Path | None = None) -> Any:

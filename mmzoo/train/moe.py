@@ -164,8 +164,9 @@ class RouterTap:
 
 
 def num_experts(block: nn.Module) -> int:
-    """Routed experts of an MoE block (mmzoo's MoeBlock, transformers' Mixtral / Qwen2-MoE block)."""
-    return int(getattr(block, "num_experts", None) or getattr(block.gate, "num_experts", None) or block.gate.weight.shape[0])
+    """Routed experts of an MoE block (mmzoo's MoeBlock, transformers' Mixtral / Qwen2-MoE block); MoE++ counts
+    its zero and constant experts too (its router's width, ``num_routed``)."""
+    return int(getattr(block, "num_routed", None) or getattr(block, "num_experts", None) or getattr(block.gate, "num_experts", None) or block.gate.weight.shape[0])
 
 
 def short_name(module_name: str) -> str:

@@ -308,9 +308,12 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                                      num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda", plan=plan)
         last: dict[str, Any] = {}
         window = _MetricsWindow(tap, world, accumulation, flops.supported, distill=teacher is not None)
+        from .saving import CheckpointSaver, async_wanted
         from .tracking import Trackers
 
-        with Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
+        saver = CheckpointSaver(engine, out_dir, cfg, rank=rank, world=world,
+                                asynchronous=async_wanted(cfg, accelerator))
+        with _abandon_on_error(saver), Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
                 _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
                 window.add(step, scheduler.get_last_lr()[0],
@@ -325,14 +328,17 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                     metrics.write(record)
                     trackers.log(record)
                 advance(record)
+                saver.poll()  # a checkpoint written in the background is renamed into place once complete
                 if diverged:
+                    saver.finish()  # every process diverged at the same step: the pending checkpoint is good
                     kept = ck.latest(out_dir)
                     raise MmzooError(
                         f"the loss is {record['loss']} at step {record['step']} (lr {record['lr']:.2e}): training "
                         "diverged; lower train.lr or raise train.warmup_ratio (bf16 is steadier than fp16); nothing "
                         f"after step {kept[0] if kept else 0} was saved")
                 if saving:
-                    _save(engine, out_dir, step + 1, cfg, is_main)
+                    saver.save(step + 1)
+            summary["checkpoint"] = saver.finish()  # waits for a checkpoint still being written
         summary["last"] = last
         if is_main and cfg.train.plot:  # train.plot: the curves beside metrics.jsonl (mmzoo plot)
             from ..plot import plot_runs
@@ -463,19 +469,19 @@ class _MetricsWindow:
         return record
 
 
-def _save(engine, out_dir: Path, step: int, cfg: TrainConfig, is_main: bool) -> None:
-    import torch.distributed as dist
+class _abandon_on_error:
+    """On an error inside the training loop, let this process's background checkpoint writes end."""
 
-    from . import checkpoint as ck
+    def __init__(self, saver):
+        self.saver = saver
 
-    tag = ck.tag_for(step)
-    engine.save_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=tag, client_state={"step": step})
-    dist.barrier()
-    if is_main:
-        ck.mark_complete(ck.checkpoints_dir(out_dir) / tag, {"step": step, "zero_stage": cfg.deepspeed.zero_stage,
-                                                             "world_size": dist.get_world_size(), "params": cfg.dump()})
-        ck.prune(out_dir, cfg.train.keep_checkpoints)
-    dist.barrier()
+    def __enter__(self):
+        return self.saver
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None:
+            self.saver.abandon()
+        return False
 
 
 def progress_text(record: dict[str, Any], width: int) -> str:

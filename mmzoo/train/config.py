@@ -146,7 +146,7 @@ class TrainSection(_Strict):
 
 
 class DeepSpeedSection(_Strict):
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal[0, 1, 2, 3] | None = None  # None: 0 on one process, else 2 (mmzoo/train/ds_config.py)
     offload_optimizer: bool = False
     offload_param: bool = False  # ZeRO-3 only
     overrides: dict[str, Any] = {}  # merged last into the generated DeepSpeed config (expert use)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, MmzooError
 from .config import TrainConfig, total_steps
+from .ds_config import deepspeed_config
 
 IGNORE_INDEX = -100
 
@@ -66,39 +67,6 @@ def lr_lambda(total: int, warmup_ratio: float, kind: str, min_ratio: float) -> C
         return min_ratio + (1.0 - min_ratio) * decay
 
     return factor
-
-
-def deepspeed_config(cfg: TrainConfig, accumulation: int, world: int) -> dict[str, Any]:
-    t, d = cfg.train, cfg.deepspeed
-    zero: dict[str, Any] = {"stage": d.zero_stage}
-    if d.offload_optimizer:
-        if d.zero_stage == 0:
-            raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3")
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
-    if d.offload_param:
-        if d.zero_stage != 3:
-            raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage 3")
-        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    if d.zero_stage == 3:
-        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
-        "train_batch_size": t.micro_batch_size * accumulation * world,
-        "gradient_clipping": t.grad_clip,
-        "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,  # the client torch AdamW (no JIT-built DeepSpeed Adam)
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if t.precision == "bf16":
-        config["bf16"] = {"enabled": True}
-    elif t.precision == "fp16":
-        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
-    from .config import merge
-
-    return merge(config, d.overrides)
 
 
 def _optimizer(model, cfg: TrainConfig, accelerator: str):
@@ -188,6 +156,11 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     is_main = rank == 0
     out_dir = Path(cfg.output_dir)
     try:
+        from .ds_config import resolve_zero_stage
+
+        resumable = ck.latest(out_dir) if resume == "auto" else None
+        cfg, stage_reason = resolve_zero_stage(cfg, world, ck.read_marker(resumable[1]).get("zero_stage")
+                                               if resumable else None)
         checked = preflight(cfg, resume=resume, world=world)  # before any model is loaded
         source, data, existing, accumulation = checked.source, checked.data, checked.resume_from, checked.accumulation
         if is_main and console is not None and not os.environ.get("MMZOO_PREFLIGHT_SHOWN"):  # mmzoo train showed them
@@ -248,7 +221,9 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         optimizer = _optimizer(model, cfg, accelerator)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(steps, cfg.train.warmup_ratio, cfg.train.lr_scheduler, cfg.train.min_lr_ratio))
-        ds_config = deepspeed_config(cfg, accumulation, world)
+        from .ds_config import llm_hidden_size
+
+        ds_config = deepspeed_config(cfg, accumulation, world, hidden_size=llm_hidden_size(model))
         resume_dir = existing[1] if resume == "auto" and existing else None
         if resume_dir is not None and checked.universal:
             # another world size: DeepSpeed re-partitions ZeRO states only from its universal format
@@ -299,7 +274,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                      if cfg.train.packing else f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × "
                      f"accumulation {accumulation} = {cfg.train.global_batch_size}")
             console.print(f"[bold]mmzoo train[/] stage {cfg.stage}: {n_train:,}/{n_total:,} parameters trainable, "
-                          f"{batch}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, {steps} steps"
+                          f"{batch}, ZeRO-{cfg.deepspeed.zero_stage}"
+                          + (f" ({stage_reason})" if stage_reason else "") + f", {cfg.train.precision}, {steps} steps"
                           + (f", resuming after step {start}" if start else ""))
         from .data import micro_batch_stream
 

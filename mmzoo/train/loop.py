@@ -287,9 +287,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         from .saving import CheckpointSaver, async_wanted
         from .tracking import Trackers
 
-        saver = CheckpointSaver(engine, out_dir, cfg, rank=rank, world=world,
-                                asynchronous=async_wanted(cfg, accelerator))
-        with _abandon_on_error(saver), Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
+        with CheckpointSaver(engine, out_dir, cfg, rank=rank, world=world,
+                             asynchronous=async_wanted(cfg, accelerator)) as saver, Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
                 _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
                 window.add(step, scheduler.get_last_lr()[0],
@@ -443,21 +442,6 @@ class _MetricsWindow:
             record["expert_load"] = self.tap.take_load()
         self.steps, self.started = [], time.perf_counter()
         return record
-
-
-class _abandon_on_error:
-    """On an error inside the training loop, let this process's background checkpoint writes end."""
-
-    def __init__(self, saver):
-        self.saver = saver
-
-    def __enter__(self):
-        return self.saver
-
-    def __exit__(self, kind, exc, tb):
-        if kind is not None:
-            self.saver.abandon()
-        return False
 
 
 def progress_text(record: dict[str, Any], width: int) -> str:

@@ -211,7 +211,8 @@ def snapshot_checkpoint_engine(config_params, writer: BackgroundWriter):
 # -- the saver ------------------------------------------------------------------------------------------
 class CheckpointSaver:
     """Checkpoints of one training process: ``save`` at save points (collective), ``poll`` at log points
-    (never collective, never raises), ``finish`` at the end of the run (collective) or ``abandon`` on an error."""
+    (never collective, never raises), ``finish`` at the end of the run (collective) or ``abandon`` on an error
+    (which leaving its ``with`` block with an exception does)."""
 
     def __init__(self, engine, out_dir: Path, cfg, *, rank: int, world: int, asynchronous: bool):
         self.engine, self.out_dir, self.cfg = engine, Path(out_dir), cfg
@@ -225,6 +226,14 @@ class CheckpointSaver:
             engine.checkpoint_engine = snapshot_checkpoint_engine(engine._config, self.writer)
         if rank == 0:
             remove_stale_partials(self.out_dir)
+
+    def __enter__(self) -> "CheckpointSaver":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is not None:  # an error in the training loop: let this process's background writes end
+            self.abandon()
+        return False
 
     @property
     def root(self) -> Path:

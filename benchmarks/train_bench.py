@@ -193,7 +193,9 @@ def train_config(args, model: Path, data: Path, work: Path):
     from mmzoo.train.config import load_config
 
     train = {"max_steps": args.steps, "micro_batch_size": args.micro_batch_size, "global_batch_size": args.micro_batch_size,
-             "precision": args.precision, "attn_implementation": args.attn, "save_every": 10**9, "warmup_ratio": 0.0,
+             "precision": args.precision, "attn_implementation": args.attn, "save_every": args.save_every or 10**9,
+             "warmup_ratio": 0.0, "async_checkpoint": args.async_checkpoint,
+             "keep_checkpoints": 1,  # the 1b preset's checkpoint is 16 GB: keep disk use to one (two while saving)
              "lr_scheduler": "constant", "lr": 1e-5, "log_every": 1, "cross_entropy": args.cross_entropy,
              "liger_kernels": args.liger_kernels, "compile": args.compile}
     if args.packing:
@@ -220,7 +222,9 @@ def run_mmzoo(cfg, warmup: int) -> dict:
     flops = sum((r["tflops"] or 0) * r["seconds"] for r in timed) * 1e12
     return {"tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12 if flops else None,
             "tokens_per_step": tokens / len(timed), "peak_memory_gib": _peak_gib(), "final_loss": summary["last"]["loss"],
-            "step_seconds": seconds / len(timed), "text_attention": summary["text_attention"]}
+            "step_seconds": seconds / len(timed), "text_attention": summary["text_attention"],
+            # checkpoints: saves, seconds the training loop waited for them, seconds the background writer wrote
+            "checkpoint": summary.get("checkpoint")}
 
 
 def run_bare(cfg, warmup: int) -> dict:
@@ -317,6 +321,11 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--stage", choices=["pretrain", "sft"], default="sft")
     parser.add_argument("--zero-stage", type=int, default=0, help="0: one process (ZeRO-1/2 only add copies there)")
+    parser.add_argument("--save-every", type=int, default=None,
+                        help="train.save_every (default: only the end-of-run checkpoint); the saves inside the timed "
+                             "steps count in tokens/s")
+    parser.add_argument("--async-checkpoint", choices=["auto", "true", "false"], default="auto",
+                        help="train.async_checkpoint (auto: on a GPU)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--num-workers", type=int, default=2, help="data.num_workers (batches prepared ahead)")
@@ -327,6 +336,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="reuse the model and data built here")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
+    args.async_checkpoint = {"true": True, "false": False}.get(args.async_checkpoint, args.async_checkpoint)
     if args.steps <= args.warmup_steps:
         parser.error("--steps must be larger than --warmup-steps")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -369,6 +379,7 @@ def main(argv=None) -> int:
         "stage": args.stage, "micro_batch_size": None if args.packing else args.micro_batch_size,
         "packing": args.packing, "max_tokens": args.max_tokens, "cross_entropy": args.cross_entropy,
         "liger_kernels": args.liger_kernels, "compile": args.compile, "lengths": args.lengths,
+        "save_every": args.save_every, "async_checkpoint": args.async_checkpoint,
         "sample_tokens": {"mean": round(float(lengths.mean()), 1), "min": int(lengths.min()), "max": int(lengths.max())},
         "steps": args.steps, "warmup_steps": args.warmup_steps, "peak_tflops": round(peak, 3), "peak_source": peak_source,
         "torch_threads": torch.get_num_threads(),
@@ -386,6 +397,11 @@ def main(argv=None) -> int:
         mem = f"{r['peak_memory_gib']} GiB" if r.get("peak_memory_gib") is not None else "– (CPU)"
         print(f"{name:>5}: {r['tokens_per_s']:,.0f} real tokens/s, MFU {mfu}, peak memory {mem}, "
               f"{r['tokens_per_step']:,.0f} tokens a step, final loss {r['final_loss']:.4f}")
+        saved = r.get("checkpoint")
+        if saved:
+            print(f"{name:>5}: {saved['saves']} checkpoint(s), {'background' if saved['asynchronous'] else 'synchronous'}"
+                  f" writes, the loop waited {saved['blocking_seconds']:.2f} s for them"
+                  + (f" (the writer wrote for {saved['writing_seconds']:.2f} s)" if saved.get("writing_seconds") else ""))
     if "mmzoo_over_bare" in result:
         print(f"mmzoo/bare: {result['mmzoo_over_bare']:.3f}×")
     if args.json:

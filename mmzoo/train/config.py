@@ -56,6 +56,8 @@ class TrainSection(_Strict):
     seed: int = 0
     save_every: int = 500
     keep_checkpoints: int | None = None  # keep only the newest N step checkpoints (None: keep all)
+    # write checkpoints in a background thread from a host snapshot (mmzoo/train/saving.py); auto: on a GPU
+    async_checkpoint: bool | Literal["auto"] = "auto"
     log_every: int = 1
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
@@ -145,7 +147,7 @@ class TrainSection(_Strict):
 
 
 class DeepSpeedSection(_Strict):
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal[0, 1, 2, 3] | None = None  # None: 0 on one process, else 2 (mmzoo/train/ds_config.py)
     offload_optimizer: bool = False
     offload_param: bool = False  # ZeRO-3 only
     overrides: dict[str, Any] = {}  # merged last into the generated DeepSpeed config (expert use)

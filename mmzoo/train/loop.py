@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, MmzooError
 from .config import TrainConfig, total_steps
+from .ds_config import deepspeed_config
 
 IGNORE_INDEX = -100
 
@@ -66,39 +67,6 @@ def lr_lambda(total: int, warmup_ratio: float, kind: str, min_ratio: float) -> C
         return min_ratio + (1.0 - min_ratio) * decay
 
     return factor
-
-
-def deepspeed_config(cfg: TrainConfig, accumulation: int, world: int) -> dict[str, Any]:
-    t, d = cfg.train, cfg.deepspeed
-    zero: dict[str, Any] = {"stage": d.zero_stage}
-    if d.offload_optimizer:
-        if d.zero_stage == 0:
-            raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3")
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
-    if d.offload_param:
-        if d.zero_stage != 3:
-            raise ConfigError("deepspeed.offload_param needs deepspeed.zero_stage 3")
-        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    if d.zero_stage == 3:
-        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
-        "train_batch_size": t.micro_batch_size * accumulation * world,
-        "gradient_clipping": t.grad_clip,
-        "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,  # the client torch AdamW (no JIT-built DeepSpeed Adam)
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if t.precision == "bf16":
-        config["bf16"] = {"enabled": True}
-    elif t.precision == "fp16":
-        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
-    from .config import merge
-
-    return merge(config, d.overrides)
 
 
 def _optimizer(model, cfg: TrainConfig, accelerator: str):
@@ -188,6 +156,11 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     is_main = rank == 0
     out_dir = Path(cfg.output_dir)
     try:
+        from .ds_config import resolve_zero_stage
+
+        resumable = ck.latest(out_dir) if resume == "auto" else None
+        cfg, stage_reason = resolve_zero_stage(cfg, world, ck.read_marker(resumable[1]).get("zero_stage")
+                                               if resumable else None)
         checked = preflight(cfg, resume=resume, world=world)  # before any model is loaded
         source, data, existing, accumulation = checked.source, checked.data, checked.resume_from, checked.accumulation
         if is_main and console is not None and not os.environ.get("MMZOO_PREFLIGHT_SHOWN"):  # mmzoo train showed them
@@ -251,7 +224,9 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         optimizer = _optimizer(model, cfg, accelerator)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(steps, cfg.train.warmup_ratio, cfg.train.lr_scheduler, cfg.train.min_lr_ratio))
-        ds_config = deepspeed_config(cfg, accumulation, world)
+        from .ds_config import llm_hidden_size
+
+        ds_config = deepspeed_config(cfg, accumulation, world, hidden_size=llm_hidden_size(model))
         resume_dir = existing[1] if resume == "auto" and existing else None
         if resume_dir is not None and checked.universal:
             # another world size: DeepSpeed re-partitions ZeRO states only from its universal format
@@ -308,7 +283,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                      if cfg.train.packing else f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × "
                      f"accumulation {accumulation} = {cfg.train.global_batch_size}")
             console.print(f"[bold]mmzoo train[/] stage {cfg.stage}: {n_train:,}/{n_total:,} parameters trainable, "
-                          f"{batch}, ZeRO-{cfg.deepspeed.zero_stage}, {cfg.train.precision}, {steps} steps"
+                          f"{batch}, ZeRO-{cfg.deepspeed.zero_stage}"
+                          + (f" ({stage_reason})" if stage_reason else "") + f", {cfg.train.precision}, {steps} steps"
                           + (f", resuming after step {start}" if start else ""))
         from .data import micro_batch_stream
 
@@ -318,9 +294,11 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         last: dict[str, Any] = {}
         window = _MetricsWindow(tap, world, accumulation, flops.supported,
                                 extra=teacher.metric_names if teacher is not None else ())
+        from .saving import CheckpointSaver, async_wanted
         from .tracking import Trackers
 
-        with Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
+        with CheckpointSaver(engine, out_dir, cfg, rank=rank, world=world,
+                             asynchronous=async_wanted(cfg, accelerator)) as saver, Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
                 _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
                 window.add(step, scheduler.get_last_lr()[0],
@@ -335,14 +313,17 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                     metrics.write(record)
                     trackers.log(record)
                 advance(record)
+                saver.poll()  # a checkpoint written in the background is renamed into place once complete
                 if diverged:
+                    saver.finish()  # every process diverged at the same step: the pending checkpoint is good
                     kept = ck.latest(out_dir)
                     raise MmzooError(
                         f"the loss is {record['loss']} at step {record['step']} (lr {record['lr']:.2e}): training "
                         "diverged; lower train.lr or raise train.warmup_ratio (bf16 is steadier than fp16); nothing "
                         f"after step {kept[0] if kept else 0} was saved")
                 if saving:
-                    _save(engine, out_dir, step + 1, cfg, is_main)
+                    saver.save(step + 1)
+            summary["checkpoint"] = saver.finish()  # waits for a checkpoint still being written
         summary["last"] = last
         if is_main and cfg.train.plot:  # train.plot: the curves beside metrics.jsonl (mmzoo plot)
             from ..plot import plot_runs
@@ -484,21 +465,6 @@ class _MetricsWindow:
             self.routing = routing if self.routing is None else self.routing + routing
         self.steps, self.started = [], time.perf_counter()
         return record
-
-
-def _save(engine, out_dir: Path, step: int, cfg: TrainConfig, is_main: bool) -> None:
-    import torch.distributed as dist
-
-    from . import checkpoint as ck
-
-    tag = ck.tag_for(step)
-    engine.save_checkpoint(str(ck.checkpoints_dir(out_dir)), tag=tag, client_state={"step": step})
-    dist.barrier()
-    if is_main:
-        ck.mark_complete(ck.checkpoints_dir(out_dir) / tag, {"step": step, "zero_stage": cfg.deepspeed.zero_stage,
-                                                             "world_size": dist.get_world_size(), "params": cfg.dump()})
-        ck.prune(out_dir, cfg.train.keep_checkpoints)
-    dist.barrier()
 
 
 def progress_text(record: dict[str, Any], width: int) -> str:

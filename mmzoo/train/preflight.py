@@ -71,6 +71,10 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     if existing and resume == "never":
         raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
                          "or choose another output_dir", path=out_dir)
+    if existing and resume == "auto" and cfg.deepspeed.zero_stage is None:
+        from .ds_config import resolve_zero_stage  # unset: a resumed run keeps its checkpoint's stage
+
+        cfg, _ = resolve_zero_stage(cfg, world or 1, ck.read_marker(existing[1]).get("zero_stage"))
     universal = False
     if existing and world is not None:
         universal = ck.needs_universal(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)

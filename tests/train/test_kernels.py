@@ -63,25 +63,33 @@ def test_training_with_chunked_cross_entropy_matches_plain(ws):
     assert losses["chunked"] == pytest.approx(losses["plain"], rel=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["aot_eager"])
-def test_compiled_model_gives_the_plain_loss_and_gradients(ws, backend):
-    """train.compile through dynamo + AOT autograd (forward and backward graphs). The aot_eager backend keeps the
-    test in seconds; inductor's C++ code generation takes minutes on two cores (`compile: true` = inductor)."""
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_model_gives_the_plain_loss_and_gradients(ws, monkeypatch, backend):
+    """train.compile through dynamo + AOT autograd (forward and backward graphs), with the aot_eager backend and with
+    inductor (`compile: true`), which generates and builds C++ kernels here with the machine's gcc: ~100 s on two
+    busy cores the first time, ~15 s from its cache (kept in ~/.cache/mmzoo-tests/inductor, MMZOO_TEST_CACHE)."""
+    from torch._dynamo.utils import counters
+
+    from side_env import cache_root
     from mmzoo.models.load import load_model
     from mmzoo.train.config import load_config
     from mmzoo.train.data import TrainData
     from mmzoo.train.kernels import apply_kernels
 
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     data = TrainData(ws.data, ws.images, ws.hf, seed=0)
     batch = data.batch([0, 1])
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
     results = []
-    for compile_ in (False, backend):
+    counters.clear()
+    for compile_ in (False, True if backend == "inductor" else backend):
         model = load_model(ws.hf, attn_implementation="sdpa").float().train()
         apply_kernels(model, load_config(data=ws.config("c", train={"compile": compile_})))
         loss = model(**inputs).loss
         loss.backward()
         results.append((float(loss.detach()), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    if backend == "inductor":  # inductor compiled (or loaded from its cache) a forward and a backward graph
+        assert counters["inductor"]["fxgraph_cache_miss"] + counters["inductor"]["fxgraph_cache_hit"] >= 2, counters
     (plain, plain_grads), (compiled, compiled_grads) = results
     assert compiled == pytest.approx(plain, rel=1e-5)
     # the vision layer after vision_feature_layer feeds nothing: eager leaves its gradients None, compiled zeros

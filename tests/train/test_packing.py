@@ -195,3 +195,128 @@ def test_varlen_attention_adapter_gives_the_padded_loss(ws, monkeypatch):
     assert calls and calls[0] == ([0, *torch.tensor(lengths).cumsum(0).tolist()], max(lengths))
     assert float(packed_loss) == pytest.approx(float(padded_loss), abs=1e-5)
     assert max(float((packed_grads[n] - padded_grads[n]).abs().max()) for n in padded_grads) <= 1e-5
+
+
+# -- flash_attention_2: mmzoo's plumbing into transformers' varlen path -------------------------------------
+# flash-attn cannot be installed here (CUDA build). These tests put a block-diagonal reference attention written in
+# plain torch where transformers keeps the loaded flash-attn kernels (modeling_flash_attention_utils'
+# lazily-imported functions), with flash-attn 2's own signatures, so that everything above the kernel — mmzoo's
+# packed batch, the model's attention_mask/position_ids handling, transformers' choice of the varlen path and its
+# cu_seqlens — runs for real. It checks mmzoo's plumbing, not flash-attn's numerics.
+def _reference_attention(q, k, v, softmax_scale, causal):
+    """One sequence: q [Sq, H, D], k/v [Sk, Hkv, D] → [Sq, H, D], in plain torch (what a flash kernel computes)."""
+    if k.shape[1] != q.shape[1]:  # grouped-query attention
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * (softmax_scale or q.shape[-1] ** -0.5)
+    if causal:
+        allowed = torch.ones(q.shape[0], k.shape[0], dtype=torch.bool, device=q.device).tril(k.shape[0] - q.shape[0])
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+
+
+class _ReferenceFlashAttention2:
+    """flash_attn_func / flash_attn_varlen_func stand-ins (flash-attn 2.x signatures) that record their calls."""
+
+    def __init__(self):
+        self.varlen_calls, self.dense_calls = [], []
+
+    def flash_attn_func(self, q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                        softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+        assert dropout_p == 0.0 and window_size == (-1, -1)
+        self.dense_calls.append({"shape": tuple(q.shape), "causal": causal})
+        return torch.stack([_reference_attention(q[b], k[b], v[b], softmax_scale, causal) for b in range(q.shape[0])])
+
+    def flash_attn_varlen_func(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                               deterministic=False, return_attn_probs=False, block_table=None):
+        assert dropout_p == 0.0 and window_size == (-1, -1)
+        self.varlen_calls.append({"cu_seqlens_q": cu_seqlens_q.tolist(), "cu_seqlens_k": cu_seqlens_k.tolist(),
+                                  "dtype": cu_seqlens_q.dtype, "max_seqlen_q": int(max_seqlen_q),
+                                  "max_seqlen_k": int(max_seqlen_k), "causal": causal, "tokens": q.shape[0]})
+        bounds = cu_seqlens_q.tolist()
+        return torch.cat([_reference_attention(q[a:b], k[a:b], v[a:b], softmax_scale, causal)
+                          for a, b in zip(bounds, bounds[1:])])
+
+
+@pytest.fixture
+def reference_flash_attention_2(monkeypatch):
+    import transformers.modeling_flash_attention_utils as fa
+
+    kernels = _ReferenceFlashAttention2()
+    # where lazy_import_flash_attention keeps the kernels it loaded: "flash_attention_2" counts as loaded
+    monkeypatch.setattr(fa, "_loaded_implementation", "flash_attention_2")
+    monkeypatch.setattr(fa, "_flash_fn", kernels.flash_attn_func)
+    monkeypatch.setattr(fa, "_flash_varlen_fn", kernels.flash_attn_varlen_func)
+    monkeypatch.setattr(fa, "_flash_with_kvcache_fn", None)
+    monkeypatch.setattr(fa, "_pad_fn", fa._pad_input)
+    monkeypatch.setattr(fa, "_unpad_fn", fa._unpad_input)
+    monkeypatch.setattr(fa, "_process_flash_kwargs_fn", fa._lazy_define_process_function(kernels.flash_attn_varlen_func))
+    monkeypatch.setattr(fa, "_process_with_kvcache_kwargs_fn", dict)
+    return kernels
+
+
+def _with_flash_attention_2(model):
+    for config in (model.config, model.config.text_config, model.config.vision_config):
+        config._attn_implementation = "flash_attention_2"  # what attn_implementation="flash_attention_2" sets
+    return model
+
+
+def test_flash_attention_2_plumbing_packed_rows_take_the_varlen_path(ws, reference_flash_attention_2):
+    """A packed micro batch as the training loop builds it reaches flash-attn's varlen kernel in every LLM layer with
+    the samples' cu_seqlens and longest length, and gives the loss and gradients of the padded batch (sdpa)."""
+    from mmzoo.models.load import load_model
+    from mmzoo.train.loop import _to_device
+    from mmzoo.train.packing import select_packed_attention
+
+    data = _data(ws)
+    indices = _variable_lengths(data)
+    padded, packed = data.batch(indices), data.packed_batch(indices)
+    torch.manual_seed(0)
+    reference = load_model(ws.hf, attn_implementation="sdpa").float().train()
+    loss_padded, grads_padded = _loss_and_grads(reference, padded)
+
+    torch.manual_seed(0)
+    model = _with_flash_attention_2(load_model(ws.hf, attn_implementation="sdpa").float().train())
+    # mmzoo leaves flash_attention_2 to transformers (its own varlen switch is for sdpa on a GPU only)
+    assert select_packed_attention(model, accelerator="cuda", precision="bf16") == "flash_attention_2"
+    inputs = _to_device(packed, torch.device("cpu"), torch.float32)
+    assert "attention_mask" not in inputs and inputs["use_cache"] is False  # no mask: transformers reads position_ids
+    model.zero_grad(set_to_none=True)
+    loss = model(**inputs).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    lengths = packed["sample_lengths"].tolist()
+    bounds = [0] + torch.cumsum(torch.tensor(lengths), 0).tolist()
+    layers = model.config.text_config.num_hidden_layers
+    calls = reference_flash_attention_2.varlen_calls
+    assert len(calls) == layers  # every LLM layer, forward (backward goes through autograd of the reference)
+    for call in calls:
+        assert call["cu_seqlens_q"] == call["cu_seqlens_k"] == bounds and call["dtype"] == torch.int32
+        assert call["max_seqlen_q"] == call["max_seqlen_k"] == max(lengths)
+        assert call["causal"] is True and call["tokens"] == sum(lengths)
+    # the vision tower (no padding, no position ids) runs flash-attn's dense kernel, bidirectionally
+    assert reference_flash_attention_2.dense_calls and not any(c["causal"] for c in reference_flash_attention_2.dense_calls)
+
+    assert float(loss.detach()) == pytest.approx(float(loss_padded), abs=1e-5)
+    assert grads.keys() == grads_padded.keys()
+    assert max(float((grads[n] - grads_padded[n]).abs().max()) for n in grads_padded) <= 1e-5
+
+
+def test_flash_attention_2_plumbing_padded_rows_unpad_with_the_attention_mask(ws, reference_flash_attention_2):
+    """Unpacked (padded) micro batches under flash_attention_2: transformers unpads them from the attention mask
+    (varlen kernel, one sequence per row, padding excluded) and the loss is the sdpa loss."""
+    from mmzoo.models.load import load_model
+
+    data = _data(ws)
+    indices = _variable_lengths(data)
+    padded = data.batch(indices)
+    torch.manual_seed(0)
+    loss_sdpa, _ = _loss_and_grads(load_model(ws.hf, attn_implementation="sdpa").float().train(), padded)
+    model = _with_flash_attention_2(load_model(ws.hf, attn_implementation="sdpa").float().train())
+    loss_flash, _ = _loss_and_grads(model, padded)
+    real = padded["attention_mask"].sum(1).tolist()
+    call = reference_flash_attention_2.varlen_calls[0]
+    assert call["cu_seqlens_q"] == [0] + torch.cumsum(torch.tensor(real), 0).tolist()
+    assert float(loss_flash) == pytest.approx(float(loss_sdpa), abs=1e-5)

@@ -24,7 +24,8 @@ def test_train_bench_compares_mmzoo_with_a_bare_loop_on_cpu(tmp_path, capsys, pa
     out = tmp_path / "result.json"
     args = ["--preset", "tiny", "--lengths", "llava665k", "--length-scale", "0.05", "--samples", "24", "--steps", "3",
             "--warmup-steps", "1", "--micro-batch-size", "4", "--num-workers", "0", "--compare-bare",
-            "--workdir", str(tmp_path / "work"), "--json", str(out)] + (["--packing"] if packing else [])
+            "--workdir", str(tmp_path / "work"), "--json", str(out), "--save-every", "2",
+            "--async-checkpoint", "false" if packing else "true"] + (["--packing"] if packing else [])
     assert bench.main(args) == 0
     result = json.loads(out.read_text())
     mmzoo, bare = result["mmzoo"], result["bare"]
@@ -34,7 +35,10 @@ def test_train_bench_compares_mmzoo_with_a_bare_loop_on_cpu(tmp_path, capsys, pa
     assert 0 < mmzoo["mfu"] < 1 and 0 < bare["mfu"] < 1
     assert result["sample_tokens"]["min"] < result["sample_tokens"]["max"]  # variable lengths
     assert result["packing"] is packing and (result["max_tokens"] is not None) is packing
-    assert "mmzoo/bare:" in capsys.readouterr().out
+    saved = mmzoo["checkpoint"]  # steps 2 and 3 (the end), written in the background or not
+    assert saved["saves"] == 2 and saved["asynchronous"] is not packing and saved["blocking_seconds"] > 0
+    out = capsys.readouterr().out
+    assert "mmzoo/bare:" in out and "2 checkpoint(s)" in out
 
 
 def test_llava665k_lengths_are_long_tailed_and_cut():

@@ -47,6 +47,43 @@ def test_half_precision_training(ws, tmp_path, precision):
     _exported_logits_are_finite(run, tmp_path / precision)
 
 
+def _tensors(obj, prefix=""):
+    """Every tensor of a loaded checkpoint file by its path in the structure."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
+
+
+def test_async_checkpoint_on_cuda_holds_the_sync_states_and_resumes(ws):
+    """train.async_checkpoint on a GPU (pinned snapshot, background write): the files hold the synchronous save's
+    tensors (the synchronous files name the storages' device cuda:0, the snapshot's cpu; two GPU runs may differ in
+    the last bits, hence the tolerance), and a resume from them continues the curve."""
+    import shutil
+
+    from mmzoo.train import checkpoint as ck
+
+    sections = {"train": {"max_steps": 4, "save_every": 2, "precision": "fp32"}, "deepspeed": {"zero_stage": 0}}
+    runs = {mode: _train(ws, f"gpu-ckpt-{mode}", train={**sections["train"], "async_checkpoint": mode},
+                         deepspeed=sections["deepspeed"]) for mode in (False, True)}
+    for path in sorted((ck.checkpoints_dir(runs[False]) / "step_0000002").glob("*.pt")):
+        sync = _tensors(torch.load(path, map_location="cpu", weights_only=False))
+        snap = _tensors(torch.load(ck.checkpoints_dir(runs[True]) / "step_0000002" / path.name, map_location="cpu",
+                                   weights_only=False))
+        assert sync.keys() == snap.keys() and sync
+        for key in sync:
+            assert sync[key].dtype == snap[key].dtype and sync[key].shape == snap[key].shape, key
+            assert torch.allclose(sync[key].float(), snap[key].float(), atol=1e-5), key
+    resumed = runs[True].with_name("gpu-ckpt-resumed")
+    shutil.copytree(runs[True], resumed)
+    shutil.rmtree(ck.checkpoints_dir(resumed) / "step_0000004")
+    params = ws.write("gpu-ckpt-resumed", train={**sections["train"], "async_checkpoint": True},
+                      deepspeed=sections["deepspeed"])
+    proc = run_mmzoo("train", "--params", str(params), timeout=600, accelerator="cuda")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert [r["loss"] for r in metrics(resumed)] == pytest.approx([r["loss"] for r in metrics(runs[True])], rel=1e-4)
+
+
 @needs_flash
 def test_flash_attention_agrees_with_sdpa_and_trains(ws, tmp_path):
     from mmzoo.models.load import load_model

@@ -99,3 +99,28 @@ def test_multi_process_refusals_are_one_line_before_launching(ws):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "written with ZeRO-2 and this run uses ZeRO-3" in proc.stderr
     assert "launching" not in proc.stdout  # refused by mmzoo train itself, no launcher report
+
+
+def test_unset_zero_stage_on_two_processes_is_zero2_and_resumes_exactly_from_async_checkpoints(ws, zero_runs):
+    """deepspeed.zero_stage unset → ZeRO-2 with the tuned communication settings (overlap_comm over gloo); the
+    checkpoints are written in the background (train.async_checkpoint) and a resume from them is exact."""
+    run = _train(ws, "auto-stage", train={"max_steps": 4, "save_every": 2, "async_checkpoint": True},
+                 deepspeed={"zero_stage": None})
+    import yaml
+
+    assert yaml.safe_load((run / "params.yaml").read_text())["deepspeed"]["zero_stage"] == 2
+    full = metrics(run)
+    assert [r["loss"] for r in full] == pytest.approx([r["loss"] for r in metrics(zero_runs[0])], rel=LOSS_RTOL)
+    resumed = ws.root / "runs" / "auto-stage-resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000004")
+    proc = run_mmzoo("train", "--params", str(ws.write("auto-stage", train={"max_steps": 4, "save_every": 2,
+                                                                            "async_checkpoint": True},
+                                                      deepspeed={"zero_stage": None})),
+                     "--nproc", "2", "--set", f"output_dir={resumed}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "resuming after step 2" in output and "changed settings" not in output
+    keys = ("step", "loss", "lm_loss", "lr", "grad_norm", "tokens")
+    assert [[r[k] for k in keys] for r in metrics(resumed)] == [[r[k] for k in keys] for r in full]
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir() if p.is_dir()) == ["step_0000002", "step_0000004"]

@@ -112,6 +112,52 @@ def test_no_module_imports_a_higher_layer():
     assert not upward, "imports that run up the layers:\n" + "\n".join(upward)
 
 
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    """Within a layer too, modules do not import each other round in a circle (lazy imports included): a cycle
+    means two modules are one concern split in two, or a shared piece wants a module of its own."""
+    modules = all_modules()
+    graph = {m: {i for i, _ in imports(p, set(modules)) if i != m} for m, p in modules.items()}
+    assert not import_cycles(graph), f"import cycles: {import_cycles(graph)}"
+
+
+def test_the_cycle_finder_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from ..converters.pipeline import convert\n", "mmzoo.converters.pipeline"),
     ("def f():\n    from ..models.load import load_model\n", "mmzoo.models.load"),

@@ -30,7 +30,7 @@ def analyze_routing(checkpoint: str | Path, data: str | Path, out: str | Path, *
     (``seed``), all of them when there are fewer. Returns the report."""
     import torch
 
-    from ..converters.pipeline import check_output
+    from ..io.atomic import check_output
     from ..io.claim import refuse_overlap
     from ..models.load import load_model
     from ..train.data import TrainData, check_data_fits_model
@@ -91,7 +91,7 @@ def analyze_routing(checkpoint: str | Path, data: str | Path, out: str | Path, *
         "schema": SCHEMA, "checkpoint": str(checkpoint), "data": str(data), "samples": len(indices), "seed": seed,
         "tokens": tokens, "layers": totals.summary(), "layer_overlap": overlap.summary(),
     }
-    from ..converters.pipeline import atomic_write
+    from ..io.atomic import atomic_write
 
     atomic_write(out, checkpoint, overwrite, lambda tmp: write_report(report, tmp, plots=plots))
     return report

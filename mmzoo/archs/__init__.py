@@ -1,6 +1,8 @@
 """Registry of supported architectures, keyed by the HF ``model_type`` of each component."""
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import UnknownArchitecture
 from . import moe, text, vision
 from .base import Table
@@ -34,3 +36,22 @@ def vision_table(model_type: str, where: str = "") -> Table:
         raise UnknownArchitecture(
             f"vision architecture {model_type!r} is not supported (supported: {', '.join(VISION_TABLES)})", path=where or None
         ) from None
+
+
+def component_tables(spec, where: str = "") -> dict[str, Any]:
+    """The tables mapping each component of ``spec`` (text, vision, projector) between native and
+    canonical names: the architecture's own, or ``MoeSites`` over the dense one where mmzoo's MoE
+    blocks sit. ``projector`` is None for a dense projector (its names need no mapping)."""
+    layout = spec.moe or {}
+    if spec.text_type == "mmzoo_moe":
+        base = spec.text_config.get("base_model_type") or layout.get("base_model_type") or "llama"
+        if base in moe.MOE_TEXT_TYPES:
+            raise UnknownArchitecture(f"an mmzoo_moe text model cannot be based on {base!r}", path=where or None)
+        text: Any = moe.MoeSites(text_table(base, where))
+    else:
+        text = text_table(spec.text_type, where)
+    vision: Any = vision_table(spec.vision_type, where)
+    if layout.get("vision_layers"):
+        vision = moe.MoeSites(vision)
+    projector = moe.MoeSites(moe.PROJECTOR) if "projector" in (layout.get("targets") or []) else None
+    return {"text": text, "vision": vision, "projector": projector}

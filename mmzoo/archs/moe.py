@@ -20,7 +20,7 @@ For text these are exactly the Qwen2-MoE native names; Mixtral spells them
 expresses (modality routing, residual MoE, vision/projector experts, LLMs with biases or partial
 rotary): it loads through mmzoo's own modules (``mmzoo.upcycle.remote.modeling_mmzoo_moe``), in-process
 and, for ``hf`` folders, as transformers remote code. Its native names are the dense architecture's,
-with MoE sites as above (``MoeSites``); ``component_tables`` picks the tables of a checkpoint.
+with MoE sites as above (``MoeSites``); ``mmzoo.archs.component_tables`` picks the tables of a checkpoint.
 """
 from __future__ import annotations
 
@@ -60,12 +60,12 @@ QWEN2_MOE = Table(
 
 class MmzooMoeTable(Table):
     """Placeholder for ``mmzoo_moe`` in the text registry: its names depend on the dense architecture it
-    was made from, so callers use ``component_tables(spec)`` (``MoeSites`` over the base table)."""
+    was made from, so callers use ``mmzoo.archs.component_tables(spec)`` (``MoeSites`` over the base table)."""
 
     def _refuse(self) -> None:
         raise UnknownArchitecture(
             "an mmzoo_moe text model maps its tensors through its base architecture's table "
-            "(mmzoo.archs.moe.component_tables); this caller has no spec to find it"
+            "(mmzoo.archs.component_tables); this caller has no spec to find it"
         )
 
     def to_canonical(self, tensors: dict[str, Planned], config: dict, **_: Any) -> dict[str, Planned]:
@@ -133,26 +133,6 @@ class MoeSites:
             out.update({site + group + k[len(site):]: v for k, v in native.items()})
         return out
 
-
-def component_tables(spec, where: str = "") -> dict[str, Any]:
-    """The tables mapping each component of ``spec`` (text, vision, projector) between native and
-    canonical names: the architecture's own, or ``MoeSites`` over the dense one where mmzoo's MoE
-    blocks sit. ``projector`` is None for a dense projector (its names need no mapping)."""
-    from . import text_table, vision_table
-
-    moe = spec.moe or {}
-    if spec.text_type == "mmzoo_moe":
-        base = spec.text_config.get("base_model_type") or moe.get("base_model_type") or "llama"
-        if base in MOE_TEXT_TYPES:
-            raise UnknownArchitecture(f"an mmzoo_moe text model cannot be based on {base!r}", path=where or None)
-        text: Any = MoeSites(text_table(base, where))
-    else:
-        text = text_table(spec.text_type, where)
-    vision: Any = vision_table(spec.vision_type, where)
-    if moe.get("vision_layers"):
-        vision = MoeSites(vision)
-    projector = MoeSites(PROJECTOR) if "projector" in (moe.get("targets") or []) else None
-    return {"text": text, "vision": vision, "projector": projector}
 
 
 MMZOO_MOE = MmzooMoeTable("mmzoo_moe", ())

@@ -79,7 +79,8 @@ def split_by_prefix(
 
 
 def to_canonical(spec: ModelSpec, parts: dict[str, dict[str, Planned]], *, drop_unmatched: bool, where: str) -> dict[str, Planned]:
-    from ..archs.moe import component_tables, layout_from_config
+    from ..archs import component_tables
+    from ..archs.moe import layout_from_config
 
     if spec.moe is None:  # a Mixtral / Qwen2-MoE / mmzoo_moe text_config: record its MoE layout
         spec.moe = layout_from_config(spec.text_config)
@@ -103,7 +104,7 @@ def to_canonical(spec: ModelSpec, parts: dict[str, dict[str, Planned]], *, drop_
 
 def native_components(ckpt: Checkpoint) -> dict[str, dict[str, Planned]]:
     """Canonical tensors -> each component's native names (fusing what the architecture fuses)."""
-    from ..archs.moe import component_tables
+    from ..archs import component_tables
 
     spec, where = ckpt.spec, str(ckpt.path)
     tables = component_tables(spec, where)

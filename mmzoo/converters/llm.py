@@ -175,7 +175,8 @@ def convert_llm(src: str | Path, out: str | Path, *, tgt_fmt: str, moe: dict[str
                 progress: Callable[[int], None] | None = None, on_start: Callable[[Any], None] | None = None,
                 experts_from: list[str | Path] | None = None):
     """``mmzoo convert`` for a plain LLM source with ``--moe-experts``: upcycle and write a causal-LM folder."""
-    from .pipeline import ConversionResult, atomic_write
+    from ..io.atomic import atomic_write
+    from .result import ConversionResult
     from ..io.confine import confine_checkpoint
     from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
     from ..upcycle.options import parse_options

@@ -1,21 +1,19 @@
 """``convert``: read any format into canonical names, optionally cast, write any format atomically."""
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import registry as formats
-from ..errors import MmzooError, OutputExists, naming, writing
+from ..errors import MmzooError, naming, writing
 from .common import validate
+from .result import ConversionResult
 from ..checkpoint.image_token import ensure_image_token
 from ..io.checkpoint import parse_size
-from ..io.claim import exclusive_output
-from ..io.parents import parents_removed_on_failure
+from ..io.atomic import atomic_write
 from ..io.confine import confine_checkpoint, confine_checkpoint_files
 from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
 from ..io.tensors import digest
@@ -56,73 +54,6 @@ def cast(ckpt: Checkpoint, dtype: str) -> Checkpoint:
     ckpt.tensors = {n: (t.cast(target) if is_float(t.dtype) else t) for n, t in ckpt.tensors.items()}
     ckpt.spec = ckpt.spec.model_copy(update={"dtype": CONFIG_DTYPE_NAMES[target]})
     return ckpt
-
-
-@dataclass
-class ConversionResult:
-    source: Path
-    output: Path
-    src_fmt: str
-    tgt_fmt: str
-    tensors: int
-    bytes: int
-    verified: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-
-
-def check_output(out: Path, source: Path | None, overwrite: bool) -> None:
-    """Refuse an unsafe OUT before any work: the source itself, inside it or around it, or an existing OUT
-    without ``overwrite``. A missing parent folder is fine: it is created (as every mmzoo command does)."""
-    out = Path(out).absolute()
-    if source is not None:
-        src = Path(source).resolve()
-        if out.resolve() == src or src in out.resolve().parents or out.resolve() in src.parents:
-            raise MmzooError("output must not be the source folder, inside it, or contain it", path=out)
-    if out.exists() and not overwrite:
-        raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
-
-
-def prepare_output(out: Path, source: Path | None, overwrite: bool) -> Path:
-    """Refuse unsafe outputs, create missing parent folders; return the temporary sibling to write into."""
-    out = out.absolute()
-    check_output(out, source, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    return tmp
-
-
-def commit_output(tmp: Path, out: Path) -> None:
-    """Move a finished temporary folder into place; an old OUT is removed only after the move."""
-    out = out.absolute()
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callable[[Path], None]) -> None:
-    """Write OUT through a temporary sibling, holding OUT's lock (see mmzoo.io.claim): a second writer of the
-    same OUT fails in one line, SIGTERM and Ctrl-C leave nothing behind, stale partials of dead runs go."""
-    with parents_removed_on_failure(Path(out)):  # a failed write leaves nothing behind, not even the folders made for it
-        prepare_output(Path(out), source, overwrite)  # refuse before a lock file is made beside OUT...
-        with exclusive_output(Path(out)):
-            tmp = prepare_output(Path(out), source, overwrite)  # ...and again under the lock: another writer may have finished
-            try:
-                write(tmp)
-                if not overwrite and (Path(out).exists() or Path(out).is_symlink()):  # appeared meanwhile, not via mmzoo
-                    raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
-                commit_output(tmp, Path(out))
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
 
 
 def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwrite: bool = False, shard_size: str | int = "5GB",

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
 from ..io.parents import parents_removed_on_failure
-from .encode import (IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo, encode_chunk, init_worker,
-                     make_encoder, share_with_forked_workers)
+from .encode import IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo
+from .workers import encode_chunk, init_worker, make_encoder, share_with_forked_workers
 from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer

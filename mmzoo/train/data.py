@@ -152,3 +152,16 @@ def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
                                          pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
     return iter(loader)
+
+
+def to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:
+    """The model inputs of a collated batch on ``device`` (pixel values in the run's float dtype)."""
+    # non_blocking: pinned batches (CUDA) copy while the previous micro batch still computes; packed batches
+    # carry position_ids instead of an attention mask (mmzoo/train/packing.py)
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels", "position_ids")
+              if batch.get(k) is not None}
+    if batch.get("pixel_values") is not None:
+        inputs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=float_dtype, non_blocking=True)
+    if "position_ids" in inputs:
+        inputs["use_cache"] = False  # transformers reads packed samples from position_ids only without a KV cache
+    return inputs

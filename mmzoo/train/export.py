@@ -97,7 +97,8 @@ def trained_checkpoint(run_dir: str | Path, step: int | None = None, dtype: str 
 def export(run_dir: str | Path, out: str | Path, *, tgt_fmt: str = "hf", step: int | None = None, dtype: str = "keep",
            overwrite: bool = False, shard_size: str = "5GB") -> dict[str, Any]:
     from ..converters import registry as formats
-    from ..converters.pipeline import check_output, write_checkpoint
+    from ..converters.pipeline import write_checkpoint
+    from ..io.atomic import check_output
 
     formats.get(tgt_fmt)  # an unknown format, an existing OUT or OUT inside the run fail before any work
     check_output(Path(out), Path(run_dir), overwrite)

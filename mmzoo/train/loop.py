@@ -91,18 +91,6 @@ def optimizer_kernel(cfg: TrainConfig, accelerator: str) -> dict[str, bool]:
     return {"foreach": False}
 
 
-def _to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:
-    # non_blocking: pinned batches (CUDA) copy while the previous micro batch still computes; packed batches
-    # carry position_ids instead of an attention mask (mmzoo/train/packing.py)
-    inputs = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels", "position_ids")
-              if batch.get(k) is not None}
-    if batch.get("pixel_values") is not None:
-        inputs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=float_dtype, non_blocking=True)
-    if "position_ids" in inputs:
-        inputs["use_cache"] = False  # transformers reads packed samples from position_ids only without a KV cache
-    return inputs
-
-
 class MetricsLog:
     """``metrics.jsonl`` on rank 0; on resume the lines after the resumed step are dropped first."""
 
@@ -365,6 +353,8 @@ def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, accumulation:
     model FLOPs, counted on the CPU."""
     import torch
 
+    from .data import to_device
+
     torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout / jitter: same on resume
     losses = None
     tokens = step_flops = 0
@@ -378,7 +368,7 @@ def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, accumulation:
             step_flops += flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist())) or 0
         else:
             step_flops += flops(*cpu_batch["input_ids"].shape, images) or 0
-        batch = _to_device(cpu_batch, engine.device, float_dtype)
+        batch = to_device(cpu_batch, engine.device, float_dtype)
         if tap is not None:
             tap.start(batch["input_ids"])
         output = engine(**batch)

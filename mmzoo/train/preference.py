@@ -151,10 +151,10 @@ class Reference:
         table = torch.zeros(2, n, dtype=torch.float64)
         for r in range(rounds):
             k = min(r * world + rank, len(chunks) - 1)
-            from .loop import _to_device
+            from .data import to_device
 
             cpu = data.batch(chunks[k])
-            batch = _to_device(cpu, self.device, self.float_dtype)
+            batch = to_device(cpu, self.device, self.float_dtype)
             batch["pair_indices"] = cpu["pair_indices"]
             chosen, rejected = self.logps(batch)
             if r * world + rank < len(chunks):

@@ -34,6 +34,7 @@ def test_quickstart_then_the_readme_training_example(tmp_path):
     assert (tmp_path / "mmzoo-demo" / "llava-repo" / "text_model_llava" / "config.json").is_file()
     assert "train distill" in stdout and "kd_loss" in stdout
     assert (tmp_path / "mmzoo-demo" / "routing" / "routing.json").is_file()  # analyze-routing of the upcycled MoIIE
+    assert (tmp_path / "mmzoo-demo" / "plots" / "training.png").stat().st_size > 10_000  # mmzoo plot of the demo's runs
     flat = " ".join(stdout.split())  # rich wraps long lines at the terminal width
     assert "train preference (kto_pair" in flat and "reward margin" in flat
     for name in ("tiny-pretrain", "tiny-sft", "tiny-moe", "tiny-distill", "tiny-preference"):  # every tiny config reads what the demo wrote

@@ -85,6 +85,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
                                                          "data": workdir / "preprocess" / "preprocessed",
                                                          "workdir": workdir / "routing"}),
         ("train", "mmzoo.train.demo_step", {"hf_checkpoint": hf, "workdir": workdir / "train"}),
+        ("plot", "mmzoo.plot.demo_step", {"train_dir": workdir / "train", "workdir": workdir / "plots"}),
         ("generate", "mmzoo.generate.demo_step", {"checkpoint": hf, "workdir": workdir}),
     ):
         module = _optional(module_name)

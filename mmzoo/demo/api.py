@@ -36,8 +36,6 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
     from rich.table import Table
     from transformers.utils import logging as hf_logging
 
-    from ..api import convert, diff, init_model
-
     hf_logging.disable_progress_bar()
     from .tiny import build_llm, build_vision
 
@@ -62,20 +60,11 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
     parts = workdir / "parts"
     step("build tiny models", lambda: (build_vision(parts / "clip-vision", "clip"), build_llm(parts / "llama", "llama"), "CLIP vision + Llama LLM + BPE tokenizer trained in-process")[-1])
     hf = workdir / "llava-hf"
-    step("mmzoo init", lambda: f"image token id {init_model(parts / 'clip-vision', parts / 'llama', hf, tgt_fmt='hf', seed=0)['image_token_id']}, fresh mlp2x_gelu projector → {hf.name}/")
     chain = {"internal": workdir / "llava-internal", "llava": workdir / "llava-repo", "hf": workdir / "llava-hf-roundtrip"}
+    from ..converters import demo_step as converters_step
 
-    def convert_chain() -> str:
-        previous = hf
-        for fmt, out in chain.items():
-            convert(previous, out, tgt_fmt=fmt, verify=True)
-            previous = out
-        result = diff(hf, chain["hf"])
-        if not result["equal"]:
-            raise MmzooError(f"round trip changed {len(result['differences'])} tensors")
-        return f"hf → internal → llava → hf: {result['tensors']} tensors bit-exact"
-
-    step("convert round trip", convert_chain)
+    step("init + convert", lambda: _summarize(converters_step.run_demo_step(parts / "clip-vision", parts / "llama", hf, chain,
+                                                                            console)))
     step("load_model logits", lambda: f"every format gives the transformers logits (max |Δ| = {_logits_match(hf, {**chain, 'hf-original': hf}):.1e})")
 
     for label, module_name, kwargs in (

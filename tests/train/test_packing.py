@@ -266,7 +266,7 @@ def test_flash_attention_2_plumbing_packed_rows_take_the_varlen_path(ws, referen
     """A packed micro batch as the training loop builds it reaches flash-attn's varlen kernel in every LLM layer with
     the samples' cu_seqlens and longest length, and gives the loss and gradients of the padded batch (sdpa)."""
     from mmzoo.models.load import load_model
-    from mmzoo.train.loop import _to_device
+    from mmzoo.train.data import to_device
     from mmzoo.train.packing import select_packed_attention
 
     data = _data(ws)
@@ -280,7 +280,7 @@ def test_flash_attention_2_plumbing_packed_rows_take_the_varlen_path(ws, referen
     model = _with_flash_attention_2(load_model(ws.hf, attn_implementation="sdpa").float().train())
     # mmzoo leaves flash_attention_2 to transformers (its own varlen switch is for sdpa on a GPU only)
     assert select_packed_attention(model, accelerator="cuda", precision="bf16") == "flash_attention_2"
-    inputs = _to_device(packed, torch.device("cpu"), torch.float32)
+    inputs = to_device(packed, torch.device("cpu"), torch.float32)
     assert "attention_mask" not in inputs and inputs["use_cache"] is False  # no mask: transformers reads position_ids
     model.zero_grad(set_to_none=True)
     loss = model(**inputs).loss

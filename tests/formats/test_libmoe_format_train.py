@@ -8,8 +8,8 @@ import os
 
 import pytest
 import torch
-import yaml
 from libmoe_layout import build_libmoe, use_hub_cache_with_siglip
+from moe_training import train_moe_briefly
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,37 +22,15 @@ def hub_cache(tmp_path, monkeypatch):
 
 def test_converted_libmoe_checkpoint_continues_training_and_exports_back(tmp_path, hub_cache):
     from mmzoo import convert, load_model, read_checkpoint
-    from mmzoo.models.load import load_processor
-    from mmzoo.preprocess import Collator, H5Dataset
     from mmzoo.demo.tiny import make_caption_dataset
-    from mmzoo.train.config import load_config
     from mmzoo.train.export import export
-    from mmzoo.train.loop import run_training
 
     src = build_libmoe(tmp_path / "libmoe", moe_name="smoe_plus_plus", dtype="float32")
     hf = tmp_path / "hf"
     convert(src, hf, tgt_fmt="hf")  # adds the <image> token LibMoE's own code does without
     images, data = make_caption_dataset(tmp_path, hf)
-    cfg_path = tmp_path / "libmoe.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "stage": "moe", "model": str(hf), "data": {"path": str(data), "images": str(images)},
-        "train": {"max_steps": 8, "micro_batch_size": 2, "global_batch_size": 4, "lr": 5e-3, "precision": "fp32",
-                  "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_every": 8, "seed": 0},
-        "deepspeed": {"zero_stage": 2}, "output_dir": str(tmp_path / "run"),
-    }))
-    cfg = load_config(cfg_path)
-    dataset = H5Dataset(data, images, load_processor(hf).image_processor)
-    batch = Collator(dataset.pad_token_id)([dataset[0], dataset[3]])
-    probe = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
-    seen = {}
-
-    def on_finish(engine, summary):
-        engine.module.eval()
-        with torch.no_grad():
-            seen["logits"] = engine(**probe).logits.float()
-
-    run_training(cfg, on_finish=on_finish)
-    rows = [json.loads(line) for line in (cfg.output_dir / "metrics.jsonl").read_text().splitlines()]
+    run = train_moe_briefly(hf, hf, images, data, tmp_path)
+    cfg, rows, probe = run["cfg"], run["rows"], run["probe"]
     assert [r["step"] for r in rows] == list(range(1, 9))
     for r in rows:
         assert r["aux_loss"] > 0 and abs(r["loss"] - r["lm_loss"] - r["aux_loss"]) < 1e-5
@@ -68,4 +46,4 @@ def test_converted_libmoe_checkpoint_continues_training_and_exports_back(tmp_pat
     assert back.format == "libmoe" and back.spec.moe["router"] == "moepp"
     with torch.no_grad():
         logits = load_model(out).eval()(**probe).logits
-    assert torch.allclose(logits, seen["logits"], atol=1e-5, rtol=0), float((logits - seen["logits"]).abs().max())
+    assert torch.allclose(logits, run["engine_logits"], atol=1e-5, rtol=0), float((logits - run["engine_logits"]).abs().max())

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import yaml
+from moe_training import train_moe_briefly
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,8 +18,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def libmoe_run(request, tmp_path_factory):
     from mmzoo import convert
     from mmzoo.demo.tiny import build_llava, make_caption_dataset
-    from mmzoo.train.config import load_config
-    from mmzoo.train.loop import run_training
 
     router = request.param
     root = tmp_path_factory.mktemp(f"{router}-train")
@@ -28,30 +27,7 @@ def libmoe_run(request, tmp_path_factory):
     moe = root / router
     convert(hf, moe, tgt_fmt="internal", moe=dict(num_experts=4, top_k=2, router=router, layers="all", style="shared" if router.startswith("sharede") else "mixtral",
                                                     targets=["text", "projector"]))
-    cfg_path = root / f"{router}.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "stage": "moe", "model": str(moe), "data": {"path": str(data), "images": str(images)},
-        "train": {"max_steps": 8, "micro_batch_size": 2, "global_batch_size": 4, "lr": 5e-3, "precision": "fp32",
-                  "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_every": 8, "seed": 0},
-        "deepspeed": {"zero_stage": 2}, "output_dir": str(root / "run"),
-    }))
-    cfg = load_config(cfg_path)
-    from mmzoo.models.load import load_processor
-    from mmzoo.preprocess import Collator, H5Dataset
-
-    dataset = H5Dataset(data, images, load_processor(hf).image_processor)
-    batch = Collator(dataset.pad_token_id)([dataset[0], dataset[3]])
-    probe = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
-    seen = {}
-
-    def on_finish(engine, summary):
-        engine.module.eval()
-        with torch.no_grad():
-            seen["logits"] = engine(**probe).logits.float()
-
-    run_training(cfg, on_finish=on_finish)
-    rows = [json.loads(line) for line in (cfg.output_dir / "metrics.jsonl").read_text().splitlines()]
-    return dict(cfg=cfg, moe=moe, rows=rows, probe=probe, engine_logits=seen["logits"], root=root, router=router)
+    return dict(train_moe_briefly(moe, hf, images, data, root), moe=moe, router=router)
 
 
 def test_libmoe_router_trains_with_its_losses_logged(libmoe_run):
@@ -92,7 +68,7 @@ def test_moe_section_overrides_the_libmoe_coefficients(libmoe_run, tmp_path):
     from mmzoo.train.loop import run_training
 
     cfg_path = tmp_path / "coefs.yaml"
-    base = yaml.safe_load((libmoe_run["root"] / f"{libmoe_run['router']}.yaml").read_text())
+    base = yaml.safe_load(libmoe_run["cfg_path"].read_text())
     aux = {}
     for name, coefs in (("off", (0.0, 0.0)), ("z", (0.0, 0.5))):
         cfg = {**base, "output_dir": str(tmp_path / name), "train": {**base["train"], "max_steps": 1},

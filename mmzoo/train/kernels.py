@@ -9,8 +9,12 @@
 - ``cross_entropy: liger`` — Liger Kernel's fused linear cross-entropy (Triton, CUDA only).
 - ``liger_kernels: true`` — Liger's RMSNorm, SwiGLU and RoPE kernels in the LLM (Triton, CUDA only;
   Llama, Mistral and Qwen2 LLMs).
-- ``compile: true`` — ``torch.compile`` of the model with inductor (or a named backend: ``aot_eager``,
-  ``cudagraphs``), in place: parameter names do not change.
+- ``compile: true`` — ``torch.compile`` with inductor (or a named backend: ``aot_eager``, ``cudagraphs``) of
+  every repeated transformer block — the LLM's decoder layers and the vision tower's encoder layers — in place:
+  parameter names do not change. Per block, not the whole model (torchtune's recipe): dynamo treats a block's
+  parameters as graph inputs, so one compiled graph serves all the layers of a stack and compilation costs one
+  layer's, not the model's; the glue between blocks (merging image features, data-dependent shapes) stays eager.
+  A new sequence length recompiles once, after which the length is dynamic (padded and packed batches vary).
 
 Options that cannot run here are refused by :func:`check_kernels` in one line before anything starts.
 """
@@ -62,7 +66,29 @@ def apply_kernels(model, cfg) -> None:
         _apply_liger_kernel_to_instance(model=model.model.language_model, cross_entropy=False,
                                         fused_linear_cross_entropy=False)
     if t.compile:
-        model.compile(backend="inductor" if t.compile is True else t.compile)
+        compile_blocks(model, backend="inductor" if t.compile is True else t.compile)
+
+
+def compile_blocks(model, backend: str) -> int:
+    """``torch.compile`` each layer of every ``layers`` stack (a ModuleList of blocks of one class) in place;
+    returns how many were compiled. Stacks nested in a compiled block (MoE experts) are compiled with it."""
+    import torch
+
+    compiled, stacks = 0, []
+    for name, module in model.named_modules():
+        if not (isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers" and len(module)):
+            continue
+        if len({type(layer) for layer in module}) != 1:  # not a stack of repeated blocks
+            continue
+        if any(name.startswith(stack + ".") for stack in stacks):  # inside a block compiled already
+            continue
+        stacks.append(name)
+        for layer in module:
+            layer.compile(backend=backend)
+            compiled += 1
+    if not compiled:
+        raise ConfigError(f"train.compile found no stack of transformer layers to compile in {type(model).__name__}")
+    return compiled
 
 
 def chunked_linear_cross_entropy(hidden, weight, labels, chunk_rows: int | None = None):

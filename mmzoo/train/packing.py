@@ -142,6 +142,7 @@ def _sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _BOUNDS[key]
 
 
+@torch.compiler.disable  # under `compile: true`: run eagerly between a block's compiled graphs (a host sync, data_ptr)
 def _varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention interface: query/key/value [1, heads, T, head_dim] → output [1, T, heads, head_dim]."""
     import inspect

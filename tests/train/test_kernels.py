@@ -146,3 +146,30 @@ def test_zero_1_2_on_one_gpu_warns():
     assert zero_stage_warnings(cfg(zero_stage=0), 1, cuda=True) == []
     assert zero_stage_warnings(cfg(zero_stage=2, offload_optimizer=True), 1, cuda=True) == []
     assert zero_stage_warnings(cfg(zero_stage=2), 1, cuda=False) == []
+
+
+def test_compile_is_per_transformer_block_and_one_graph_serves_every_layer(ws):
+    """`compile: true` compiles each decoder and vision encoder layer in place (names unchanged); the layers of a
+    stack share one compiled graph, and new packed lengths and image counts recompile once (then dynamic), not per
+    layer or per length. (A pack of one sample or one image specialises once more: dynamo's 0/1 specialisation.)"""
+    from torch._dynamo.utils import counters
+
+    from mmzoo.models.load import load_model
+    from mmzoo.train.data import TrainData
+    from mmzoo.train.kernels import compile_blocks
+
+    model = load_model(ws.hf, attn_implementation="sdpa").float().train()
+    names = [n for n, _ in model.named_parameters()]
+    stacks = [m for n, m in model.named_modules() if n.endswith(".layers") and isinstance(m, torch.nn.ModuleList)]
+    assert compile_blocks(model, "aot_eager") == sum(len(s) for s in stacks) >= 4
+    assert [n for n, _ in model.named_parameters()] == names
+    assert all(layer._compiled_call_impl is not None for s in stacks for layer in s)
+    data = TrainData(ws.data, ws.images, ws.hf, seed=0)
+    counters.clear()
+    graphs = []
+    for indices in ([0, 1], [1, 2], [0, 2, 3], [1, 2, 3], [0, 3]):  # packs of new lengths and image counts
+        batch = data.packed_batch(indices)
+        inputs = {k: batch[k] for k in ("input_ids", "labels", "position_ids", "pixel_values") if batch.get(k) is not None}
+        model(**inputs, use_cache=False).loss.backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[2], graphs  # the last two packs compiled nothing new

@@ -399,8 +399,9 @@ def main(argv=None) -> int:
               f"{r['tokens_per_step']:,.0f} tokens a step, final loss {r['final_loss']:.4f}")
         saved = r.get("checkpoint")
         if saved:
-            print(f"{name:>5}: {saved['saves']} checkpoint(s), {'background' if saved['asynchronous'] else 'synchronous'}"
-                  f" writes, the loop waited {saved['blocking_seconds']:.2f} s for them"
+            kinds = (f"{saved.get('background_saves', 0)} written in the background, the last directly"
+                     if saved["asynchronous"] else "synchronous writes")
+            print(f"{name:>5}: {saved['saves']} checkpoint(s), {kinds}, the loop waited {saved['blocking_seconds']:.2f} s for them"
                   + (f" (the writer wrote for {saved['writing_seconds']:.2f} s)" if saved.get("writing_seconds") else ""))
     if "mmzoo_over_bare" in result:
         print(f"mmzoo/bare: {result['mmzoo_over_bare']:.3f}×")

@@ -310,7 +310,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                         "diverged; lower train.lr or raise train.warmup_ratio (bf16 is steadier than fp16); nothing "
                         f"after step {kept[0] if kept else 0} was saved")
                 if saving:
-                    saver.save(step + 1)
+                    saver.save(step + 1, last=step + 1 == steps)
             summary["checkpoint"] = saver.finish()  # waits for a checkpoint still being written
         summary["last"] = last
         if is_main and cfg.train.plot:  # train.plot: the curves beside metrics.jsonl (mmzoo plot)

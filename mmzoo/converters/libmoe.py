@@ -38,6 +38,7 @@ from .common import (
 )
 
 NAME = "libmoe"
+MULTISCALE = True  # ``scales``: S² multi-scale image features (mmzoo/models/multiscale.py)
 DESCRIPTION = "LibMoE checkpoints (Fsoft-AIC): LlavaPhiForCausalLM, SigLIP tower + projector with LibMoE's MoE layers"
 ARCHITECTURE, MODEL_TYPE = "LlavaPhiForCausalLM", "llava_phi"
 # LibMoE moe_name -> (mmzoo router, style)
@@ -65,11 +66,14 @@ def detect(path: Path) -> bool:
 
 
 def _scales(config: dict[str, Any]) -> list[int]:
+    """LibMoE's ``scales`` (its train.py parses ``--scales 1,3`` into ints; the config keeps the list)."""
     scales = config.get("scales")
     if scales in (None, "", []):
         return [1]
     if isinstance(scales, str):
-        scales = [int(s) for s in scales.split(",") if s.strip()]
+        scales = [s.strip() for s in scales.split(",") if s.strip()]
+    if not isinstance(scales, list) or not all(isinstance(s, (int, str)) and str(s).isdigit() for s in scales):
+        raise UnknownArchitecture(f"LibMoE scales {config.get('scales')!r} are not whole numbers (e.g. [1, 3])")
     return [int(s) for s in scales]
 
 
@@ -123,10 +127,6 @@ def _spec(config: dict[str, Any], where: Path) -> tuple[ModelSpec, dict[str, Any
 
     notes = mmzoo_notes(config, where / "config.json")
     scales = _scales(config)
-    if scales != [1]:
-        raise UnknownArchitecture(f"LibMoE's S2 multi-scale image features (scales {scales}) are not implemented in mmzoo "
-                                  "(its engine runs the tower once per image; the projector would take "
-                                  f"{len(scales)}x the tower's width); only scales [1] checkpoints convert", path=where)
     if int(config.get("mm_vision_select_layer", -2)) != -2:
         raise UnknownArchitecture("LibMoE's SigLIP tower returns the input of its last layer (mm_vision_select_layer -2); "
                                   f"this config says {config.get('mm_vision_select_layer')}", path=where)
@@ -150,7 +150,7 @@ def _spec(config: dict[str, Any], where: Path) -> tuple[ModelSpec, dict[str, Any
     spec = ModelSpec(
         vision_config=vision, text_config=text, projector_type="mlp2x_gelu", image_token_id=notes.get("image_token_index"),
         vision_feature_layer=-2, vision_feature_select_strategy="full",  # SigLIP has no class token: LibMoE's "patch" keeps every token
-        dtype=config.get("torch_dtype") or config.get("dtype"), moe=layout,
+        dtype=config.get("torch_dtype") or config.get("dtype"), moe=layout, vision_scales=scales,
         extra={"libmoe": libmoe, "libmoe_synthesized": list(notes.get("synthesized", SYNTHESIZED))},
     )
     return spec.model_copy(update={"image_seq_length": image_seq_length(spec)}), processor
@@ -269,7 +269,7 @@ def config_for(spec: ModelSpec, vision_tower: str | None, torch_dtype: str, imag
     libmoe.update(
         mm_vision_tower=tower, vision_tower=tower, mm_hidden_size=spec.vision_config["hidden_size"],
         mm_projector_type="moe" if "projector" in (moe.get("targets") or []) else "mlp2x_gelu",
-        mm_vision_select_layer=-2, mm_vision_select_feature="patch", scales=libmoe.get("scales", [1]),
+        mm_vision_select_layer=-2, mm_vision_select_feature="patch", scales=list(spec.vision_scales),
         clip_smoe=bool(moe.get("vision_layers")), mlp_smoe="projector" in (moe.get("targets") or []),
     )
     if moe:

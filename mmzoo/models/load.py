@@ -37,9 +37,11 @@ def load_model(path: str | Path, *, dtype: str | None = None, attn_implementatio
 
 
 def model_from_checkpoint(ckpt, *, attn_implementation: str = "sdpa"):
+    from .multiscale import model_class
+
     config = llava_config(ckpt.spec)
     state = state_dict_for(ckpt)
-    model = build_empty(config, dominant_dtype(state), attn_implementation)
+    model = build_empty(config, dominant_dtype(state), attn_implementation, cls=model_class(None, ckpt.spec.vision_scales))
     return load_state(model, state, config, ckpt.path).eval()
 
 

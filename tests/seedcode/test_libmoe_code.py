@@ -32,29 +32,39 @@ def libmoe_src() -> Path:
     return folder
 
 
+def _run_libmoe(libmoe_src: Path, checkpoint: Path, ids, images, tmp_path: Path, cache: Path) -> dict:
+    import subprocess
+
+    from side_env import clean_env, libmoe_python
+
+    torch.save({"input_ids": ids, "images": images}, tmp_path / "inputs.pt")
+    env = {**clean_env(), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([libmoe_python(), str(RUNNER), str(libmoe_src), str(checkpoint), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(tmp_path / "out.pt", weights_only=False)
+
+
+IDS = torch.tensor([[5, 6, 7, -200, 8, 9, 10, 11], [12, 13, -200, 14, 15, 16, 17, 18]])  # -200: LibMoE's IMAGE_TOKEN_INDEX
+
+
+def _expand(ids: torch.Tensor, image_token: int, count: int) -> torch.Tensor:
+    return torch.tensor([[u for t in row for u in ([image_token] * count if t == -200 else [t])] for row in ids.tolist()])
+
+
 @pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [
     ("smoe_plus_plus", True, True), ("smoe", True, True), ("smoe_tcmoe", True, True), ("smoe_share", True, True),
     ("smoe_sharev3", True, True), ("smoe", False, False),
 ])
 def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_path, monkeypatch, moe_name, clip_smoe, mlp_smoe):
     from safetensors import safe_open
-    from side_env import clean_env, libmoe_python
 
     from mmzoo import convert, load_model
 
     cache = use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
     src = build_libmoe(tmp_path / "libmoe", moe_name=moe_name, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe, dtype="float32")
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.tensor([[5, 6, 7, -200, 8, 9, 10, 11], [12, 13, -200, 14, 15, 16, 17, 18]])  # -200: LibMoE's IMAGE_TOKEN_INDEX
-    images = torch.randn(2, 3, 32, 32, generator=gen)
-    torch.save({"input_ids": ids, "images": images}, tmp_path / "inputs.pt")
-    import subprocess
-
-    env = {**clean_env(), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([libmoe_python(), str(RUNNER), str(libmoe_src), str(src), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-                          capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    theirs = torch.load(tmp_path / "out.pt", weights_only=False)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    theirs = _run_libmoe(libmoe_src, src, IDS, images, tmp_path, cache)
     assert theirs["missing"] == [] and theirs["unexpected"] == []
     with safe_open(src / "model.safetensors", "pt") as f:
         assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == theirs["names"]
@@ -62,8 +72,7 @@ def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_pa
     hf = tmp_path / "hf"
     convert(src, hf, tgt_fmt="hf")
     model = load_model(hf).eval()
-    image_token, count = model.config.image_token_id, model.config.image_seq_length
-    expanded = torch.tensor([[u for t in row for u in ([image_token] * count if t == -200 else [t])] for row in ids.tolist()])
+    expanded = _expand(IDS, model.config.image_token_id, model.config.image_seq_length)
     with torch.no_grad():
         logits = model(input_ids=expanded, pixel_values=images).logits[..., : theirs["logits"].shape[-1]]  # + the <image> row
     assert torch.allclose(logits, theirs["logits"], atol=1e-5, rtol=0), float((logits - theirs["logits"]).abs().max())
@@ -71,6 +80,40 @@ def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_pa
     train = model.train()(input_ids=expanded, pixel_values=images)
     if clip_smoe or mlp_smoe:
         want = theirs["aux"]["auxiliary_loss_clip"] * clip_smoe + theirs["aux"]["auxiliary_loss_mlp"] * mlp_smoe
+        got = float(train["aux_loss"].detach())
+        assert abs(got - want) <= 1e-5 * want, (got, theirs["aux"])
+    else:
+        assert train.get("aux_loss") is None and theirs["aux"] == {}
+
+
+@pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [("smoe", True, True), ("smoe_plus_plus", True, True), ("smoe", False, False)],
+                         ids=["sft-smoe", "sft-moepp", "pft-dense"])
+def test_libmoe_code_and_mmzoo_agree_on_s2_multiscale_checkpoints(libmoe_src, tmp_path, monkeypatch, moe_name, clip_smoe, mlp_smoe):
+    """LibMoE's published runs' setting, ``--scales 1,3`` (sft.sh: clip_smoe + mlp_smoe; pft.sh: dense): LibMoE's
+    LlavaPhiForCausalLM and mmzoo's engine (the folder converted to internal, with an <image> token) give the same
+    S² features (its tower's output: the 1x and the pooled 3x levels side by side), logits and training aux loss."""
+    from mmzoo import convert, load_model
+
+    cache = use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
+    src = build_libmoe(tmp_path / "libmoe", moe_name=moe_name, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe, dtype="float32", scales=(1, 3))
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    theirs = _run_libmoe(libmoe_src, src, IDS, images, tmp_path, cache)
+    assert theirs["missing"] == [] and theirs["unexpected"] == []
+    assert theirs["features"].shape == (2, 16, 2 * 32)  # 4 x 4 patches, 2 scales x the tower's width
+
+    internal = tmp_path / "internal"
+    convert(src, internal, tgt_fmt="internal", add_image_token=True)
+    model = load_model(internal).eval()
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=images).last_hidden_state
+    assert torch.allclose(features, theirs["features"], atol=1e-5, rtol=0), float((features - theirs["features"]).abs().max())
+    expanded = _expand(IDS, model.config.image_token_id, model.config.image_seq_length)
+    with torch.no_grad():
+        logits = model(input_ids=expanded, pixel_values=images).logits[..., : theirs["logits"].shape[-1]]  # + the <image> row
+    assert torch.allclose(logits, theirs["logits"], atol=1e-5, rtol=0), float((logits - theirs["logits"]).abs().max())
+    train = model.train()(input_ids=expanded, pixel_values=images)
+    if clip_smoe:  # LibMoE: the mean over the two levels of its tower's loss, + the projector's
+        want = theirs["aux"]["auxiliary_loss_clip"] + theirs["aux"]["auxiliary_loss_mlp"]
         got = float(train["aux_loss"].detach())
         assert abs(got - want) <= 1e-5 * want, (got, theirs["aux"])
     else:

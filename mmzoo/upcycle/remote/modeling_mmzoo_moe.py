@@ -359,7 +359,9 @@ def install_moe(model: LlavaForConditionalGeneration, layout: dict[str, Any], *,
         if block.mlp.router in LIBMOE_ROUTERS:  # LibMoE's SigLIP/CLIP SMoE tower returns the MEAN of its layers' losses
             block.mlp.loss_scale = 1.0 / len(vision_layers)
     if "projector" in (layout.get("targets") or []):
-        inner.multi_modal_projector = MoeBlock(inner.multi_modal_projector, hidden=vision_hidden, modality="image", **common)
+        # the router reads what the projector reads (wider than the tower with S² multi-scale features)
+        projector_in = inner.multi_modal_projector.linear_1.in_features
+        inner.multi_modal_projector = MoeBlock(inner.multi_modal_projector, hidden=projector_in, modality="image", **common)
     context.blocks = moe_blocks(model)
     return context
 

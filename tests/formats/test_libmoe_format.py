@@ -1,8 +1,8 @@
 """The ``libmoe`` format: LibMoE's published checkpoints (Fsoft-AIC/LibMoE's LlavaPhiForCausalLM folders).
 
 Shrunk layouts with LibMoE's key names and config fields (tests/formats/libmoe_layout.py) round-trip bit for bit
-through internal and hf, the hf output runs with mmzoo's MoE code, and what mmzoo cannot run (S2 multi-scale
-features, XMoE's extra gate, a tower not in the cache) is one clear line."""
+through internal and hf, the hf output runs with mmzoo's MoE code, and what mmzoo cannot run or write (S² features
+to hf, XMoE's extra gate, a tower not in the cache) is one clear line. S² checkpoints: test_libmoe_s2.py."""
 from __future__ import annotations
 
 import json
@@ -105,13 +105,16 @@ def test_libmoe_cli_formats_inspect_and_refusals(tmp_path, hub_cache):
     shown = subprocess.run([sys.executable, "-m", "mmzoo.cli", "inspect", str(src)], **env_run)
     assert shown.returncode == 0, shown.stderr
     assert "libmoe" in shown.stdout and "LibMoE smoe router" in shown.stdout and "vision layers [0, 1, 2]" in shown.stdout
-    s2 = build_libmoe(tmp_path / "s2")
+    s2 = build_libmoe(tmp_path / "s2", scales=(1, 3))  # what LibMoE's published runs use
+    refused = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", str(s2), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf"], **env_run)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "the hf layout cannot express S² multi-scale image features (vision_scales [1, 3]" in refused.stderr
+    assert not (tmp_path / "out").exists()
     config = json.loads((s2 / "config.json").read_text())
-    (s2 / "config.json").write_text(json.dumps({**config, "scales": [1, 3]}))  # what LibMoE's published runs use
+    (s2 / "config.json").write_text(json.dumps({**config, "scales": [1]}))  # a projector 2x the tower's width, one scale
     refused = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", str(s2), "-o", str(tmp_path / "out"), "--tgt-fmt", "internal"], **env_run)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "S2 multi-scale image features (scales [1, 3]) are not implemented" in refused.stderr
-    assert not (tmp_path / "out").exists()
+    assert "tensor 'projector.gate.weight' has shape [4, 64], expected [4, 32]" in refused.stderr
 
 
 def test_libmoe_unsupported_and_missing_pieces_are_one_clear_error(tmp_path, hub_cache, monkeypatch):

@@ -1,0 +1,156 @@
+"""S² multi-scale image features (LibMoE's ``scales: [1, 3]``, the setting of all its published checkpoints) in
+mmzoo's engine, without LibMoE's code (tests/seedcode/test_libmoe_code.py runs LibMoE's own model on the same
+folders): the features equal a hand computation crop by crop, a libmoe(S²) folder round-trips bit for bit through
+internal, formats that cannot express S² are refused in one line, and such a checkpoint trains, exports and
+generates with mmzoo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from libmoe_layout import build_libmoe, use_hub_cache_with_siglip
+
+from mmzoo import convert, load_model, read_checkpoint
+from mmzoo.errors import ConfigError, UnknownArchitecture
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    return use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
+
+
+def _tensors(folder):
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def test_s2_features_equal_a_crop_by_crop_hand_computation(tmp_path, hub_cache):
+    """The tower's layer -2 tokens of the 32 px image, next to those of its 96 px bicubic resize cut into 3 x 3
+    crops of 32 px, each crop through the tower on its own, its 4 x 4 map placed at (row, column) of a 12 x 12 map,
+    that map averaged over 3 x 3 blocks back to 4 x 4 (area pooling)."""
+    src = build_libmoe(tmp_path / "s2", clip_smoe=False, mlp_smoe=False, dtype="float32", scales=(1, 3))
+    internal = tmp_path / "internal"
+    convert(src, internal, tgt_fmt="internal", add_image_token=True)
+    model = load_model(internal)
+    tower = model.model.vision_tower
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def layer_minus_2(pixels):
+        with torch.no_grad():
+            return tower(pixels, output_hidden_states=True).hidden_states[-2]  # SigLIP: no class token to drop
+
+    base = layer_minus_2(images)  # [2, 16, C]
+    width = base.shape[-1]
+    big = F.interpolate(images, size=96, mode="bicubic")
+    stitched = torch.zeros(2, 12, 12, width)
+    for row in range(3):
+        for col in range(3):
+            crop = big[:, :, row * 32:(row + 1) * 32, col * 32:(col + 1) * 32]
+            stitched[:, row * 4:(row + 1) * 4, col * 4:(col + 1) * 4] = layer_minus_2(crop).reshape(2, 4, 4, width)
+    pooled = stitched.reshape(2, 4, 3, 4, 3, width).mean(dim=(2, 4)).reshape(2, 16, width)
+    by_hand = torch.cat([base, pooled], dim=-1)
+
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=images).last_hidden_state
+    assert features.shape == (2, 16, 2 * width)
+    assert torch.allclose(features, by_hand, atol=1e-6, rtol=0), float((features - by_hand).abs().max())
+    assert not torch.allclose(pooled, base, atol=1e-3)  # the 3x level is not a copy of the 1x one
+
+
+@pytest.mark.parametrize("clip_smoe,mlp_smoe", [(True, True), (False, False)], ids=["sft-smoe", "pft-dense"])
+def test_libmoe_s2_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, clip_smoe, mlp_smoe):
+    src = build_libmoe(tmp_path / "src", clip_smoe=clip_smoe, mlp_smoe=mlp_smoe, scales=(1, 3))
+    ckpt = read_checkpoint(src)
+    assert ckpt.spec.vision_scales == [1, 3] and ckpt.spec.projector_in_features == 2 * ckpt.spec.vision_config["hidden_size"]
+    internal = tmp_path / "internal"
+    convert(src, internal, tgt_fmt="internal", verify=True)
+    assert read_checkpoint(internal).spec.vision_scales == [1, 3]
+    back = tmp_path / "back"
+    convert(internal, back, tgt_fmt="libmoe", verify=True)
+    original, again = _tensors(src), _tensors(back)
+    assert sorted(original) == sorted(again)
+    for name, tensor in original.items():
+        assert again[name].dtype == tensor.dtype and torch.equal(again[name], tensor), name
+    config = json.loads((back / "config.json").read_text())
+    assert config["scales"] == [1, 3] and config["mm_hidden_size"] == ckpt.spec.vision_config["hidden_size"]
+
+
+def test_formats_without_s2_are_refused_in_one_line(tmp_path, hub_cache, tiny):
+    src = build_libmoe(tmp_path / "src", clip_smoe=False, mlp_smoe=False, scales=(1, 3))
+    env = {**os.environ, "COLUMNS": "200"}
+    out = tmp_path / "hf"
+    refused = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", str(src), "-o", str(out), "--tgt-fmt", "hf"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("mmzoo: error: the hf layout cannot express S² multi-scale image features (vision_scales [1, 3]")
+    assert not out.exists()
+    for fmt in ("llava", "moe-llava", "cerebras"):
+        with pytest.raises(UnknownArchitecture, match=f"the {fmt} layout cannot express S²"):
+            convert(src, tmp_path / fmt, tgt_fmt=fmt)
+        assert not (tmp_path / fmt).exists()
+    config = json.loads((src / "config.json").read_text())
+    for bad, why in (([3, 1], "must start with 1"), ([1, 0], "whole numbers from 1"), ("1,x", "not whole numbers")):
+        (src / "config.json").write_text(json.dumps({**config, "scales": bad}))
+        with pytest.raises((ConfigError, UnknownArchitecture), match=why):
+            read_checkpoint(src)
+
+
+def test_libmoe_s2_checkpoint_trains_exports_and_generates(tmp_path, hub_cache):
+    """sft.sh's setting (scales 1,3, SMoE experts in every tower layer and the projector): converted to internal
+    with an <image> token, it trains under mmzoo (loss falls, both aux losses), exports to libmoe with the engine's
+    logits, and `mmzoo generate` answers about an image with it."""
+    from moe_training import train_moe_briefly
+
+    from mmzoo.demo.tiny import make_caption_dataset
+    from mmzoo.generate import generate
+    from mmzoo.train.export import export
+
+    src = build_libmoe(tmp_path / "libmoe", moe_name="smoe", dtype="float32", scales=(1, 3))
+    internal = tmp_path / "internal"
+    result = convert(src, internal, tgt_fmt="internal", add_image_token=True)
+    assert any("added the <image> token" in n for n in result.notes)
+    images, data = make_caption_dataset(tmp_path, internal)
+    run = train_moe_briefly(internal, internal, images, data, tmp_path)
+    rows = run["rows"]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    for r in rows:
+        assert r["aux_loss"] > 0 and abs(r["loss"] - r["lm_loss"] - r["aux_loss"]) < 1e-5
+    losses = [r["loss"] for r in rows]
+    assert min(losses[4:]) < losses[0] - 0.5, losses
+
+    exported = tmp_path / "exported"
+    export(run["cfg"].output_dir, exported, tgt_fmt="libmoe")
+    back = read_checkpoint(exported)
+    assert back.format == "libmoe" and back.spec.vision_scales == [1, 3]
+    with torch.no_grad():
+        logits = load_model(exported).eval()(**run["probe"]).logits
+    assert torch.allclose(logits, run["engine_logits"], atol=1e-5, rtol=0), float((logits - run["engine_logits"]).abs().max())
+    with pytest.raises(UnknownArchitecture, match="the hf layout cannot express S²"):
+        export(run["cfg"].output_dir, tmp_path / "exported-hf", tgt_fmt="hf")
+
+    picture = images / "img_000.png"
+    answer = generate(exported, "Describe the picture.", images=[picture], max_new_tokens=3, template="plain")
+    assert answer["new_tokens"] >= 1
+    from PIL import Image
+
+    from mmzoo import load_processor
+
+    processor = load_processor(exported)  # greedy: the first token is the argmax of the engine's S² forward
+    inputs = processor(images=[Image.open(picture).convert("RGB")], text=answer["prompt"], return_tensors="pt", add_special_tokens=False)
+    assert inputs["pixel_values"].shape[-1] == 32  # the processor's base size; S² upscales inside the model
+    with torch.no_grad():
+        first = int(load_model(exported)(**inputs).logits[0, -1].argmax())
+    assert answer["tokens"][0] == first

@@ -2,12 +2,15 @@
 transformers 4.43 in ~/.cache/mmzoo-tests/libmoe-env) built from the shrunk checkpoint's config has exactly the
 checkpoint's tensor names and shapes (strict load: nothing missing, nothing unexpected), and its logits equal
 those of mmzoo's hf conversion of the same folder; in training mode LibMoE's aux loss (the mean of its vision
-layers' losses plus the projector's) equals mmzoo's ``aux_loss``.
+layers' losses plus the projector's) equals mmzoo's ``aux_loss``. With S² multi-scale features (``scales: [1, 3]``,
+its published runs' setting) LibMoE's tower output, logits and aux loss equal mmzoo's engine's on the folder
+converted to internal, and LibMoE's own training-image processing (run_libmoe_images.py) equals mmzoo's pixel values.
 
 LibMoE is not on PyPI: set MMZOO_LIBMOE_SRC to a checkout of Fsoft-AIC/LibMoE (the folder holding
 ``vision_language_model/moe_model``); without it the test is skipped and says so."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
-from libmoe_layout import build_libmoe, use_hub_cache_with_siglip  # noqa: E402
+from libmoe_layout import TOWER, build_libmoe, use_hub_cache_with_siglip  # noqa: E402
 
 RUNNER = Path(__file__).parent / "run_libmoe.py"
 
@@ -118,3 +121,44 @@ def test_libmoe_code_and_mmzoo_agree_on_s2_multiscale_checkpoints(libmoe_src, tm
         assert abs(got - want) <= 1e-5 * want, (got, theirs["aux"])
     else:
         assert train.get("aux_loss") is None and theirs["aux"] == {}
+
+
+def test_libmoe_image_processing_equals_mmzoos_pixel_values(libmoe_src, tmp_path, monkeypatch):
+    """LibMoE's training images (its process_image, ``--image_aspect_ratio pad`` as in all its scripts: padded to a
+    square of the mean colour, then the tower's processor at its base size; S² upscales inside the model) equal the
+    pixel values mmzoo's training data gives the S² checkpoint (preprocessed samples through mmzoo's processor of
+    the converted folder), for wide, tall and square images."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+    from side_env import clean_env, libmoe_python
+
+    from mmzoo import convert, load_processor
+    from mmzoo.preprocess import H5Dataset, preprocess
+
+    cache = use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
+    src = build_libmoe(tmp_path / "libmoe", dtype="float32", scales=(1, 3))
+    internal = tmp_path / "internal"
+    convert(src, internal, tgt_fmt="internal", add_image_token=True)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = []
+    for i, (w, h) in enumerate([(60, 36), (30, 52), (45, 45)]):
+        names.append(f"img_{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / names[-1])
+    rows = [{"id": f"s{i}", "image": name, "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A picture."}]}
+            for i, name in enumerate(names)]
+    (tmp_path / "data.json").write_text(json.dumps(rows))
+    preprocess([tmp_path / "data.json"], folder, internal, tmp_path / "data", template="plain", model=internal, max_seq_len=128)
+    dataset = H5Dataset(tmp_path / "data", folder, load_processor(internal).image_processor)
+    ours = torch.cat([dataset[i]["pixel_values"] for i in range(len(names))])
+
+    env = {**clean_env(), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([libmoe_python(), str(Path(__file__).parent / "run_libmoe_images.py"), str(libmoe_src), TOWER, "pad",
+                           str(tmp_path / "pixels.pt"), *[str(folder / n) for n in names]], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = torch.load(tmp_path / "pixels.pt")
+    assert theirs.shape == ours.shape == (3, 3, 32, 32)  # the base size: the processor's, not 3x
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=0), float((ours - theirs).abs().max())

@@ -154,3 +154,18 @@ def test_libmoe_s2_checkpoint_trains_exports_and_generates(tmp_path, hub_cache):
     with torch.no_grad():
         first = int(load_model(exported)(**inputs).logits[0, -1].argmax())
     assert answer["tokens"][0] == first
+
+
+def test_s2_training_flops_count_every_crop(tmp_path, hub_cache):
+    """mmzoo train's FLOPs (tokens/s and MFU logs): with scales [1, 3] the tower runs on 1 + 9 crops per image, the
+    projector reads the wider features, the LLM is unchanged."""
+    from mmzoo.train.flops import training_step_flops
+
+    flops = {}
+    for scales in ((1,), (1, 3)):
+        src = build_libmoe(tmp_path / f"src{len(scales)}", clip_smoe=False, mlp_smoe=False, dtype="float32", scales=scales)
+        convert(src, tmp_path / f"internal{len(scales)}", tgt_fmt="internal", add_image_token=True)
+        flops[scales] = training_step_flops(load_model(tmp_path / f"internal{len(scales)}"), sequences=2, seq_len=40, images=2)
+    single, multi = flops[(1,)], flops[(1, 3)]
+    assert multi.vision == 10 * single.vision and multi.text == single.text
+    assert multi.projector > single.projector

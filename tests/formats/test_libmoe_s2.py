@@ -169,3 +169,25 @@ def test_s2_training_flops_count_every_crop(tmp_path, hub_cache):
     single, multi = flops[(1,)], flops[(1, 3)]
     assert multi.vision == 10 * single.vision and multi.text == single.text
     assert multi.projector > single.projector
+
+
+def test_upcycling_a_dense_s2_checkpoint_sizes_the_projector_router_to_the_s2_width(tmp_path, hub_cache):
+    """LibMoE's pft -> sft step (sparse upcycling of the dense S² model: SMoE in every tower layer and the projector),
+    done by mmzoo while converting: the projector's router reads 2 x the tower's width, and the upcycled model
+    gives the dense model's logits (SMoE experts are copies; the top-k weights sum to 1)."""
+    from mmzoo.demo.tiny import sample_inputs
+
+    src = build_libmoe(tmp_path / "pft", clip_smoe=False, mlp_smoe=False, dtype="float32", scales=(1, 3))
+    dense = tmp_path / "dense"
+    convert(src, dense, tgt_fmt="internal", add_image_token=True)
+    sft = tmp_path / "sft"
+    convert(dense, sft, tgt_fmt="libmoe", moe=dict(num_experts=4, top_k=2, router="smoe", targets=["vision", "projector"]), verify=True)
+    config = json.loads((sft / "config.json").read_text())
+    assert config["scales"] == [1, 3] and config["mm_projector_type"] == "moe" and config["clip_smoe"]
+    width = read_checkpoint(sft).spec.vision_config["hidden_size"]
+    assert tuple(_tensors(sft)["model.mm_projector.moelayer.gate.weight"].shape) == (4, 2 * width)
+    dense_model, moe_model = load_model(dense), load_model(sft)
+    inputs = sample_inputs(dense_model.config, n_images=2)
+    with torch.no_grad():
+        want, got = dense_model(**inputs).logits, moe_model(**inputs).logits
+    assert torch.allclose(got, want, atol=1e-5, rtol=0), float((got - want).abs().max())

@@ -83,7 +83,7 @@ PROJECTOR = Table("projector", (Rule("linear_{1|2}.{weight|bias}"),))
 _SITE = r"((?:.*?\.)?mlp\.|)"
 _MOEPP_CONSTANT = re.compile(_SITE + r"experts\.\d+\.(constant|wg\.weight)\Z")  # MoE++'s constant expert
 _GROUP = re.compile(_SITE + r"(experts\.\d+\.|shared_expert\.|residual\.)(.*)\Z")
-_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|gate\.inp_reduction\.weight|gate\.expert_embeddings|gate_transform\.weight|shared_expert_gate\.weight"
+_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|gate\.inp_reduction\.weight|gate\.expert_embeddings|gate_transform\.weight|unused_gate\.weight|shared_expert_gate\.weight"
                           r"|coefficient\.weight|coefficient\.bias)\Z")
 
 
@@ -234,6 +234,8 @@ def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
         hidden = {"text": spec.text_config["hidden_size"], "vision": spec.vision_config["hidden_size"]}.get(target, spec.projector_in_features)
         out_dim = site_out_dim(target, spec.text_config, spec.vision_config)
         shapes.update(router_shapes(prefix, moe.get("router"), num, hidden, int(moe.get("top_k") or 1), out_dim))
+        if moe.get("router") == "xmoe" and moe.get("unused_gate"):  # LibMoE's XMoE layer saves its base class's gate too
+            shapes[prefix + "unused_gate.weight"] = (num, hidden)
         for e in range(num):
             for name, shape in dense.items():
                 shapes[f"{prefix}experts.{e}.{name}"] = shape

@@ -42,7 +42,7 @@ MULTISCALE = True  # ``scales``: S² multi-scale image features (mmzoo/models/mu
 DESCRIPTION = "LibMoE checkpoints (Fsoft-AIC): LlavaPhiForCausalLM, SigLIP tower + projector with LibMoE's MoE layers"
 ARCHITECTURE, MODEL_TYPE = "LlavaPhiForCausalLM", "llava_phi"
 # LibMoE moe_name -> (mmzoo router, style)
-ROUTERS = {"smoe": ("smoe", "mixtral"), "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
+ROUTERS = {"smoe": ("smoe", "mixtral"), "xmoe": ("xmoe", "mixtral"), "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
            "smoe_share": ("sharede_v2", "shared"), "smoe_sharev3": ("sharede_v3", "shared")}
 MOE_NAMES = {router: name for name, (router, _) in ROUTERS.items()}
 # LibMoE's own config fields (its ModelArguments, set on the config by initialize_vision_modules, and the
@@ -103,8 +103,7 @@ def _layout(config: dict[str, Any], vision_layers: int, where: Path) -> dict[str
         return None
     name = str(config.get("moe_name", "smoe"))
     if name not in ROUTERS:
-        raise UnknownArchitecture(f"LibMoE moe_name {name!r} is not supported (supported: {', '.join(ROUTERS)}; "
-                                  "XMoE checkpoints also carry the unused base gate mmzoo's XMoE block has no place for)", path=where)
+        raise UnknownArchitecture(f"LibMoE moe_name {name!r} is not supported (supported: {', '.join(ROUTERS)})", path=where)
     router, style = ROUTERS[name]
     experts, top_k = int(config.get("num_experts", 1)), int(config.get("num_selected", 1))
     if style == "shared":  # the last of num_experts is the shared expert; the router chooses num_selected - 1 of the others
@@ -117,6 +116,7 @@ def _layout(config: dict[str, Any], vision_layers: int, where: Path) -> dict[str
         "router_aux_loss_coef": balance, "vision_aux_loss_coef": balance,
         "router_z_loss_coef": float(config.get("router_z_loss_coef") or 0.0), "capacity_factor": None, "seed": 0,
         "hf_arch": None, "hf_unsupported": f"LibMoE {router} experts in the vision tower / projector", "base_model_type": "phi3",
+        **({"unused_gate": True} if router == "xmoe" else {}),  # XMOE saves MoeLayer's gate.weight, which it never uses
         "origin": f"read from a LibMoE checkpoint (moe_name {name})",
     }
 
@@ -156,9 +156,16 @@ def _spec(config: dict[str, Any], where: Path) -> tuple[ModelSpec, dict[str, Any
     return spec.model_copy(update={"image_seq_length": image_seq_length(spec)}), processor
 
 
-def _rename_site(name: str, shared_index: int | None, projector: bool) -> str:
+# LibMoE's XMOE keeps its router on the layer (``inp_reduction``, ``expert_embeddings``) beside MoeLayer's unused
+# ``gate``; mmzoo's XMoE block has them in its XmoeGate and the unused one as ``unused_gate``
+XMOE_NAMES = {"inp_reduction.weight": "gate.inp_reduction.weight", "expert_embeddings": "gate.expert_embeddings", "gate.weight": "unused_gate.weight"}
+
+
+def _rename_site(name: str, shared_index: int | None, projector: bool, xmoe: bool = False) -> str:
     """LibMoE's MoE-layer names (relative to the site) -> mmzoo's: ``experts.{N}`` of SharedE is the shared
-    expert; the projector's experts are nn.Sequential (``0`` / ``2``)."""
+    expert; the projector's experts are nn.Sequential (``0`` / ``2``); XMoE's router (``XMOE_NAMES``)."""
+    if xmoe and name in XMOE_NAMES:
+        return XMOE_NAMES[name]
     if shared_index is not None and name.startswith(f"experts.{shared_index}."):
         name = "shared_expert." + name[len(f"experts.{shared_index}."):]
     if projector:
@@ -176,6 +183,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
                             "a LibMoE pre-training folder needs the base LLM and vision tower beside its projector", path=path)
     moe = spec.moe or {}
     shared = moe["num_experts"] if moe.get("style") == "shared" else None
+    xmoe = moe.get("router") == "xmoe"
     tensors: dict[str, Planned] = {}
     for name, src in read_weights(path).items():
         planned = Planned.of(src)
@@ -183,10 +191,10 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
             rest = name[len("model.vision_tower.vision_model."):]
             match = re.match(r"(encoder\.layers\.\d+\.)moelayer\.(.*)\Z", rest)
             if match:
-                rest = match.group(1) + "mlp." + _rename_site(match.group(2), shared, projector=False)
+                rest = match.group(1) + "mlp." + _rename_site(match.group(2), shared, projector=False, xmoe=xmoe)
             tensors["vision:" + rest] = planned
         elif name.startswith("model.mm_projector.moelayer."):
-            tensors["projector:" + _rename_site(name[len("model.mm_projector.moelayer."):], shared, projector=True)] = planned
+            tensors["projector:" + _rename_site(name[len("model.mm_projector.moelayer."):], shared, projector=True, xmoe=xmoe)] = planned
         elif name.startswith("model.mm_projector."):
             rest = name[len("model.mm_projector."):]
             rest = {"0.": "linear_1.", "2.": "linear_2."}.get(rest[:2], rest[:2]) + rest[2:]  # nn.Sequential(Linear, GELU, Linear)
@@ -208,7 +216,8 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     return Checkpoint(spec, canonical, path, NAME, tokenizer_files, processor, extra)
 
 
-def _constant(name: str, shape: tuple[int, ...], dtype: str, value: float) -> Source:
+def _constant(name: str, shape: tuple[int, ...], dtype: str, value: float,
+              origin: str = "LibMoE's tower has no post-layernorm (computed identity)") -> Source:
     def load():
         import torch
 
@@ -216,7 +225,7 @@ def _constant(name: str, shape: tuple[int, ...], dtype: str, value: float) -> So
 
         return torch.full(shape, value, dtype=to_torch(dtype))
 
-    return Source(name, dtype, shape, load=load, origin="LibMoE's tower has no post-layernorm (computed identity)")
+    return Source(name, dtype, shape, load=load, origin=origin)
 
 
 # ---------------------------------------------------------------- writing
@@ -240,6 +249,9 @@ def check_supported(spec: ModelSpec) -> None:
 
 
 def _native_site(name: str, shared_index: int | None, projector: bool) -> str:
+    for native, ours in XMOE_NAMES.items():
+        if name == ours:
+            return native
     if projector:
         name = re.sub(r"^((?:experts\.\d+|shared_expert)\.)linear_1\.", r"\g<1>0.", name)
         name = re.sub(r"^((?:experts\.\d+|shared_expert)\.)linear_2\.", r"\g<1>2.", name)
@@ -315,10 +327,25 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
             tensors["model.mm_projector.moelayer." + _native_site(name, shared, projector=True)] = planned
         else:
             tensors["model.mm_projector." + name.replace("linear_1.", "0.").replace("linear_2.", "2.")] = planned
+    tensors.update(_unused_xmoe_gates(tensors, moe))
     write_json(out / "config.json", config_for(spec, vision_tower, torch_dtype, ckpt.image_processor))
     write_weights(out, dict(sorted(tensors.items())), max_shard_bytes=shard_bytes, progress=progress)
     copy_files(ckpt.tokenizer_files, out)
     copy_files(ckpt.extra_files, out)
+
+
+def _unused_xmoe_gates(tensors: dict[str, Planned], moe: dict[str, Any]) -> dict[str, Planned]:
+    """LibMoE's XMOE layer has (and its strict load wants) MoeLayer's ``gate.weight``, which it never uses; an XMoE
+    layout mmzoo upcycled has none: zeros [E, hidden] per site (a folder read from LibMoE keeps its own)."""
+    if moe.get("router") != "xmoe" or moe.get("unused_gate"):
+        return {}
+    out = {}
+    for name, planned in tensors.items():
+        if name.endswith("moelayer.inp_reduction.weight"):
+            prefix = name[: -len("inp_reduction.weight")]
+            shape = (int(moe["num_experts"]), int(planned.shape[1]))
+            out[prefix + "gate.weight"] = Planned.of(_constant(prefix + "gate.weight", shape, planned.dtype, 0.0, "XMoE's unused base gate (zeros)"))
+    return out
 
 
 def left_out(ckpt: Checkpoint) -> list[str]:
@@ -332,7 +359,11 @@ def left_out(ckpt: Checkpoint) -> list[str]:
 def target_notes(ckpt: Checkpoint) -> list[str]:
     """What writing a libmoe folder leaves out (for ConversionResult.notes)."""
     dropped = left_out(ckpt)
+    notes = []
     if dropped:
-        return [f"LibMoE's SigLIP tower has no post-layernorm or pooling head: {len(dropped)} tensors of the source "
-                "(unused by LLaVA, which reads layer -2) are not written"]
-    return []
+        notes.append(f"LibMoE's SigLIP tower has no post-layernorm or pooling head: {len(dropped)} tensors of the source "
+                     "(unused by LLaVA, which reads layer -2) are not written")
+    moe = ckpt.spec.moe or {}
+    if moe.get("router") == "xmoe" and not moe.get("unused_gate"):
+        notes.append("LibMoE's XMoE layers also hold the gate.weight of their base class, which they never use: written as zeros")
+    return notes

@@ -59,7 +59,10 @@ def _moe_site(prefix: str, dense: dict, hidden: int, moe_name: str, num_experts:
         out[prefix + "gate_transform.weight"] = torch.randn(rows, rows, generator=gen) * 0.02
         out[f"{prefix}experts.{num_experts + 1}.constant"] = torch.randn(hidden, generator=gen) * 0.002
         out[f"{prefix}experts.{num_experts + 1}.wg.weight"] = torch.randn(2, hidden, generator=gen) * 0.02
-    out[prefix + "gate.weight"] = torch.randn(rows, hidden, generator=gen) * 0.02
+    out[prefix + "gate.weight"] = torch.randn(rows, hidden, generator=gen) * 0.02  # XMoE: MoeLayer's gate, saved but unused
+    if moe_name == "xmoe":  # xmoe.py: the router is inp_reduction [E/2, hidden] + expert_embeddings [E, E/2] on the layer
+        out[prefix + "inp_reduction.weight"] = torch.randn(num_experts // 2, hidden, generator=gen) * 0.2
+        out[prefix + "expert_embeddings"] = torch.randn(num_experts, num_experts // 2, generator=gen) * 0.02
     return out
 
 

@@ -16,7 +16,7 @@ from libmoe_layout import TOWER, build_libmoe, use_hub_cache_with_siglip
 from mmzoo import convert, load_model, read_checkpoint
 from mmzoo.errors import UnknownArchitecture, UnknownFormat
 
-LIBMOE_NAMES = ("smoe", "smoe_tcmoe", "smoe_plus_plus", "smoe_share", "smoe_sharev3")
+LIBMOE_NAMES = ("smoe", "xmoe", "smoe_tcmoe", "smoe_plus_plus", "smoe_share", "smoe_sharev3")
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_libmoe_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, mo
     assert ckpt.format == "libmoe"
     moe = ckpt.spec.moe
     if clip_smoe or mlp_smoe:
-        router = {"smoe": "smoe", "smoe_tcmoe": "tcmoe", "smoe_plus_plus": "moepp", "smoe_share": "sharede_v2", "smoe_sharev3": "sharede_v3"}[moe_name]
+        router = {"smoe": "smoe", "xmoe": "xmoe", "smoe_tcmoe": "tcmoe", "smoe_plus_plus": "moepp", "smoe_share": "sharede_v2", "smoe_sharev3": "sharede_v3"}[moe_name]
         assert moe["router"] == router and moe["vision_layers"] == ([0, 1, 2] if clip_smoe else []) and moe["layers"] == []
         assert moe["num_experts"] == (3 if moe_name.startswith("smoe_share") else 4)
     else:
@@ -120,10 +120,10 @@ def test_libmoe_cli_formats_inspect_and_refusals(tmp_path, hub_cache):
 def test_libmoe_unsupported_and_missing_pieces_are_one_clear_error(tmp_path, hub_cache, monkeypatch):
     from huggingface_hub import constants
 
-    xmoe = build_libmoe(tmp_path / "xmoe")
-    (xmoe / "config.json").write_text(json.dumps({**json.loads((xmoe / "config.json").read_text()), "moe_name": "xmoe"}))
-    with pytest.raises(UnknownArchitecture, match="moe_name 'xmoe' is not supported"):
-        read_checkpoint(xmoe)
+    sigmoid = build_libmoe(tmp_path / "sigmoid")
+    (sigmoid / "config.json").write_text(json.dumps({**json.loads((sigmoid / "config.json").read_text()), "moe_name": "smoe_sigmoidgating"}))
+    with pytest.raises(UnknownArchitecture, match="moe_name 'smoe_sigmoidgating' is not supported"):
+        read_checkpoint(sigmoid)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(UnknownFormat, match=f"vision tower '{TOWER}' is neither a local folder nor in the Hugging Face cache"):
         read_checkpoint(build_libmoe(tmp_path / "plain"))
@@ -147,3 +147,24 @@ def test_writing_libmoe_from_another_layout(tmp_path, tiny, hub_cache):
     assert "model.layers.0.self_attn.qkv_proj.weight" in names and not any("post_layernorm" in n or ".head." in n for n in names)
     with pytest.raises(UnknownArchitecture, match="holds a Phi-3 LLM with a SigLIP tower"):
         convert(tiny.hf("llama", "siglip"), tmp_path / "y", tgt_fmt="libmoe", llava_vision_tower=TOWER)
+
+
+def test_xmoe_written_from_an_mmzoo_upcycle_gets_libmoes_unused_gate(tmp_path, tiny, hub_cache):
+    """LibMoE's XMOE layer saves its base class's gate.weight without using it; an XMoE layout mmzoo upcycled has
+    none, so the libmoe writer adds zeros (said in a note) and the folder reads back to the same model."""
+    src = tiny.hf("phi3", "siglip")
+    out = tmp_path / "xmoe"
+    result = convert(src, out, tgt_fmt="libmoe", moe=dict(num_experts=4, top_k=2, router="xmoe", targets=["vision", "projector"]),
+                     llava_vision_tower=TOWER)
+    assert any("gate.weight of their base class" in n for n in result.notes)
+    config = json.loads((out / "config.json").read_text())
+    assert config["moe_name"] == "xmoe"
+    tensors = _tensors(out)
+    gate = tensors["model.mm_projector.moelayer.gate.weight"]
+    assert gate.shape == (4, tensors["model.mm_projector.moelayer.inp_reduction.weight"].shape[1]) and not gate.any()
+    assert "model.vision_tower.vision_model.encoder.layers.0.moelayer.expert_embeddings" in tensors
+    back = read_checkpoint(out)
+    assert back.spec.moe["router"] == "xmoe" and back.spec.moe["unused_gate"]
+    again = tmp_path / "again"
+    convert(out, again, tgt_fmt="libmoe", verify=True)
+    assert all(torch.equal(t, _tensors(again)[n]) for n, t in tensors.items())

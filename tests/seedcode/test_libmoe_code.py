@@ -56,7 +56,7 @@ def _expand(ids: torch.Tensor, image_token: int, count: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [
-    ("smoe_plus_plus", True, True), ("smoe", True, True), ("smoe_tcmoe", True, True), ("smoe_share", True, True),
+    ("smoe_plus_plus", True, True), ("smoe", True, True), ("xmoe", True, True), ("smoe_tcmoe", True, True), ("smoe_share", True, True),
     ("smoe_sharev3", True, True), ("smoe", False, False),
 ])
 def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_path, monkeypatch, moe_name, clip_smoe, mlp_smoe):
@@ -89,8 +89,8 @@ def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_pa
         assert train.get("aux_loss") is None and theirs["aux"] == {}
 
 
-@pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [("smoe", True, True), ("smoe_plus_plus", True, True), ("smoe", False, False)],
-                         ids=["sft-smoe", "sft-moepp", "pft-dense"])
+@pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [("smoe", True, True), ("smoe_plus_plus", True, True), ("xmoe", True, True),
+                                                     ("smoe", False, False)], ids=["sft-smoe", "sft-moepp", "sft-xmoe", "pft-dense"])
 def test_libmoe_code_and_mmzoo_agree_on_s2_multiscale_checkpoints(libmoe_src, tmp_path, monkeypatch, moe_name, clip_smoe, mlp_smoe):
     """LibMoE's published runs' setting, ``--scales 1,3`` (sft.sh: clip_smoe + mlp_smoe; pft.sh: dense): LibMoE's
     LlavaPhiForCausalLM and mmzoo's engine (the folder converted to internal, with an <image> token) give the same

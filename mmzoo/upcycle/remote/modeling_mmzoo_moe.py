@@ -101,7 +101,7 @@ class ConstantExpert(nn.Module):
 
 class UnusedWeight(nn.Module):
     """A tensor LibMoE's MoE++ layer creates and saves but never uses in its forward (``gate_transform``, the
-    gating-residual projection of the MoE++ paper): kept as a buffer so checkpoints round-trip it bit for
+    gating-residual projection of the MoE++ paper; its XMoE layer's inherited ``gate``): kept as a buffer so checkpoints round-trip it bit for
     bit and training never sees it as a parameter without a gradient."""
 
     def __init__(self, rows: int, cols: int):
@@ -159,6 +159,8 @@ class MoeBlock(nn.Module):
         self.plus_plus = self.router == "moepp" and last_linear_out(dense) == hidden
         if self.router == "xmoe":
             self.gate = XmoeGate(hidden, num_experts)
+            if layout.get("unused_gate"):  # read from LibMoE: its XMOE inherits MoeLayer's gate Linear, saved, never used
+                self.unused_gate = UnusedWeight(num_experts, hidden)
         elif self.router == "tcmoe":  # TC-MoE: E positive, E negated copies, top_k null experts
             self.gate = nn.Linear(hidden, 2 * num_experts + top_k, bias=False)
         elif self.plus_plus:  # MoE++: E FFN experts, a zero expert (index E) and a constant expert (E + 1)

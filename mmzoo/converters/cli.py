@@ -33,7 +33,7 @@ def convert(
     moe_experts: Annotated[Optional[int], typer.Option("--moe-experts", help="Upcycle dense MLPs into N experts while converting.", rich_help_panel="Upcycling")] = None,
     moe_top_k: Annotated[int, typer.Option("--moe-top-k", help="Experts per token.", rich_help_panel="Upcycling")] = 2,
     moe_style: Annotated[str, typer.Option("--moe-style", help="mixtral | shared | modality.", rich_help_panel="Upcycling")] = "mixtral",
-    moe_router: Annotated[str, typer.Option("--moe-router", help="softmax_topk (Mixtral) | smoe | xmoe | sharede_v2 | sharede_v3 | tcmoe | moepp (LibMoE's, with their balance + z-loss; sharede_*: --moe-style shared; moepp: MoE++'s zero and constant experts, not dense-equivalent at init).", rich_help_panel="Upcycling")] = "softmax_topk",
+    moe_router: Annotated[str, typer.Option("--moe-router", help="softmax_topk (Mixtral) | smoe | xmoe | sigmoid | sharede_v2 | sharede_v3 | tcmoe | moepp (LibMoE's, with their balance + z-loss; sharede_*: --moe-style shared; moepp: MoE++'s zero and constant experts, not dense-equivalent at init).", rich_help_panel="Upcycling")] = "softmax_topk",
     router_z_loss_coef: Annotated[Optional[float], typer.Option("--router-z-loss-coef", help="LibMoE router z-loss weight (LibMoE routers; default 0.001).", rich_help_panel="Upcycling")] = None,
     moe_layers: Annotated[str, typer.Option("--moe-layers", help="all | even | odd | comma list such as 0,3,5.", rich_help_panel="Upcycling")] = "all",
     moe_target: Annotated[Optional[list[str]], typer.Option("--moe-target", help="text | vision | projector (repeatable).", rich_help_panel="Upcycling")] = None,

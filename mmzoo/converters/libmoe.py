@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnknownArchitecture, UnknownFormat
+from ..errors import MmzooError, UnknownArchitecture, UnknownFormat
 from ..io.checkpoint import read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned, Source
@@ -42,7 +42,7 @@ MULTISCALE = True  # ``scales``: S² multi-scale image features (mmzoo/models/mu
 DESCRIPTION = "LibMoE checkpoints (Fsoft-AIC): LlavaPhiForCausalLM, SigLIP tower + projector with LibMoE's MoE layers"
 ARCHITECTURE, MODEL_TYPE = "LlavaPhiForCausalLM", "llava_phi"
 # LibMoE moe_name -> (mmzoo router, style)
-ROUTERS = {"smoe": ("smoe", "mixtral"), "xmoe": ("xmoe", "mixtral"), "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
+ROUTERS = {"smoe": ("smoe", "mixtral"), "xmoe": ("xmoe", "mixtral"), "smoe_sigmoidgating": ("sigmoid", "mixtral"), "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
            "smoe_share": ("sharede_v2", "shared"), "smoe_sharev3": ("sharede_v3", "shared")}
 MOE_NAMES = {router: name for name, (router, _) in ROUTERS.items()}
 # LibMoE's own config fields (its ModelArguments, set on the config by initialize_vision_modules, and the
@@ -56,6 +56,7 @@ _FIELD = re.compile(r"^(_name_or_path$|mm_|moe_|num_experts$|num_selected$|num_l
 SIGLIP_NAMES = ("google/",)  # LibMoE's build_vision_tower: a name starting with google/ is SigLIP
 SYNTHESIZED = ("post_layernorm.weight", "post_layernorm.bias")
 PROJECTOR_ONLY = "mm_projector.bin"
+CLIP_FILE = "clip.bin"  # the pre-finetuning stage's tower, saved apart
 
 
 def detect(path: Path) -> bool:
@@ -77,15 +78,22 @@ def _scales(config: dict[str, Any]) -> list[int]:
     return [int(s) for s in scales]
 
 
+def _tower_folder(config: dict[str, Any], where: Path, wanted: str = "its config (hf download {tower} config.json preprocessor_config.json)") -> Path:
+    """The folder of the tower the config names (LibMoE loads it by name): a local folder, else the Hugging Face cache."""
+    tower = str(config.get("mm_vision_tower") or config.get("vision_tower") or "")
+    folder = Path(tower) if tower and Path(tower).is_dir() else hub_cache_folder(tower)
+    if folder is None:
+        raise UnknownFormat(f"LibMoE folder whose vision tower {tower!r} is neither a local folder nor in the Hugging Face cache; "
+                            f"download {wanted.format(tower=tower)}", path=where)
+    return folder
+
+
 def _vision(config: dict[str, Any], notes: dict[str, Any], where: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The SigLIP vision config and image processor: from mmzoo's notes, else the tower named in the config."""
     if isinstance(notes.get("vision_config"), dict):
         return dict(notes["vision_config"]), notes.get("image_processor")
     tower = str(config.get("mm_vision_tower") or config.get("vision_tower") or "")
-    folder = Path(tower) if tower and Path(tower).is_dir() else hub_cache_folder(tower)
-    if folder is None:
-        raise UnknownFormat(f"LibMoE folder whose vision tower {tower!r} is neither a local folder nor in the Hugging Face cache; "
-                            f"download its config (hf download {tower} config.json preprocessor_config.json)", path=where)
+    folder = _tower_folder(config, where)
     vision = read_json(folder / "config.json")
     if vision.get("model_type") == "siglip":
         vision = dict(vision.get("vision_config") or {}, model_type="siglip_vision_model")
@@ -178,14 +186,12 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     where = str(path)
     config = read_json(path / "config.json")
     spec, processor = _spec(config, path)
-    if not any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")):
-        raise UnknownFormat(f"holds no model weights{' (only ' + PROJECTOR_ONLY + ': LibMoE pre-training stage)' if (path / PROJECTOR_ONLY).is_file() else ''}; "
-                            "a LibMoE pre-training folder needs the base LLM and vision tower beside its projector", path=path)
+    sources = _weights(path, config)
     moe = spec.moe or {}
     shared = moe["num_experts"] if moe.get("style") == "shared" else None
     xmoe = moe.get("router") == "xmoe"
     tensors: dict[str, Planned] = {}
-    for name, src in read_weights(path).items():
+    for name, src in sources.items():
         planned = Planned.of(src)
         if name.startswith("model.vision_tower.vision_model."):
             rest = name[len("model.vision_tower.vision_model."):]
@@ -214,6 +220,44 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
         spec = spec.model_copy(update={"image_token_id": added_tokens(tokenizer_files).get("<image>")})
     extra = {n: path / n for n in ("generation_config.json",) if (path / n).is_file()}
     return Checkpoint(spec, canonical, path, NAME, tokenizer_files, processor, extra)
+
+
+def _weights(path: Path, config: dict[str, Any]) -> dict[str, Source]:
+    """The folder's tensors. A pre-training folder (LibMoE's pretrain.sh with --tune_mm_mlp_adapter saves config.json
+    and ``mm_projector.bin`` only) is read as the llava format reads LLaVA's: ``mm_projector.bin`` is the projector
+    once the base LLM's weights (Phi-3.5, its --model_name_or_path) are copied beside it, and the tower, which LibMoE
+    loads from the SigLIP checkpoint (--vision_tower_dir, ``vision_model.*``), comes from the tower named in the config."""
+    has_llm = any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+    projector_file = path / PROJECTOR_ONLY
+    if not has_llm:
+        only = f" (only {PROJECTOR_ONLY}: LibMoE's pre-training stage)" if projector_file.is_file() else ""
+        raise UnknownFormat(f"holds no model weights{only}; copy the base LLM's weights (Phi-3.5, LibMoE's --model_name_or_path) "
+                            "into the folder beside it (the tower's are read from the tower its config names)", path=path)
+    sources = read_weights(path)
+    if projector_file.is_file() and not any(n.startswith("model.mm_projector.") for n in sources):
+        from ..io.checkpoint import bin_sources
+
+        sources.update({n: s for n, s in bin_sources(projector_file).items() if n.startswith("model.mm_projector.")})
+    if not any(n.startswith("model.vision_tower.") for n in sources) and (path / CLIP_FILE).is_file():
+        from ..io.checkpoint import bin_sources  # pft.sh without DeepSpeed: the tower apart, ``model.vision_tower.`` stripped
+
+        sources.update({"model.vision_tower." + n: s for n, s in bin_sources(path / CLIP_FILE).items() if n.startswith("vision_model.")})
+    if not any(n.startswith("model.vision_tower.") for n in sources):
+        if config.get("clip_smoe"):
+            raise UnknownFormat("holds no vision tower weights, and its clip_smoe tower is not the SigLIP checkpoint LibMoE names", path=path)
+        folder = _tower_folder(config, path, wanted="its weights (hf download {tower} model.safetensors)")
+        try:
+            found = read_weights(folder)
+        except MmzooError:  # a cached tower with its config files only
+            found = {}
+        tower = {n: s for n, s in found.items() if n.startswith("vision_model.")
+                 and not n.startswith(("vision_model.post_layernorm.", "vision_model.head."))}  # LibMoE's tower has neither
+        if not tower:
+            name = config.get("mm_vision_tower") or config.get("vision_tower")
+            raise UnknownFormat(f"holds no vision tower weights, and the tower's folder {folder} has no vision_model.* tensors "
+                                f"(LibMoE's --vision_tower_dir: hf download {name} model.safetensors)", path=path)
+        sources.update({"model.vision_tower." + n: s for n, s in tower.items()})
+    return sources
 
 
 def _constant(name: str, shape: tuple[int, ...], dtype: str, value: float,

@@ -16,7 +16,7 @@ from libmoe_layout import TOWER, build_libmoe, use_hub_cache_with_siglip
 from mmzoo import convert, load_model, read_checkpoint
 from mmzoo.errors import UnknownArchitecture, UnknownFormat
 
-LIBMOE_NAMES = ("smoe", "xmoe", "smoe_tcmoe", "smoe_plus_plus", "smoe_share", "smoe_sharev3")
+LIBMOE_NAMES = ("smoe", "xmoe", "smoe_sigmoidgating", "smoe_tcmoe", "smoe_plus_plus", "smoe_share", "smoe_sharev3")
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_libmoe_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, mo
     assert ckpt.format == "libmoe"
     moe = ckpt.spec.moe
     if clip_smoe or mlp_smoe:
-        router = {"smoe": "smoe", "xmoe": "xmoe", "smoe_tcmoe": "tcmoe", "smoe_plus_plus": "moepp", "smoe_share": "sharede_v2", "smoe_sharev3": "sharede_v3"}[moe_name]
+        router = {"smoe": "smoe", "xmoe": "xmoe", "smoe_sigmoidgating": "sigmoid", "smoe_tcmoe": "tcmoe", "smoe_plus_plus": "moepp", "smoe_share": "sharede_v2", "smoe_sharev3": "sharede_v3"}[moe_name]
         assert moe["router"] == router and moe["vision_layers"] == ([0, 1, 2] if clip_smoe else []) and moe["layers"] == []
         assert moe["num_experts"] == (3 if moe_name.startswith("smoe_share") else 4)
     else:
@@ -120,10 +120,10 @@ def test_libmoe_cli_formats_inspect_and_refusals(tmp_path, hub_cache):
 def test_libmoe_unsupported_and_missing_pieces_are_one_clear_error(tmp_path, hub_cache, monkeypatch):
     from huggingface_hub import constants
 
-    sigmoid = build_libmoe(tmp_path / "sigmoid")
-    (sigmoid / "config.json").write_text(json.dumps({**json.loads((sigmoid / "config.json").read_text()), "moe_name": "smoe_sigmoidgating"}))
-    with pytest.raises(UnknownArchitecture, match="moe_name 'smoe_sigmoidgating' is not supported"):
-        read_checkpoint(sigmoid)
+    unknown = build_libmoe(tmp_path / "unknown")  # every moe_name LibMoE registers is read; a new one is one line
+    (unknown / "config.json").write_text(json.dumps({**json.loads((unknown / "config.json").read_text()), "moe_name": "smoe_perturbed"}))
+    with pytest.raises(UnknownArchitecture, match="moe_name 'smoe_perturbed' is not supported"):
+        read_checkpoint(unknown)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(UnknownFormat, match=f"vision tower '{TOWER}' is neither a local folder nor in the Hugging Face cache"):
         read_checkpoint(build_libmoe(tmp_path / "plain"))
@@ -168,3 +168,38 @@ def test_xmoe_written_from_an_mmzoo_upcycle_gets_libmoes_unused_gate(tmp_path, t
     again = tmp_path / "again"
     convert(out, again, tgt_fmt="libmoe", verify=True)
     assert all(torch.equal(t, _tensors(again)[n]) for n, t in tensors.items())
+
+
+def test_pretraining_folder_with_only_the_projector_reads_like_llavas(tmp_path, hub_cache):
+    """LibMoE's pretrain.sh (--tune_mm_mlp_adapter) saves config.json + mm_projector.bin only: alone it is one clear
+    line asking for the base LLM's weights; with Phi-3.5's weights copied beside it, the projector comes from
+    mm_projector.bin and the tower from the SigLIP checkpoint the config names (LibMoE's --vision_tower_dir,
+    vision_model.*), giving exactly the tensors of the full folder they were split from."""
+    from safetensors.torch import save_file
+
+    full = build_libmoe(tmp_path / "full", clip_smoe=False, mlp_smoe=False, dtype="float32", scales=(1, 3))
+    tensors = _tensors(full)
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    config = json.loads((full / "config.json").read_text())
+    (pretrain / "config.json").write_text(json.dumps({**config, "tune_mm_mlp_adapter": True}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (full / name).is_file():
+            (pretrain / name).write_bytes((full / name).read_bytes())
+    torch.save({k: v for k, v in tensors.items() if k.startswith("model.mm_projector.")}, pretrain / "mm_projector.bin")
+    with pytest.raises(UnknownFormat, match=r"holds no model weights \(only mm_projector.bin: LibMoE's pre-training stage\); copy the base LLM's"):
+        read_checkpoint(pretrain)
+    llm = {k: v for k, v in tensors.items() if not k.startswith(("model.mm_projector.", "model.vision_tower."))}
+    save_file(llm, pretrain / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UnknownFormat, match="holds no vision tower weights, and the tower.s folder .* has no vision_model"):
+        read_checkpoint(pretrain)  # the cached tower has its config only
+    siglip = {k[len("model.vision_tower."):]: v for k, v in tensors.items() if k.startswith("model.vision_tower.")}
+    siglip["text_model.embeddings.token_embedding.weight"] = torch.zeros(4, 2)  # a SigLIP checkpoint's text half: not read
+    snapshot = next((hub_cache / "models--google--siglip-so400m-patch14-224" / "snapshots").iterdir())
+    save_file(siglip, snapshot / "model.safetensors", metadata={"format": "pt"})
+    got, want = read_checkpoint(pretrain), read_checkpoint(full)
+    assert got.spec.vision_scales == [1, 3] and sorted(got.tensors) == sorted(want.tensors)
+    from mmzoo.io.tensors import materialize
+
+    for name, planned in want.tensors.items():
+        assert torch.equal(materialize(got.tensors[name]), materialize(planned)), name

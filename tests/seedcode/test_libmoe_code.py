@@ -56,7 +56,8 @@ def _expand(ids: torch.Tensor, image_token: int, count: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [
-    ("smoe_plus_plus", True, True), ("smoe", True, True), ("xmoe", True, True), ("smoe_tcmoe", True, True), ("smoe_share", True, True),
+    ("smoe_plus_plus", True, True), ("smoe", True, True), ("xmoe", True, True), ("smoe_sigmoidgating", True, True), ("smoe_tcmoe", True, True),
+    ("smoe_share", True, True),
     ("smoe_sharev3", True, True), ("smoe", False, False),
 ])
 def test_libmoe_code_loads_the_layout_and_gives_mmzoos_logits(libmoe_src, tmp_path, monkeypatch, moe_name, clip_smoe, mlp_smoe):

@@ -29,6 +29,8 @@ their probabilities; it trains with the same two losses (z-loss on the cosine sc
 ``router: sharede_v2`` / ``sharede_v3`` (LibMoE's SharedE, ``shard_smoe.py`` / ``shard_smoe_v3.py``; style
 ``shared``): output = 0.5 * shared_expert(x) + 0.5 * routed, no gate; V3 chooses and weighs the top-k by
 sigmoid(router logits), renormalised. Both train with the same two losses over the routed experts.
+``router: sigmoid`` (LibMoE's ``smoe_sigmoidgating.py``): V3's sigmoid top-k and renormalised weights without a
+shared expert; SMoE's losses.
 ``router: tcmoe`` (LibMoE's TC-MoE, ``moe_tcmoe.py``): the router scores E experts, E negated copies and
 top_k null experts (see ``_tcmoe_route``); not exactly dense-equivalent at init (the null experts'
 probability stays in the weights' denominator, and a negated copy can win). A token that picks an expert
@@ -72,7 +74,7 @@ class ModalityContext:
     blocks: list = field(default_factory=list)
 
 
-LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
 SHARED_E = ("sharede_v2", "sharede_v3")
 # MoE++'s balance loss weighs this column by 1.3 (LibMoE's ``t[:, 4] = 1.3``: the zero expert when E = 4)
 MOEPP_WEIGHTED_COLUMN, MOEPP_COLUMN_WEIGHT = 4, 1.3
@@ -223,7 +225,7 @@ class MoeBlock(nn.Module):
             top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
         if self.router == "tcmoe":
             pass
-        elif self.router == "sharede_v3":  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
+        elif self.router in ("sharede_v3", "sigmoid"):  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
             top_w, top_i = torch.topk(torch.sigmoid(logits), self.top_k, dim=-1)
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         elif self.router == "xmoe":  # LibMoE's _keepTopk: a softmax over the chosen probabilities

@@ -88,7 +88,7 @@ def test_libmoe_s2_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache,
     assert config["scales"] == [1, 3] and config["mm_hidden_size"] == ckpt.spec.vision_config["hidden_size"]
 
 
-def test_formats_without_s2_are_refused_in_one_line(tmp_path, hub_cache, tiny):
+def test_formats_without_s2_are_refused_in_one_line(tmp_path, hub_cache):
     src = build_libmoe(tmp_path / "src", clip_smoe=False, mlp_smoe=False, scales=(1, 3))
     env = {**os.environ, "COLUMNS": "200"}
     out = tmp_path / "hf"
@@ -97,6 +97,8 @@ def test_formats_without_s2_are_refused_in_one_line(tmp_path, hub_cache, tiny):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert refused.stderr.startswith("mmzoo: error: the hf layout cannot express S² multi-scale image features (vision_scales [1, 3]")
     assert not out.exists()
+    shown = subprocess.run([sys.executable, "-m", "mmzoo.cli", "inspect", str(src)], capture_output=True, text=True, timeout=300, env=env)
+    assert shown.returncode == 0 and "S² multi-scale, scales [1, 3]" in shown.stdout, shown.stdout + shown.stderr
     for fmt in ("llava", "moe-llava", "cerebras"):
         with pytest.raises(UnknownArchitecture, match=f"the {fmt} layout cannot express S²"):
             convert(src, tmp_path / fmt, tgt_fmt=fmt)

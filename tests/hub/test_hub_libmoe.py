@@ -22,7 +22,7 @@ def libmoe_repo(server, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
     use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
-    folder = build_libmoe(tmp_path / "published", moe_name="smoe_plus_plus")
+    folder = build_libmoe(tmp_path / "published", moe_name="smoe_plus_plus", scales=(1, 3))  # S², as LibMoE's published runs
     api = HfApi(endpoint=server.url, token=WRITE_TOKEN)
     api.create_repo("alice/Phi3.5-Siglip-smoe_plus_plus-tiny")
     api.upload_folder(repo_id="alice/Phi3.5-Siglip-smoe_plus_plus-tiny", folder_path=str(folder))
@@ -45,7 +45,7 @@ def test_pull_libmoe_and_convert(server, libmoe_repo, tmp_path):
     got = hub.pull("alice/Phi3.5-Siglip-smoe_plus_plus-tiny", tmp_path / "internal", tgt_fmt="internal")
     assert got["converted"] and got["source_format"] == "libmoe" and got["format"] == "internal"
     ckpt = read_checkpoint(tmp_path / "internal")
-    assert ckpt.spec.moe["router"] == "moepp" and ckpt.spec.moe["vision_layers"] == [0, 1, 2]
+    assert ckpt.spec.moe["router"] == "moepp" and ckpt.spec.moe["vision_layers"] == [0, 1, 2] and ckpt.spec.vision_scales == [1, 3]
     plain = hub.pull("alice/Phi3.5-Siglip-smoe_plus_plus-tiny", tmp_path / "as-published")
     assert plain["format"] == "libmoe" and not plain["converted"]
     back = tmp_path / "back"

@@ -99,5 +99,7 @@ def check_vision_scales(scales: Any) -> None:
     the first scale says, so a list not starting with 1 would not mean what it says)."""
     if not isinstance(scales, list) or not scales or not all(is_whole(s) and 1 <= s <= MAX_VISION_SCALE for s in scales):
         raise ConfigError(f"vision_scales must be a list of whole numbers from 1 to {MAX_VISION_SCALE} (got {scales!r})")
-    if scales[0] != 1 or len(scales) > MAX_VISION_SCALE:
+    if len(scales) > MAX_VISION_SCALE:
+        raise ConfigError(f"vision_scales has {len(scales)} scales; at most {MAX_VISION_SCALE}")
+    if scales[0] != 1:
         raise ConfigError(f"vision_scales must start with 1, the image as given (got {scales!r})")

@@ -99,12 +99,17 @@ def test_formats_without_s2_are_refused_in_one_line(tmp_path, hub_cache):
     assert not out.exists()
     shown = subprocess.run([sys.executable, "-m", "mmzoo.cli", "inspect", str(src)], capture_output=True, text=True, timeout=300, env=env)
     assert shown.returncode == 0 and "S² multi-scale, scales [1, 3]" in shown.stdout, shown.stdout + shown.stderr
+    internal = tmp_path / "internal"
+    made = subprocess.run([sys.executable, "-m", "mmzoo.cli", "convert", str(src), "-o", str(internal), "--tgt-fmt", "internal", "--add-image-token"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert made.returncode == 0 and "added the <image> token" in made.stdout, made.stdout + made.stderr
+    assert read_checkpoint(internal).spec.image_token_id is not None and read_checkpoint(src).spec.image_token_id is None
     for fmt in ("llava", "moe-llava", "cerebras"):
         with pytest.raises(UnknownArchitecture, match=f"the {fmt} layout cannot express S²"):
             convert(src, tmp_path / fmt, tgt_fmt=fmt)
         assert not (tmp_path / fmt).exists()
     config = json.loads((src / "config.json").read_text())
-    for bad, why in (([3, 1], "must start with 1"), ([1, 0], "whole numbers from 1"), ("1,x", "not whole numbers")):
+    for bad, why in (([3, 1], "must start with 1"), ([1, 0], "whole numbers from 1"), ("1,x", "not whole numbers"), ([1] * 9, "9 scales; at most 8")):
         (src / "config.json").write_text(json.dumps({**config, "scales": bad}))
         with pytest.raises((ConfigError, UnknownArchitecture), match=why):
             read_checkpoint(src)

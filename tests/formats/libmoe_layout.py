@@ -39,6 +39,17 @@ def use_hub_cache_with_siglip(cache: Path, monkeypatch) -> Path:
     return cache
 
 
+def folder_tensors(folder: Path) -> dict:
+    """Every tensor of a folder's safetensors shards, by name."""
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
 def _moe_site(prefix: str, dense: dict, hidden: int, moe_name: str, num_experts: int, num_selected: int, gen, projector: bool) -> dict:
     """A LibMoE MoE layer's tensors: experts (copies of the dense MLP with a little noise each, as after training)
     and the router of ``moe_name``."""

@@ -11,27 +11,12 @@ import sys
 
 import pytest
 import torch
-from libmoe_layout import TOWER, build_libmoe, use_hub_cache_with_siglip
+from libmoe_layout import TOWER, build_libmoe, folder_tensors
 
 from mmzoo import convert, load_model, read_checkpoint
 from mmzoo.errors import UnknownArchitecture, UnknownFormat
 
 LIBMOE_NAMES = ("smoe", "xmoe", "smoe_sigmoidgating", "smoe_tcmoe", "smoe_plus_plus", "smoe_share", "smoe_sharev3")
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    return use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
-
-
-def _tensors(folder):
-    from safetensors import safe_open
-
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def _same_config(a: dict, b: dict) -> list[str]:
@@ -56,7 +41,7 @@ def test_libmoe_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, mo
     convert(src, internal, tgt_fmt="internal", verify=True)
     back = tmp_path / "back"
     convert(internal, back, tgt_fmt="libmoe", verify=True)
-    original, again = _tensors(src), _tensors(back)
+    original, again = folder_tensors(src), folder_tensors(back)
     assert sorted(original) == sorted(again)
     for name, tensor in original.items():
         assert again[name].dtype == tensor.dtype and torch.equal(again[name], tensor), name
@@ -86,7 +71,7 @@ def test_libmoe_through_hf_runs_mmzoos_moe_code_and_comes_back(tmp_path, hub_cac
     assert torch.equal(theirs.logits, mine["logits"]) and mine["aux_loss"] > 0
     back = tmp_path / "back"
     convert(hf, back, tgt_fmt="libmoe", verify=True)
-    original, again = _tensors(src), _tensors(back)
+    original, again = folder_tensors(src), folder_tensors(back)
     assert sorted(original) == sorted(again)
     for name, tensor in original.items():
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -141,7 +126,7 @@ def test_writing_libmoe_from_another_layout(tmp_path, tiny, hub_cache):
     assert any("no post-layernorm or pooling head" in n for n in result.notes)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llava_phi" and config["moe_name"] == "smoe" and config["clip_smoe"] and config["mlp_smoe"]
-    names = set(_tensors(out))
+    names = set(folder_tensors(out))
     assert "model.vision_tower.vision_model.encoder.layers.0.moelayer.experts.3.fc2.weight" in names
     assert "model.mm_projector.moelayer.experts.0.0.weight" in names and "model.mm_projector.moelayer.gate.weight" in names
     assert "model.layers.0.self_attn.qkv_proj.weight" in names and not any("post_layernorm" in n or ".head." in n for n in names)
@@ -159,7 +144,7 @@ def test_xmoe_written_from_an_mmzoo_upcycle_gets_libmoes_unused_gate(tmp_path, t
     assert any("gate.weight of their base class" in n for n in result.notes)
     config = json.loads((out / "config.json").read_text())
     assert config["moe_name"] == "xmoe"
-    tensors = _tensors(out)
+    tensors = folder_tensors(out)
     gate = tensors["model.mm_projector.moelayer.gate.weight"]
     assert gate.shape == (4, tensors["model.mm_projector.moelayer.inp_reduction.weight"].shape[1]) and not gate.any()
     assert "model.vision_tower.vision_model.encoder.layers.0.moelayer.expert_embeddings" in tensors
@@ -167,7 +152,7 @@ def test_xmoe_written_from_an_mmzoo_upcycle_gets_libmoes_unused_gate(tmp_path, t
     assert back.spec.moe["router"] == "xmoe" and back.spec.moe["unused_gate"]
     again = tmp_path / "again"
     convert(out, again, tgt_fmt="libmoe", verify=True)
-    assert all(torch.equal(t, _tensors(again)[n]) for n, t in tensors.items())
+    assert all(torch.equal(t, folder_tensors(again)[n]) for n, t in tensors.items())
 
 
 def test_pretraining_folder_with_only_the_projector_reads_like_llavas(tmp_path, hub_cache):
@@ -178,7 +163,7 @@ def test_pretraining_folder_with_only_the_projector_reads_like_llavas(tmp_path, 
     from safetensors.torch import save_file
 
     full = build_libmoe(tmp_path / "full", clip_smoe=False, mlp_smoe=False, dtype="float32", scales=(1, 3))
-    tensors = _tensors(full)
+    tensors = folder_tensors(full)
     pretrain = tmp_path / "pretrain"
     pretrain.mkdir()
     config = json.loads((full / "config.json").read_text())

@@ -13,28 +13,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from libmoe_layout import build_libmoe, use_hub_cache_with_siglip
+from libmoe_layout import build_libmoe, folder_tensors
 
 from mmzoo import convert, load_model, read_checkpoint
 from mmzoo.errors import ConfigError, UnknownArchitecture
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    return use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
-
-
-def _tensors(folder):
-    from safetensors import safe_open
-
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def test_s2_features_equal_a_crop_by_crop_hand_computation(tmp_path, hub_cache):
@@ -80,7 +65,7 @@ def test_libmoe_s2_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache,
     assert read_checkpoint(internal).spec.vision_scales == [1, 3]
     back = tmp_path / "back"
     convert(internal, back, tgt_fmt="libmoe", verify=True)
-    original, again = _tensors(src), _tensors(back)
+    original, again = folder_tensors(src), folder_tensors(back)
     assert sorted(original) == sorted(again)
     for name, tensor in original.items():
         assert again[name].dtype == tensor.dtype and torch.equal(again[name], tensor), name
@@ -192,7 +177,7 @@ def test_upcycling_a_dense_s2_checkpoint_sizes_the_projector_router_to_the_s2_wi
     config = json.loads((sft / "config.json").read_text())
     assert config["scales"] == [1, 3] and config["mm_projector_type"] == "moe" and config["clip_smoe"]
     width = read_checkpoint(sft).spec.vision_config["hidden_size"]
-    assert tuple(_tensors(sft)["model.mm_projector.moelayer.gate.weight"].shape) == (4, 2 * width)
+    assert tuple(folder_tensors(sft)["model.mm_projector.moelayer.gate.weight"].shape) == (4, 2 * width)
     dense_model, moe_model = load_model(dense), load_model(sft)
     inputs = sample_inputs(dense_model.config, n_images=2)
     with torch.no_grad():

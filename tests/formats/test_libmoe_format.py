@@ -25,9 +25,11 @@ def _same_config(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
 
 
-@pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe", [(n, True, True) for n in LIBMOE_NAMES] + [("smoe", False, True), ("smoe", False, False)])
-def test_libmoe_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, moe_name, clip_smoe, mlp_smoe):
-    src = build_libmoe(tmp_path / "src", moe_name=moe_name, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe)
+@pytest.mark.parametrize("moe_name,clip_smoe,mlp_smoe,scales", [(n, True, True, (1,)) for n in LIBMOE_NAMES]
+                         + [("smoe", False, True, (1,)), ("smoe", False, False, (1,))]
+                         + [("smoe", True, True, (1, 3)), ("smoe", False, False, (1, 3))])  # S², LibMoE's published runs: sft, pft
+def test_libmoe_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, moe_name, clip_smoe, mlp_smoe, scales):
+    src = build_libmoe(tmp_path / "src", moe_name=moe_name, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe, scales=scales)
     ckpt = read_checkpoint(src)
     assert ckpt.format == "libmoe"
     moe = ckpt.spec.moe
@@ -37,8 +39,10 @@ def test_libmoe_round_trip_through_internal_is_bit_exact(tmp_path, hub_cache, mo
         assert moe["num_experts"] == (3 if moe_name.startswith("smoe_share") else 4)
     else:
         assert moe is None
+    assert ckpt.spec.vision_scales == list(scales) and ckpt.spec.projector_in_features == len(scales) * ckpt.spec.vision_config["hidden_size"]
     internal = tmp_path / "internal"
     convert(src, internal, tgt_fmt="internal", verify=True)
+    assert read_checkpoint(internal).spec.vision_scales == list(scales)
     back = tmp_path / "back"
     convert(internal, back, tgt_fmt="libmoe", verify=True)
     original, again = folder_tensors(src), folder_tensors(back)

@@ -10,7 +10,7 @@ import torch
 from hub_helpers import WRITE_TOKEN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
-from libmoe_layout import build_libmoe, use_hub_cache_with_siglip  # noqa: E402
+from libmoe_layout import build_libmoe, folder_tensors, use_hub_cache_with_siglip  # noqa: E402
 
 from mmzoo.hub import api as hub  # noqa: E402
 
@@ -29,16 +29,6 @@ def libmoe_repo(server, tmp_path, monkeypatch):
     return folder
 
 
-def _tensors(folder: Path) -> dict:
-    from safetensors import safe_open
-
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
 def test_pull_libmoe_and_convert(server, libmoe_repo, tmp_path):
     from mmzoo import convert, read_checkpoint
 
@@ -50,5 +40,5 @@ def test_pull_libmoe_and_convert(server, libmoe_repo, tmp_path):
     assert plain["format"] == "libmoe" and not plain["converted"]
     back = tmp_path / "back"
     convert(tmp_path / "internal", back, tgt_fmt="libmoe", verify=True)
-    original, again = _tensors(libmoe_repo), _tensors(back)
+    original, again = folder_tensors(libmoe_repo), folder_tensors(back)
     assert sorted(original) == sorted(again) and all(torch.equal(again[k], v) for k, v in original.items())

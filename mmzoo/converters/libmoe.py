@@ -12,12 +12,15 @@ Phi-3.5 tokenizer. Tensor names (from its model classes):
 - projector: ``model.mm_projector.{0,2}.*`` (mlp2x_gelu) or, ``mm_projector_type: moe``,
   ``model.mm_projector.moelayer.{gate.weight, experts.E.{0,2}.*}``.
 
-Per ``moe_name``: ``smoe`` / ``smoe_tcmoe`` / ``smoe_plus_plus`` keep those names (TC-MoE's gate has 2E + k rows;
-MoE++ adds ``gate_transform.weight``, the zero expert ``experts.E`` and the constant expert ``experts.{E+1}``
-where in == out); SharedE (``smoe_share``, ``smoe_sharev3``) keeps its shared expert as the last of
+Per ``moe_name``: ``smoe`` / ``smoe_sigmoidgating`` / ``smoe_tcmoe`` / ``smoe_plus_plus`` keep those names (TC-MoE's
+gate has 2E + k rows; MoE++ adds ``gate_transform.weight``, the zero expert ``experts.E`` and the constant expert
+``experts.{E+1}`` where in == out); ``xmoe``'s router is ``inp_reduction.weight`` + ``expert_embeddings`` beside an
+unused ``gate.weight`` (``XMOE_NAMES``); SharedE (``smoe_share``, ``smoe_sharev3``) keeps its shared expert as the last of
 ``num_experts`` experts, routing over the others. The vision config is not in the folder: LibMoE loads it by
 name (``google/siglip-so400m-patch14-224``), so it comes from a local folder of that name or the Hugging Face
-cache; folders mmzoo writes also carry it under ``mmzoo`` so they read back anywhere.
+cache; folders mmzoo writes also carry it under ``mmzoo`` so they read back anywhere. ``scales`` (S² multi-scale
+image features, ``[1, 3]`` in every published run) becomes ``spec.vision_scales`` (mmzoo/models/multiscale.py);
+pre-training folders (``mm_projector.bin`` only) are read with the base LLM's weights beside them (``_weights``).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MmzooError, UnknownArchitecture, UnknownFormat
-from ..io.checkpoint import read_weights, write_weights
+from ..io.checkpoint import bin_sources, read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned, Source
 from ..checkpoint.locate import read_json
@@ -42,7 +45,8 @@ MULTISCALE = True  # ``scales``: S² multi-scale image features (mmzoo/models/mu
 DESCRIPTION = "LibMoE checkpoints (Fsoft-AIC): LlavaPhiForCausalLM, SigLIP tower + projector with LibMoE's MoE layers"
 ARCHITECTURE, MODEL_TYPE = "LlavaPhiForCausalLM", "llava_phi"
 # LibMoE moe_name -> (mmzoo router, style)
-ROUTERS = {"smoe": ("smoe", "mixtral"), "xmoe": ("xmoe", "mixtral"), "smoe_sigmoidgating": ("sigmoid", "mixtral"), "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
+ROUTERS = {"smoe": ("smoe", "mixtral"), "xmoe": ("xmoe", "mixtral"), "smoe_sigmoidgating": ("sigmoid", "mixtral"),
+           "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
            "smoe_share": ("sharede_v2", "shared"), "smoe_sharev3": ("sharede_v3", "shared")}
 MOE_NAMES = {router: name for name, (router, _) in ROUTERS.items()}
 # LibMoE's own config fields (its ModelArguments, set on the config by initialize_vision_modules, and the
@@ -167,6 +171,7 @@ def _spec(config: dict[str, Any], where: Path) -> tuple[ModelSpec, dict[str, Any
 # LibMoE's XMOE keeps its router on the layer (``inp_reduction``, ``expert_embeddings``) beside MoeLayer's unused
 # ``gate``; mmzoo's XMoE block has them in its XmoeGate and the unused one as ``unused_gate``
 XMOE_NAMES = {"inp_reduction.weight": "gate.inp_reduction.weight", "expert_embeddings": "gate.expert_embeddings", "gate.weight": "unused_gate.weight"}
+XMOE_NATIVE = {ours: native for native, ours in XMOE_NAMES.items()}
 
 
 def _rename_site(name: str, shared_index: int | None, projector: bool, xmoe: bool = False) -> str:
@@ -234,13 +239,10 @@ def _weights(path: Path, config: dict[str, Any]) -> dict[str, Source]:
         raise UnknownFormat(f"holds no model weights{only}; copy the base LLM's weights (Phi-3.5, LibMoE's --model_name_or_path) "
                             "into the folder beside it (the tower's are read from the tower its config names)", path=path)
     sources = read_weights(path)
-    if projector_file.is_file() and not any(n.startswith("model.mm_projector.") for n in sources):
-        from ..io.checkpoint import bin_sources
-
+    if projector_file.is_file() and not any(n.startswith("model.mm_projector.") for n in sources):  # else a copy (DeepSpeed saves)
         sources.update({n: s for n, s in bin_sources(projector_file).items() if n.startswith("model.mm_projector.")})
     if not any(n.startswith("model.vision_tower.") for n in sources) and (path / CLIP_FILE).is_file():
-        from ..io.checkpoint import bin_sources  # pft.sh without DeepSpeed: the tower apart, ``model.vision_tower.`` stripped
-
+        # pft.sh's save without DeepSpeed: the tower apart, ``model.vision_tower.`` stripped
         sources.update({"model.vision_tower." + n: s for n, s in bin_sources(path / CLIP_FILE).items() if n.startswith("vision_model.")})
     if not any(n.startswith("model.vision_tower.") for n in sources):
         if config.get("clip_smoe"):
@@ -293,9 +295,8 @@ def check_supported(spec: ModelSpec) -> None:
 
 
 def _native_site(name: str, shared_index: int | None, projector: bool) -> str:
-    for native, ours in XMOE_NAMES.items():
-        if name == ours:
-            return native
+    if name in XMOE_NATIVE:
+        return XMOE_NATIVE[name]
     if projector:
         name = re.sub(r"^((?:experts\.\d+|shared_expert)\.)linear_1\.", r"\g<1>0.", name)
         name = re.sub(r"^((?:experts\.\d+|shared_expert)\.)linear_2\.", r"\g<1>2.", name)

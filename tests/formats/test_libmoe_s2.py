@@ -83,8 +83,7 @@ def test_formats_without_s2_are_refused_in_one_line(tmp_path, hub_cache):
 
 
 def test_libmoe_s2_checkpoint_trains_exports_and_generates(tmp_path, hub_cache):
-    """sft.sh's setting (scales 1,3, SMoE experts in every tower layer and the projector): converted to internal
-    with an <image> token, it trains under mmzoo (loss falls, both aux losses), exports to libmoe with the engine's
+    """An S² LibMoE checkpoint (scales 1,3, SMoE experts in the projector) converted to internal with an <image> token, it trains under mmzoo (loss falls, both aux losses), exports to libmoe with the engine's
     logits, and `mmzoo generate` answers about an image with it."""
     from moe_training import train_moe_briefly
 
@@ -92,7 +91,9 @@ def test_libmoe_s2_checkpoint_trains_exports_and_generates(tmp_path, hub_cache):
     from mmzoo.generate import generate
     from mmzoo.train.export import export
 
-    src = build_libmoe(tmp_path / "libmoe", moe_name="smoe", dtype="float32", scales=(1, 3))
+    # SMoE in the projector only (the tower's S² x MoE losses are checked against LibMoE's code in tests/seedcode): a
+    # dense tower keeps the 8 steps of 10 tower passes per image short
+    src = build_libmoe(tmp_path / "libmoe", moe_name="smoe", dtype="float32", scales=(1, 3), clip_smoe=False)
     internal = tmp_path / "internal"
     result = convert(src, internal, tgt_fmt="internal", add_image_token=True)
     assert any("added the <image> token" in n for n in result.notes)

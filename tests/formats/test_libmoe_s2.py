@@ -166,3 +166,31 @@ def test_upcycling_a_dense_s2_checkpoint_sizes_the_projector_router_to_the_s2_wi
     with torch.no_grad():
         want, got = dense_model(**inputs).logits, moe_model(**inputs).logits
     assert torch.allclose(got, want, atol=1e-5, rtol=0), float((got - want).abs().max())
+
+
+def test_s2_tower_router_losses_are_averaged_over_the_levels(tmp_path, hub_cache):
+    """With SMoE in the tower, every level's pass (the 1x image, then its nine 3x crops) computes each block's router
+    loss; as LibMoE's tower (``torch.stack(auxilarity_losses).mean()``), the model's aux loss takes their mean per
+    block, plus the projector's (the same against LibMoE's own code: tests/seedcode/test_libmoe_code.py)."""
+    from mmzoo.demo.tiny import sample_inputs
+    from mmzoo.upcycle.moe_modeling import moe_blocks
+
+    src = build_libmoe(tmp_path / "sft", dtype="float32", scales=(1, 3))
+    internal = tmp_path / "internal"
+    convert(src, internal, tgt_fmt="internal", add_image_token=True)
+    model = load_model(internal).train()
+    projector = model.model.multi_modal_projector
+    calls: dict[int, list[tuple[int, float]]] = {}
+
+    def record(module, args, _output):
+        calls.setdefault(id(module), []).append((args[0].shape[0], float(module.last_aux_loss.detach())))
+
+    hooks = [b.register_forward_hook(record) for b in moe_blocks(model)]
+    inputs = sample_inputs(model.config, n_images=2)
+    aux = float(model(**inputs)["aux_loss"].detach())
+    for h in hooks:
+        h.remove()
+    tower = [calls[id(b)] for b in moe_blocks(model) if b is not projector]
+    assert len(tower) == 3 and all([n for n, _ in c] == [2, 18] for c in tower)  # 2 images, then 2 x 9 crops
+    expected = sum(sum(loss for _, loss in c) / 2 for c in tower) + calls[id(projector)][0][1]
+    assert abs(aux - expected) <= 1e-6 * expected, (aux, expected)

@@ -89,3 +89,17 @@ def check_moe_layout(moe: Any, text_cfg: dict[str, Any], vision_cfg: dict[str, A
         count = cfg["num_hidden_layers"]
         if not isinstance(layers, list) or not all(is_whole(i) and 0 <= i < count for i in layers):
             raise ConfigError(f"moe.{key} must be a list of layer indices from 0 to {count - 1}")
+
+
+MAX_VISION_SCALE = 8  # 64 crops per image: far beyond any published S² setting (LibMoE: 1, 3)
+
+
+def check_vision_scales(scales: Any) -> None:
+    """S² scales: whole numbers, the first 1 (LibMoE's tower runs its first level on the image as given, whatever
+    the first scale says, so a list not starting with 1 would not mean what it says)."""
+    if not isinstance(scales, list) or not scales or not all(is_whole(s) and 1 <= s <= MAX_VISION_SCALE for s in scales):
+        raise ConfigError(f"vision_scales must be a list of whole numbers from 1 to {MAX_VISION_SCALE} (got {scales!r})")
+    if len(scales) > MAX_VISION_SCALE:
+        raise ConfigError(f"vision_scales has {len(scales)} scales; at most {MAX_VISION_SCALE}")
+    if scales[0] != 1:
+        raise ConfigError(f"vision_scales must start with 1, the image as given (got {scales!r})")

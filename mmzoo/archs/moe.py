@@ -83,7 +83,7 @@ PROJECTOR = Table("projector", (Rule("linear_{1|2}.{weight|bias}"),))
 _SITE = r"((?:.*?\.)?mlp\.|)"
 _MOEPP_CONSTANT = re.compile(_SITE + r"experts\.\d+\.(constant|wg\.weight)\Z")  # MoE++'s constant expert
 _GROUP = re.compile(_SITE + r"(experts\.\d+\.|shared_expert\.|residual\.)(.*)\Z")
-_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|gate\.inp_reduction\.weight|gate\.expert_embeddings|gate_transform\.weight|shared_expert_gate\.weight"
+_SITE_TENSOR = re.compile(_SITE + r"(gate\.weight|gate\.inp_reduction\.weight|gate\.expert_embeddings|gate_transform\.weight|unused_gate\.weight|shared_expert_gate\.weight"
                           r"|coefficient\.weight|coefficient\.bias)\Z")
 
 
@@ -175,8 +175,10 @@ def layout_from_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
     raise UnknownArchitecture("an mmzoo_moe text_config must carry its MoE layout under 'mmzoo_moe'")
 
 
-def dense_mlp_names(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The dense MLP of one MoE site: tensor names (relative to the site) and shapes."""
+def dense_mlp_names(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str, Any],
+                    projector_in: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The dense MLP of one MoE site: tensor names (relative to the site) and shapes. ``projector_in``: the
+    projector's input width when it is not the tower's (S² features: the tower's x the number of scales)."""
     if target == "text":
         # Qwen2-MoE experts use moe_intermediate_size; Mixtral's and mmzoo_moe's intermediate_size is the expert's
         hidden, inter = text_cfg["hidden_size"], text_cfg.get("moe_intermediate_size") or text_cfg["intermediate_size"]
@@ -184,7 +186,7 @@ def dense_mlp_names(target: str, text_cfg: dict[str, Any], vision_cfg: dict[str,
     if target == "vision":
         hidden, inter = vision_cfg["hidden_size"], vision_cfg["intermediate_size"]
         return {"fc1.weight": (inter, hidden), "fc1.bias": (inter,), "fc2.weight": (hidden, inter), "fc2.bias": (hidden,)}
-    hidden, text_hidden = vision_cfg["hidden_size"], text_cfg["hidden_size"]
+    hidden, text_hidden = projector_in or vision_cfg["hidden_size"], text_cfg["hidden_size"]
     return {"linear_1.weight": (text_hidden, hidden), "linear_2.weight": (text_hidden, text_hidden)}
 
 
@@ -228,10 +230,12 @@ def expected_moe_shapes(spec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     num = moe.get("num_experts", 0)
     for target, prefix, _ in site_prefixes(moe):
-        dense = dense_mlp_names(target, spec.text_config, spec.vision_config)
-        hidden = spec.text_config["hidden_size"] if target == "text" else spec.vision_config["hidden_size"]
+        dense = dense_mlp_names(target, spec.text_config, spec.vision_config, spec.projector_in_features)
+        hidden = {"text": spec.text_config["hidden_size"], "vision": spec.vision_config["hidden_size"]}.get(target, spec.projector_in_features)
         out_dim = site_out_dim(target, spec.text_config, spec.vision_config)
         shapes.update(router_shapes(prefix, moe.get("router"), num, hidden, int(moe.get("top_k") or 1), out_dim))
+        if moe.get("router") == "xmoe" and moe.get("unused_gate"):  # LibMoE's XMoE layer saves its base class's gate too
+            shapes[prefix + "unused_gate.weight"] = (num, hidden)
         for e in range(num):
             for name, shape in dense.items():
                 shapes[f"{prefix}experts.{e}.{name}"] = shape

@@ -24,6 +24,9 @@ class ModelSpec(BaseModel):
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     image_seq_length: int | None = None
+    # S² multi-scale image features (LibMoE's ``scales``): the tower also runs on the image resized to each further
+    # scale, in scale x scale crops, pooled back to the base grid; the projector reads len(scales) x the tower's width
+    vision_scales: list[int] = [1]
     dtype: str | None = None  # the checkpoint's declared torch dtype name, e.g. "bfloat16"
     moe: dict[str, Any] | None = None  # MoE layout of an upcycled model (see mmzoo.upcycle)
     extra: dict[str, Any] = {}  # other top-level keys of the source config, kept through conversions
@@ -33,11 +36,12 @@ class ModelSpec(BaseModel):
     def _sane_numbers(self) -> "ModelSpec":
         """Config numbers bounded before any shape arithmetic (a ConfigError, not a pydantic error:
         the reader adds the file it came from)."""
-        from ..archs.checks import check_moe_layout, check_text_config, check_vision_config
+        from ..archs.checks import check_moe_layout, check_text_config, check_vision_config, check_vision_scales
 
         check_vision_config(self.vision_config)
         check_text_config(self.text_config)
         check_moe_layout(self.moe, self.text_config, self.vision_config)
+        check_vision_scales(self.vision_scales)
         return self
 
     @property
@@ -47,6 +51,15 @@ class ModelSpec(BaseModel):
     @property
     def vision_type(self) -> str:
         return self.vision_config.get("model_type", "clip_vision_model")
+
+    @property
+    def multiscale(self) -> bool:
+        return self.vision_scales != [1]
+
+    @property
+    def projector_in_features(self) -> int:
+        """The projector's input width: the tower's, once per S² scale."""
+        return int(self.vision_config["hidden_size"]) * len(self.vision_scales)
 
 
 TOKENIZER_FILES = (

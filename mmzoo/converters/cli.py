@@ -28,11 +28,12 @@ def convert(
     overwrite: Overwrite = False,
     verify: Annotated[bool, typer.Option("--verify", help="Re-read the output and check every tensor against the source.")] = False,
     drop_unmatched_keys: Annotated[bool, typer.Option("--drop-unmatched-keys", help="Drop tensors no mapping rule knows instead of failing.")] = False,
+    add_image_token: Annotated[bool, typer.Option("--add-image-token", help="Give a source without an <image> token (LLaVA-repo, LibMoE) one, with a mean embedding row, as --tgt-fmt hf always does: mmzoo's engine needs it to train or generate.")] = False,
     llava_vision_tower: Annotated[Optional[str], typer.Option("--llava-vision-tower", help="mm_vision_tower for --tgt-fmt llava (default: absolute path of OUT/image_model), mm_image_tower for moe-llava (default: the published CLIP name, else openai/mmzoo-image-tower), e.g. a Hub id.")] = None,
     moe_experts: Annotated[Optional[int], typer.Option("--moe-experts", help="Upcycle dense MLPs into N experts while converting.", rich_help_panel="Upcycling")] = None,
     moe_top_k: Annotated[int, typer.Option("--moe-top-k", help="Experts per token.", rich_help_panel="Upcycling")] = 2,
     moe_style: Annotated[str, typer.Option("--moe-style", help="mixtral | shared | modality.", rich_help_panel="Upcycling")] = "mixtral",
-    moe_router: Annotated[str, typer.Option("--moe-router", help="softmax_topk (Mixtral) | smoe | xmoe | sharede_v2 | sharede_v3 | tcmoe | moepp (LibMoE's, with their balance + z-loss; sharede_*: --moe-style shared; moepp: MoE++'s zero and constant experts, not dense-equivalent at init).", rich_help_panel="Upcycling")] = "softmax_topk",
+    moe_router: Annotated[str, typer.Option("--moe-router", help="softmax_topk (Mixtral) | smoe | xmoe | sigmoid | sharede_v2 | sharede_v3 | tcmoe | moepp (LibMoE's, with their balance + z-loss; sharede_*: --moe-style shared; moepp: MoE++'s zero and constant experts, not dense-equivalent at init).", rich_help_panel="Upcycling")] = "softmax_topk",
     router_z_loss_coef: Annotated[Optional[float], typer.Option("--router-z-loss-coef", help="LibMoE router z-loss weight (LibMoE routers; default 0.001).", rich_help_panel="Upcycling")] = None,
     moe_layers: Annotated[str, typer.Option("--moe-layers", help="all | even | odd | comma list such as 0,3,5.", rich_help_panel="Upcycling")] = "all",
     moe_target: Annotated[Optional[list[str]], typer.Option("--moe-target", help="text | vision | projector (repeatable).", rich_help_panel="Upcycling")] = None,
@@ -71,7 +72,7 @@ def convert(
             src, output, tgt_fmt=tgt_fmt, src_fmt=src_fmt, dtype=dtype, shard_size=shard_size, overwrite=overwrite,
             verify=verify, drop_unmatched_keys=drop_unmatched_keys, llava_vision_tower=llava_vision_tower,
             progress=advance, on_start=lambda ckpt: start(sum(t.nbytes for t in ckpt.tensors.values())), moe=moe,
-            moe_experts_from=moe_experts_from,
+            moe_experts_from=moe_experts_from, add_image_token=add_image_token,
         )
     checked = " and verified" if result.verified else ""
     console.print(

@@ -136,7 +136,7 @@ def validate(ckpt: Checkpoint) -> None:
             if tuple(planned.shape) != tuple(shape):
                 raise ShapeMismatch(f"tensor {full!r} has shape {list(planned.shape)}, the config implies {list(shape)}", path=where)
     text_hidden = spec.text_config["hidden_size"]
-    vision_hidden = spec.vision_config["hidden_size"]
+    vision_hidden = spec.projector_in_features  # the tower's width, once per S² scale
     if spec.projector_type == "mlp2x_gelu":
         expected = {"projector.linear_1.weight": (text_hidden, vision_hidden), "projector.linear_2.weight": (text_hidden, text_hidden)}
     else:

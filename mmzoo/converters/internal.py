@@ -19,6 +19,7 @@ from ..checkpoint.spec import Checkpoint, ModelSpec, find_tokenizer_files
 from .common import copy_files, validate, write_json
 
 NAME = "internal"
+MULTISCALE = True  # mmzoo.yaml keeps vision_scales (S² multi-scale image features)
 DESCRIPTION = "mmzoo training format: mmzoo.yaml + canonical safetensors shards + tokenizer/ + image_processor/"
 MANIFEST = "mmzoo.yaml"
 FORMAT_VERSION = 1
@@ -49,7 +50,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
 def manifest(ckpt: Checkpoint) -> dict[str, Any]:
     from .. import __version__
 
-    model = ckpt.spec.model_dump(exclude={"provenance"})
+    model = ckpt.spec.model_dump(exclude={"provenance"} | (set() if ckpt.spec.multiscale else {"vision_scales"}))
     provenance = dict(ckpt.spec.provenance)
     provenance.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     provenance.setdefault("source", str(ckpt.path))

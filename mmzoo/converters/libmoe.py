@@ -12,12 +12,15 @@ Phi-3.5 tokenizer. Tensor names (from its model classes):
 - projector: ``model.mm_projector.{0,2}.*`` (mlp2x_gelu) or, ``mm_projector_type: moe``,
   ``model.mm_projector.moelayer.{gate.weight, experts.E.{0,2}.*}``.
 
-Per ``moe_name``: ``smoe`` / ``smoe_tcmoe`` / ``smoe_plus_plus`` keep those names (TC-MoE's gate has 2E + k rows;
-MoE++ adds ``gate_transform.weight``, the zero expert ``experts.E`` and the constant expert ``experts.{E+1}``
-where in == out); SharedE (``smoe_share``, ``smoe_sharev3``) keeps its shared expert as the last of
+Per ``moe_name``: ``smoe`` / ``smoe_sigmoidgating`` / ``smoe_tcmoe`` / ``smoe_plus_plus`` keep those names (TC-MoE's
+gate has 2E + k rows; MoE++ adds ``gate_transform.weight``, the zero expert ``experts.E`` and the constant expert
+``experts.{E+1}`` where in == out); ``xmoe``'s router is ``inp_reduction.weight`` + ``expert_embeddings`` beside an
+unused ``gate.weight`` (``XMOE_NAMES``); SharedE (``smoe_share``, ``smoe_sharev3``) keeps its shared expert as the last of
 ``num_experts`` experts, routing over the others. The vision config is not in the folder: LibMoE loads it by
 name (``google/siglip-so400m-patch14-224``), so it comes from a local folder of that name or the Hugging Face
-cache; folders mmzoo writes also carry it under ``mmzoo`` so they read back anywhere.
+cache; folders mmzoo writes also carry it under ``mmzoo`` so they read back anywhere. ``scales`` (S² multi-scale
+image features, ``[1, 3]`` in every published run) becomes ``spec.vision_scales`` (mmzoo/models/multiscale.py);
+pre-training folders (``mm_projector.bin`` only) are read with the base LLM's weights beside them (``_weights``).
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnknownArchitecture, UnknownFormat
-from ..io.checkpoint import read_weights, write_weights
+from ..errors import MmzooError, UnknownArchitecture, UnknownFormat
+from ..io.checkpoint import bin_sources, read_weights, write_weights
 from ..io.dtypes import CONFIG_DTYPE_NAMES
 from ..io.tensors import Planned, Source
 from ..checkpoint.locate import read_json
@@ -38,10 +41,12 @@ from .common import (
 )
 
 NAME = "libmoe"
+MULTISCALE = True  # ``scales``: S² multi-scale image features (mmzoo/models/multiscale.py)
 DESCRIPTION = "LibMoE checkpoints (Fsoft-AIC): LlavaPhiForCausalLM, SigLIP tower + projector with LibMoE's MoE layers"
 ARCHITECTURE, MODEL_TYPE = "LlavaPhiForCausalLM", "llava_phi"
 # LibMoE moe_name -> (mmzoo router, style)
-ROUTERS = {"smoe": ("smoe", "mixtral"), "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
+ROUTERS = {"smoe": ("smoe", "mixtral"), "xmoe": ("xmoe", "mixtral"), "smoe_sigmoidgating": ("sigmoid", "mixtral"),
+           "smoe_tcmoe": ("tcmoe", "mixtral"), "smoe_plus_plus": ("moepp", "mixtral"),
            "smoe_share": ("sharede_v2", "shared"), "smoe_sharev3": ("sharede_v3", "shared")}
 MOE_NAMES = {router: name for name, (router, _) in ROUTERS.items()}
 # LibMoE's own config fields (its ModelArguments, set on the config by initialize_vision_modules, and the
@@ -55,6 +60,7 @@ _FIELD = re.compile(r"^(_name_or_path$|mm_|moe_|num_experts$|num_selected$|num_l
 SIGLIP_NAMES = ("google/",)  # LibMoE's build_vision_tower: a name starting with google/ is SigLIP
 SYNTHESIZED = ("post_layernorm.weight", "post_layernorm.bias")
 PROJECTOR_ONLY = "mm_projector.bin"
+CLIP_FILE = "clip.bin"  # the pre-finetuning stage's tower, saved apart
 
 
 def detect(path: Path) -> bool:
@@ -65,12 +71,25 @@ def detect(path: Path) -> bool:
 
 
 def _scales(config: dict[str, Any]) -> list[int]:
+    """LibMoE's ``scales`` (its train.py parses ``--scales 1,3`` into ints; the config keeps the list)."""
     scales = config.get("scales")
     if scales in (None, "", []):
         return [1]
     if isinstance(scales, str):
-        scales = [int(s) for s in scales.split(",") if s.strip()]
+        scales = [s.strip() for s in scales.split(",") if s.strip()]
+    if not isinstance(scales, list) or not all(isinstance(s, (int, str)) and str(s).isdigit() for s in scales):
+        raise UnknownArchitecture(f"LibMoE scales {config.get('scales')!r} are not whole numbers (e.g. [1, 3])")
     return [int(s) for s in scales]
+
+
+def _tower_folder(config: dict[str, Any], where: Path, wanted: str = "its config (hf download {tower} config.json preprocessor_config.json)") -> Path:
+    """The folder of the tower the config names (LibMoE loads it by name): a local folder, else the Hugging Face cache."""
+    tower = str(config.get("mm_vision_tower") or config.get("vision_tower") or "")
+    folder = Path(tower) if tower and Path(tower).is_dir() else hub_cache_folder(tower)
+    if folder is None:
+        raise UnknownFormat(f"LibMoE folder whose vision tower {tower!r} is neither a local folder nor in the Hugging Face cache; "
+                            f"download {wanted.format(tower=tower)}", path=where)
+    return folder
 
 
 def _vision(config: dict[str, Any], notes: dict[str, Any], where: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -78,10 +97,7 @@ def _vision(config: dict[str, Any], notes: dict[str, Any], where: Path) -> tuple
     if isinstance(notes.get("vision_config"), dict):
         return dict(notes["vision_config"]), notes.get("image_processor")
     tower = str(config.get("mm_vision_tower") or config.get("vision_tower") or "")
-    folder = Path(tower) if tower and Path(tower).is_dir() else hub_cache_folder(tower)
-    if folder is None:
-        raise UnknownFormat(f"LibMoE folder whose vision tower {tower!r} is neither a local folder nor in the Hugging Face cache; "
-                            f"download its config (hf download {tower} config.json preprocessor_config.json)", path=where)
+    folder = _tower_folder(config, where)
     vision = read_json(folder / "config.json")
     if vision.get("model_type") == "siglip":
         vision = dict(vision.get("vision_config") or {}, model_type="siglip_vision_model")
@@ -99,8 +115,7 @@ def _layout(config: dict[str, Any], vision_layers: int, where: Path) -> dict[str
         return None
     name = str(config.get("moe_name", "smoe"))
     if name not in ROUTERS:
-        raise UnknownArchitecture(f"LibMoE moe_name {name!r} is not supported (supported: {', '.join(ROUTERS)}; "
-                                  "XMoE checkpoints also carry the unused base gate mmzoo's XMoE block has no place for)", path=where)
+        raise UnknownArchitecture(f"LibMoE moe_name {name!r} is not supported (supported: {', '.join(ROUTERS)})", path=where)
     router, style = ROUTERS[name]
     experts, top_k = int(config.get("num_experts", 1)), int(config.get("num_selected", 1))
     if style == "shared":  # the last of num_experts is the shared expert; the router chooses num_selected - 1 of the others
@@ -113,6 +128,7 @@ def _layout(config: dict[str, Any], vision_layers: int, where: Path) -> dict[str
         "router_aux_loss_coef": balance, "vision_aux_loss_coef": balance,
         "router_z_loss_coef": float(config.get("router_z_loss_coef") or 0.0), "capacity_factor": None, "seed": 0,
         "hf_arch": None, "hf_unsupported": f"LibMoE {router} experts in the vision tower / projector", "base_model_type": "phi3",
+        **({"unused_gate": True} if router == "xmoe" else {}),  # XMOE saves MoeLayer's gate.weight, which it never uses
         "origin": f"read from a LibMoE checkpoint (moe_name {name})",
     }
 
@@ -123,10 +139,6 @@ def _spec(config: dict[str, Any], where: Path) -> tuple[ModelSpec, dict[str, Any
 
     notes = mmzoo_notes(config, where / "config.json")
     scales = _scales(config)
-    if scales != [1]:
-        raise UnknownArchitecture(f"LibMoE's S2 multi-scale image features (scales {scales}) are not implemented in mmzoo "
-                                  "(its engine runs the tower once per image; the projector would take "
-                                  f"{len(scales)}x the tower's width); only scales [1] checkpoints convert", path=where)
     if int(config.get("mm_vision_select_layer", -2)) != -2:
         raise UnknownArchitecture("LibMoE's SigLIP tower returns the input of its last layer (mm_vision_select_layer -2); "
                                   f"this config says {config.get('mm_vision_select_layer')}", path=where)
@@ -150,15 +162,23 @@ def _spec(config: dict[str, Any], where: Path) -> tuple[ModelSpec, dict[str, Any
     spec = ModelSpec(
         vision_config=vision, text_config=text, projector_type="mlp2x_gelu", image_token_id=notes.get("image_token_index"),
         vision_feature_layer=-2, vision_feature_select_strategy="full",  # SigLIP has no class token: LibMoE's "patch" keeps every token
-        dtype=config.get("torch_dtype") or config.get("dtype"), moe=layout,
+        dtype=config.get("torch_dtype") or config.get("dtype"), moe=layout, vision_scales=scales,
         extra={"libmoe": libmoe, "libmoe_synthesized": list(notes.get("synthesized", SYNTHESIZED))},
     )
     return spec.model_copy(update={"image_seq_length": image_seq_length(spec)}), processor
 
 
-def _rename_site(name: str, shared_index: int | None, projector: bool) -> str:
+# LibMoE's XMOE keeps its router on the layer (``inp_reduction``, ``expert_embeddings``) beside MoeLayer's unused
+# ``gate``; mmzoo's XMoE block has them in its XmoeGate and the unused one as ``unused_gate``
+XMOE_NAMES = {"inp_reduction.weight": "gate.inp_reduction.weight", "expert_embeddings": "gate.expert_embeddings", "gate.weight": "unused_gate.weight"}
+XMOE_NATIVE = {ours: native for native, ours in XMOE_NAMES.items()}
+
+
+def _rename_site(name: str, shared_index: int | None, projector: bool, xmoe: bool = False) -> str:
     """LibMoE's MoE-layer names (relative to the site) -> mmzoo's: ``experts.{N}`` of SharedE is the shared
-    expert; the projector's experts are nn.Sequential (``0`` / ``2``)."""
+    expert; the projector's experts are nn.Sequential (``0`` / ``2``); XMoE's router (``XMOE_NAMES``)."""
+    if xmoe and name in XMOE_NAMES:
+        return XMOE_NAMES[name]
     if shared_index is not None and name.startswith(f"experts.{shared_index}."):
         name = "shared_expert." + name[len(f"experts.{shared_index}."):]
     if projector:
@@ -171,22 +191,21 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     where = str(path)
     config = read_json(path / "config.json")
     spec, processor = _spec(config, path)
-    if not any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")):
-        raise UnknownFormat(f"holds no model weights{' (only ' + PROJECTOR_ONLY + ': LibMoE pre-training stage)' if (path / PROJECTOR_ONLY).is_file() else ''}; "
-                            "a LibMoE pre-training folder needs the base LLM and vision tower beside its projector", path=path)
+    sources = _weights(path, config)
     moe = spec.moe or {}
     shared = moe["num_experts"] if moe.get("style") == "shared" else None
+    xmoe = moe.get("router") == "xmoe"
     tensors: dict[str, Planned] = {}
-    for name, src in read_weights(path).items():
+    for name, src in sources.items():
         planned = Planned.of(src)
         if name.startswith("model.vision_tower.vision_model."):
             rest = name[len("model.vision_tower.vision_model."):]
             match = re.match(r"(encoder\.layers\.\d+\.)moelayer\.(.*)\Z", rest)
             if match:
-                rest = match.group(1) + "mlp." + _rename_site(match.group(2), shared, projector=False)
+                rest = match.group(1) + "mlp." + _rename_site(match.group(2), shared, projector=False, xmoe=xmoe)
             tensors["vision:" + rest] = planned
         elif name.startswith("model.mm_projector.moelayer."):
-            tensors["projector:" + _rename_site(name[len("model.mm_projector.moelayer."):], shared, projector=True)] = planned
+            tensors["projector:" + _rename_site(name[len("model.mm_projector.moelayer."):], shared, projector=True, xmoe=xmoe)] = planned
         elif name.startswith("model.mm_projector."):
             rest = name[len("model.mm_projector."):]
             rest = {"0.": "linear_1.", "2.": "linear_2."}.get(rest[:2], rest[:2]) + rest[2:]  # nn.Sequential(Linear, GELU, Linear)
@@ -208,7 +227,43 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
     return Checkpoint(spec, canonical, path, NAME, tokenizer_files, processor, extra)
 
 
-def _constant(name: str, shape: tuple[int, ...], dtype: str, value: float) -> Source:
+def _weights(path: Path, config: dict[str, Any]) -> dict[str, Source]:
+    """The folder's tensors. A pre-training folder (LibMoE's pretrain.sh with --tune_mm_mlp_adapter saves config.json
+    and ``mm_projector.bin`` only) is read as the llava format reads LLaVA's: ``mm_projector.bin`` is the projector
+    once the base LLM's weights (Phi-3.5, its --model_name_or_path) are copied beside it, and the tower, which LibMoE
+    loads from the SigLIP checkpoint (--vision_tower_dir, ``vision_model.*``), comes from the tower named in the config."""
+    has_llm = any((path / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+    projector_file = path / PROJECTOR_ONLY
+    if not has_llm:
+        only = f" (only {PROJECTOR_ONLY}: LibMoE's pre-training stage)" if projector_file.is_file() else ""
+        raise UnknownFormat(f"holds no model weights{only}; copy the base LLM's weights (Phi-3.5, LibMoE's --model_name_or_path) "
+                            "into the folder beside it (the tower's are read from the tower its config names)", path=path)
+    sources = read_weights(path)
+    if projector_file.is_file() and not any(n.startswith("model.mm_projector.") for n in sources):  # else a copy (DeepSpeed saves)
+        sources.update({n: s for n, s in bin_sources(projector_file).items() if n.startswith("model.mm_projector.")})
+    if not any(n.startswith("model.vision_tower.") for n in sources) and (path / CLIP_FILE).is_file():
+        # pft.sh's save without DeepSpeed: the tower apart, ``model.vision_tower.`` stripped
+        sources.update({"model.vision_tower." + n: s for n, s in bin_sources(path / CLIP_FILE).items() if n.startswith("vision_model.")})
+    if not any(n.startswith("model.vision_tower.") for n in sources):
+        if config.get("clip_smoe"):
+            raise UnknownFormat("holds no vision tower weights, and its clip_smoe tower is not the SigLIP checkpoint LibMoE names", path=path)
+        folder = _tower_folder(config, path, wanted="its weights (hf download {tower} model.safetensors)")
+        try:
+            found = read_weights(folder)
+        except MmzooError:  # a cached tower with its config files only
+            found = {}
+        tower = {n: s for n, s in found.items() if n.startswith("vision_model.")
+                 and not n.startswith(("vision_model.post_layernorm.", "vision_model.head."))}  # LibMoE's tower has neither
+        if not tower:
+            name = config.get("mm_vision_tower") or config.get("vision_tower")
+            raise UnknownFormat(f"holds no vision tower weights, and the tower's folder {folder} has no vision_model.* tensors "
+                                f"(LibMoE's --vision_tower_dir: hf download {name} model.safetensors)", path=path)
+        sources.update({"model.vision_tower." + n: s for n, s in tower.items()})
+    return sources
+
+
+def _constant(name: str, shape: tuple[int, ...], dtype: str, value: float,
+              origin: str = "LibMoE's tower has no post-layernorm (computed identity)") -> Source:
     def load():
         import torch
 
@@ -216,7 +271,7 @@ def _constant(name: str, shape: tuple[int, ...], dtype: str, value: float) -> So
 
         return torch.full(shape, value, dtype=to_torch(dtype))
 
-    return Source(name, dtype, shape, load=load, origin="LibMoE's tower has no post-layernorm (computed identity)")
+    return Source(name, dtype, shape, load=load, origin=origin)
 
 
 # ---------------------------------------------------------------- writing
@@ -240,6 +295,8 @@ def check_supported(spec: ModelSpec) -> None:
 
 
 def _native_site(name: str, shared_index: int | None, projector: bool) -> str:
+    if name in XMOE_NATIVE:
+        return XMOE_NATIVE[name]
     if projector:
         name = re.sub(r"^((?:experts\.\d+|shared_expert)\.)linear_1\.", r"\g<1>0.", name)
         name = re.sub(r"^((?:experts\.\d+|shared_expert)\.)linear_2\.", r"\g<1>2.", name)
@@ -269,7 +326,7 @@ def config_for(spec: ModelSpec, vision_tower: str | None, torch_dtype: str, imag
     libmoe.update(
         mm_vision_tower=tower, vision_tower=tower, mm_hidden_size=spec.vision_config["hidden_size"],
         mm_projector_type="moe" if "projector" in (moe.get("targets") or []) else "mlp2x_gelu",
-        mm_vision_select_layer=-2, mm_vision_select_feature="patch", scales=libmoe.get("scales", [1]),
+        mm_vision_select_layer=-2, mm_vision_select_feature="patch", scales=list(spec.vision_scales),
         clip_smoe=bool(moe.get("vision_layers")), mlp_smoe="projector" in (moe.get("targets") or []),
     )
     if moe:
@@ -315,10 +372,25 @@ def write(ckpt: Checkpoint, out: Path, *, final_path: Path, shard_bytes: int, pr
             tensors["model.mm_projector.moelayer." + _native_site(name, shared, projector=True)] = planned
         else:
             tensors["model.mm_projector." + name.replace("linear_1.", "0.").replace("linear_2.", "2.")] = planned
+    tensors.update(_unused_xmoe_gates(tensors, moe))
     write_json(out / "config.json", config_for(spec, vision_tower, torch_dtype, ckpt.image_processor))
     write_weights(out, dict(sorted(tensors.items())), max_shard_bytes=shard_bytes, progress=progress)
     copy_files(ckpt.tokenizer_files, out)
     copy_files(ckpt.extra_files, out)
+
+
+def _unused_xmoe_gates(tensors: dict[str, Planned], moe: dict[str, Any]) -> dict[str, Planned]:
+    """LibMoE's XMOE layer has (and its strict load wants) MoeLayer's ``gate.weight``, which it never uses; an XMoE
+    layout mmzoo upcycled has none: zeros [E, hidden] per site (a folder read from LibMoE keeps its own)."""
+    if moe.get("router") != "xmoe" or moe.get("unused_gate"):
+        return {}
+    out = {}
+    for name, planned in tensors.items():
+        if name.endswith("moelayer.inp_reduction.weight"):
+            prefix = name[: -len("inp_reduction.weight")]
+            shape = (int(moe["num_experts"]), int(planned.shape[1]))
+            out[prefix + "gate.weight"] = Planned.of(_constant(prefix + "gate.weight", shape, planned.dtype, 0.0, "XMoE's unused base gate (zeros)"))
+    return out
 
 
 def left_out(ckpt: Checkpoint) -> list[str]:
@@ -332,7 +404,11 @@ def left_out(ckpt: Checkpoint) -> list[str]:
 def target_notes(ckpt: Checkpoint) -> list[str]:
     """What writing a libmoe folder leaves out (for ConversionResult.notes)."""
     dropped = left_out(ckpt)
+    notes = []
     if dropped:
-        return [f"LibMoE's SigLIP tower has no post-layernorm or pooling head: {len(dropped)} tensors of the source "
-                "(unused by LLaVA, which reads layer -2) are not written"]
-    return []
+        notes.append(f"LibMoE's SigLIP tower has no post-layernorm or pooling head: {len(dropped)} tensors of the source "
+                     "(unused by LLaVA, which reads layer -2) are not written")
+    moe = ckpt.spec.moe or {}
+    if moe.get("router") == "xmoe" and not moe.get("unused_gate"):
+        notes.append("LibMoE's XMoE layers also hold the gate.weight of their base class, which they never use: written as zeros")
+    return notes

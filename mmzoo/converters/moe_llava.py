@@ -259,7 +259,7 @@ def check_supported(ckpt: Checkpoint) -> None:
                                   "converting it: `mmzoo convert SRC -o OUT --tgt-fmt moe-llava --moe-experts N`)")
     if moe.get("vision_layers") or "projector" in (moe.get("targets") or []):
         raise UnknownArchitecture("the moe-llava layout has MoE only in the LLM; vision/projector experts need --tgt-fmt internal")
-    if moe.get("router") in ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe"):  # LibMoE's losses; DeepSpeed-MoE trains with its own gate
+    if moe.get("router") in ("smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe"):  # LibMoE's losses; DeepSpeed-MoE trains with its own gate
         raise UnknownArchitecture(f"the moe-llava layout has no LibMoE {moe.get('router')} router; write it with --tgt-fmt hf or internal")
     if moe.get("style") == "shared":
         raise UnknownArchitecture(

@@ -59,6 +59,12 @@ def cast(ckpt: Checkpoint, dtype: str) -> Checkpoint:
 def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwrite: bool = False, shard_size: str | int = "5GB",
                      progress: Callable[[int], None] | None = None, llava_vision_tower: str | None = None) -> None:
     writer = formats.get(tgt_fmt)
+    if ckpt.spec.multiscale and not getattr(writer, "MULTISCALE", False):
+        from ..errors import UnknownArchitecture
+
+        raise UnknownArchitecture(f"the {tgt_fmt} layout cannot express S² multi-scale image features (vision_scales "
+                                  f"{ckpt.spec.vision_scales}: the tower also runs on upscaled crops and the projector reads "
+                                  f"{len(ckpt.spec.vision_scales)}x its width); write internal or libmoe")
     shard_bytes = parse_size(shard_size)
     out = Path(out)
     source = ckpt.path if ckpt.path and Path(ckpt.path).exists() else None
@@ -83,10 +89,12 @@ def convert(
     on_start: Callable[[Checkpoint], None] | None = None,
     moe: dict[str, Any] | None = None,
     moe_experts_from: list[str | Path] | None = None,
+    add_image_token: bool = False,
 ) -> ConversionResult:
     """Convert ``src`` to ``tgt_fmt`` at ``out``. Bit-exact unless ``dtype`` asks otherwise.
     With ``moe``, a plain causal LM (Llama, Mistral, Qwen2, Phi-3) becomes a Mixtral / Qwen2-MoE LLM
-    folder, and ``moe_experts_from`` builds its experts from several fine-tuned LLMs (mmzoo.converters.llm)."""
+    folder, and ``moe_experts_from`` builds its experts from several fine-tuned LLMs (mmzoo.converters.llm).
+    ``add_image_token``: give a source without an ``<image>`` token one (the hf target always does)."""
     formats.get(tgt_fmt)  # fail on an unknown target before reading anything
     if dtype not in DTYPES:
         raise MmzooError(f"invalid --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
@@ -107,7 +115,7 @@ def convert(
         ckpt = upcycle(ckpt, **moe)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mmzoo-tokenizer-") as scratch:
-        if tgt_fmt == "hf":  # transformers' Llava needs an image token; LLaVA-repo checkpoints have none
+        if tgt_fmt == "hf" or add_image_token:  # transformers' Llava needs an image token; LLaVA-repo checkpoints have none
             note = ensure_image_token(ckpt, Path(scratch))
             notes += [note] if note else []
         if on_start is not None:

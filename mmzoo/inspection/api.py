@@ -34,6 +34,7 @@ def inspect(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
         "text": llm_name(spec),
         "text_model_type": spec.text_type,  # the config class it loads with
         "projector": spec.projector_type,
+        "vision_scales": spec.vision_scales,  # S² multi-scale image features when not [1]
         "parameters": sum(by_component.values()),
         "parameters_by_component": {c: by_component.get(c, 0) for c in COMPONENTS},
         "tensors": len(ckpt.tensors),

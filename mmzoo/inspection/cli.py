@@ -35,6 +35,8 @@ def inspect(
     table.add_row("format", info["format"])
     table.add_row("vision", f"{info['vision']} ({info['layers']['vision']} layers, hidden {info['hidden_size']['vision']})")
     table.add_row("projector", info["projector"])
+    if info["vision_scales"] != [1]:
+        table.add_row("image features", f"S² multi-scale, scales {info['vision_scales']} (projector reads {len(info['vision_scales'])}x the tower's width)")
     loads_as = f", loads as {info['text_model_type']}" if info["text_model_type"] != info["text"] else ""
     table.add_row("text", f"{info['text']} ({info['layers']['text']} layers, hidden {info['hidden_size']['text']}{loads_as})")
     table.add_row("parameters", f"{info['parameters']:,} (" + ", ".join(f"{k} {v:,}" for k, v in info["parameters_by_component"].items()) + ")")

@@ -13,7 +13,14 @@ def llava_config(spec) -> Any:
 
     from ..converters.hf import config_dict
 
-    return LlavaConfig.from_dict(config_dict(spec))
+    return with_vision_scales(LlavaConfig.from_dict(config_dict(spec)), spec)
+
+
+def with_vision_scales(config, spec):
+    """The model config carries S² scales (``multiscale.py`` reads them); no hf config.json does."""
+    if spec.multiscale:
+        config.vision_scales = list(spec.vision_scales)
+    return config
 
 
 def state_dict_for(ckpt) -> dict[str, Any]:

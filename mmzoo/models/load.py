@@ -37,14 +37,17 @@ def load_model(path: str | Path, *, dtype: str | None = None, attn_implementatio
 
 
 def model_from_checkpoint(ckpt, *, attn_implementation: str = "sdpa"):
+    from .multiscale import model_class
+
     config = llava_config(ckpt.spec)
     state = state_dict_for(ckpt)
-    model = build_empty(config, dominant_dtype(state), attn_implementation)
+    model = build_empty(config, dominant_dtype(state), attn_implementation, cls=model_class(None, ckpt.spec.vision_scales))
     return load_state(model, state, config, ckpt.path).eval()
 
 
 def load_processor(path: str | Path):
-    """The LlavaProcessor (tokenizer + PIL image processor) of a checkpoint in any format."""
+    """The LlavaProcessor (tokenizer + PIL image processor) of a checkpoint in any format (padding images to squares
+    first for checkpoints trained so: ``square_images.py``)."""
     import json
     import tempfile
 
@@ -54,9 +57,11 @@ def load_processor(path: str | Path):
     from ..converters.common import copy_files, write_json
     from ..converters.hf import processor_config
 
+    from .square_images import with_square_padding
+
     ckpt = read_checkpoint(path)
     if ckpt.format == "hf":  # the processor never needs the folder's remote MoE modeling code
-        return AutoProcessor.from_pretrained(str(path), trust_remote_code=False)
+        return with_square_padding(AutoProcessor.from_pretrained(str(path), trust_remote_code=False), ckpt.spec)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         copy_files(ckpt.tokenizer_files, folder)
@@ -64,4 +69,4 @@ def load_processor(path: str | Path):
             write_json(folder / "preprocessor_config.json", ckpt.image_processor)
         write_json(folder / "processor_config.json", processor_config(ckpt))
         (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
-        return AutoProcessor.from_pretrained(tmp)
+        return with_square_padding(AutoProcessor.from_pretrained(tmp), ckpt.spec)  # LibMoE's checkpoints pad images to squares

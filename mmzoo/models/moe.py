@@ -43,6 +43,7 @@ def _builtin_model(ckpt, attn_implementation: str):
     import torch
 
     from .build import build_empty, dominant_dtype, llava_config, load_state
+    from .multiscale import model_class
 
     config = llava_config(ckpt.spec)
     text = ckpt.component("text_model.")
@@ -64,18 +65,20 @@ def _builtin_model(ckpt, attn_implementation: str):
         prefix = f"model.language_model.layers.{layer}.mlp.experts."
         state[prefix + "gate_up_proj"] = torch.stack([torch.cat([materialize(p["gate_proj"]), materialize(p["up_proj"])], 0) for p in parts])
         state[prefix + "down_proj"] = torch.stack([materialize(p["down_proj"]) for p in parts])
-    model = build_empty(config, dominant_dtype(state), attn_implementation)
+    model = build_empty(config, dominant_dtype(state), attn_implementation, cls=model_class(None, ckpt.spec.vision_scales))
     return load_state(model, state, config, ckpt.path)
 
 
 def _mmzoo_model(ckpt, attn_implementation: str):
     """The remote-code class, from the config.json an hf folder of this checkpoint would have."""
     from ..converters.hf import config_dict
-    from .build import build_empty, dominant_dtype, load_state, state_dict_for
+    from .build import build_empty, dominant_dtype, load_state, state_dict_for, with_vision_scales
+    from .multiscale import model_class
     from ..upcycle.remote import hf_config
     from ..upcycle.remote.modeling_mmzoo_moe import MmzooMoeLlavaConfig, MmzooMoeLlavaForConditionalGeneration
 
-    config = MmzooMoeLlavaConfig.from_dict(hf_config(ckpt, config_dict(ckpt.spec)))
+    config = with_vision_scales(MmzooMoeLlavaConfig.from_dict(hf_config(ckpt, config_dict(ckpt.spec))), ckpt.spec)
     state = state_dict_for(ckpt)
-    model = build_empty(config, dominant_dtype(state), attn_implementation, cls=MmzooMoeLlavaForConditionalGeneration)
+    cls = model_class(MmzooMoeLlavaForConditionalGeneration, ckpt.spec.vision_scales)
+    model = build_empty(config, dominant_dtype(state), attn_implementation, cls=cls)
     return load_state(model, state, config, ckpt.path)

@@ -81,6 +81,8 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
         "text": any(trains.values()),
     }
     vision_positions = _find(model, "vision_tower").embeddings.position_embedding.num_embeddings
+    # S² features (mmzoo/models/multiscale.py): the tower sees every image once per scale, in scale² crops
+    crops = images * sum(s * s for s in getattr(config, "vision_scales", [1]))
     patches = (vision_cfg.image_size // vision_cfg.patch_size) ** 2
     strategy = getattr(config, "vision_feature_select_strategy", "default")
     projector_rows = images * (vision_positions - (1 if strategy == "default" else 0))
@@ -95,7 +97,7 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
         part = _component(name)
         if isinstance(module, torch.nn.Conv2d):  # the patch embedding: pixels never need a gradient
             kernel = module.kernel_size[0] * module.kernel_size[1]  # shapes from the module: ZeRO-3 empties .weight
-            forward = 2 * images * patches * module.in_channels * kernel * module.out_channels
+            forward = 2 * crops * patches * module.in_channels * kernel * module.out_channels
             flops[part] += forward * (2 if module.weight.requires_grad else 1)
             continue
         if isinstance(module, torch.nn.MultiheadAttention):  # SigLIP's pooling head: one probe query per image
@@ -109,7 +111,7 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
             flops[part] += 2 * images * module.in_features * module.out_features
             continue
         if part == "vision":
-            rows, layer = images * vision_positions, _vision_layer(name)
+            rows, layer = crops * vision_positions, _vision_layer(name)
             in_graph = layer is None or layer < used_layers
             input_grad = grad_flows["vision"] and in_graph
         elif part == "projector":
@@ -121,7 +123,7 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
         forward = 2 * rows * module.in_features * module.out_features
         flops[part] += forward * (1 + int(input_grad) + int(module.weight.requires_grad and in_graph))
 
-    vision_attention = 4 * images * vision_positions**2 * _attention_width(vision_cfg)
+    vision_attention = 4 * crops * vision_positions**2 * _attention_width(vision_cfg)
     flops["vision"] += vision_attention * (layers + (2 * used_layers if grad_flows["vision"] else 0))
     squares = sum(n * n for n in attention_lengths) if attention_lengths else sequences * seq_len**2
     text_attention = 4 * squares * _attention_width(text_cfg) * text_cfg.num_hidden_layers

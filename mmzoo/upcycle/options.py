@@ -12,8 +12,8 @@ TARGETS = ("text", "vision", "projector")
 DEFAULT_AUX = 0.01  # MoE-LLaVA / Mixtral-style load balancing
 DEFAULT_MODALITY_AUX = 0.001  # MoIIE: per modality
 DEFAULT_Z_LOSS = 0.001  # LibMoE's scripts: --balance_loss_coef 0.01 --router_z_loss_coef 0.001
-ROUTERS = ("softmax_topk", "smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
-LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
+ROUTERS = ("softmax_topk", "smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
 SHARED_E = ("sharede_v2", "sharede_v3")  # a shared expert mixed 0.5 / 0.5 with the routed ones, no gate
 
 MAX_EXPERTS = 4096
@@ -25,8 +25,8 @@ class UpcycleOptions(BaseModel):
     num_experts: int = 4
     top_k: int = 2
     style: Literal["mixtral", "shared", "modality"] = "mixtral"
-    # LibMoE's SMoE / XMoE / SharedE-V2 / SharedE-V3, with LibMoE's balance + z-loss
-    router: Literal["softmax_topk", "smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp"] = "softmax_topk"
+    # LibMoE's SMoE / XMoE / sigmoid gating / SharedE-V2 / SharedE-V3 / TC-MoE / MoE++, with LibMoE's balance + z-loss
+    router: Literal["softmax_topk", "smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe", "moepp"] = "softmax_topk"
     router_z_loss_coef: float | None = None  # smoe / xmoe; default 0.001 (LibMoE's training scripts)
     layers: str | list[int] = "all"  # all | even | odd | "0,3,5" | [0, 3, 5]
     targets: tuple[Literal["text", "vision", "projector"], ...] = ("text",)
@@ -115,7 +115,7 @@ def parse_options(**options) -> UpcycleOptions:
     if opts.router == "xmoe" and opts.num_experts < 2:
         raise UpcycleError("--moe-router xmoe needs at least 2 experts (its router works in E/2 dimensions)")
     if opts.router_z_loss_coef is not None and (opts.router not in LIBMOE_ROUTERS or opts.router_z_loss_coef < 0):
-        raise UpcycleError("--router-z-loss-coef is a non-negative weight of the LibMoE routers (--moe-router smoe, xmoe, sharede_v2, sharede_v3, tcmoe, moepp)")
+        raise UpcycleError("--router-z-loss-coef is a non-negative weight of the LibMoE routers (--moe-router smoe, xmoe, sigmoid, sharede_v2, sharede_v3, tcmoe, moepp)")
     if opts.hidden_router and not opts.router_prompts:
         raise UpcycleError(f"--router-init {opts.router_init} needs --router-prompts FILE (each expert's prompts)")
     if opts.router_prompts and not opts.hidden_router:

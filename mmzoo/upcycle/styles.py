@@ -231,9 +231,10 @@ def upcycle_checkpoint(ckpt: Checkpoint, opts: UpcycleOptions) -> Checkpoint:
     sites = [("text", f"text_model.model.layers.{i}.mlp.", text_cfg["hidden_size"]) for i in text_layers]
     sites += [("vision", f"image_model.encoder.layers.{i}.mlp.", vision_cfg["hidden_size"]) for i in vision_layers]
     if "projector" in opts.targets:
-        sites.append(("projector", "projector.", vision_cfg["hidden_size"]))
+        sites.append(("projector", "projector.", spec.projector_in_features))
     for target, prefix, hidden in sites:
-        expand_site(tensors, prefix, target, hidden, dense_mlp_names(target, text_cfg, vision_cfg), opts, hf_arch, where=ckpt.path,
+        expand_site(tensors, prefix, target, hidden, dense_mlp_names(target, text_cfg, vision_cfg, spec.projector_in_features),
+                    opts, hf_arch, where=ckpt.path,
                     out_dim=site_out_dim(target, text_cfg, vision_cfg))
 
     layout = layout_for(opts, text_layers, vision_layers, hf_arch, why, spec.text_type)

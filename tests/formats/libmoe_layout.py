@@ -39,6 +39,17 @@ def use_hub_cache_with_siglip(cache: Path, monkeypatch) -> Path:
     return cache
 
 
+def folder_tensors(folder: Path) -> dict:
+    """Every tensor of a folder's safetensors shards, by name."""
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
 def _moe_site(prefix: str, dense: dict, hidden: int, moe_name: str, num_experts: int, num_selected: int, gen, projector: bool) -> dict:
     """A LibMoE MoE layer's tensors: experts (copies of the dense MLP with a little noise each, as after training)
     and the router of ``moe_name``."""
@@ -59,12 +70,17 @@ def _moe_site(prefix: str, dense: dict, hidden: int, moe_name: str, num_experts:
         out[prefix + "gate_transform.weight"] = torch.randn(rows, rows, generator=gen) * 0.02
         out[f"{prefix}experts.{num_experts + 1}.constant"] = torch.randn(hidden, generator=gen) * 0.002
         out[f"{prefix}experts.{num_experts + 1}.wg.weight"] = torch.randn(2, hidden, generator=gen) * 0.02
-    out[prefix + "gate.weight"] = torch.randn(rows, hidden, generator=gen) * 0.02
+    out[prefix + "gate.weight"] = torch.randn(rows, hidden, generator=gen) * 0.02  # XMoE: MoeLayer's gate, saved but unused
+    if moe_name == "xmoe":  # xmoe.py: the router is inp_reduction [E/2, hidden] + expert_embeddings [E, E/2] on the layer
+        out[prefix + "inp_reduction.weight"] = torch.randn(num_experts // 2, hidden, generator=gen) * 0.2
+        out[prefix + "expert_embeddings"] = torch.randn(num_experts, num_experts // 2, generator=gen) * 0.02
     return out
 
 
 def build_libmoe(out: Path, *, moe_name: str = "smoe", num_experts: int = 4, num_selected: int = 2, clip_smoe: bool = True,
-                 mlp_smoe: bool = True, dtype: str = "bfloat16", seed: int = 0) -> Path:
+                 mlp_smoe: bool = True, dtype: str = "bfloat16", seed: int = 0, scales: tuple[int, ...] = (1,)) -> Path:
+    """A LibMoE folder; ``scales`` (1, 3) is the S² setting of LibMoE's published runs (the projector reads
+    len(scales) x the tower's width)."""
     import torch
     from safetensors.torch import save_file
     from transformers import Phi3ForCausalLM, SiglipVisionConfig, SiglipVisionModel
@@ -101,16 +117,17 @@ def build_libmoe(out: Path, *, moe_name: str = "smoe", num_experts: int = 4, num
             tensors.update(_moe_site(f"model.vision_tower.vision_model.encoder.layers.{layer}.moelayer.", dense, hidden, moe_name,
                                      num_experts, num_selected, gen, projector=False))
     text_hidden = config["hidden_size"] = text.config.hidden_size
-    projector = {"0.weight": torch.randn(text_hidden, hidden, generator=gen) * 0.1, "0.bias": torch.randn(text_hidden, generator=gen) * 0.1,
+    projector_in = hidden * len(scales)
+    projector = {"0.weight": torch.randn(text_hidden, projector_in, generator=gen) * 0.1, "0.bias": torch.randn(text_hidden, generator=gen) * 0.1,
                  "2.weight": torch.randn(text_hidden, text_hidden, generator=gen) * 0.1, "2.bias": torch.randn(text_hidden, generator=gen) * 0.1}
     if mlp_smoe:
-        tensors.update(_moe_site("model.mm_projector.moelayer.", projector, hidden, moe_name, num_experts, num_selected, gen, projector=True))
+        tensors.update(_moe_site("model.mm_projector.moelayer.", projector, projector_in, moe_name, num_experts, num_selected, gen, projector=True))
     else:
         tensors.update({"model.mm_projector." + k: v for k, v in projector.items()})
     torch_dtype = getattr(torch, dtype)
     save_file({k: v.to(torch_dtype).contiguous() for k, v in sorted(tensors.items())}, out / "model.safetensors", metadata={"format": "pt"})
     config.update(
-        moe_name=moe_name, num_experts=num_experts, num_selected=num_selected, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe,
+        scales=list(scales), moe_name=moe_name, num_experts=num_experts, num_selected=num_selected, clip_smoe=clip_smoe, mlp_smoe=mlp_smoe,
         mm_projector_type="moe" if mlp_smoe else "mlp2x_gelu", mm_hidden_size=hidden, vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         num_hidden_layers=text.config.num_hidden_layers, intermediate_size=text.config.intermediate_size, torch_dtype=dtype,

@@ -6,18 +6,12 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import torch
-from libmoe_layout import build_libmoe, use_hub_cache_with_siglip
+from libmoe_layout import build_libmoe
 from moe_training import train_moe_briefly
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    return use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
 
 
 def test_converted_libmoe_checkpoint_continues_training_and_exports_back(tmp_path, hub_cache):

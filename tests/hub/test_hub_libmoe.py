@@ -10,7 +10,7 @@ import torch
 from hub_helpers import WRITE_TOKEN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
-from libmoe_layout import build_libmoe, use_hub_cache_with_siglip  # noqa: E402
+from libmoe_layout import build_libmoe, folder_tensors, use_hub_cache_with_siglip  # noqa: E402
 
 from mmzoo.hub import api as hub  # noqa: E402
 
@@ -22,21 +22,11 @@ def libmoe_repo(server, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
     use_hub_cache_with_siglip(tmp_path / "hub-cache", monkeypatch)
-    folder = build_libmoe(tmp_path / "published", moe_name="smoe_plus_plus")
+    folder = build_libmoe(tmp_path / "published", moe_name="smoe_plus_plus", scales=(1, 3))  # S², as LibMoE's published runs
     api = HfApi(endpoint=server.url, token=WRITE_TOKEN)
     api.create_repo("alice/Phi3.5-Siglip-smoe_plus_plus-tiny")
     api.upload_folder(repo_id="alice/Phi3.5-Siglip-smoe_plus_plus-tiny", folder_path=str(folder))
     return folder
-
-
-def _tensors(folder: Path) -> dict:
-    from safetensors import safe_open
-
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def test_pull_libmoe_and_convert(server, libmoe_repo, tmp_path):
@@ -45,10 +35,10 @@ def test_pull_libmoe_and_convert(server, libmoe_repo, tmp_path):
     got = hub.pull("alice/Phi3.5-Siglip-smoe_plus_plus-tiny", tmp_path / "internal", tgt_fmt="internal")
     assert got["converted"] and got["source_format"] == "libmoe" and got["format"] == "internal"
     ckpt = read_checkpoint(tmp_path / "internal")
-    assert ckpt.spec.moe["router"] == "moepp" and ckpt.spec.moe["vision_layers"] == [0, 1, 2]
+    assert ckpt.spec.moe["router"] == "moepp" and ckpt.spec.moe["vision_layers"] == [0, 1, 2] and ckpt.spec.vision_scales == [1, 3]
     plain = hub.pull("alice/Phi3.5-Siglip-smoe_plus_plus-tiny", tmp_path / "as-published")
     assert plain["format"] == "libmoe" and not plain["converted"]
     back = tmp_path / "back"
     convert(tmp_path / "internal", back, tgt_fmt="libmoe", verify=True)
-    original, again = _tensors(libmoe_repo), _tensors(back)
+    original, again = folder_tensors(libmoe_repo), folder_tensors(back)
     assert sorted(original) == sorted(again) and all(torch.equal(again[k], v) for k, v in original.items())

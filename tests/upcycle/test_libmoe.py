@@ -1,4 +1,4 @@
-"""LibMoE's SMoE, XMoE, SharedE-V2 and SharedE-V3 (``--moe-router smoe|xmoe|sharede_v2|sharede_v3``) with
+"""LibMoE's SMoE, XMoE, sigmoid gating, SharedE-V2 and SharedE-V3 (``--moe-router smoe|xmoe|sigmoid|sharede_v2|sharede_v3``) with
 LibMoE's balance + router z-loss.
 
 Dense-equivalent at init in every format that holds them (internal, hf with mmzoo's remote code), the
@@ -48,7 +48,7 @@ def libmoe_loss(raw: torch.Tensor, scaled: torch.Tensor, balance_coef: float, z_
 
 
 ALL = ("text", "vision", "projector")
-CASES = [(r, style, t) for r in ("smoe", "xmoe") for style, t in (("mixtral", ("text",)), ("shared", ("text",)), ("mixtral", ALL))]
+CASES = [(r, style, t) for r in ("smoe", "xmoe", "sigmoid") for style, t in (("mixtral", ("text",)), ("shared", ("text",)), ("mixtral", ALL))]
 CASES += [(r, "shared", t) for r in ("sharede_v2", "sharede_v3") for t in (("text",), ALL)]
 
 
@@ -87,7 +87,7 @@ def test_libmoe_routers_are_dense_equivalent_and_their_aux_loss_is_libmoes(dense
     assert torch.allclose(result["aux_loss"].float(), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("router", ["smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe"])
+@pytest.mark.parametrize("router", ["smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe"])
 def test_libmoe_hf_uses_remote_code_and_reads_back(dense, out, router):
     from transformers import AutoModelForImageTextToText
 

@@ -29,6 +29,8 @@ their probabilities; it trains with the same two losses (z-loss on the cosine sc
 ``router: sharede_v2`` / ``sharede_v3`` (LibMoE's SharedE, ``shard_smoe.py`` / ``shard_smoe_v3.py``; style
 ``shared``): output = 0.5 * shared_expert(x) + 0.5 * routed, no gate; V3 chooses and weighs the top-k by
 sigmoid(router logits), renormalised. Both train with the same two losses over the routed experts.
+``router: sigmoid`` (LibMoE's ``smoe_sigmoidgating.py``): V3's sigmoid top-k and renormalised weights without a
+shared expert; SMoE's losses.
 ``router: tcmoe`` (LibMoE's TC-MoE, ``moe_tcmoe.py``): the router scores E experts, E negated copies and
 top_k null experts (see ``_tcmoe_route``); not exactly dense-equivalent at init (the null experts'
 probability stays in the weights' denominator, and a negated copy can win). A token that picks an expert
@@ -72,7 +74,7 @@ class ModalityContext:
     blocks: list = field(default_factory=list)
 
 
-LIBMOE_ROUTERS = ("smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
+LIBMOE_ROUTERS = ("smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe", "moepp")
 SHARED_E = ("sharede_v2", "sharede_v3")
 # MoE++'s balance loss weighs this column by 1.3 (LibMoE's ``t[:, 4] = 1.3``: the zero expert when E = 4)
 MOEPP_WEIGHTED_COLUMN, MOEPP_COLUMN_WEIGHT = 4, 1.3
@@ -101,7 +103,7 @@ class ConstantExpert(nn.Module):
 
 class UnusedWeight(nn.Module):
     """A tensor LibMoE's MoE++ layer creates and saves but never uses in its forward (``gate_transform``, the
-    gating-residual projection of the MoE++ paper): kept as a buffer so checkpoints round-trip it bit for
+    gating-residual projection of the MoE++ paper; its XMoE layer's inherited ``gate``): kept as a buffer so checkpoints round-trip it bit for
     bit and training never sees it as a parameter without a gradient."""
 
     def __init__(self, rows: int, cols: int):
@@ -159,6 +161,8 @@ class MoeBlock(nn.Module):
         self.plus_plus = self.router == "moepp" and last_linear_out(dense) == hidden
         if self.router == "xmoe":
             self.gate = XmoeGate(hidden, num_experts)
+            if layout.get("unused_gate"):  # read from LibMoE: its XMOE inherits MoeLayer's gate Linear, saved, never used
+                self.unused_gate = UnusedWeight(num_experts, hidden)
         elif self.router == "tcmoe":  # TC-MoE: E positive, E negated copies, top_k null experts
             self.gate = nn.Linear(hidden, 2 * num_experts + top_k, bias=False)
         elif self.plus_plus:  # MoE++: E FFN experts, a zero expert (index E) and a constant expert (E + 1)
@@ -221,7 +225,7 @@ class MoeBlock(nn.Module):
             top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
         if self.router == "tcmoe":
             pass
-        elif self.router == "sharede_v3":  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
+        elif self.router in ("sharede_v3", "sigmoid"):  # chosen and weighted by sigmoid scores (the balance loss still uses the softmax)
             top_w, top_i = torch.topk(torch.sigmoid(logits), self.top_k, dim=-1)
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         elif self.router == "xmoe":  # LibMoE's _keepTopk: a softmax over the chosen probabilities
@@ -359,7 +363,9 @@ def install_moe(model: LlavaForConditionalGeneration, layout: dict[str, Any], *,
         if block.mlp.router in LIBMOE_ROUTERS:  # LibMoE's SigLIP/CLIP SMoE tower returns the MEAN of its layers' losses
             block.mlp.loss_scale = 1.0 / len(vision_layers)
     if "projector" in (layout.get("targets") or []):
-        inner.multi_modal_projector = MoeBlock(inner.multi_modal_projector, hidden=vision_hidden, modality="image", **common)
+        # the router reads what the projector reads (wider than the tower with S² multi-scale features)
+        projector_in = inner.multi_modal_projector.linear_1.in_features
+        inner.multi_modal_projector = MoeBlock(inner.multi_modal_projector, hidden=projector_in, modality="image", **common)
     context.blocks = moe_blocks(model)
     return context
 

@@ -223,5 +223,6 @@ def test_refusals(ws, pairs, tmp_path, capsys):
     params.write_text(yaml.safe_dump(_config(ws, pairs, "pref-vocab", reference=str(other))))
     from cli_helpers import cli_error
 
+    capsys.readouterr()  # build_llava's progress bars
     line = cli_error(capsys, "train", "--params", str(params))  # exit code 2, one line on stderr
     assert line.startswith("mmzoo: error:") and "reference's tokenizer differs" in line, line

@@ -9,6 +9,64 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# One intra-op thread per process, in the tests and in every process they start (side environments, CLI
+# subprocesses, training workers): the models are tiny, so a second thread only adds synchronisation, and
+# `-n 2` already runs two workers on 2 cores (a LLaVA eval script generating 1024 tokens took 49.6 s of CPU with
+# torch's default threads and 19.7 s with one). Set before anything imports torch, which reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# How `python -m pytest -n 2` (pytest-xdist) splits the suite between its workers. xdist's default hands out
+# single tests, so a session or module fixture (tiny models, preprocessed data, DeepSpeed runs) is built on both
+# workers whenever a file's tests land on both; here whole files go to one worker (--dist loadfile, unless another
+# --dist is given), the files that read one expensive session fixture go to the same worker, and the longest
+# files start first, so the workers finish together (a long file handed out last leaves the other worker idle).
+SAME_WORKER = {  # file -> the file whose worker runs it: both read tests/train's shared 2-process runs
+    "tests/train/test_train_launchers.py": "tests/train/test_train_multi.py",
+    "tests/train/test_tracking.py": "tests/train/test_train_multi.py",
+}
+LONGEST_FIRST = (  # measured with --durations on 2 cores (README, Development); files not named follow in order
+    "tests/train/test_train_multi.py",  # with the two files above
+    "tests/upcycle/test_libmoe_train.py",
+    "tests/genuine/test_genuine_configs.py",
+    "tests/train/test_distill.py",
+    "tests/train/test_preference_stage.py",
+)
+
+
+def _file_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return SAME_WORKER.get(path, path)
+
+
+def _start_rank(nodeid: str) -> int:
+    file = _file_of(nodeid)
+    return LONGEST_FIRST.index(file) if file in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    if getattr(config.option, "numprocesses", None) and config.option.dist == "no":
+        config.option.dist = "loadfile"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: _start_rank(item.nodeid))  # stable: the order within a file stays
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.option.dist != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _file_of(nodeid)
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST, not xdist's most-tests-first
+    return FileScheduling(config, log)
 
 
 class TinyCheckpoints:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from train_helpers import TwoProcessRuns
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -56,3 +58,10 @@ def ws(tmp_path_factory) -> Workspace:
     convert(hf, moe, tgt_fmt="internal", moe=dict(num_experts=4, top_k=2, style="modality", layers="all",
                                                     router_aux_loss_coef=0.01, vision_aux_loss_coef=0.02))
     return Workspace(root, hf, moe, images, data)
+
+
+
+@pytest.fixture(scope="session")
+def two_process_runs(ws) -> TwoProcessRuns:
+    """The shared 2-process run of each ZeRO stage (train_helpers.TwoProcessRuns), trained on first use."""
+    return TwoProcessRuns(ws)

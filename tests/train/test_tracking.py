@@ -179,18 +179,14 @@ def test_resume_continues_the_same_tracker_runs(ws, monkeypatch):
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
 
 
-def test_two_processes_log_once_from_rank_0(ws, monkeypatch):
-    """`mmzoo train --nproc 2`: one TensorBoard writer, one wandb run, one MLflow run, with the summed metrics."""
-    from train_helpers import metrics, run_mmzoo
+def test_two_processes_log_once_from_rank_0(two_process_runs, monkeypatch):
+    """`mmzoo train --nproc 2`: one TensorBoard writer, one wandb run, one MLflow run, with the summed metrics
+    (the session's shared ZeRO-1 run reports to all three: train_helpers.TWO_PROCESS_SECTIONS)."""
+    from train_helpers import metrics
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = ws.write("tracked-2proc", train={"report_to": ["tensorboard", "wandb", "mlflow"], "max_steps": 2, "save_every": 2})
-    proc = run_mmzoo("train", "--params", str(params), "--nproc", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = ws.root / "runs" / "tracked-2proc"
+    out = two_process_runs[1]
     expected = {r["step"]: r["loss"] for r in metrics(out)}
-    assert sorted(expected) == [1, 2]
+    assert sorted(expected) == [1, 2, 3, 4]
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     assert {row["_step"]: row["loss"] for row in wandb_history(run_dir)[0]} == pytest.approx(expected, rel=1e-9)

@@ -1,7 +1,8 @@
 """The launchers mmzoo builds, run for real on this machine: the DeepSpeed launcher on one node, and two
 "nodes" on localhost (two `mmzoo train --node-rank` commands started side by side, as a scheduler starts
 one per machine) through torchrun's static rendezvous and through the DeepSpeed launcher with --no_ssh.
-World size 2 everywhere, so each must reproduce the 2-process torchrun run of test_train_multi exactly."""
+World size 2 everywhere, so each must reproduce the session's 2-process torchrun run of the same config (the
+ZeRO-2 one of test_train_multi, conftest.py: two_process_runs) exactly."""
 from __future__ import annotations
 
 import subprocess
@@ -9,18 +10,18 @@ import subprocess
 import pytest
 
 from cli_helpers import free_port, mmzoo_command
-from train_helpers import metrics, mmzoo_env, run_mmzoo
+from train_helpers import metrics, mmzoo_env, run_mmzoo, two_process_sections
 
 KEYS = ("step", "loss", "lm_loss", "lr", "grad_norm", "tokens")
 
 
+SECTIONS = two_process_sections(2)  # the config of the reference run, for every launcher
+
+
 @pytest.fixture(scope="module")
-def reference(ws):
+def reference(two_process_runs):
     """The same run through torchrun, one node, two processes."""
-    params = ws.write("launch-ref", train={"max_steps": 3, "save_every": 2})
-    proc = run_mmzoo("train", "--params", str(params), "--nproc", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return ws.root / "runs" / "launch-ref"
+    return two_process_runs[2]
 
 
 def _curve(run):
@@ -28,7 +29,7 @@ def _curve(run):
 
 
 def test_deepspeed_launcher_one_node(ws, reference):
-    params = ws.write("launch-ds", train={"max_steps": 3, "save_every": 2})
+    params = ws.write("launch-ds", **SECTIONS)
     proc = run_mmzoo("train", "--params", str(params), "--nproc", "2", "--launcher", "deepspeed",
                      "--master-port", str(free_port()))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,7 +38,7 @@ def test_deepspeed_launcher_one_node(ws, reference):
 
 
 def _two_nodes(ws, name: str, *extra: str) -> None:
-    params = ws.write(name, train={"max_steps": 3, "save_every": 2})
+    params = ws.write(name, **SECTIONS)
     nodes = [subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", "1", "--num-nodes", "2",
                                             "--node-rank", str(rank), *extra),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mmzoo_env()) for rank in (0, 1)]

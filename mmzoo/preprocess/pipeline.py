@@ -20,7 +20,7 @@ from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
 from ..io.parents import parents_removed_on_failure
 from .encode import IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo
-from .workers import encode_chunk, init_worker, make_encoder, share_with_forked_workers
+from .workers import encode_chunk, init_worker, make_encoder, share_with_forked_workers, unpack
 from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
@@ -322,9 +322,9 @@ class _Run:
         for chunk in chunks:
             window.append(pool.apply_async(encode_chunk, (chunk,)))
             if len(window) >= 4 * workers:  # bounded: memory stays flat on huge inputs
-                yield window.popleft().get()
+                yield unpack(window.popleft().get())
         while window:
-            yield window.popleft().get()
+            yield unpack(window.popleft().get())
 
     def execute(self, workers: int, console: Any) -> None:
         pool = self._pool(workers)

@@ -4,27 +4,20 @@ A conversation's tokens are its pieces' tokens in order (after the BOS id when t
 with one), with the image token id between two LLaVA chunks; a token is trained when its characters
 overlap an assistant span. Each image token then becomes ``num_image_tokens`` copies.
 
-The per-token work is done once per chunk with numpy (all conversations' ids in one array): per
-conversation only the few Python operations that read the tokenizer's encodings remain. Assembling
+The per-token work is done once per chunk with numpy (all conversations' ids in one array): per piece
+only a few Python operations remain, which note the characters whose tokens are wanted. Assembling
 conversation by conversation, with a handful of numpy calls each, cost more than a tenth of
 preprocessing's CPU time (profiled on 20 000 LLaVA-shaped samples, 2026-11-27).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from .tokenization import token_at
+from .tokenization import Encoded
 
 Piece = tuple[str, list[tuple[int, int]], list[int]]  # text, assistant spans, turn ends (character positions)
-
-
-class Tokenized(NamedTuple):
-    """One conversation's pieces and their encodings (tokenizers Encoding, character shift)."""
-    add_bos: bool
-    pieces: list[Piece]
-    encoded: list[tuple[Any, int]]
 
 
 class Assembled(NamedTuple):
@@ -33,7 +26,7 @@ class Assembled(NamedTuple):
     loss_mask: np.ndarray  # uint8
     bounds: np.ndarray  # int64, one more than conversations
     image_tokens: np.ndarray  # image tokens per conversation before expansion (compared with its images)
-    ends: list[list[int]]  # per conversation: the tokens that end a turn (positions before expansion)
+    ends: list[np.ndarray]  # per conversation: the tokens that end a turn (positions before expansion)
     is_image: np.ndarray  # before expansion
     images_before: np.ndarray  # image tokens before each position (before expansion), one more than positions
     extra: int  # positions each image token gained
@@ -45,38 +38,53 @@ class Assembled(NamedTuple):
         return [int(p + self.extra * self.images_before[p] - start) for p in self.ends[k] if not self.is_image[p]]
 
 
-def assemble(conversations: list[Tokenized], bos_id: int | None, image_id: int, num_image_tokens: int) -> Assembled:
-    ids: list[int] = []
-    starts: list[int] = []
-    firsts: list[int] = []  # trained token ranges [first, stop) in ``ids``
-    stops: list[int] = []
-    ends: list[list[int]] = []
-    for conv in conversations:
-        starts.append(len(ids))
-        if conv.add_bos and bos_id is not None:
-            ids.append(bos_id)
-        conv_ends: list[int] = []
-        for k, ((_, spans, piece_ends), (encoding, shift)) in enumerate(zip(conv.pieces, conv.encoded)):
-            if k:  # the <image> marker between two LLaVA chunks
-                ids.append(image_id)
-            base = len(ids)
-            ids += encoding.ids
-            for start, stop in spans:  # a token is trained when its characters overlap an assistant span
-                first = token_at(encoding, start + shift, stop + shift, 1)
-                if first is not None:
-                    firsts.append(base + first)
-                    stops.append(base + token_at(encoding, stop + shift - 1, start + shift - 1, -1) + 1)
-            for end in piece_ends:  # the token holding a turn's last character ends the turn
-                last = token_at(encoding, end + shift - 1, shift - 1, -1)
-                if last is not None:
-                    conv_ends.append(base + last)
-        ends.append(conv_ends)
-    total = len(ids)
+def assemble(conversations: list[tuple[bool, list[Piece]]], encoded: Encoded, bos_id: int | None, image_id: int,
+             num_image_tokens: int) -> Assembled:
+    """``conversations``: (starts with BOS, pieces) each; ``encoded``: all their pieces, in order."""
+    piece_starts = encoded.starts.tolist()
+    where: list[int] = []  # ids inserted into encoded.ids (BOS, image tokens between pieces): positions, values
+    values: list[int] = []
+    starts: list[int] = []  # each conversation's first token
+    bases: list[int] = []  # each piece's first token
+    spans: list[tuple[int, int, int]] = []  # (piece, start, stop) of each assistant span
+    turn_ends: list[tuple[int, int, int]] = []  # (piece, end, conversation) of each turn end
+    piece = 0
+    for k, (add_bos, pieces) in enumerate(conversations):
+        starts.append(piece_starts[piece] + len(where))
+        if add_bos and bos_id is not None:
+            where.append(piece_starts[piece])
+            values.append(bos_id)
+        for j, (_, piece_spans, piece_ends) in enumerate(pieces):
+            if j:  # the <image> marker between two LLaVA chunks
+                where.append(piece_starts[piece])
+                values.append(image_id)
+            bases.append(piece_starts[piece] + len(where))
+            spans += [(piece, start, stop) for start, stop in piece_spans]
+            turn_ends += [(piece, end, k) for end in piece_ends]
+            piece += 1
+    total = len(encoded.ids) + len(where)
+    arr = np.insert(encoded.ids, np.array(where, dtype=np.int64), np.array(values, dtype=np.int32)) if where else encoded.ids
     bounds = np.array(starts + [total], dtype=np.int64)
-    arr = np.array(ids, dtype=np.int32)
+    base = np.array(bases, dtype=np.int64)
+
+    # a token is trained when its characters overlap an assistant span: from the token holding its first
+    # character (or the next that has one) to the token holding its last (or the one before)
+    span_piece, span_start, span_stop = np.array(spans, dtype=np.int64).reshape(-1, 3).T
+    firsts = encoded.tokens_at(span_piece, span_start, span_stop, 1)
+    lasts = encoded.tokens_at(span_piece, span_stop - 1, span_start - 1, -1)
+    trained = firsts >= 0
     # +1 where a trained range starts, -1 where it stops: the running sum is > 0 inside one (ranges may touch)
-    edges = np.bincount(np.array(firsts, dtype=np.int64), minlength=total + 1) - np.bincount(np.array(stops, dtype=np.int64), minlength=total + 1)
+    edges = (np.bincount((base[span_piece] + firsts)[trained], minlength=total + 1)
+             - np.bincount((base[span_piece] + lasts + 1)[trained], minlength=total + 1))
     loss_mask = (np.cumsum(edges[:total]) > 0).astype(np.uint8)
+
+    # the token holding a turn's last character ends the turn
+    end_piece, end_char, end_conversation = np.array(turn_ends, dtype=np.int64).reshape(-1, 3).T
+    last = encoded.tokens_at(end_piece, end_char - 1, np.full(len(end_piece), -1), -1)
+    found = last >= 0
+    positions = (base[end_piece] + last)[found]
+    ends = np.split(positions, np.searchsorted(end_conversation[found], np.arange(1, len(conversations)), side="left"))
+
     is_image = arr == image_id
     loss_mask[is_image] = 0
     images_before = np.concatenate(([0], np.cumsum(is_image, dtype=np.int64)))  # image tokens before each position

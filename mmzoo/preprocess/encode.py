@@ -18,8 +18,8 @@ from ..io.structured import MAX_TOKENIZER_BYTES, load_json, read_text
 from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from ..checkpoint.locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
-from .assemble import Assembled, Tokenized, assemble, longest_fitting_prefix
-from .tokenization import RESAVED_BY_TRANSFORMERS5, TextTokenizer, resaved_by_transformers5
+from .assemble import Assembled, assemble, longest_fitting_prefix
+from .tokenization import RESAVED_BY_TRANSFORMERS5, Encoded, TextTokenizer, resaved_by_transformers5
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).
 BAD_JSON = "bad_json"
@@ -288,14 +288,10 @@ class Encoder:
         item = _Prepared(Row(0, 0, 0, None), None, images, result.add_bos, pieces, False)
         return self._samples([item], self.tokenizer.encode([piece[0] for piece in pieces]))[0]
 
-    def _samples(self, prepared: list[_Prepared | Rejection], encodings: list[tuple[Any, int]]) -> list[Sample | Rejection]:
-        """Assemble the chunk's conversations together (``encodings``: their pieces' encodings, in order)."""
-        conversations, cursor = [], 0
-        for item in prepared:
-            if isinstance(item, _Prepared):
-                conversations.append(Tokenized(item.add_bos, item.pieces, encodings[cursor: cursor + len(item.pieces)]))
-                cursor += len(item.pieces)
-        assembled = assemble(conversations, self.info.bos_id, self.info.image_token_id, self.settings.num_image_tokens)
+    def _samples(self, prepared: list[_Prepared | Rejection], encoded: Encoded) -> list[Sample | Rejection]:
+        """Assemble the chunk's conversations together (``encoded``: their pieces, in order)."""
+        conversations = [(item.add_bos, item.pieces) for item in prepared if isinstance(item, _Prepared)]
+        assembled = assemble(conversations, encoded, self.info.bos_id, self.info.image_token_id, self.settings.num_image_tokens)
         out: list[Sample | Rejection] = []
         k = 0
         for item in prepared:

@@ -1,8 +1,9 @@
-"""The conversation encoder as it was before the chunk-level assembly (mmzoo/preprocess/assemble.py), kept
-verbatim as the oracle for tests/preprocess/test_fast_path.py: per conversation, ids gathered in Python lists,
-the loss mask, image expansion and truncation done with numpy on each conversation alone
-(mmzoo/preprocess/encode.py at commit e3eff1b). Parsing, validation, rendering and tokenization are mmzoo's own
-(imported): only the assembly is the previous one, so the comparison isolates it."""
+"""The conversation encoder as it was before the fast paths, kept verbatim as the oracle for
+tests/preprocess/test_fast_path.py (mmzoo/preprocess/encode.py at commit e3eff1b): every text tokenized by
+tokenizers' ``encode_batch`` with character offsets (``TextTokenizer.encode_with_offsets``, which is what
+``TextTokenizer.encode`` was), and per conversation, ids gathered in Python lists, the loss mask from the
+offsets, image expansion and truncation done with numpy on that conversation alone. Parsing, validation and
+rendering are mmzoo's own (imported): the comparison is about tokenization and assembly."""
 from __future__ import annotations
 
 from typing import Any
@@ -51,7 +52,7 @@ class PreviousEncoder(Encoder):
             pieces = text_pieces(result.segments, result.llava_chunks)
             rendered.append((row, sample_id, images, result, pieces, cut))
             texts.extend(piece[0] for piece in pieces)
-        encodings = self.tokenizer.encode(texts)
+        encodings = self.tokenizer.encode_with_offsets(texts)
         out: list[Sample | Rejection] = []
         cursor = 0
         for item in rendered:

@@ -1,5 +1,10 @@
 """The fast paths of preprocessing give exactly what the previous code gave, with the real tokenizers.
 
+- Tokenizing without tokenizers' offsets (mmzoo/preprocess/tokenization.py, FromLengths: spaces turned into
+  "▁" by str.replace, ``encode_batch_fast``, each token covering its vocabulary length in characters) gives
+  the ids and, for every character of every text, the token that holds it, that ``encode_batch`` with
+  offsets gives: on llama.cpp's tokenizer test strings and the reference corpus, with the LLaVA-1.5
+  tokenizer in each layout mmzoo reads it from; the tokenizers it does not fit keep the offsets path.
 - Chunk-level assembly (mmzoo/preprocess/assemble.py) against the per-conversation assembly it replaced
   (tests/preprocess/previous_encoder.py), on the 204-sample reference corpus, for every template with a real
   tokenizer of its family, with and without image expansion, truncation, too-long rejections and both image
@@ -21,6 +26,7 @@ from reference_corpus import corpus
 from mmzoo.checkpoint.image_token import add_image_token
 from mmzoo.preprocess.encode import Encoder, Rejection, Row, Sample, Settings, TokenizerInfo
 from mmzoo.preprocess.preference import Pair, PreferenceEncoder
+from mmzoo.preprocess.tokenization import FromLengths, TextTokenizer, WithOffsets
 from mmzoo.preprocess.workers import pack, unpack
 
 TEMPLATES = {  # template: the real tokenizer of its family
@@ -113,3 +119,73 @@ def test_packed_preference_pairs_travel_unchanged(tokenizers, image_root):
     assert [type(r) for r in results] == [Pair] * 20 + [Rejection]
     assert_same(unpack(pack(results)), results)
 
+
+
+def _texts(cases: list[tuple[str, list[int]]]) -> list[str]:
+    """llama.cpp's test strings, and the same after each added token, as rendered conversations hold them."""
+    texts = [text for text, _ in cases]
+    return texts + [token + text for token in ("</s>", "<image>") for text in texts] + [text + "</s>" for text in texts]
+
+
+@pytest.mark.parametrize("layout", ["fast", "slow-only"])
+def test_the_lengths_path_finds_every_character_where_the_offsets_do(layout, tmp_path):
+    """ids equal, and for every character (forward and backward walks alike) the same token."""
+    folder = tmp_path / "tok"
+    add_image_token(rt.llava_v15(fast=layout == "fast"), folder)
+    info = TokenizerInfo.load(folder)
+    tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer)
+    assert tokenizer.char_lengths is not None and tokenizer.manual_prefix
+    cases = rt.llama_cpp_cases("llama-spm")
+    corpus_texts = [t["value"] for s in corpus() for t in s["conversations"]]
+    texts = _texts(cases) + corpus_texts + ["", " ", "▁", "\n", "🐈‍⬛ 👍🏽", "Ünïcödé", "<image>", "</s></s> x"]
+    fast = tokenizer.encode(texts)
+    offsets = WithOffsets(tokenizer.encode_with_offsets(texts))
+    assert isinstance(fast, FromLengths)
+    assert np.array_equal(fast.ids, offsets.ids) and np.array_equal(fast.starts, offsets.starts)
+    # llama.cpp's expected ids (no BOS; the slow tokenizer's dummy prefix as mmzoo adds it)
+    for k, (_, expected) in enumerate(cases):
+        assert fast.ids[fast.starts[k]: fast.starts[k + 1]].tolist() == expected, cases[k][0]
+    text = np.repeat(np.arange(len(texts)), [len(t) for t in texts])
+    char = np.concatenate([np.arange(len(t)) for t in texts])
+    for step in (1, -1):
+        stops = np.array([len(texts[t]) for t in text]) if step == 1 else np.full(len(char), -1)
+        assert np.array_equal(fast.tokens_at(text, char, stops, step), offsets.tokens_at(text, char, stops, step))
+    assert (fast.tokens_at(text, char, char, 1) == -1).all()  # an empty walk finds nothing, as token_at
+
+
+@pytest.mark.parametrize("name", ["phi-3", "llama-3", "qwen2"])
+def test_tokenizers_the_lengths_path_does_not_fit_keep_the_offsets(name, tmp_path):
+    """Phi-3's chat tokens strip the whitespace after them; byte-level BPE has a pre-tokenizer."""
+    add_image_token(rt.REAL_TOKENIZERS[name](), tmp_path / "tok")
+    info = TokenizerInfo.load(tmp_path / "tok")
+    tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer)
+    assert tokenizer.char_lengths is None
+    assert isinstance(tokenizer.encode(["Hello world"]), WithOffsets)
+
+
+def test_a_table_that_does_not_fit_falls_back_to_the_offsets(tmp_path):
+    """Were a token's length ever wrong, the texts' coverage check catches it and the offsets path answers."""
+    folder = tmp_path / "tok"
+    add_image_token(rt.llava_v15(fast=True), folder)
+    info = TokenizerInfo.load(folder)
+    tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer)
+    texts = ["The cat sat.", "Hello world"]
+    good = tokenizer.encode(texts)
+    assert isinstance(good, FromLengths)
+    tokenizer.char_lengths = tokenizer.char_lengths.copy()
+    tokenizer.char_lengths[good.ids[1]] += 1
+    bad = tokenizer.encode(texts)
+    assert isinstance(bad, WithOffsets) and np.array_equal(bad.ids, good.ids)
+
+
+def test_byte_tokens_credited_otherwise_than_by_tokenizers_turn_the_lengths_path_off(tmp_path):
+    """Which byte token of a character tokenizers' offsets name is checked when the tokenizer is built: here the
+    table is made to credit an emoji's second byte token instead of its first (the sums still agree)."""
+    folder = tmp_path / "tok"
+    add_image_token(rt.llava_v15(fast=True), folder)
+    info = TokenizerInfo.load(folder)
+    tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer)
+    assert tokenizer._lengths_agree_with_offsets()
+    vocab = json.loads(info.json_text)["model"]["vocab"]
+    tokenizer.char_lengths[[vocab["<0xF0>"], vocab["<0x9F>"]]] = [0, 1]
+    assert not tokenizer._lengths_agree_with_offsets()

@@ -16,6 +16,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
 from ..io.parents import parents_removed_on_failure
@@ -355,7 +357,7 @@ class _Run:
         done = False
         for side in sides:
             stats["tokens"] += len(side.input_ids)
-            stats["loss_tokens"] += int(side.loss_mask.sum())
+            stats["loss_tokens"] += int(np.count_nonzero(side.loss_mask))  # a mask is 0/1; sum() would upcast first
             stats["truncated"] += int(side.truncated)
             done = self.writer.add(side)  # a shard holds whole pairs, so it can only end after a pair's last side
         if done:

@@ -81,7 +81,7 @@ class TextTokenizer:
         self.added = tuple(t["content"] for t in data.get("added_tokens", []))
         # legacy=True keeps 4.x's behaviour (prefix after special tokens too): the tokenizer as it is.
         self.manual_prefix = not legacy and _drops_dummy_prefix(data)
-        self._offsets_json = json.dumps(data) if self.manual_prefix else json_text
+        self._json_text = json_text
         self._offsets_tokenizer = None if self.manual_prefix else loaded  # loaded when first needed
         self.char_lengths = spaces_and_lengths_path(data)
         if self.char_lengths is not None:
@@ -89,6 +89,18 @@ class TextTokenizer:
             self._lengths_tokenizer = Tokenizer.from_str(json.dumps(data))
             if not self._lengths_agree_with_offsets():
                 self.char_lengths = None
+        if self.char_lengths is None and self._offsets_tokenizer is None:
+            self._offsets_tokenizer = self._load_offsets_tokenizer()
+
+    def _load_offsets_tokenizer(self) -> Any:
+        """The tokenizer with offsets: tokenizer.json as it is, less the dummy prefix when that is added here."""
+        from tokenizers import Tokenizer
+
+        if not self.manual_prefix:
+            return Tokenizer.from_str(self._json_text)
+        data = json.loads(self._json_text)
+        _drops_dummy_prefix(data)
+        return Tokenizer.from_str(json.dumps(data))
 
     def _shifts(self, texts: list[str]) -> list[int]:
         if not self.manual_prefix:
@@ -101,10 +113,8 @@ class TextTokenizer:
         of the encoded string (1 where a "▁" prefix was added here)."""
         if not texts:
             return []
-        if self._offsets_tokenizer is None:
-            from tokenizers import Tokenizer
-
-            self._offsets_tokenizer = Tokenizer.from_str(self._offsets_json)
+        if self._offsets_tokenizer is None:  # the lengths path could not account for a text: not seen so far
+            self._offsets_tokenizer = self._load_offsets_tokenizer()
         shifts = self._shifts(texts)
         encodings = self._offsets_tokenizer.encode_batch([" " + t if s else t for t, s in zip(texts, shifts)], add_special_tokens=False)
         return list(zip(encodings, shifts))

@@ -18,7 +18,8 @@ from ..io.structured import MAX_TOKENIZER_BYTES, load_json, read_text
 from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from ..checkpoint.locate import tokenizer_folder
 from .templates import IMAGE_MARKER, RenderError, Segment, Turn, make_renderer, parse_turns, place_images_like_llava
-from .tokenization import RESAVED_BY_TRANSFORMERS5, TextTokenizer, resaved_by_transformers5, token_at
+from .assemble import Assembled, assemble, longest_fitting_prefix
+from .tokenization import RESAVED_BY_TRANSFORMERS5, Encoded, TextTokenizer, resaved_by_transformers5
 
 # Rejection reasons (stable strings: they are keys of the statistics and of rejected.jsonl).
 BAD_JSON = "bad_json"
@@ -49,6 +50,16 @@ class Sample(NamedTuple):
     loss_mask: np.ndarray  # uint8
     images: list[str]
     truncated: bool
+
+
+class _Prepared(NamedTuple):
+    """A row rendered and split into the pieces to tokenize, waiting for the chunk's batch encode."""
+    row: Row
+    sample_id: str | None
+    images: list[str]
+    add_bos: bool
+    pieces: list[tuple[str, list[tuple[int, int]], list[int]]]
+    cut: bool  # turns were dropped to fit the character budget (--truncate)
 
 
 class Rejection(NamedTuple):
@@ -235,8 +246,8 @@ class Encoder:
                 raise _Reject(SPECIAL_TOKEN_IN_TEXT, f"a {turn.role} turn contains the special token {found.group()!r}", sample_id)
 
     def encode_rows(self, rows: list[Row]) -> list[Sample | Rejection]:
-        """Render all rows, tokenize every text of the chunk in one batch call, then assemble."""
-        rendered: list[tuple[Row, str | None, list[str], Any, list] | Rejection] = []
+        """Render all rows, tokenize every text of the chunk in one batch call, then assemble them together."""
+        prepared: list[_Prepared | Rejection] = []
         texts: list[str] = []
         for row in rows:
             try:
@@ -262,83 +273,54 @@ class Encoder:
                 if not any(s.loss and s.text.strip() for s in result.segments):
                     raise _Reject(EMPTY_ANSWER, "no assistant text to train on", sample_id)
             except _Reject as rej:
-                rendered.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
+                prepared.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
                 continue
             pieces = text_pieces(result.segments, result.llava_chunks)
-            rendered.append((row, sample_id, images, result, pieces, cut))
+            prepared.append(_Prepared(row, sample_id, images, result.add_bos, pieces, cut))
             texts.extend(piece[0] for piece in pieces)
-        encodings = self.tokenizer.encode(texts)
-        out: list[Sample | Rejection] = []
-        cursor = 0
-        for item in rendered:
-            if isinstance(item, Rejection):
-                out.append(item)
-                continue
-            row, sample_id, images, result, pieces, cut = item
-            encoded = encodings[cursor: cursor + len(pieces)]
-            cursor += len(pieces)
-            sample = self._assemble(row, sample_id, images, result.add_bos, pieces, encoded)
-            out.append(sample._replace(truncated=True) if cut and isinstance(sample, Sample) else sample)
-        return out
+        return self._samples(prepared, self.tokenizer.encode(texts))
 
     def encode_turns(self, turns: list[Turn], images: list[str]) -> Sample | Rejection:
         """One parsed conversation encoded exactly as encode_rows encodes a row (rendering, tokenization,
         assembly), without a source row: for a layout that must know where the template puts things."""
         result = self.render(turns)
         pieces = text_pieces(result.segments, result.llava_chunks)
-        return self._assemble(Row(0, 0, 0, None), None, images, result.add_bos, pieces,
-                              self.tokenizer.encode([piece[0] for piece in pieces]))
+        item = _Prepared(Row(0, 0, 0, None), None, images, result.add_bos, pieces, False)
+        return self._samples([item], self.tokenizer.encode([piece[0] for piece in pieces]))[0]
 
-    def _assemble(self, row: Row, sample_id: str | None, images: list[str], add_bos: bool,
-                  pieces: list[tuple[str, list[tuple[int, int]], list[int]]], encoded: list[tuple[Any, int]]) -> Sample | Rejection:
-        image_id, n_img = self.info.image_token_id, self.settings.num_image_tokens
-        # Python lists while assembling, one array per field at the end: a sample has one or two pieces,
-        # and a numpy call per piece and field cost more than the few list operations (profiled).
-        ids: list[int] = [self.info.bos_id] if add_bos and self.info.bos_id is not None else []
-        trained: list[tuple[int, int]] = []  # [first, last + 1) token ranges of assistant text
-        turn_ends: list[int] = []  # the token holding a turn's last character
-        for k, ((text, spans, ends), (encoding, shift)) in enumerate(zip(pieces, encoded)):
-            if k:  # the <image> marker between two LLaVA chunks
-                ids.append(image_id)
-            base = len(ids)
-            ids += encoding.ids
-            # a token is trained when its characters overlap an assistant span
-            for start, stop in spans:
-                first = token_at(encoding, start + shift, stop + shift, 1)
-                if first is not None:
-                    trained.append((base + first, base + token_at(encoding, stop + shift - 1, start + shift - 1, -1) + 1))
-            for end in ends:  # the token holding a turn's last character ends the turn
-                last = token_at(encoding, end + shift - 1, shift - 1, -1)
-                if last is not None:
-                    turn_ends.append(base + last)
-        arr = np.array(ids, dtype=np.int32)
-        loss_mask = np.zeros(len(arr), dtype=np.uint8)
-        for first, stop in trained:
-            loss_mask[first:stop] = 1
-        cut_after = np.zeros(len(arr), dtype=bool)
-        cut_after[turn_ends] = True
-        is_image = arr == image_id
-        n_images = int(is_image.sum())
-        if n_images != len(images):  # a marker glued to other text that the tokenizer did not split
+    def _samples(self, prepared: list[_Prepared | Rejection], encoded: Encoded) -> list[Sample | Rejection]:
+        """Assemble the chunk's conversations together (``encoded``: their pieces, in order)."""
+        conversations = [(item.add_bos, item.pieces) for item in prepared if isinstance(item, _Prepared)]
+        assembled = assemble(conversations, encoded, self.info.bos_id, self.info.image_token_id, self.settings.num_image_tokens)
+        out: list[Sample | Rejection] = []
+        k = 0
+        for item in prepared:
+            if isinstance(item, Rejection):
+                out.append(item)
+            else:
+                out.append(self._sample(item, assembled, k))
+                k += 1
+        return out
+
+    def _sample(self, item: _Prepared, assembled: Assembled, k: int) -> Sample | Rejection:
+        """Conversation ``k`` of the chunk as a sample (views of the chunk's arrays), cut or rejected when too long."""
+        row, sample_id, images = item.row, item.sample_id, item.images
+        if assembled.image_tokens[k] != len(images):  # a marker glued to other text that the tokenizer did not split
             return Rejection(row.index, row.source, row.position, sample_id, IMAGE_COUNT_MISMATCH,
-                             f"{len(images)} image(s) but {n_images} image token(s) after tokenization")
-        loss_mask[is_image] = 0
-        if n_images:  # each image token becomes n_img copies (numpy: no per-token Python work)
-            repeats = np.where(is_image, n_img, 1)
-            arr, loss_mask, cut_after = np.repeat(arr, repeats), np.repeat(loss_mask, repeats), np.repeat(cut_after & ~is_image, repeats)
-        truncated = False
+                             f"{len(images)} image(s) but {assembled.image_tokens[k]} image token(s) after tokenization")
+        start, stop = assembled.bounds[k], assembled.bounds[k + 1]
+        ids, loss_mask, truncated = assembled.input_ids[start:stop], assembled.loss_mask[start:stop], item.cut
         limit = self.settings.max_seq_len
-        if len(arr) > limit:
+        if len(ids) > limit:
             # the longest prefix ending after an assistant turn, with something trained, that fits
-            ends = [e + 1 for e in np.nonzero(cut_after[:limit])[0] if loss_mask[: e + 1].any()]
-            if not self.settings.truncate or not ends:
-                detail = f"{len(arr)} tokens > max_seq_len {limit}" + (" and no turn boundary fits" if self.settings.truncate else "")
+            total = longest_fitting_prefix(loss_mask, assembled.turn_ends(k), limit) if self.settings.truncate else None
+            if total is None:
+                detail = f"{len(ids)} tokens > max_seq_len {limit}" + (" and no turn boundary fits" if self.settings.truncate else "")
                 return Rejection(row.index, row.source, row.position, sample_id, TOO_LONG, detail)
-            total = ends[-1]
-            images = images[: int((arr[:total] == image_id).sum()) // max(n_img, 1)]
-            arr, loss_mask, truncated = arr[:total], loss_mask[:total], True
+            images = images[: int((ids[:total] == self.info.image_token_id).sum()) // max(self.settings.num_image_tokens, 1)]
+            ids, loss_mask, truncated = ids[:total], loss_mask[:total], True
         sid = sample_id if sample_id is not None else f"{row.source}:{row.position}"
-        return Sample(row.index, sid, arr, loss_mask, images, truncated)
+        return Sample(row.index, sid, ids, loss_mask, images, truncated)
 
 
 def text_pieces(segments: list[Segment], llava_chunks: bool) -> list[tuple[str, list[tuple[int, int]], list[int]]]:

@@ -16,11 +16,13 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from ..errors import ConfigError, MmzooError, OutputExists, writing
 from ..io.claim import exclusive_output, refuse_overlap
 from ..io.parents import parents_removed_on_failure
 from .encode import IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo
-from .workers import encode_chunk, init_worker, make_encoder, share_with_forked_workers
+from .workers import encode_chunk, init_worker, make_encoder, share_with_forked_workers, unpack
 from ..io.structured import load_json
 from .sources import check_sources, chunked, iter_rows
 from .templates import TEMPLATES, make_renderer
@@ -322,9 +324,9 @@ class _Run:
         for chunk in chunks:
             window.append(pool.apply_async(encode_chunk, (chunk,)))
             if len(window) >= 4 * workers:  # bounded: memory stays flat on huge inputs
-                yield window.popleft().get()
+                yield unpack(window.popleft().get())
         while window:
-            yield window.popleft().get()
+            yield unpack(window.popleft().get())
 
     def execute(self, workers: int, console: Any) -> None:
         pool = self._pool(workers)
@@ -355,7 +357,7 @@ class _Run:
         done = False
         for side in sides:
             stats["tokens"] += len(side.input_ids)
-            stats["loss_tokens"] += int(side.loss_mask.sum())
+            stats["loss_tokens"] += int(np.count_nonzero(side.loss_mask))  # a mask is 0/1; sum() would upcast first
             stats["truncated"] += int(side.truncated)
             done = self.writer.add(side)  # a shard holds whole pairs, so it can only end after a pair's last side
         if done:

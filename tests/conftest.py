@@ -25,12 +25,15 @@ SAME_WORKER = {  # file -> the file whose worker runs it: both read tests/train'
     "tests/train/test_train_launchers.py": "tests/train/test_train_multi.py",
     "tests/train/test_tracking.py": "tests/train/test_train_multi.py",
 }
-LONGEST_FIRST = (  # measured with --durations on 2 cores (README, Development); files not named follow in order
-    "tests/train/test_train_multi.py",  # with the two files above
-    "tests/upcycle/test_libmoe_train.py",
-    "tests/genuine/test_genuine_configs.py",
-    "tests/train/test_distill.py",
-    "tests/train/test_preference_stage.py",
+LONGEST_FIRST = (  # seconds of test time per file in a `-n 2` run on 2 cores (2026-11-27); the rest follow in order
+    "tests/train/test_train_multi.py",  # 300 s with the two files above: the 2-process runs
+    "tests/test_demo.py",  # 95 s: `mmzoo demo`, then a 2-process training run
+    "tests/train/test_kernels.py",  # 85 s: torch.compile (dynamo, inductor)
+    "tests/train/test_distill.py",  # 65 s
+    "tests/test_tokenizer_files.py",  # 40 s: real tokenizers of 32k-152k tokens
+    "tests/test_core_cli.py",  # 40 s: ~40 CLI subprocesses
+    "tests/train/test_preference_stage.py",  # 40 s
+    "tests/eval/test_llava_eval_scripts.py",  # 35 s: LLaVA's eval scripts in their side environment
 )
 
 

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from mmzoo.errors import ConfigError
 from mmzoo.preprocess import preprocess
 from robust_helpers import assert_one_line, run_main
 

@@ -96,3 +96,13 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(ws, monk
     assert summary["start_step"] == 2
     assert [r["loss"] for r in metrics(run)] == [r["loss"] for r in metrics(clean.output_dir)]
     assert sorted(p.name for p in ck.checkpoints_dir(run).iterdir() if p.is_dir()) == ["step_0000002", "step_0000004"]
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", False), (True, True), (False, False)])
+def test_async_checkpoint_auto_writes_synchronously_even_on_a_gpu(ws, setting, expected):
+    """`auto` = synchronous everywhere: on an H200 the pinned host snapshot cost the loop more than a synchronous
+    save (docs/train.md, measured 2026-11-27); background writing is asked for with `true`."""
+    from mmzoo.train.saving import async_wanted
+
+    cfg = load_config(data=ws.config(f"async-setting-{setting}", train={"async_checkpoint": setting}))
+    assert async_wanted(cfg, "cuda") is expected and async_wanted(cfg, "cpu") is expected

@@ -68,13 +68,13 @@ fi
 # 1. toward MFU 40 % (best so far 38.5 %: compiled blocks, plain cross-entropy, packs of 73 728 tokens, 117.9 GiB on
 #    an H200): the same run as the reference, then chunked cross-entropy (no [tokens × vocabulary] logits: room
 #    for larger packs), then Liger's RMSNorm/SwiGLU/RoPE inside the compiled blocks
-step "MFU reference: llama-2 vocabulary, packed $BIG_REF tokens, compile"
+step "MFU reference: llama-2 vocabulary, packed ${BIG_REF#--max-tokens } tokens, compile"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --json "$OUT/l2_ref_compile.json" | tail -3
-step "MFU: packed $BIG_REF tokens, compile + chunked cross-entropy"
+step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile + chunked cross-entropy"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --cross-entropy chunked --json "$OUT/l2_ref_compile_chunked.json" | tail -3
-step "MFU: packed $BIG_MAX tokens, compile + chunked cross-entropy"
+step "MFU: packed ${BIG_MAX#--max-tokens } tokens, compile + chunked cross-entropy"
 fits 100 && timeout 200 $B $L2 --packing $BIG_MAX --compile --cross-entropy chunked --json "$OUT/l2_max_compile_chunked.json" | tail -3
-step "MFU: packed $BIG_REF tokens, compile + Liger kernels in the blocks"
+step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile + Liger kernels in the blocks"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile $KERNELS --json "$OUT/l2_ref_compile_liger_kernels.json" | tail -3
 
 # 2. mmzoo against the bare loop at the same settings (both plain cross-entropy, no extra kernels), big packs

@@ -1,4 +1,4 @@
-"""LibMoE's SMoE, XMoE, SharedE-V2, SharedE-V3, TC-MoE and MoE++ routers train under ``mmzoo train``: their loss (balance + z-loss) is the logged aux loss,
+"""LibMoE's SMoE, XMoE, sigmoid-gating, SharedE-V2, SharedE-V3, TC-MoE and MoE++ routers train under ``mmzoo train``: their loss (balance + z-loss) is the logged aux loss,
 the loss falls, the routers move, and the exported hf folder (mmzoo's remote code) gives the engine's logits."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="module", params=["smoe", "xmoe", "sharede_v2", "sharede_v3", "tcmoe", "moepp"])
+@pytest.fixture(scope="module", params=["smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe", "moepp"])
 def libmoe_run(request, tmp_path_factory):
     from mmzoo import convert
     from mmzoo.demo.tiny import build_llava, make_caption_dataset

@@ -247,38 +247,38 @@ class Encoder:
 
     def encode_rows(self, rows: list[Row]) -> list[Sample | Rejection]:
         """Render all rows, tokenize every text of the chunk in one batch call, then assemble them together."""
-        prepared: list[_Prepared | Rejection] = []
-        texts: list[str] = []
-        for row in rows:
-            try:
-                sample_id, data = self._parse(row)
-                try:
-                    turns = parse_turns(data.get("conversations"))
-                except RenderError as exc:
-                    raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
-                images = self._image_list(data, sample_id)
-                markers = sum(t.text.count(IMAGE_MARKER) for t in turns)
-                if markers != len(images):
-                    raise _Reject(IMAGE_COUNT_MISMATCH, f"{len(images)} image(s) but {markers} {IMAGE_MARKER} marker(s)", sample_id)
-                self._check_turns(turns, sample_id)
-                images = [self._check_image(p, sample_id) for p in images]
-                turns, cut = _within_char_budget(turns, self.settings, sample_id)
-                images = images[: sum(t.text.count(IMAGE_MARKER) for t in turns)] if cut else images
-                if images and self.settings.image_placement == "llava":
-                    turns = place_images_like_llava(turns)
-                try:
-                    result = self.render(turns)
-                except RenderError as exc:
-                    raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
-                if not any(s.loss and s.text.strip() for s in result.segments):
-                    raise _Reject(EMPTY_ANSWER, "no assistant text to train on", sample_id)
-            except _Reject as rej:
-                prepared.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
-                continue
-            pieces = text_pieces(result.segments, result.llava_chunks)
-            prepared.append(_Prepared(row, sample_id, images, result.add_bos, pieces, cut))
-            texts.extend(piece[0] for piece in pieces)
+        prepared = [self.prepare(row) for row in rows]
+        texts = [piece[0] for item in prepared if isinstance(item, _Prepared) for piece in item.pieces]
         return self._samples(prepared, self.tokenizer.encode(texts))
+
+    def prepare(self, row: Row) -> _Prepared | Rejection:
+        """One row parsed, validated, its images placed and rendered, split into the pieces to tokenize (or its
+        rejection): everything before tokenization."""
+        try:
+            sample_id, data = self._parse(row)
+            try:
+                turns = parse_turns(data.get("conversations"))
+            except RenderError as exc:
+                raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
+            images = self._image_list(data, sample_id)
+            markers = sum(t.text.count(IMAGE_MARKER) for t in turns)
+            if markers != len(images):
+                raise _Reject(IMAGE_COUNT_MISMATCH, f"{len(images)} image(s) but {markers} {IMAGE_MARKER} marker(s)", sample_id)
+            self._check_turns(turns, sample_id)
+            images = [self._check_image(p, sample_id) for p in images]
+            turns, cut = _within_char_budget(turns, self.settings, sample_id)
+            images = images[: sum(t.text.count(IMAGE_MARKER) for t in turns)] if cut else images
+            if images and self.settings.image_placement == "llava":
+                turns = place_images_like_llava(turns)
+            try:
+                result = self.render(turns)
+            except RenderError as exc:
+                raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
+            if not any(s.loss and s.text.strip() for s in result.segments):
+                raise _Reject(EMPTY_ANSWER, "no assistant text to train on", sample_id)
+        except _Reject as rej:
+            return Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail)
+        return _Prepared(row, sample_id, images, result.add_bos, text_pieces(result.segments, result.llava_chunks), cut)
 
     def encode_turns(self, turns: list[Turn], images: list[str]) -> Sample | Rejection:
         """One parsed conversation encoded exactly as encode_rows encodes a row (rendering, tokenization,

@@ -3,67 +3,34 @@ tests/preprocess/test_fast_path.py (mmzoo/preprocess/encode.py at commit e3eff1b
 tokenizers' ``encode_batch`` with character offsets (``TextTokenizer.encode_with_offsets``, which is what
 ``TextTokenizer.encode`` was), and per conversation, ids gathered in Python lists, the loss mask from the
 offsets, image expansion and truncation done with numpy on that conversation alone. Parsing, validation and
-rendering are mmzoo's own (imported): the comparison is about tokenization and assembly."""
+rendering are mmzoo's own (``Encoder.prepare``): the comparison is about tokenization and assembly."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from mmzoo.preprocess.encode import (
-    EMPTY_ANSWER, BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample, _Reject,
-    _within_char_budget, text_pieces,
-)
-from mmzoo.preprocess.templates import IMAGE_MARKER, RenderError, parse_turns, place_images_like_llava
+from mmzoo.preprocess.encode import IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample
 from mmzoo.preprocess.tokenization import token_at
 
 
 class PreviousEncoder(Encoder):
     def encode_rows(self, rows: list[Row]) -> list[Sample | Rejection]:
-        """Render all rows, tokenize every text of the chunk in one batch call, then assemble."""
-        rendered: list[tuple[Row, str | None, list[str], Any, list] | Rejection] = []
-        texts: list[str] = []
-        for row in rows:
-            try:
-                sample_id, data = self._parse(row)
-                try:
-                    turns = parse_turns(data.get("conversations"))
-                except RenderError as exc:
-                    raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
-                images = self._image_list(data, sample_id)
-                markers = sum(t.text.count(IMAGE_MARKER) for t in turns)
-                if markers != len(images):
-                    raise _Reject(IMAGE_COUNT_MISMATCH, f"{len(images)} image(s) but {markers} {IMAGE_MARKER} marker(s)", sample_id)
-                self._check_turns(turns, sample_id)
-                images = [self._check_image(p, sample_id) for p in images]
-                turns, cut = _within_char_budget(turns, self.settings, sample_id)
-                images = images[: sum(t.text.count(IMAGE_MARKER) for t in turns)] if cut else images
-                if images and self.settings.image_placement == "llava":
-                    turns = place_images_like_llava(turns)
-                try:
-                    result = self.render(turns)
-                except RenderError as exc:
-                    raise _Reject(BAD_SCHEMA, str(exc), sample_id) from None
-                if not any(s.loss and s.text.strip() for s in result.segments):
-                    raise _Reject(EMPTY_ANSWER, "no assistant text to train on", sample_id)
-            except _Reject as rej:
-                rendered.append(Rejection(row.index, row.source, row.position, rej.sample_id, rej.reason, rej.detail))
-                continue
-            pieces = text_pieces(result.segments, result.llava_chunks)
-            rendered.append((row, sample_id, images, result, pieces, cut))
-            texts.extend(piece[0] for piece in pieces)
-        encodings = self.tokenizer.encode_with_offsets(texts)
+        """Render all rows (mmzoo's own ``prepare``), tokenize every text of the chunk in one batch call with
+        offsets, then assemble each conversation alone."""
+        prepared = [self.prepare(row) for row in rows]
+        encodings = self.tokenizer.encode_with_offsets(
+            [piece[0] for item in prepared if not isinstance(item, Rejection) for piece in item.pieces])
         out: list[Sample | Rejection] = []
         cursor = 0
-        for item in rendered:
+        for item in prepared:
             if isinstance(item, Rejection):
                 out.append(item)
                 continue
-            row, sample_id, images, result, pieces, cut = item
-            encoded = encodings[cursor: cursor + len(pieces)]
-            cursor += len(pieces)
-            sample = self._assemble(row, sample_id, images, result.add_bos, pieces, encoded)
-            out.append(sample._replace(truncated=True) if cut and isinstance(sample, Sample) else sample)
+            encoded = encodings[cursor: cursor + len(item.pieces)]
+            cursor += len(item.pieces)
+            sample = self._assemble(item.row, item.sample_id, item.images, item.add_bos, item.pieces, encoded)
+            out.append(sample._replace(truncated=True) if item.cut and isinstance(sample, Sample) else sample)
         return out
 
     def _assemble(self, row: Row, sample_id: str | None, images: list[str], add_bos: bool,

@@ -286,7 +286,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         from .tracking import Trackers
 
         with CheckpointSaver(engine, out_dir, cfg, rank=rank, world=world,
-                             asynchronous=async_wanted(cfg, accelerator)) as saver, Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
+                             asynchronous=async_wanted(cfg)) as saver, Trackers(cfg.train.report_to, out_dir, cfg.dump(), start, is_main) as trackers, \
                 _progress(console if is_main else None, steps, start) as advance:
             for step in range(start, steps):
                 window.add(step, scheduler.get_last_lr()[0],

@@ -52,7 +52,7 @@ def remove_stale_partials(run_dir: Path) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def async_wanted(cfg, accelerator: str) -> bool:
+def async_wanted(cfg) -> bool:
     """``train.async_checkpoint``; ``auto`` writes synchronously. Measured on one H200 (2026-11-27, the 1b
     preset, ~14 GB of checkpoint state a process): the pinned host snapshot alone kept the loop ~13 s a save,
     longer than a whole synchronous save (~12 s) — copying to host memory, not the disk, is what costs there —

@@ -173,3 +173,11 @@ def test_compile_is_per_transformer_block_and_one_graph_serves_every_layer(ws):
         model(**inputs, use_cache=False).loss.backward()
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[-1] == graphs[2], graphs  # the last two packs compiled nothing new
+
+
+def test_compile_refuses_a_model_without_a_stack_of_layers():
+    from mmzoo.errors import ConfigError
+    from mmzoo.train.kernels import compile_blocks
+
+    with pytest.raises(ConfigError, match="found no stack of transformer layers to compile in Sequential"):
+        compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), "aot_eager")

@@ -56,24 +56,33 @@ T=${STEP_TIMEOUT:-150}
 if [ "$QUICK" = 1 ]; then
   B="python3 benchmarks/train_bench.py --workdir /tmp/mmzoo-bench-quick --preset tiny --precision fp32 --lengths llava665k --length-scale 0.05 --samples 64 --steps 4 --warmup-steps 2 --num-workers 1"
   L2=""; BIG="--max-tokens 2048"; BIG_REF="--max-tokens 2048"; BIG_MAX="--max-tokens 3072"; KERNELS=""
-  CK="--steps 9 --save-every 3"
+  CK="--steps 9 --save-every 3"; LOG4="--steps 8 --warmup-steps 4 --log-every 4"; PROFILE="--steps 5"
 else
   step "GPU tests (bf16/fp16 training, async checkpoints on CUDA, packing, Liger; flash-attn/two GPUs where present), 3 at a time"
   fits 100 && timeout 170 python3 -m pytest tests/train/test_train_gpu.py -q -p no:cacheprovider -rs -n 3 2>&1 | tail -25
   B="python3 benchmarks/train_bench.py --workdir /tmp/mmzoo-bench --preset 1b --precision bf16 --lengths llava665k --samples 512 --steps $STEPS --warmup-steps 3 --num-workers 4"
   L2="--tokenizer $VOCAB/llama-2"; BIG="--max-tokens 32768"
   BIG_REF="--max-tokens 73728"; BIG_MAX="--max-tokens 98304"; KERNELS="--liger-kernels"; CK="--steps 9 --save-every 3"
+  LOG4="--steps 12 --warmup-steps 4 --log-every 4"; PROFILE="--steps 5"
 fi
 
 # 1. toward MFU 40 % (best so far 38.5 %: compiled blocks, plain cross-entropy, packs of 73 728 tokens, 117.9 GiB on
-#    an H200): the same run as the reference, then chunked cross-entropy (no [tokens × vocabulary] logits: room
-#    for larger packs), then Liger's RMSNorm/SwiGLU/RoPE inside the compiled blocks
+#    an H200, a metrics line — one host synchronisation — every step). Step times at 32k/64k/72k packs (0.53, 0.97,
+#    1.07 s) fit ~87 ms a step that does not grow with the tokens: the reference again, then a metrics line every 4
+#    steps (the loop syncs only there), then a profile of two steps (the device's busy share and where the time
+#    goes: DeepSpeed's bf16 optimizer norms and clips each gradient separately and syncs twice), then chunked
+#    cross-entropy (no [tokens × vocabulary] logits: room for larger packs), then Liger's RMSNorm/SwiGLU/RoPE
 step "MFU reference: llama-2 vocabulary, packed ${BIG_REF#--max-tokens } tokens, compile"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --json "$OUT/l2_ref_compile.json" | tail -3
+step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile, a metrics line every 4 steps"
+fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile $LOG4 --json "$OUT/l2_ref_compile_log4.json" | tail -3
+step "profile: packed ${BIG_REF#--max-tokens } tokens, compile, 2 steps after 3"
+fits 90 && timeout 170 $B $L2 --packing $BIG_REF --compile $PROFILE --profile "$OUT/profile_ref_compile.txt" \
+  --json "$OUT/l2_ref_compile_profile.json" | tail -3 && head -45 "$OUT/profile_ref_compile.txt"
+step "MFU: packed ${BIG_MAX#--max-tokens } tokens, compile + chunked cross-entropy, a metrics line every 4 steps"
+fits 100 && timeout 200 $B $L2 --packing $BIG_MAX --compile --cross-entropy chunked $LOG4 --json "$OUT/l2_max_compile_chunked_log4.json" | tail -3
 step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile + chunked cross-entropy"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --cross-entropy chunked --json "$OUT/l2_ref_compile_chunked.json" | tail -3
-step "MFU: packed ${BIG_MAX#--max-tokens } tokens, compile + chunked cross-entropy"
-fits 100 && timeout 200 $B $L2 --packing $BIG_MAX --compile --cross-entropy chunked --json "$OUT/l2_max_compile_chunked.json" | tail -3
 step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile + Liger kernels in the blocks"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile $KERNELS --json "$OUT/l2_ref_compile_liger_kernels.json" | tail -3
 

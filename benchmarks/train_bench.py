@@ -196,7 +196,7 @@ def train_config(args, model: Path, data: Path, work: Path):
              "precision": args.precision, "attn_implementation": args.attn, "save_every": args.save_every or 10**9,
              "warmup_ratio": 0.0, "async_checkpoint": args.async_checkpoint,
              "keep_checkpoints": 1,  # the 1b preset's checkpoint is 16 GB: keep disk use to one (two while saving)
-             "lr_scheduler": "constant", "lr": 1e-5, "log_every": 1, "cross_entropy": args.cross_entropy,
+             "lr_scheduler": "constant", "lr": 1e-5, "log_every": args.log_every, "cross_entropy": args.cross_entropy,
              "liger_kernels": args.liger_kernels, "compile": args.compile}
     if args.packing:
         train.update(packing=True, max_tokens=args.max_tokens)
@@ -207,24 +207,110 @@ def train_config(args, model: Path, data: Path, work: Path):
     })
 
 
-def run_mmzoo(cfg, warmup: int) -> dict:
+def run_mmzoo(cfg, warmup: int, profile: Path | None = None, profile_steps: int = 2) -> dict:
     from mmzoo.train.loop import run_training
 
     _reset_memory()
-    summary = run_training(cfg)
+    with StepProfiler(profile, warmup, profile_steps) as profiler:
+        summary = run_training(cfg)
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     import shutil
 
     shutil.rmtree(cfg.output_dir, ignore_errors=True)  # its final checkpoint: 11 GB for the 1b preset
-    timed = rows[warmup:] if len(rows) > warmup else rows
-    seconds = sum(r["seconds"] for r in timed)
-    tokens = sum(r["tokens"] for r in timed)
-    flops = sum((r["tflops"] or 0) * r["seconds"] for r in timed) * 1e12
-    return {"tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12 if flops else None,
-            "tokens_per_step": tokens / len(timed), "peak_memory_gib": _peak_gib(), "final_loss": summary["last"]["loss"],
-            "step_seconds": seconds / len(timed), "text_attention": summary["text_attention"],
-            # checkpoints: saves, seconds the training loop waited for them, seconds the background writer wrote
-            "checkpoint": summary.get("checkpoint")}
+    # a row covers the steps since the previous one (train.log_every, and every save): its `seconds` are per step,
+    # its tokens/s and TFLOP/s the window's
+    spans = [(r, r["step"] - previous) for r, previous in zip(rows, [0] + [r["step"] for r in rows[:-1]])]
+    timed = [(r, n) for r, n in spans if r["step"] > warmup] or spans
+    seconds = sum(r["seconds"] * n for r, n in timed)
+    tokens = sum(r["tokens"] if n == 1 else r["tokens_per_s"] * r["seconds"] * n for r, n in timed)  # "tokens": the last step's
+    flops = sum((r["tflops"] or 0) * r["seconds"] * n for r, n in timed) * 1e12
+    steps = sum(n for _, n in timed)
+    result = {"tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12 if flops else None,
+              "tokens_per_step": tokens / steps, "peak_memory_gib": _peak_gib(), "final_loss": summary["last"]["loss"],
+              "step_seconds": seconds / steps, "text_attention": summary["text_attention"],
+              # checkpoints: saves, seconds the training loop waited for them, seconds the background writer wrote
+              "checkpoint": summary.get("checkpoint")}
+    if profiler.summary is not None:
+        result["profile"] = profiler.summary
+    return result
+
+
+class StepProfiler:
+    """torch.profiler over ``steps`` training steps of mmzoo's loop after ``warmup`` (``--profile``): where a step's
+    time goes — the operators by their own device time (CPU time without a GPU), and how busy the device was over
+    the profiled steps' wall clock (a busy share well under 1 means the GPU waits for the host: launches, copies,
+    synchronisation). It wraps the loop's step function, so the rest of the loop runs as always; the profiled
+    steps are slower than the others, so a profiled run's throughput is not for comparison."""
+
+    def __init__(self, path: Path | None, warmup: int, steps: int):
+        self.path, self.warmup, self.steps = path, warmup, steps
+        self.summary: dict | None = None
+
+    def __enter__(self):
+        if self.path is None:
+            return self
+        import torch
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        import mmzoo.train.loop as loop
+
+        self.cuda = torch.cuda.is_available()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        self.profiler = profile(activities=activities, schedule=schedule(wait=self.warmup, warmup=0, active=self.steps,
+                                                                        repeat=1))
+        self.marks: list[float] = []
+        self.loop, self.original = loop, loop._train_step
+        done = 0
+
+        def profiled_step(*args, **kwargs):
+            nonlocal done
+            if done == self.warmup:
+                _sync()
+                self.marks.append(time.perf_counter())
+            out = self.original(*args, **kwargs)
+            done += 1
+            if done == self.warmup + self.steps:
+                _sync()
+                self.marks.append(time.perf_counter())
+            self.profiler.step()
+            return out
+
+        self.profiler.start()
+        loop._train_step = profiled_step
+        return self
+
+    def __exit__(self, *exc):
+        if self.path is None:
+            return False
+        self.loop._train_step = self.original
+        self.profiler.stop()
+        if exc[0] is None and len(self.marks) == 2:
+            self.summary = self.write()
+        return False
+
+    def write(self) -> dict:
+        from torch.autograd import DeviceType
+
+        events = self.profiler.key_averages()
+        wall_us = (self.marks[1] - self.marks[0]) * 1e6
+        if self.cuda:  # the kernels themselves (device-side events): their time is the device's busy time
+            kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+            busy_us = sum(e.self_device_time_total for e in kernels)
+            own, sort_by = (lambda e: e.self_device_time_total), "self_device_time_total"
+        else:
+            kernels, busy_us = [], None
+            own, sort_by = (lambda e: e.self_cpu_time_total), "self_cpu_time_total"
+        head = (f"{self.steps} profiled step(s) after {self.warmup}: {wall_us / 1e6:.3f} s wall clock"
+                + (f", device busy {busy_us / 1e6:.3f} s ({busy_us / wall_us:.1%})" if self.cuda else " (CPU)"))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(head + "\n\n" + events.table(sort_by=sort_by, row_limit=40, max_name_column_width=70) + "\n")
+        operators = sorted((e for e in events if e.device_type != DeviceType.CUDA), key=own, reverse=True)
+        return {"file": str(self.path), "steps": self.steps, "wall_seconds": round(wall_us / 1e6, 4),
+                "device_busy": round(busy_us / wall_us, 4) if self.cuda else None,
+                "top_operators": [{"name": e.key, "self_ms": round(own(e) / 1e3, 3), "calls": e.count}
+                                  for e in operators[:10]],
+                "top_kernels": [{"name": e.key[:120], "self_ms": round(own(e) / 1e3, 3), "calls": e.count}
+                                for e in sorted(kernels, key=own, reverse=True)[:10]]}
 
 
 def run_bare(cfg, warmup: int) -> dict:
@@ -335,10 +421,22 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-mmzoo", action="store_true", help="only the bare loop (with --compare-bare)")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse the model and data built here")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--log-every", type=int, default=1,
+                        help="train.log_every: steps between metrics lines (each one waits for the device); "
+                             "--warmup-steps must be a multiple of it")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="profile --profile-steps of mmzoo's steps after the warmup with torch.profiler and write "
+                             "the operators by their own device time (CPU time without a GPU) and the device's busy "
+                             "share to this file (those steps run slower: not a run for throughput figures)")
+    parser.add_argument("--profile-steps", type=int, default=2)
     args = parser.parse_args(argv)
     args.async_checkpoint = {"true": True, "false": False}.get(args.async_checkpoint, args.async_checkpoint)
     if args.steps <= args.warmup_steps:
         parser.error("--steps must be larger than --warmup-steps")
+    if args.log_every < 1 or args.warmup_steps % args.log_every:
+        parser.error("--warmup-steps must be a multiple of --log-every (the timing starts at a metrics line)")
+    if args.profile and args.warmup_steps + args.profile_steps > args.steps:
+        parser.error("--profile needs --steps ≥ --warmup-steps + --profile-steps")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
@@ -364,7 +462,7 @@ def main(argv=None) -> int:
     if args.compare_bare:  # first: it frees all it held, while a finished DeepSpeed engine may keep some memory
         runs["bare"] = run_bare(cfg, args.warmup_steps)
     if not args.skip_mmzoo:
-        runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps)
+        runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps, args.profile, args.profile_steps)
     peak, peak_source = peak_tflops(args.precision, args.peak_tflops)
 
     from transformers import LlavaConfig, LlavaForConditionalGeneration
@@ -376,7 +474,7 @@ def main(argv=None) -> int:
         "vocabulary": meta.config.text_config.vocab_size, "tokenizer": vocab,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "precision": args.precision, "attn": args.attn, "zero_stage": args.zero_stage,
-        "stage": args.stage, "micro_batch_size": None if args.packing else args.micro_batch_size,
+        "stage": args.stage, "log_every": args.log_every, "micro_batch_size": None if args.packing else args.micro_batch_size,
         "packing": args.packing, "max_tokens": args.max_tokens, "cross_entropy": args.cross_entropy,
         "liger_kernels": args.liger_kernels, "compile": args.compile, "lengths": args.lengths,
         "save_every": args.save_every, "async_checkpoint": args.async_checkpoint,

@@ -49,3 +49,26 @@ def test_llava665k_lengths_are_long_tailed_and_cut():
     assert 0.92 < len(with_image) / len(lengths) < 0.96
     assert max(with_image) <= 2048 - 576 and max(text_only) <= 2048
     assert sorted(with_image)[len(with_image) // 2] in range(100, 170)  # median ~130 text tokens
+
+
+def test_train_bench_profiles_steps_and_times_windows_of_log_every(tmp_path, capsys):
+    """--profile writes where the profiled steps' time went (torch.profiler's operators); --log-every 2 makes each
+    metrics line cover two steps, and the throughput still counts every timed step."""
+    bench = _bench()
+    out, profile = tmp_path / "result.json", tmp_path / "profile.txt"
+    args = ["--preset", "tiny", "--lengths", "llava665k", "--length-scale", "0.05", "--samples", "24", "--steps", "6",
+            "--warmup-steps", "2", "--log-every", "2", "--micro-batch-size", "4", "--num-workers", "0",
+            "--workdir", str(tmp_path / "work"), "--json", str(out), "--profile", str(profile)]
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    run = result["mmzoo"]
+    assert result["log_every"] == 2 and run["tokens_per_s"] > 0 and 0 < run["mfu"] < 1
+    assert run["tokens_per_step"] == pytest.approx(4 * result["sample_tokens"]["mean"], rel=0.6)  # 4 samples a step
+    text = profile.read_text()
+    assert text.startswith("2 profiled step(s) after 2:") and "aten::mm" in text
+    summary = run["profile"]
+    assert summary["steps"] == 2 and summary["wall_seconds"] > 0 and summary["device_busy"] is None  # CPU
+    assert any(op["name"] in ("aten::mm", "aten::addmm") for op in summary["top_operators"])
+    with pytest.raises(SystemExit):
+        bench.main(args[:-2] + ["--warmup-steps", "3"])  # the timing must start at a metrics line
+    assert "multiple of --log-every" in capsys.readouterr().err

@@ -10,6 +10,14 @@
 # WHEELS: deepspeed (pip wheel --no-deps --no-build-isolation deepspeed==0.19.8), pydantic, pydantic-core,
 # annotated-types, typing-inspection, hjson, typing_extensions, transformers 5.24, liger-kernel (cp312 wheels,
 # see ../shared/gpu.md). VOCAB: tokenizer folders llama-2/ and qwen2/ from benchmarks/real_vocab.py.
+#
+# Preparing a session (on the CPU machine, once): the wheels as above into .whl/ (pip download … for cp312
+# manylinux, `pip wheel --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl`), the vocabularies with
+# `python benchmarks/real_vocab.py -o vocab llama_cpp_python-*.tar.gz` (llama-2/ and qwen2/; `pip download --no-deps
+# --no-binary :all: llama-cpp-python` fetches the sdist); keep both out of git (.git/info/exclude) and carry
+# them to the GPU machine; one call: `OUT=$OUT WHEELS=.whl VOCAB=vocab BUDGET=545 bash benchmarks/gpu_run.sh` with a
+# 600 s limit. The logs and one JSON per run come back under $OUT; their figures go to README "Benchmarks" and
+# docs/train.md.
 set -u
 OUT=${OUT:-/tmp/mmzoo-gpu-out}
 WHEELS=${WHEELS:-.whl}

@@ -78,23 +78,9 @@ class TrainSection(_Strict):
         check_installed(value)  # here, so `mmzoo train` says it before launching any process
         return list(dict.fromkeys(value))
 
-    @field_validator("micro_batch_size", "global_batch_size", "save_every", "log_every")
+    @field_validator("micro_batch_size", "global_batch_size", "save_every", "log_every", "max_tokens", "max_steps")
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be >= 1")
-        return value
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _max_tokens(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("must be >= 1")
-        return value
-
-    @field_validator("max_steps")
-    @classmethod
-    def _steps(cls, value: int | None) -> int | None:
+    def _positive(cls, value: int | None) -> int | None:  # max_tokens / max_steps may be unset (None)
         if value is not None and value < 1:
             raise ValueError("must be >= 1")
         return value

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from upcycle_helpers import TOL, max_diff
+from upcycle_helpers import TOL, max_diff, routed_mix
 
 from mmzoo import convert, load_model
 from mmzoo.errors import UnknownArchitecture, UpcycleError
@@ -148,11 +148,7 @@ def test_xmoe_routing_follows_its_definition_on_distinct_experts():
         probs = torch.softmax(reduced @ emb.t() / 0.3, dim=-1)
         top_p, top_i = torch.topk(probs, 2, dim=-1)
         weights = torch.softmax(top_p, dim=-1)
-        want = torch.zeros_like(x)
-        for b in range(2):
-            for t in range(5):
-                for slot in range(2):
-                    want[b, t] += weights[b, t, slot] * block.experts[int(top_i[b, t, slot])](x[b, t])
+        want = routed_mix(x, top_i, weights, lambda i, token: block.experts[i](token))
     assert torch.allclose(got, want, atol=1e-6)
 
 
@@ -179,11 +175,7 @@ def test_sharede_follows_its_definition_on_distinct_experts(dense, out, router):
         scores = torch.sigmoid(logits) if router == "sharede_v3" else torch.softmax(logits, dim=-1)
         top_s, top_i = torch.topk(scores, 2, dim=-1)
         weights = top_s / top_s.sum(dim=-1, keepdim=True)
-        want = torch.zeros_like(x)
-        for b in range(2):
-            for t in range(5):
-                routed = sum(weights[b, t, slot] * block.experts[int(top_i[b, t, slot])](x[b, t]) for slot in range(2))
-                want[b, t] = 0.5 * block.shared_expert(x[b, t]) + 0.5 * routed
+        want = 0.5 * block.shared_expert(x) + 0.5 * routed_mix(x, top_i, weights, lambda i, token: block.experts[i](token))
     assert torch.allclose(got, want, atol=1e-6)
 
 

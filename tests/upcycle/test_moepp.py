@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from upcycle_helpers import TOL, max_diff
+from upcycle_helpers import TOL, max_diff, routed_mix
 
 from mmzoo import convert, load_model, read_checkpoint
 from mmzoo.errors import UpcycleError
@@ -65,21 +65,18 @@ def test_moepp_block_follows_libmoes_definition():
         top_p, top_i = torch.topk(probs, 2, dim=-1)
         weights = top_p / top_p.sum(-1, keepdim=True)
         const = block.experts[5]
-        want = torch.zeros_like(x)
         picked = set()
-        for b in range(2):
-            for t in range(7):
-                for s in range(2):
-                    i = int(top_i[b, t, s])
-                    picked.add(i)
-                    if i < 4:
-                        y = block.experts[i](x[b, t])
-                    elif i == 4:
-                        y = torch.zeros(16)
-                    else:
-                        mix = torch.softmax(const.wg(x[b, t]), dim=-1)
-                        y = mix[0] * x[b, t] + mix[1] * const.constant
-                    want[b, t] += weights[b, t, s] * y
+
+        def expert(i, token):  # 4 FFN experts, the zero expert, the constant expert
+            picked.add(i)
+            if i < 4:
+                return block.experts[i](token)
+            if i == 4:
+                return torch.zeros(16)
+            mix = torch.softmax(const.wg(token), dim=-1)
+            return mix[0] * token + mix[1] * const.constant
+
+        want = routed_mix(x, top_i, weights, expert)
         assert {4, 5} <= picked, picked  # the zero and constant experts were exercised
         assert torch.allclose(got, want, atol=1e-6)
         expected = libmoe_moepp_loss(logits, 0.01, 0.001, 2)

@@ -102,6 +102,29 @@ def test_init_checks_both_folders_before_arithmetic(tiny, tmp_path, capsys):
                     str(text / "config.json"), "num_hidden_layers")
 
 
+def test_init_checks_the_weights_before_drawing_the_projector(tmp_path, capsys):
+    """A text config claiming hidden_size 2^20 (within the bounds) over tiny weights: the fresh projector would be
+    2^20 x 2^20 floats, 4 TiB, and init allocated it before comparing any shape with the weights."""
+    import resource
+
+    from mmzoo.demo.tiny import build_llm, build_vision
+
+    vision, text = tmp_path / "vision", tmp_path / "llm"
+    build_vision(vision)
+    build_llm(text)
+    config = json.loads((text / "config.json").read_text())
+    config["hidden_size"] = 1 << 20
+    (text / "config.json").write_text(json.dumps(config))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(hard, 64 << 30) if hard != resource.RLIM_INFINITY else 64 << 30, hard))
+    try:  # 64 GiB of address space: far above what the test process maps, far below the 4 TiB projector
+        line = assert_one_line(*run_main(capsys, "init", "--vision", vision, "--text", text, "-o", tmp_path / "out"),
+                               "embed_tokens.weight", "the config implies")
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert str(text) in line and not (tmp_path / "out").exists()
+
+
 def test_bounds_accept_real_model_sizes():
     """A Llama-3-405B-like text config and a SigLIP-so400m-like vision config pass."""
     check_text_config({"hidden_size": 16384, "num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8,

@@ -109,3 +109,27 @@ def test_stale_cleanup_keeps_live_writers_and_restores_a_set_aside_output(tmp_pa
     assert clear_stale_partials(out) == [dead]
     assert (out / "weights").read_text() == "previous output"
     assert _listing(tmp_path) == sorted([live.name, other.name, "out"])
+
+
+def test_an_out_that_is_a_symlink_is_replaced_as_a_link_and_its_target_is_untouched(tiny, tmp_path):
+    """`-o LINK --overwrite` where LINK points to a folder of yours: the link is replaced by the output, the folder
+    it pointed to is kept as it was. It used to end in "Cannot call rmtree on a symbolic link" (exit 2) after OUT
+    had been written, leaving the link behind as `.LINK.old-PID`."""
+    victim = tmp_path / "my-folder"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    link = tmp_path / "out"
+    link.symlink_to(victim)
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(link), "--tgt-fmt", "internal")
+    assert code == 2 and "already exists" in stderr and stderr.count("\n") == 1, stderr
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(link), "--tgt-fmt", "internal", "--overwrite")
+    assert code == 0, stderr
+    assert not link.is_symlink() and (link / "mmzoo.yaml").is_file()
+    assert _listing(victim) == ["precious.txt"] and (victim / "precious.txt").read_text() == "keep"
+    assert _listing(tmp_path) == ["my-folder", "out"]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(dangling), "--tgt-fmt", "internal")
+    assert code == 2 and "already exists" in stderr, stderr
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(dangling), "--tgt-fmt", "internal", "--overwrite")
+    assert code == 0 and (dangling / "mmzoo.yaml").is_file() and not (tmp_path / "nowhere").exists(), stderr

@@ -54,7 +54,9 @@ def check_image_paths(dataset, images: Path, sample: int = IMAGE_SAMPLE) -> None
     if not images.is_dir():
         raise ConfigError(f"data.images {str(images)!r} is not a folder (the data reads images from it, "
                           f"e.g. {paths[0]!r})")
-    missing = [rel for rel in paths if not (images / rel).is_file()]
+    from ..preprocess.shard_checks import image_path
+
+    missing = [rel for rel in paths if not image_path(images, rel).is_file()]  # a path leaving images/ is refused
     if missing:
         raise ConfigError(f"data.images {str(images)!r} lacks {len(missing)} of {len(paths)} sampled images "
                           f"(e.g. {missing[0]!r}); it must be the --images folder given to `mmzoo preprocess`")
@@ -97,6 +99,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
             raise ConfigError("reference checkpoint not found", path=cfg.reference)
         real_vocabulary(cfg.model, cfg.reference, ("policy", "reference"))  # log-probs of the same tokens
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+    data.dataset.vocab_size = source.spec.text_config.get("vocab_size")  # a token id past the embeddings: one line
     if data.pairs != (cfg.stage == "preference"):
         kind = "preference pairs" if data.pairs else "conversations"
         raise ConfigError(f"stage {cfg.stage} cannot train on {kind}: stage preference reads `mmzoo preprocess --kind "

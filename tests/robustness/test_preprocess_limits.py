@@ -190,6 +190,23 @@ def test_absurd_preprocess_numbers_are_one_line(tmp_path, capsys, pp_tokenizer, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_implying_a_trillion_image_tokens_is_refused(tiny, tmp_path, capsys, pp_images):
+    """image_size 2^20 over patch_size 1 passes each number's own bound but is 2^40 tokens per image, past the bound
+    --num-image-tokens has; every image sample then asked for that many tokens (MemoryError, or the OOM killer)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny.hf(), model)
+    config = json.loads((model / "config.json").read_text())
+    config["vision_config"].update(image_size=1 << 20, patch_size=1)
+    (model / "config.json").write_text(json.dumps(config))
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    for source in (["--tokenizer", model], ["--tokenizer", tiny.hf(), "--model", model]):
+        args = ["preprocess", "--data", data, "--images", pp_images, *source, "-o", tmp_path / "out", "--template", "plain", "-q"]
+        assert_one_line(*run_main(capsys, *args), str(model), "implies 1,099,511,627,776 tokens per image", "more than the 1,048,576")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name,content,needle", [
     ("tokenizer.json", b'{"version": "1.0", "model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "cannot load the tokenizer (recursion limit"),
     ("tokenizer.json", b'{"a": "\xff"}', "is not UTF-8 text"),

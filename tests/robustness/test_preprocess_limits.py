@@ -235,3 +235,20 @@ def test_named_pipe_as_data_file_is_one_line(tmp_path, capsys, pp_tokenizer, pp_
             "--num-image-tokens", "4", "--template", "vicuna_v1", "-q"]
     assert_one_line(*run_main(capsys, *args), "d.jsonl", "named pipe")
     assert time.perf_counter() - start < 10
+
+
+def test_a_decompression_bomb_image_is_one_rejected_row(tmp_path, pp_tokenizer, pp_images):
+    """400 M pixels in a 50 KB PNG: PIL's bomb limit refuses it while the image is checked, as one rejected row."""
+    import shutil
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    shutil.copytree(pp_images, images, symlinks=True)
+    Image.new("1", (20000, 20000)).save(images / "bomb.png")
+    bomb = {**GOOD, "id": "bomb", "image": "bomb.png"}
+    out = tmp_path / "out"
+    manifest = preprocess([write_jsonl(tmp_path / "d.jsonl", [bomb, GOOD])], images, pp_tokenizer, out,
+                          template="vicuna_v1", num_image_tokens=4)
+    assert manifest["statistics"]["samples_written"] == 1
+    assert rejected(out)["bomb"]["reason"] == "unreadable_image" and "DecompressionBombError" in rejected(out)["bomb"]["detail"]

@@ -62,6 +62,20 @@ def check_image_paths(dataset, images: Path, sample: int = IMAGE_SAMPLE) -> None
                           f"(e.g. {missing[0]!r}); it must be the --images folder given to `mmzoo preprocess`")
 
 
+def check_run_folder(out_dir: Path) -> None:
+    """A run folder someone sent you (to resume, to continue training) must not hold a symlink that leaves it:
+    training writes metrics.jsonl, params.yaml, meta/ and checkpoints/ into it, and would write through such a link
+    (``metrics.jsonl -> ~/.bashrc`` is rewritten on resume)."""
+    from ..io.confine import OutsideCheckpoint, confine_checkpoint
+
+    if not out_dir.is_dir():
+        return
+    try:
+        confine_checkpoint(out_dir, depth=3)  # checkpoints/step_N/<files>: three levels
+    except OutsideCheckpoint as exc:
+        raise ConfigError(f"output_dir {out_dir}: {str(exc).replace('refusing to read it', 'refusing to write through it')}") from None
+
+
 def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     """Everything about the run that can be judged from files; ``world`` None: not known here (hostfile)."""
     from . import checkpoint as ck
@@ -69,6 +83,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
 
     accumulation = gradient_accumulation(cfg, world) if world is not None else None
     out_dir = Path(cfg.output_dir)
+    check_run_folder(out_dir)
     existing = ck.latest(out_dir)
     if existing and resume == "never":
         raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "

@@ -207,3 +207,43 @@ def test_mmzoo_train_refuses_hostile_data_in_one_line_before_starting(data, tiny
     assert line.startswith("mmzoo: error: ") and "shard-00000.h5" in line, line
     assert "'../../../../../../etc/passwd', which leaves the image folder" in line, line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_folder_linking_outside_is_never_written_through(data, tiny, tmp_path, capsys):
+    """A shared run folder whose metrics.jsonl links to a file of yours: resuming rewrote that file (the lines after
+    the resumed step are dropped), and a symlinked checkpoints/ folder received DeepSpeed's checkpoints."""
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "bashrc"
+    victim.write_text("export PATH=...\n")
+    (run / "metrics.jsonl").symlink_to(victim)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"stage: sft\nmodel: {tiny.hf()}\ndata:\n  path: {data}\n  images: {tmp_path / 'images'}\n"
+                      f"train:\n  max_steps: 1\n  micro_batch_size: 1\n  global_batch_size: 1\n  precision: fp32\n"
+                      f"output_dir: {run}\n")
+    line = cli_error(capsys, "train", "--params", str(params), "--nproc", "1")
+    assert f"output_dir {run}" in line and "metrics.jsonl is a symlink to" in line and "refusing to write through it" in line, line
+    assert victim.read_text() == "export PATH=...\n"
+    (run / "metrics.jsonl").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "step_0000001").mkdir(parents=True)
+    (run / "checkpoints").symlink_to(elsewhere)
+    line = cli_error(capsys, "train", "--params", str(params), "--nproc", "1")
+    assert "checkpoints is a symlink to" in line and "refusing to write through it" in line, line
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["step_0000001"]
+
+
+def test_a_hostile_completion_marker_or_metrics_line_is_harmless(tmp_path):
+    from mmzoo.train import checkpoint as ck
+    from mmzoo.train.loop import MetricsLog
+
+    tag = tmp_path / "checkpoints" / "step_0000001"
+    tag.mkdir(parents=True)
+    (tag / "COMPLETE").write_text("[" * 100_000 + "]" * 100_000)
+    assert ck.read_marker(tag) == {}
+    (tag / "COMPLETE").write_text('{"zero_stage": ' + "9" * 5000 + "}")
+    assert ck.read_marker(tag) == {}
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 2.0}\n[1]\n5\n"x"\n{"step": 3}\n')
+    MetricsLog(metrics, resume_step=2, enabled=True)  # a line of another shape was a TypeError on resume
+    assert metrics.read_text() == '{"step": 1, "loss": 2.0}\n'

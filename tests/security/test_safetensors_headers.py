@@ -126,3 +126,21 @@ def test_cli_refuses_hostile_metadata_and_huge_integers_in_one_line(tiny, tmp_pa
             assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("mmzoo: error: "), stderr
             assert needle in stderr and "model.safetensors" in stderr, stderr
     assert not out.exists()
+
+
+def test_a_weight_stored_as_integers_is_refused(tiny, tmp_path):
+    """Bytes and shape consistent, dtype I32 where the model has a float weight: it converted silently, and every
+    model built from it failed in its first forward."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf(), src)
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k, v in header.items() if k.endswith("q_proj.weight"))
+    header[name]["dtype"] = "I32"  # same item size: the byte range still matches
+    _raw_file(weights, json.dumps(header), raw[8 + n:])
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("convert", str(src), "-o", str(out), "--tgt-fmt", "internal")
+    assert code == 2 and stderr.count("\n") == 1 and "q_proj.weight' is stored as I32; model weights are floating point" in stderr, stderr
+    assert not out.exists()

@@ -178,3 +178,24 @@ def test_a_zip_bomb_bin_checkpoint_is_one_line(tiny, tmp_path):
     code, _, stderr = run_cli("convert", str(src), "-o", str(out), "--tgt-fmt", "internal")
     assert code == 2 and stderr.count("\n") == 1 and "pytorch_model.bin: entry 'archive/data.pkl' is compressed" in stderr, stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stage, files", [
+    (2, {"mp_rank_00_model_states.pt": {"module": {}}, "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"x": 1}}),
+    (2, {"mp_rank_00_model_states.pt": {"module": {}, "param_shapes": [{"w": [4]}], "buffer_names": [],
+                                        "frozen_param_shapes": None, "shared_params": [], "ds_version": "0.19.8"},
+         "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"optimizer_state_dict": {
+             "zero_stage": 2, "partition_count": 1, "single_partition_of_fp32_groups": [torch.ones(4)]}, "ds_config": {}}}),
+    (3, {"zero_pp_rank_0_mp_rank_00_model_states.pt": {"module": {}}, "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"x": 1}}),
+], ids=["zero2-garbage", "zero2-wrong-types", "zero3-garbage"])
+def test_export_of_a_zero_folder_deepspeed_cannot_read_is_one_line(run_dir, tmp_path, stage, files):
+    """Safe pickles of the wrong shape: DeepSpeed's zero_to_fp32 raised ValueError / AttributeError tracebacks."""
+    tag = run_dir / "checkpoints" / "step_0000001"
+    (tag / "COMPLETE").write_text(json.dumps({"zero_stage": stage, "world_size": 1}))
+    for name, content in files.items():
+        torch.save(content, tag / name)
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("export", str(run_dir), "-o", str(out))
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert "DeepSpeed's zero_to_fp32 cannot load this ZeRO checkpoint (" in stderr, stderr
+    assert not out.exists()

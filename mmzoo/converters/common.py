@@ -136,6 +136,7 @@ def validate(ckpt: Checkpoint) -> None:
             if tuple(planned.shape) != tuple(shape):
                 raise ShapeMismatch(f"tensor {full!r} has shape {list(planned.shape)}, the config implies {list(shape)}", path=where)
             _refuse_integer_weight(full, planned, where)
+    _check_feature_layers(spec, where)
     text_hidden = spec.text_config["hidden_size"]
     vision_hidden = spec.projector_in_features  # the tower's width, once per S² scale
     if spec.projector_type == "mlp2x_gelu":
@@ -155,6 +156,18 @@ def validate(ckpt: Checkpoint) -> None:
         if tuple(planned.shape) != shape:
             raise ShapeMismatch(f"tensor {name!r} has shape {list(planned.shape)}, expected {list(shape)}", path=where)
         _refuse_integer_weight(name, planned, where)
+
+
+def _check_feature_layers(spec, where: str) -> None:
+    """The tower's output the projector reads exists: a tower of L layers has L + 1 hidden states (the embeddings
+    first), so layers -(L + 1) to L. A config naming layer 1000 converted silently, and the first image of every
+    generate or training step was an IndexError deep in transformers."""
+    layers = spec.vision_config["num_hidden_layers"]
+    chosen = spec.vision_feature_layer if isinstance(spec.vision_feature_layer, list) else [spec.vision_feature_layer]
+    for layer in chosen:
+        if not -(layers + 1) <= layer <= layers:
+            raise ConfigError(f"vision_feature_layer {layer} does not exist: the vision tower has {layers} layers "
+                              f"(hidden states {-(layers + 1)} to {layers})", path=where)
 
 
 def _refuse_integer_weight(name: str, planned, where: str) -> None:

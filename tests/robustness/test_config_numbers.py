@@ -232,3 +232,15 @@ def test_genuine_moe_llava_config_with_wrong_moe_block(layouts, tmp_path, capsys
     start = time.perf_counter()
     assert_one_line(*run_main(capsys, "inspect", folder), message)
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("layer", [1000, -4, [-2, 7]])
+def test_a_vision_feature_layer_the_tower_does_not_have(hf_copy, capsys, layer):
+    """The tiny tower has 2 layers, so hidden states -3..2: layer 1000 converted silently and every generate with an
+    image ended in an IndexError inside transformers."""
+    config = json.loads((hf_copy / "config.json").read_text())
+    config["vision_feature_layer"] = layer
+    (hf_copy / "config.json").write_text(json.dumps(config))
+    for args in (("inspect", hf_copy), ("convert", hf_copy, "-o", hf_copy.parent / "out", "--tgt-fmt", "internal")):
+        assert_one_line(*run_main(capsys, *args), str(hf_copy), "does not exist: the vision tower has 2 layers (hidden states -3 to 2)")
+    assert not (hf_copy.parent / "out").exists()

@@ -137,6 +137,9 @@ def validate(ckpt: Checkpoint) -> None:
                 raise ShapeMismatch(f"tensor {full!r} has shape {list(planned.shape)}, the config implies {list(shape)}", path=where)
             _refuse_integer_weight(full, planned, where)
     _check_feature_layers(spec, where)
+    vocab = spec.text_config["vocab_size"]
+    if spec.image_token_id is not None and not 0 <= spec.image_token_id < vocab:
+        raise ConfigError(f"image token id {spec.image_token_id} lies outside the vocabulary of {vocab} tokens", path=where)
     text_hidden = spec.text_config["hidden_size"]
     vision_hidden = spec.projector_in_features  # the tower's width, once per S² scale
     if spec.projector_type == "mlp2x_gelu":

@@ -46,6 +46,7 @@ def generate(checkpoint: str | Path, prompt: str, images: list[str | Path] | tup
     if model is None:
         model = load_model(checkpoint, dtype=dtype, attn_implementation=attn_implementation)
     _check_context(model, int(inputs["input_ids"].shape[1]), max_new_tokens)
+    _check_image_token(model, tokenizer, pictures)
     target = _device(device)
     model.to(target)
     float_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
@@ -77,6 +78,18 @@ def _check_context(model, prompt_tokens: int, max_new_tokens: int) -> None:
         raise MmzooError(f"the prompt is {prompt_tokens:,} tokens, more than the model's context of {context:,}")
     if max_new_tokens > context:
         raise MmzooError(f"--max-new-tokens {max_new_tokens:,} is more than the model's context of {context:,} tokens")
+
+
+def _check_image_token(model, tokenizer, pictures) -> None:
+    """The config's image token is the id the tokenizer gives ``<image>``: a config naming another id made
+    transformers fail in the forward ("Image features and image tokens do not match, tokens: 0")."""
+    expected = getattr(model.config, "image_token_id", None)
+    if expected is None:
+        expected = getattr(model.config, "image_token_index", None)
+    marker = tokenizer.convert_tokens_to_ids("<image>")
+    if pictures and expected is not None and marker != expected:
+        raise MmzooError(f"the checkpoint's config marks images with token id {expected}, but its tokenizer's <image> "
+                         f"is {marker}: the config and the tokenizer do not belong together")
 
 
 def _neutral_generation(sampling: dict[str, Any]) -> dict[str, Any]:

@@ -64,3 +64,14 @@ def test_generate_refuses_bombs_broken_and_special_images(tiny, tmp_path, capsys
     for image, needle in ((bomb, "DecompressionBombError"), (truncated, "not a readable image")):
         assert_one_line(*run_main(capsys, "generate", tiny.hf(), "--prompt", "hi", "--image", image,
                                   "--max-new-tokens", "1"), str(image), needle)
+
+
+def test_an_image_token_the_tokenizer_or_vocabulary_does_not_have(hf_copy, capsys, tmp_path):
+    """Both were "Image features and image tokens do not match" ValueErrors from inside transformers' forward."""
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    args = ("generate", hf_copy, "--prompt", "hi", "--image", image, "--max-new-tokens", "1")
+    _edit(hf_copy / "config.json", lambda d: {**d, "image_token_index": 5})  # a real token, not <image>
+    assert_one_line(*run_main(capsys, *args), "config marks images with token id 5, but its tokenizer's <image> is 320")
+    _edit(hf_copy / "config.json", lambda d: {**d, "image_token_index": 10**12})
+    assert_one_line(*run_main(capsys, *args), str(hf_copy), "image token id 1000000000000 lies outside the vocabulary of 321")

@@ -133,3 +133,19 @@ def test_an_out_that_is_a_symlink_is_replaced_as_a_link_and_its_target_is_untouc
     assert code == 2 and "already exists" in stderr, stderr
     code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(dangling), "--tgt-fmt", "internal", "--overwrite")
     assert code == 0 and (dangling / "mmzoo.yaml").is_file() and not (tmp_path / "nowhere").exists(), stderr
+
+
+def test_init_never_writes_over_either_input(tmp_path):
+    """`mmzoo init --vision V --text T -o V --overwrite` replaced the vision folder with the new model: only the LLM
+    folder was known to the write as its source."""
+    from mmzoo.demo.tiny import build_llm, build_vision
+
+    vision, text = tmp_path / "vision", tmp_path / "llm"
+    build_vision(vision)
+    build_llm(text)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    for out in (vision, vision / "sub", text, tmp_path):
+        code, _, stderr = run_cli("init", "--vision", str(vision), "--text", str(text), "-o", str(out), "--overwrite")
+        assert code == 2 and stderr.count("\n") == 1, stderr
+        assert "output must not be the source folder, inside it, or contain it" in stderr, stderr
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before

@@ -15,7 +15,6 @@ from ..archs.checks import check_text_config, check_vision_config
 from ..errors import ConfigError, MmzooError, UnknownArchitecture, naming
 from .common import processor_from_folder, split_by_prefix
 from ..io.checkpoint import read_weights
-from ..io.atomic import check_output
 from ..io.confine import confine_checkpoint
 from ..checkpoint.image_token import add_image_token, computed, grow_vocab
 from ..io.dtypes import CONFIG_DTYPE_NAMES
@@ -85,9 +84,6 @@ def init_model(
 
     vision, text = Path(vision), Path(text)
     for folder in (vision, text):
-        # OUT may be neither input, lie inside one or contain one: `-o VISION --overwrite` replaced the vision
-        # folder with the new model (the write below only knew the LLM folder as its source)
-        check_output(Path(out), folder, overwrite)
         if not (folder / "config.json").is_file():
             raise MmzooError("is not a model folder (no config.json)", path=folder)
         confine_checkpoint(folder)  # no symlink out of either folder is followed (mmzoo.io.confine)

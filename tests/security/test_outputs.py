@@ -149,3 +149,28 @@ def test_init_never_writes_over_either_input(tmp_path):
         assert code == 2 and stderr.count("\n") == 1, stderr
         assert "output must not be the source folder, inside it, or contain it" in stderr, stderr
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_convert_never_writes_over_a_vision_tower_the_checkpoint_names(tiny, tmp_path):
+    """The original LLaVA layout names its vision tower by path (mm_vision_tower): `convert TEXT -o TOWER --overwrite`
+    replaced that tower with the output, since only the checkpoint's own folder was protected."""
+    import json
+    import shutil
+
+    from mmzoo.converters.pipeline import convert
+
+    llava = tmp_path / "llava"
+    convert(tiny.hf(), llava, tgt_fmt="llava")
+    tower, text = tmp_path / "tower", tmp_path / "text"
+    shutil.copytree(llava / "image_model", tower)
+    shutil.copytree(llava / "text_model_llava", text)
+    config = json.loads((text / "config.json").read_text())
+    config["mm_vision_tower"] = str(tower)
+    (text / "config.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in sorted(tower.rglob("*")) if p.is_file()}
+    for out in (tower, tower / "sub", tmp_path):
+        code, _, stderr = run_cli("convert", str(text), "-o", str(out), "--tgt-fmt", "internal", "--overwrite")
+        assert code == 2 and "output must not be the source folder, inside it, or contain it" in stderr, stderr
+    assert {p: p.read_bytes() for p in sorted(tower.rglob("*")) if p.is_file()} == before
+    code, _, stderr = run_cli("convert", str(text), "-o", str(tmp_path / "ok"), "--tgt-fmt", "internal")
+    assert code == 0, stderr

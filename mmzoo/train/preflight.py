@@ -62,12 +62,23 @@ def check_image_paths(dataset, images: Path, sample: int = IMAGE_SAMPLE) -> None
                           f"(e.g. {missing[0]!r}); it must be the --images folder given to `mmzoo preprocess`")
 
 
-def check_run_folder(out_dir: Path) -> None:
-    """A run folder someone sent you (to resume, to continue training) must not hold a symlink that leaves it:
-    training writes metrics.jsonl, params.yaml, meta/ and checkpoints/ into it, and would write through such a link
+def check_run_folder(out_dir: Path, cfg: TrainConfig) -> None:
+    """Training writes metrics.jsonl, params.yaml, meta/ and checkpoints/ into ``output_dir``: it may not be an input
+    (the model, the data, the images, a teacher or reference) or lie inside one, and a run folder someone sent you
+    (to resume, to continue training) may not hold a symlink that leaves it, which training would write through
     (``metrics.jsonl -> ~/.bashrc`` is rewritten on resume)."""
     from ..io.confine import OutsideCheckpoint, confine_checkpoint
 
+    target = out_dir.absolute().resolve()
+    inputs = [("model", cfg.model), ("data.path", cfg.data.path), ("data.images", cfg.data.images),
+              ("teacher", cfg.teacher), ("reference", cfg.reference)]
+    for what, path in inputs:
+        if path is None:
+            continue
+        source = Path(path).absolute().resolve()
+        if target == source or source in target.parents:
+            raise ConfigError(f"output_dir {out_dir} is {'the' if target == source else 'inside the'} {what} folder "
+                              f"({path}): training would write its checkpoints into an input; choose another output_dir")
     if not out_dir.is_dir():
         return
     try:
@@ -83,7 +94,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
 
     accumulation = gradient_accumulation(cfg, world) if world is not None else None
     out_dir = Path(cfg.output_dir)
-    check_run_folder(out_dir)
+    check_run_folder(out_dir, cfg)
     existing = ck.latest(out_dir)
     if existing and resume == "never":
         raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "

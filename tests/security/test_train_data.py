@@ -247,3 +247,21 @@ def test_a_hostile_completion_marker_or_metrics_line_is_harmless(tmp_path):
     metrics.write_text('{"step": 1, "loss": 2.0}\n[1]\n5\n"x"\n{"step": 3}\n')
     MetricsLog(metrics, resume_step=2, enabled=True)  # a line of another shape was a TypeError on resume
     assert metrics.read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
+@pytest.mark.parametrize("where", ["model", "model/run", "data", "images/run"])
+def test_an_output_dir_that_is_an_input_or_inside_one_is_refused(data, tiny, tmp_path, capsys, where):
+    """output_dir = the model folder wrote params.yaml, meta/ and checkpoints/ into it (its own params.yaml replaced)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny.hf(), model)
+    before = sorted(p.name for p in model.iterdir())
+    out = {"model": model, "model/run": model / "run", "data": data, "images/run": tmp_path / "images" / "run"}[where]
+    params = tmp_path / "params.yaml"
+    params.write_text(f"stage: sft\nmodel: {model}\ndata:\n  path: {data}\n  images: {tmp_path / 'images'}\n"
+                      f"train:\n  max_steps: 1\n  micro_batch_size: 1\n  global_batch_size: 1\n  precision: fp32\n"
+                      f"output_dir: {out}\n")
+    line = cli_error(capsys, "train", "--params", str(params), "--nproc", "1")
+    assert f"output_dir {out} is" in line and "training would write its checkpoints into an input" in line, line
+    assert sorted(p.name for p in model.iterdir()) == before

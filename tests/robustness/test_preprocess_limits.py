@@ -225,6 +225,32 @@ def test_broken_tokenizer_files_are_one_line(tmp_path, capsys, pp_tokenizer, pp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("chat_template", 5, "chat_template must be a template string or a list of {name, template} objects (got int)"),
+    ("chat_template", {"x": 1}, "chat_template must be a template string"),
+    ("chat_template", [{"name": "default", "template": 7}], "chat_template must be a template string"),
+    ("chat_template", [5, {"name": "default"}], "the tokenizer has no chat_template"),
+])
+def test_tokenizer_config_fields_of_the_wrong_type_are_one_line(tmp_path, capsys, pp_tokenizer, pp_images, field, value, needle):
+    """Each was a TypeError, KeyError or AttributeError traceback (jinja compiling an int, a list entry without
+    "template"); a bos_token {"content": 5} was a TypeError from the tokenizers library."""
+    import shutil
+
+    tok = tmp_path / "tok"
+    shutil.copytree(pp_tokenizer, tok)
+    (tok / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((tok / "tokenizer_config.json").read_text())
+    (tok / "tokenizer_config.json").write_text(json.dumps({**config, field: value, "bos_token": {"content": 5}}))
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    args = ["preprocess", "--data", data, "--images", pp_images, "--tokenizer", tok, "-o", tmp_path / "out",
+            "--num-image-tokens", "4", "-q", "--template", "auto"]
+    assert_one_line(*run_main(capsys, *args), needle)
+    assert not (tmp_path / "out").exists()
+    (tok / "tokenizer_config.json").write_text(json.dumps({**config, "bos_token": {"content": 5}}))
+    args[-1] = "vicuna_v1"  # the odd bos_token alone counts as unset, as a missing one does
+    assert run_main(capsys, *args)[0] == 0
+
+
 def test_named_pipe_as_data_file_is_one_line(tmp_path, capsys, pp_tokenizer, pp_images):
     import os
 

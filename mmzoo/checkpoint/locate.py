@@ -1,6 +1,8 @@
 """Find the parts of a checkpoint folder of any format without reading tensors (stdlib + yaml only)."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,10 @@ def read_json(path: Path) -> dict[str, Any]:
     data = load_json(path)
     if not isinstance(data, dict):
         raise ConfigError("expected a JSON object", path=path)
+    architectures = data.get("architectures")
+    # every format's detect() asks `NAME in config["architectures"]`: an int there was a TypeError traceback
+    if architectures is not None and not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+        raise ConfigError(f"architectures must be a list of class names (got {json.dumps(architectures)[:80]})", path=path)
     return data
 
 

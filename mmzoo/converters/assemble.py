@@ -39,25 +39,31 @@ def read_vision_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Planned]
 
 
 def _projector(kind: str, vision_hidden: int, text_hidden: int, dtype: str, seed: int) -> dict[str, Planned]:
+    """The fresh projector, planned: each layer is drawn only when it is written (after every shape has been
+    checked against the weights, so a config claiming a 2^20-wide model cannot make init allocate terabytes)."""
     import torch
 
     def linear(in_features: int, out_features: int, index: int):
-        gen = torch.Generator().manual_seed(seed * 1000 + index)
-        layer = torch.nn.Linear(in_features, out_features)
-        bound = 1 / in_features**0.5  # nn.Linear's default init, made reproducible
-        with torch.no_grad():
-            weight = (torch.rand(out_features, in_features, generator=gen) * 2 - 1) * bound
-            bias = (torch.rand(out_features, generator=gen) * 2 - 1) * bound
-        del layer
-        return weight, bias
+        drawn: list = []
+
+        def draw():  # weight, then bias, from the layer's own generator: the same numbers whenever it runs
+            if not drawn:
+                gen = torch.Generator().manual_seed(seed * 1000 + index)
+                bound = 1 / in_features**0.5  # nn.Linear's default init, made reproducible
+                weight = (torch.rand(out_features, in_features, generator=gen) * 2 - 1) * bound
+                bias = (torch.rand(out_features, generator=gen) * 2 - 1) * bound
+                drawn.extend((weight, bias))
+            return drawn
+
+        return (lambda: draw()[0]), (lambda: draw()[1])
 
     torch_dtype = getattr(torch, CONFIG_DTYPE_NAMES.get(dtype, "float32"))
     shapes = [(vision_hidden, text_hidden)] + ([(text_hidden, text_hidden)] if kind == "mlp2x_gelu" else [])
     out: dict[str, Planned] = {}
     for i, (fan_in, fan_out) in enumerate(shapes, start=1):
         weight, bias = linear(fan_in, fan_out, i)
-        out[f"linear_{i}.weight"] = computed(f"projector.linear_{i}.weight", (fan_out, fan_in), dtype, lambda w=weight: w.to(torch_dtype))
-        out[f"linear_{i}.bias"] = computed(f"projector.linear_{i}.bias", (fan_out,), dtype, lambda b=bias: b.to(torch_dtype))
+        out[f"linear_{i}.weight"] = computed(f"projector.linear_{i}.weight", (fan_out, fan_in), dtype, lambda w=weight: w().to(torch_dtype))
+        out[f"linear_{i}.bias"] = computed(f"projector.linear_{i}.bias", (fan_out,), dtype, lambda b=bias: b().to(torch_dtype))
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..archs import text as text_arch
 from ..archs import vision as vision_arch
-from ..errors import ConfigError, MissingTensor, ShapeMismatch, UnexpectedTensor
+from ..errors import ConfigError, CorruptFile, MissingTensor, ShapeMismatch, UnexpectedTensor
 from ..io.tensors import Planned
 from ..checkpoint.spec import Checkpoint, ModelSpec
 
@@ -135,6 +135,11 @@ def validate(ckpt: Checkpoint) -> None:
                 raise MissingTensor(f"tensor {full!r} is missing (the config needs it)", path=where)
             if tuple(planned.shape) != tuple(shape):
                 raise ShapeMismatch(f"tensor {full!r} has shape {list(planned.shape)}, the config implies {list(shape)}", path=where)
+            _refuse_integer_weight(full, planned, where)
+    _check_feature_layers(spec, where)
+    vocab = spec.text_config["vocab_size"]
+    if spec.image_token_id is not None and not 0 <= spec.image_token_id < vocab:
+        raise ConfigError(f"image token id {spec.image_token_id} lies outside the vocabulary of {vocab} tokens", path=where)
     text_hidden = spec.text_config["hidden_size"]
     vision_hidden = spec.projector_in_features  # the tower's width, once per S² scale
     if spec.projector_type == "mlp2x_gelu":
@@ -153,6 +158,26 @@ def validate(ckpt: Checkpoint) -> None:
             raise MissingTensor(f"tensor {name!r} is missing", path=where)
         if tuple(planned.shape) != shape:
             raise ShapeMismatch(f"tensor {name!r} has shape {list(planned.shape)}, expected {list(shape)}", path=where)
+        _refuse_integer_weight(name, planned, where)
+
+
+def _check_feature_layers(spec, where: str) -> None:
+    """The tower's output the projector reads exists: a tower of L layers has L + 1 hidden states (the embeddings
+    first), so layers -(L + 1) to L. A config naming layer 1000 converted silently, and the first image of every
+    generate or training step was an IndexError deep in transformers."""
+    layers = spec.vision_config["num_hidden_layers"]
+    chosen = spec.vision_feature_layer if isinstance(spec.vision_feature_layer, list) else [spec.vision_feature_layer]
+    for layer in chosen:
+        if not -(layers + 1) <= layer <= layers:
+            raise ConfigError(f"vision_feature_layer {layer} does not exist: the vision tower has {layers} layers "
+                              f"(hidden states {-(layers + 1)} to {layers})", path=where)
+
+
+def _refuse_integer_weight(name: str, planned, where: str) -> None:
+    """Every tensor a config calls for is a weight, and weights are floating point: an I32 or BOOL one converts
+    bit-exactly but fails in the first forward of every model built from it (or is garbage once cast)."""
+    if planned.dtype.startswith(("I", "U")) or planned.dtype == "BOOL":
+        raise CorruptFile(f"tensor {name!r} is stored as {planned.dtype}; model weights are floating point", path=where)
 
 
 def rope_parameters_from_4x(config: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from .common import validate
 from .result import ConversionResult
 from ..checkpoint.image_token import ensure_image_token
 from ..io.checkpoint import parse_size
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, check_output
 from ..io.confine import confine_checkpoint, confine_checkpoint_files
 from ..io.dtypes import CLI_DTYPES, CONFIG_DTYPE_NAMES, is_float
 from ..io.tensors import digest
@@ -56,6 +56,22 @@ def cast(ckpt: Checkpoint, dtype: str) -> Checkpoint:
     return ckpt
 
 
+def input_folders(ckpt: Checkpoint) -> set[Path]:
+    """The folders the tensors and files of ``ckpt`` are read from. A LLaVA-repo checkpoint reads its vision tower
+    from the folder its config names, `mmzoo init` from two folders: `-o TOWER --overwrite` replaced that tower
+    with the output while only the checkpoint's own folder was protected."""
+    folders = {Path(ckpt.path)} if ckpt.path and Path(ckpt.path).exists() else set()
+    for planned in ckpt.tensors.values():
+        for piece in planned.pieces:
+            source = piece.source
+            file = source.stored.file if source.stored is not None else source.origin
+            if file and Path(file).is_file():
+                folders.add(Path(file).parent)
+    for files in (ckpt.tokenizer_files, ckpt.extra_files):
+        folders.update(Path(path).parent for path in files.values())
+    return folders
+
+
 def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwrite: bool = False, shard_size: str | int = "5GB",
                      progress: Callable[[int], None] | None = None, llava_vision_tower: str | None = None) -> None:
     writer = formats.get(tgt_fmt)
@@ -68,6 +84,8 @@ def write_checkpoint(ckpt: Checkpoint, out: str | Path, tgt_fmt: str, *, overwri
     shard_bytes = parse_size(shard_size)
     out = Path(out)
     source = ckpt.path if ckpt.path and Path(ckpt.path).exists() else None
+    for folder in input_folders(ckpt):  # every folder a byte is read from, not only the checkpoint's own
+        check_output(out, folder, overwrite)
     with writing(out):  # "No space left on device" from a byte-range copy names the output
         atomic_write(out, source, overwrite, lambda tmp: writer.write(
             ckpt, tmp, final_path=out.absolute(), shard_bytes=shard_bytes, progress=progress, vision_tower=llava_vision_tower))

@@ -45,6 +45,8 @@ def generate(checkpoint: str | Path, prompt: str, images: list[str | Path] | tup
     inputs = processor(images=pictures or None, text=text, return_tensors="pt", add_special_tokens=add_special)
     if model is None:
         model = load_model(checkpoint, dtype=dtype, attn_implementation=attn_implementation)
+    _check_context(model, int(inputs["input_ids"].shape[1]), max_new_tokens)
+    _check_image_token(model, tokenizer, pictures)
     target = _device(device)
     model.to(target)
     float_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
@@ -63,6 +65,31 @@ def generate(checkpoint: str | Path, prompt: str, images: list[str | Path] | tup
     return {"answer": tokenizer.decode(new_tokens, skip_special_tokens=True), "tokens": new_tokens,
             "prompt": text, "prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": len(new_tokens),
             "seconds": round(seconds, 3), "tokens_per_s": round(len(new_tokens) / seconds, 1) if seconds else None}
+
+
+def _check_context(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """A prompt or an answer longer than the model's context window is refused before the first forward: past it
+    the model is not trained, and the KV cache and attention keep growing with every token (eager attention's
+    memory grows with the square of the length; --max-new-tokens 10^12 never ended)."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if not isinstance(context, int) or context < 1:
+        return
+    if prompt_tokens > context:
+        raise MmzooError(f"the prompt is {prompt_tokens:,} tokens, more than the model's context of {context:,}")
+    if max_new_tokens > context:
+        raise MmzooError(f"--max-new-tokens {max_new_tokens:,} is more than the model's context of {context:,} tokens")
+
+
+def _check_image_token(model, tokenizer, pictures) -> None:
+    """The config's image token is the id the tokenizer gives ``<image>``: a config naming another id made
+    transformers fail in the forward ("Image features and image tokens do not match, tokens: 0")."""
+    expected = getattr(model.config, "image_token_id", None)
+    if expected is None:
+        expected = getattr(model.config, "image_token_index", None)
+    marker = tokenizer.convert_tokens_to_ids("<image>")
+    if pictures and expected is not None and marker != expected:
+        raise MmzooError(f"the checkpoint's config marks images with token id {expected}, but its tokenizer's <image> "
+                         f"is {marker}: the config and the tokenizer do not belong together")
 
 
 def _neutral_generation(sampling: dict[str, Any]) -> dict[str, Any]:

@@ -151,10 +151,45 @@ def _hub_errors(repo_id: str, endpoint: str, revision: str | None, action: str) 
             raise HubError(f"{action} of {repo_id} at {endpoint} failed: {type(exc).__name__}: {_short(exc)}") from exc
         raise
     except Exception as exc:
-        # Any other exception huggingface_hub defines (its errors and its ValueErrors): one line, not a traceback.
-        if type(exc).__module__.startswith("huggingface_hub"):
+        # Any other exception huggingface_hub defines, or raises from its own code (a plain ValueError for a file
+        # name it will not write, which a server can send in its file list): one line, not a traceback.
+        if type(exc).__module__.startswith("huggingface_hub") or _raised_in_huggingface_hub(exc):
             raise HubError(f"{action} of {repo_id} at {endpoint} failed: {type(exc).__name__}: {_short(exc)}") from exc
         raise
+
+
+def _raised_in_huggingface_hub(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}huggingface_hub{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+# huggingface_hub keeps its download metadata in OUT/.cache/huggingface, and mmzoo its pull record in OUT/.mmzoo-hub.json:
+# a repository file of those names would overwrite (or be overwritten by) that bookkeeping.
+_RESERVED = (".cache", HUB_RECORD)
+
+
+def _check_repo_paths(paths: list[str], repo_id: str) -> None:
+    """Every file a pull will write lies inside OUT under its own name: refused before the first download.
+
+    huggingface_hub refuses ``..`` and absolute names itself (with a ValueError); this check does not depend on the
+    client version, also covers backslashes, drive letters, control characters and mmzoo's reserved names, and
+    says which file of which repository is wrong."""
+    for path in paths:
+        parts = path.split("/")
+        problem = (
+            "is empty" if not path else
+            "holds a control character" if any(ord(c) < 32 for c in path) else
+            "holds a backslash (a Windows path separator)" if "\\" in path else
+            "is an absolute path" if path.startswith("/") else
+            "names a drive" if ":" in parts[0] else
+            "has an empty, '.' or '..' path segment" if any(p in ("", ".", "..") for p in parts) else
+            "would overwrite the pull's own bookkeeping (.cache/, .mmzoo-hub.json)" if parts[0] in _RESERVED else None
+        )
+        if problem:
+            raise HubError(f"refusing to pull {repo_id}: the repository's file name {path[:200]!r} {problem}; "
+                           "only plain relative names are written inside OUT")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,6 +410,14 @@ def _verify_snapshot(folder: Path, tree: list) -> None:
             raise HubError(f"download corrupt: git oid of {entry.path} does not match the Hub")
 
 
+def _check_free_space(folder: Path, needed: int, repo_id: str) -> None:
+    """Refuse a repository larger than the free space where OUT goes, before downloading any of it (the sizes are the
+    Hub's listing; a server that sends more than it lists is caught by huggingface_hub's size check per file)."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise HubError(f"refusing to pull {repo_id}: its files take {needed:,} bytes, {folder} has {free:,} bytes free")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -435,6 +478,8 @@ def _pull(repo_id: str, out: Path, revision: str | None, tgt_fmt: str | None, to
             tree = [f for f in hf.list_repo_tree(repo_id, recursive=True, revision=sha) if isinstance(f, RepoFile)]
             if not tree:
                 raise HubError(f"{repo_id}@{sha[:12]} at {ep} is empty")
+            _check_repo_paths([e.path for e in tree] + [s.rfilename for s in info.siblings or []], repo_id)
+            _check_free_space(out.parent, sum(e.size or 0 for e in tree), repo_id)
             seeded: dict[str, int] = {}
             if out.is_dir() and overwrite:
                 _seed_from(out, download)

@@ -20,7 +20,7 @@ def check_output(out: Path, source: Path | None, overwrite: bool) -> None:
         src = Path(source).resolve()
         if out.resolve() == src or src in out.resolve().parents or out.resolve() in src.parents:
             raise MmzooError("output must not be the source folder, inside it, or contain it", path=out)
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:  # a dangling link is there too
         raise OutputExists("already exists (pass --overwrite to replace it)", path=out)
 
 
@@ -39,12 +39,13 @@ def commit_output(tmp: Path, out: Path) -> None:
     """Move a finished temporary folder into place; an old OUT is removed only after the move."""
     out = out.absolute()
     old = None
-    if out.exists():
+    if out.exists() or out.is_symlink():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.rename(out, old)
     os.rename(tmp, out)
     if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        # An OUT that was a symlink is replaced as a link: the folder it pointed to is never touched.
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 def atomic_write(out: Path, source: Path | None, overwrite: bool, write: Callable[[Path], None]) -> None:

@@ -12,6 +12,7 @@ from .confine import checkpoint_root, confined
 from .structured import load_json, require_regular_file
 from .safetensors_file import PendingTensor, build_header, copy_range, read_header, write_all
 from .tensors import Planned, Source, materialize
+from .torch_zip import check_torch_zip
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -80,6 +81,7 @@ def _bin_sources(path: Path) -> dict[str, Source]:
     import torch
 
     require_regular_file(path)  # torch.load would block forever on a named pipe
+    check_torch_zip(path)  # torch.save never compresses: a deflated entry is a crafted file
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # pickle errors come in many types; all mean the same to the user

@@ -41,8 +41,9 @@ def confined(path: str | Path, root: Path, *, named_by: str | Path | None = None
     path = Path(path)
     try:
         resolved = path.resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13, OSError after
-        raise OutsideCheckpoint(f"cannot resolve {path} ({exc})", path=path) from None
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop (RuntimeError before Python 3.13, OSError
+        # after); a name with a NUL byte, which an index can hold ("embedded null byte")
+        raise OutsideCheckpoint(f"cannot resolve {str(path)!r} ({exc})", path=path) from None
     if resolved == root or root in resolved.parents:
         return path
     how = "is a symlink to" if path.is_symlink() else "resolves to"

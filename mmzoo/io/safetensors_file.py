@@ -50,13 +50,16 @@ def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
         raise CorruptFile(f"cannot read: {exc.strerror}", path=path) from exc
     try:
         header = json.loads(raw, object_pairs_hook=_refuse_duplicate_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise CorruptFile("corrupt safetensors header (not JSON)", path=path) from None
     except _DuplicateKey as exc:
         raise CorruptFile(f"corrupt safetensors header: {exc.key!r} appears twice", path=path) from None
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or an integer of more than 4,300 digits
+        raise CorruptFile("corrupt safetensors header (not JSON)", path=path) from None
     if not isinstance(header, dict):
         raise CorruptFile("corrupt safetensors header", path=path)
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):  # the format says string -> string; the safetensors library refuses others
+        raise CorruptFile(f"corrupt safetensors header: __metadata__ must be a JSON object, not {type(metadata).__name__}",
+                          path=path)
     data_start = 8 + header_len
     data_len = size - data_start
     tensors: dict[str, StoredTensor] = {}

@@ -100,6 +100,8 @@ def parse_json(text: str | bytes, *, where: str | Path | None = None) -> Any:
         raise ConfigError(f"is not UTF-8 text (offset {exc.start})", path=where) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"not valid JSON ({exc})", path=where) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits: Python refuses to convert it (CVE-2020-10735)
+        raise ConfigError(f"not valid JSON ({str(exc).split(';')[0]})", path=where) from None
     check_depth(data, where)
     return data
 

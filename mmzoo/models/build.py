@@ -3,9 +3,26 @@ under the in-memory names, an empty model and the assignment of the weights. ``l
 ``moe.py`` (MoE) assemble models from these, so neither needs the other."""
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
-from ..errors import MmzooError
+from ..errors import CorruptFile, MmzooError
+
+
+@contextmanager
+def third_party_load(path: str | Path | None, what: str, library: str = "transformers") -> Iterator[None]:
+    """transformers reading a checkpoint's files (tokenizer.json, tokenizer_config.json, processor and rope
+    settings) raises whatever its parsing meets: a KeyError for an unknown rope type, a TypeError for an
+    ``added_tokens_decoder`` of the wrong shape; DeepSpeed's ``zero_to_fp32`` likewise for a crafted ZeRO folder.
+    For a downloaded file that is bad input, not a bug: one line."""
+    try:
+        yield
+    except (MmzooError, MemoryError, RecursionError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers and tokenizers raise every builtin type
+        detail = " ".join(str(exc).split())[:200] or "no message"
+        raise CorruptFile(f"{library} cannot load {what} ({type(exc).__name__}: {detail})", path=path) from exc
 
 
 def llava_config(spec) -> Any:
@@ -43,7 +60,7 @@ def build_empty(config, dtype, attn_implementation: str, cls=None):
     previous = torch.get_default_dtype()
     try:
         torch.set_default_dtype(dtype)
-        with no_init_weights():
+        with no_init_weights(), third_party_load(None, "a model from this config"):
             model = cls._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     finally:
         torch.set_default_dtype(previous)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from ..errors import MissingDependency, MmzooError
-from .build import build_empty, dominant_dtype, llava_config, load_state, state_dict_for
+from ..errors import CorruptFile, MissingDependency, MmzooError, naming
+from .build import build_empty, dominant_dtype, llava_config, load_state, state_dict_for, third_party_load
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
@@ -29,11 +29,12 @@ def load_model(path: str | Path, *, dtype: str | None = None, attn_implementatio
     ckpt = read_checkpoint(path, fmt)
     if dtype:
         ckpt = cast(ckpt, dtype)
-    if ckpt.spec.moe:
-        from .moe import load_moe_model
+    with naming(path):  # transformers refusing the config (build.third_party_load) names the checkpoint
+        if ckpt.spec.moe:
+            from .moe import load_moe_model
 
-        return load_moe_model(ckpt, attn_implementation=attn_implementation)
-    return model_from_checkpoint(ckpt, attn_implementation=attn_implementation)
+            return load_moe_model(ckpt, attn_implementation=attn_implementation)
+        return model_from_checkpoint(ckpt, attn_implementation=attn_implementation)
 
 
 def model_from_checkpoint(ckpt, *, attn_implementation: str = "sdpa"):
@@ -60,13 +61,20 @@ def load_processor(path: str | Path):
     from .square_images import with_square_padding
 
     ckpt = read_checkpoint(path)
-    if ckpt.format == "hf":  # the processor never needs the folder's remote MoE modeling code
-        return with_square_padding(AutoProcessor.from_pretrained(str(path), trust_remote_code=False), ckpt.spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        copy_files(ckpt.tokenizer_files, folder)
-        if ckpt.image_processor is not None:
-            write_json(folder / "preprocessor_config.json", ckpt.image_processor)
-        write_json(folder / "processor_config.json", processor_config(ckpt))
-        (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
-        return with_square_padding(AutoProcessor.from_pretrained(tmp), ckpt.spec)  # LibMoE's checkpoints pad images to squares
+    with third_party_load(path, "its tokenizer and processor files"):
+        if ckpt.format == "hf":  # the processor never needs the folder's remote MoE modeling code
+            processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=False)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                copy_files(ckpt.tokenizer_files, folder)
+                if ckpt.image_processor is not None:
+                    write_json(folder / "preprocessor_config.json", ckpt.image_processor)
+                write_json(folder / "processor_config.json", processor_config(ckpt))
+                (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
+                processor = AutoProcessor.from_pretrained(tmp)
+    if not (hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")):
+        # a processor_config.json naming another class (a bare tokenizer, say) gives something else
+        raise CorruptFile(f"its processor files load as {type(processor).__name__}, not a processor with a tokenizer "
+                          "and an image processor (check processor_config.json)", path=path)
+    return with_square_padding(processor, ckpt.spec)  # LibMoE's checkpoints pad images to squares

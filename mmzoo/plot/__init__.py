@@ -68,7 +68,12 @@ def expert_imbalance(records: list[dict[str, Any]]) -> dict[str, tuple[list[int]
     """Per MoE layer: (steps, busiest expert's share × number of experts)."""
     out: dict[str, tuple[list[int], list[float]]] = {}
     for record in records:
-        for layer, shares in (record.get("expert_load") or {}).items():
+        loads = record.get("expert_load")
+        for layer, shares in (loads.items() if isinstance(loads, dict) else ()):
+            # a hand-edited or foreign metrics.jsonl may hold anything here: only lists of finite numbers count
+            if not isinstance(shares, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and math.isfinite(v) for v in shares):
+                continue
             if shares and sum(shares) > 0:
                 steps, values = out.setdefault(layer, ([], []))
                 steps.append(record["step"])

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import MmzooError
+from ..errors import ConfigError, MmzooError
 from ..io.structured import MAX_TOKENIZER_BYTES, load_json, read_text
 from ..io.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 from ..checkpoint.locate import tokenizer_folder
@@ -112,7 +112,10 @@ class TokenizerInfo:
         if (folder / "chat_template.jinja").is_file():
             template = read_text(folder / "chat_template.jinja")
         if isinstance(template, list):  # named templates: use the default one
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+        if template is not None and not isinstance(template, str):  # jinja would fail on it with a TypeError traceback
+            raise ConfigError("chat_template must be a template string or a list of {name, template} objects "
+                              f"(got {type(template).__name__})", path=folder / "tokenizer_config.json")
         data = json.loads(json_text)
         specials = tuple(t["content"] for t in data.get("added_tokens", [])
                          if t.get("special") and t["content"] != IMAGE_MARKER)
@@ -141,8 +144,8 @@ def _read_optional_json(path: Path) -> dict[str, Any]:
 
 
 def _token_text(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
+    if isinstance(value, dict):  # an AddedToken as transformers saves it; a content of another type counts as unset
+        value = value.get("content")
     return value if isinstance(value, str) else None
 
 

@@ -31,6 +31,7 @@ from .writer import FORMAT_VERSION, TMP_SUFFIX, MmzooWriter
 FORMATS = ("mmzoo", "cerebras", "cerebras-multimodal")
 CHECKPOINT = {"mmzoo": ".progress.json", "cerebras": "checkpoint.txt", "cerebras-multimodal": "checkpoint.txt"}
 CHUNK_ROWS = 512  # rows per task: large enough to amortise IPC, small enough to keep workers busy
+MAX_IMAGE_TOKENS = 1 << 20  # per image; far above any real tower (LLaVA-1.5: 576)
 
 
 def new_stats() -> dict[str, Any]:
@@ -138,7 +139,7 @@ def _check_options(template: str, format: str, max_seq_len: int, workers: int, p
     # Upper bounds far above real use: the cerebras layout allocates max_seq_len per sample and a
     # shard is built in memory, so an absurd value would exhaust memory instead of failing.
     for flag, value, limit in (("--max-seq-len", max_seq_len, 1 << 24), ("--samples-per-shard", per_shard, 10_000_000),
-                               ("--workers", workers, 1024), ("--num-image-tokens", num_image_tokens or 1, 1 << 20)):
+                               ("--workers", workers, 1024), ("--num-image-tokens", num_image_tokens or 1, MAX_IMAGE_TOKENS)):
         if value > limit:
             raise ConfigError(f"{flag} {value:,} is more than {limit:,}")
     if resume and overwrite:
@@ -167,11 +168,17 @@ def _resolve_num_image_tokens(n: int | None, model: str | Path | None, tokenizer
         return n
     source = model if model is not None else tokenizer
     try:
-        return int(num_image_tokens(source))
+        derived = int(num_image_tokens(source))
     except (MmzooError, KeyError, TypeError) as exc:
         if model is not None:
             raise MmzooError(f"cannot read the vision config ({exc})", path=model) from None
         raise MmzooError("the number of image tokens is unknown", hint="give --num-image-tokens N or --model CHECKPOINT") from None
+    # the bound --num-image-tokens has: image_size 2^20 over patch_size 1 (each within its own bound) is 2^40 tokens
+    # per image, and every image sample allocated that many before its length was judged
+    if derived > MAX_IMAGE_TOKENS:
+        raise ConfigError(f"its vision config implies {derived:,} tokens per image ((image_size / patch_size)²), more "
+                          f"than the {MAX_IMAGE_TOKENS:,} a model can have", path=source)
+    return derived
 
 
 # -- output folder, checkpoint, resume ---------------------------------------------------------

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from ..errors import CorruptFile, MmzooError
 from ..io.structured import load_json
+from .shard_checks import MAX_SAMPLE_TOKENS, check_manifest, check_shard, image_path, shard_file
 
 IGNORE_INDEX = -100
 
@@ -32,16 +33,26 @@ class H5Dataset(Dataset):
             raise MmzooError("no manifest.json: not a finished `mmzoo preprocess --format mmzoo` output", path=self.out)
         self.manifest = load_json(path)
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != "mmzoo":
-            raise MmzooError(f"format {self.manifest.get('format')!r} is not readable by H5Dataset", path=self.out)
-        params = self.manifest["parameters"]
+            format_ = self.manifest.get("format") if isinstance(self.manifest, dict) else None
+            raise MmzooError(f"format {format_!r} is not readable by H5Dataset", path=self.out)
+        # A preprocessed folder may come from someone else: its manifest and shards are checked before any sample
+        # is read (mmzoo/preprocess/shard_checks.py), so a broken one is one line here, not a traceback per worker.
+        params, shards = check_manifest(self.manifest, path)
         self.image_token_id: int = params["image_token_id"]
         self.num_image_tokens: int = params["num_image_tokens"]
         self.pad_token_id: int = params["pad_token_id"]
-        self.files = [self.out / s["file"] for s in self.manifest["shards"]]
-        counts = [s["n_samples"] for s in self.manifest["shards"]]
+        self.max_seq_len: int = params.get("max_seq_len") or MAX_SAMPLE_TOKENS
+        self.vocab_size: int | None = None  # set by a trainer that knows the model: token ids are checked against it
+        self.files = [shard_file(self.out, s["file"], path) for s in shards]
+        counts = [s["n_samples"] for s in shards]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64).tolist()
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
+        try:
+            for k, shard in enumerate(shards):
+                check_shard(self._file(k), shard["n_samples"], self.max_seq_len, self.files[k])
+        finally:
+            self.close()  # DataLoader workers open their own handles; a refused shard is not left open
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -72,8 +83,12 @@ class H5Dataset(Dataset):
         f = self._file(k)
         a, b = (int(x) for x in f["offsets"][j: j + 2])
         ia, ib = (int(x) for x in f["image_offsets"][j: j + 2])
+        input_ids = f["input_ids"][a:b]
+        if len(input_ids) and (input_ids.min() < 0 or self.vocab_size is not None and input_ids.max() >= self.vocab_size):
+            raise CorruptFile(f"sample {j} holds token id {int(input_ids.min() if input_ids.min() < 0 else input_ids.max())}, "
+                              f"outside the model's vocabulary of {self.vocab_size}", path=self.files[k])
         return {
-            "input_ids": f["input_ids"][a:b],
+            "input_ids": input_ids,
             "loss_mask": f["loss_mask"][a:b],
             "image_paths": list(f["image_paths"].asstr()[ia:ib]) if ib > ia else [],
             "id": f["sample_ids"].asstr()[j],
@@ -98,8 +113,12 @@ class H5Dataset(Dataset):
 
         images = []
         for rel in paths:
-            with Image.open(self.image_root / rel) as img:
-                images.append(img.convert("RGB"))
+            path = image_path(self.image_root, rel)
+            try:
+                with Image.open(path) as img:
+                    images.append(img.convert("RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # truncated, not an image, a bomb
+                raise CorruptFile(f"not a readable image ({type(exc).__name__})", path=path) from None
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
 
     def close(self) -> None:

@@ -55,9 +55,12 @@ def mark_complete(path: Path, info: dict[str, Any]) -> None:
 
 def read_marker(path: Path) -> dict[str, Any]:
     """What ``COMPLETE`` records about the run that wrote the checkpoint at ``path`` ({} if unreadable)."""
+    from ..errors import MmzooError
+    from ..io.structured import load_json
+
     try:
-        saved = json.loads((path / COMPLETE).read_text())
-    except (OSError, ValueError, RecursionError):
+        saved = load_json(path / COMPLETE)  # bounded: a shared run folder's marker may be anything
+    except (MmzooError, OSError):
         return {}
     return saved if isinstance(saved, dict) else {}
 

@@ -39,8 +39,12 @@ def consolidated_state(tag_dir: Path) -> dict[str, Any]:
     pick_accelerator()  # name DeepSpeed's accelerator ourselves: no "unable to detect" warning on CPU machines
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    # its progress prints would interleave with mmzoo's output; its torch.load calls become weights_only loads
-    with contextlib.redirect_stdout(io.StringIO()), pickles.weights_only_loads():
+    from ..models.build import third_party_load
+
+    # its progress prints would interleave with mmzoo's output; its torch.load calls become weights_only loads;
+    # what it raises on a file of another shape (ValueError, AttributeError, KeyError) is one line naming the folder
+    with contextlib.redirect_stdout(io.StringIO()), pickles.weights_only_loads(), \
+            third_party_load(tag_dir, "this ZeRO checkpoint", library="DeepSpeed's zero_to_fp32"):
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     if stage != 3 and model_states.is_file():
         # ZeRO-1 keeps no frozen-parameter record zero_to_fp32 could read (DeepSpeed writes one only when

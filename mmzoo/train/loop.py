@@ -104,7 +104,7 @@ class MetricsLog:
                 try:
                     if json.loads(line)["step"] <= resume_step:
                         kept.append(line)
-                except (ValueError, KeyError):
+                except (ValueError, KeyError, TypeError):  # a line that is not a record of ours ([1], "x", 5)
                     continue
         path.write_text("".join(line + "\n" for line in kept))
 

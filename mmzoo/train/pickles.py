@@ -62,6 +62,9 @@ def check_file(path: str | Path) -> None:
     Reads only the pickle's opcodes; nothing in the file is executed."""
     import torch
 
+    from ..io.torch_zip import check_torch_zip
+
+    check_torch_zip(path)  # a deflated storage would be inflated in memory by the load (a zip bomb)
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as exc:  # noqa: BLE001 - a legacy (non-zip) pickle or a damaged file: not loadable safely

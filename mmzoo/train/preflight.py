@@ -54,10 +54,37 @@ def check_image_paths(dataset, images: Path, sample: int = IMAGE_SAMPLE) -> None
     if not images.is_dir():
         raise ConfigError(f"data.images {str(images)!r} is not a folder (the data reads images from it, "
                           f"e.g. {paths[0]!r})")
-    missing = [rel for rel in paths if not (images / rel).is_file()]
+    from ..preprocess.shard_checks import image_path
+
+    missing = [rel for rel in paths if not image_path(images, rel).is_file()]  # a path leaving images/ is refused
     if missing:
         raise ConfigError(f"data.images {str(images)!r} lacks {len(missing)} of {len(paths)} sampled images "
                           f"(e.g. {missing[0]!r}); it must be the --images folder given to `mmzoo preprocess`")
+
+
+def check_run_folder(out_dir: Path, cfg: TrainConfig) -> None:
+    """Training writes metrics.jsonl, params.yaml, meta/ and checkpoints/ into ``output_dir``: it may not be an input
+    (the model, the data, the images, a teacher or reference) or lie inside one, and a run folder someone sent you
+    (to resume, to continue training) may not hold a symlink that leaves it, which training would write through
+    (``metrics.jsonl -> ~/.bashrc`` is rewritten on resume)."""
+    from ..io.confine import OutsideCheckpoint, confine_checkpoint
+
+    target = out_dir.absolute().resolve()
+    inputs = [("model", cfg.model), ("data.path", cfg.data.path), ("data.images", cfg.data.images),
+              ("teacher", cfg.teacher), ("reference", cfg.reference)]
+    for what, path in inputs:
+        if path is None:
+            continue
+        source = Path(path).absolute().resolve()
+        if target == source or source in target.parents:
+            raise ConfigError(f"output_dir {out_dir} is {'the' if target == source else 'inside the'} {what} folder "
+                              f"({path}): training would write its checkpoints into an input; choose another output_dir")
+    if not out_dir.is_dir():
+        return
+    try:
+        confine_checkpoint(out_dir, depth=3)  # checkpoints/step_N/<files>: three levels
+    except OutsideCheckpoint as exc:
+        raise ConfigError(f"output_dir {out_dir}: {str(exc).replace('refusing to read it', 'refusing to write through it')}") from None
 
 
 def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
@@ -67,6 +94,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
 
     accumulation = gradient_accumulation(cfg, world) if world is not None else None
     out_dir = Path(cfg.output_dir)
+    check_run_folder(out_dir, cfg)
     existing = ck.latest(out_dir)
     if existing and resume == "never":
         raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
@@ -97,6 +125,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
             raise ConfigError("reference checkpoint not found", path=cfg.reference)
         real_vocabulary(cfg.model, cfg.reference, ("policy", "reference"))  # log-probs of the same tokens
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
+    data.dataset.vocab_size = source.spec.text_config.get("vocab_size")  # a token id past the embeddings: one line
     if data.pairs != (cfg.stage == "preference"):
         kind = "preference pairs" if data.pairs else "conversations"
         raise ConfigError(f"stage {cfg.stage} cannot train on {kind}: stage preference reads `mmzoo preprocess --kind "

@@ -71,3 +71,95 @@ def test_pull_refuses_a_config_naming_a_local_vision_tower(server, tiny_hf, tmp_
     with pytest.raises(HubError, match="outside the checkpoint folder"):
         hub.pull("alice/tower", out)
     assert not out.exists()
+
+
+def _publish(server, repo_id, files):
+    """Commit ``files`` straight into the server's state, names and all (push would refuse them, as it should)."""
+    state = server.state
+    repo = state.create_repo(repo_id)
+    commit = state.new_commit(repo, repo.refs["main"], "hostile", {**repo.commits[repo.refs["main"]].files, **files})
+    repo.refs["main"] = commit.sha
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("../evil.txt", "'..' path segment"),
+    ("sub/../../evil.txt", "'..' path segment"),
+    ("/tmp/mmzoo-evil.txt", "absolute path"),
+    ("C:/evil.txt", "names a drive"),
+    ("a\\..\\..\\evil.txt", "backslash"),
+    ("bad\nname.txt", "control character"),
+    (".cache/huggingface/download/config.json.metadata", "bookkeeping"),
+    (".mmzoo-hub.json", "bookkeeping"),
+])
+def test_pull_refuses_file_names_that_leave_out_before_downloading(server, tiny_hf, tmp_path, capsys, name, problem):
+    """huggingface_hub's own ValueError for `..` used to reach the user as a traceback; a repository file under
+    .cache/huggingface was written into the client's download metadata."""
+    from mmzoo.cli import main
+
+    files = {p.name: p.read_bytes() for p in tiny_hf.iterdir() if p.is_file()}
+    files[name] = b"pwned"
+    _publish(server, "alice/names", files)
+    out = tmp_path / "d" / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hub", "pull", "alice/names", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("mmzoo: error: "), err
+    assert "refusing to pull alice/names" in err and problem in err, err
+    assert server.state.downloads("alice/names") == []  # refused from the listing, before any file was fetched
+    assert sorted(tmp_path.rglob("*")) == [] and not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_huggingface_hub_refusing_a_name_itself_is_one_line(server, tiny_hf, tmp_path, monkeypatch, capsys):
+    """Without mmzoo's own check, huggingface_hub refuses `..` with a plain ValueError from its code: that too is
+    one line, not a traceback (a client or server whose listings disagree would reach it)."""
+    from mmzoo.cli import main
+
+    files = {p.name: p.read_bytes() for p in tiny_hf.iterdir() if p.is_file()}
+    files["../evil.txt"] = b"pwned"
+    _publish(server, "alice/sly", files)
+    out = tmp_path / "out"
+    monkeypatch.setattr(hub, "_check_repo_paths", lambda paths, repo_id: None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hub", "pull", "alice/sly", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and err.count("mmzoo: error: ") == 1, err
+    assert err.strip().splitlines()[-1].startswith("mmzoo: error: ") and "Invalid filename '../evil.txt'" in err, err
+    assert not out.exists() and not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_pull_refuses_a_repository_larger_than_the_free_space(server, tiny_hf, tmp_path, monkeypatch):
+    import hub_server
+
+    real_entry = hub_server.Handler._entry
+
+    def huge(self, path, data):  # the listing claims a petabyte for the weights
+        entry = real_entry(self, path, data)
+        if path == "model.safetensors":
+            entry["size"] = 10**15
+        return entry
+
+    monkeypatch.setattr(hub_server.Handler, "_entry", huge)
+    _publish(server, "alice/huge", {p.name: p.read_bytes() for p in tiny_hf.iterdir() if p.is_file()})
+    out = tmp_path / "out"
+    with pytest.raises(HubError, match=r"refusing to pull alice/huge: its files take 1,000,000,000,\d{3},\d{3} bytes, .* bytes free"):
+        hub.pull("alice/huge", out)
+    assert server.state.downloads("alice/huge") == [] and not out.exists() and siblings(out) == []
+
+
+def test_pull_refuses_a_server_that_sends_other_sizes_than_it_lists(server, tiny_hf, tmp_path, monkeypatch):
+    import hub_server
+
+    real_entry = hub_server.Handler._entry
+
+    def lying(self, path, data):
+        entry = real_entry(self, path, data)
+        if path == "config.json":
+            entry["size"] = 10
+        return entry
+
+    monkeypatch.setattr(hub_server.Handler, "_entry", lying)
+    _publish(server, "alice/lie", {p.name: p.read_bytes() for p in tiny_hf.iterdir() if p.is_file()})
+    out = tmp_path / "out"
+    with pytest.raises(HubError, match="download corrupt: config.json has .* bytes, the Hub lists 10"):
+        hub.pull("alice/lie", out)
+    assert not out.exists() and siblings(out) == []

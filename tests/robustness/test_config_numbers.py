@@ -102,6 +102,29 @@ def test_init_checks_both_folders_before_arithmetic(tiny, tmp_path, capsys):
                     str(text / "config.json"), "num_hidden_layers")
 
 
+def test_init_checks_the_weights_before_drawing_the_projector(tmp_path, capsys):
+    """A text config claiming hidden_size 2^20 (within the bounds) over tiny weights: the fresh projector would be
+    2^20 x 2^20 floats, 4 TiB, and init allocated it before comparing any shape with the weights."""
+    import resource
+
+    from mmzoo.demo.tiny import build_llm, build_vision
+
+    vision, text = tmp_path / "vision", tmp_path / "llm"
+    build_vision(vision)
+    build_llm(text)
+    config = json.loads((text / "config.json").read_text())
+    config["hidden_size"] = 1 << 20
+    (text / "config.json").write_text(json.dumps(config))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(hard, 64 << 30) if hard != resource.RLIM_INFINITY else 64 << 30, hard))
+    try:  # 64 GiB of address space: far above what the test process maps, far below the 4 TiB projector
+        line = assert_one_line(*run_main(capsys, "init", "--vision", vision, "--text", text, "-o", tmp_path / "out"),
+                               "embed_tokens.weight", "the config implies")
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert str(text) in line and not (tmp_path / "out").exists()
+
+
 def test_bounds_accept_real_model_sizes():
     """A Llama-3-405B-like text config and a SigLIP-so400m-like vision config pass."""
     check_text_config({"hidden_size": 16384, "num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8,
@@ -209,3 +232,15 @@ def test_genuine_moe_llava_config_with_wrong_moe_block(layouts, tmp_path, capsys
     start = time.perf_counter()
     assert_one_line(*run_main(capsys, "inspect", folder), message)
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("layer", [1000, -4, [-2, 7]])
+def test_a_vision_feature_layer_the_tower_does_not_have(hf_copy, capsys, layer):
+    """The tiny tower has 2 layers, so hidden states -3..2: layer 1000 converted silently and every generate with an
+    image ended in an IndexError inside transformers."""
+    config = json.loads((hf_copy / "config.json").read_text())
+    config["vision_feature_layer"] = layer
+    (hf_copy / "config.json").write_text(json.dumps(config))
+    for args in (("inspect", hf_copy), ("convert", hf_copy, "-o", hf_copy.parent / "out", "--tgt-fmt", "internal")):
+        assert_one_line(*run_main(capsys, *args), str(hf_copy), "does not exist: the vision tower has 2 layers (hidden states -3 to 2)")
+    assert not (hf_copy.parent / "out").exists()

@@ -190,6 +190,23 @@ def test_absurd_preprocess_numbers_are_one_line(tmp_path, capsys, pp_tokenizer, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_implying_a_trillion_image_tokens_is_refused(tiny, tmp_path, capsys, pp_images):
+    """image_size 2^20 over patch_size 1 passes each number's own bound but is 2^40 tokens per image, past the bound
+    --num-image-tokens has; every image sample then asked for that many tokens (MemoryError, or the OOM killer)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny.hf(), model)
+    config = json.loads((model / "config.json").read_text())
+    config["vision_config"].update(image_size=1 << 20, patch_size=1)
+    (model / "config.json").write_text(json.dumps(config))
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    for source in (["--tokenizer", model], ["--tokenizer", tiny.hf(), "--model", model]):
+        args = ["preprocess", "--data", data, "--images", pp_images, *source, "-o", tmp_path / "out", "--template", "plain", "-q"]
+        assert_one_line(*run_main(capsys, *args), str(model), "implies 1,099,511,627,776 tokens per image", "more than the 1,048,576")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name,content,needle", [
     ("tokenizer.json", b'{"version": "1.0", "model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "cannot load the tokenizer (recursion limit"),
     ("tokenizer.json", b'{"a": "\xff"}', "is not UTF-8 text"),
@@ -208,6 +225,32 @@ def test_broken_tokenizer_files_are_one_line(tmp_path, capsys, pp_tokenizer, pp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("chat_template", 5, "chat_template must be a template string or a list of {name, template} objects (got int)"),
+    ("chat_template", {"x": 1}, "chat_template must be a template string"),
+    ("chat_template", [{"name": "default", "template": 7}], "chat_template must be a template string"),
+    ("chat_template", [5, {"name": "default"}], "the tokenizer has no chat_template"),
+])
+def test_tokenizer_config_fields_of_the_wrong_type_are_one_line(tmp_path, capsys, pp_tokenizer, pp_images, field, value, needle):
+    """Each was a TypeError, KeyError or AttributeError traceback (jinja compiling an int, a list entry without
+    "template"); a bos_token {"content": 5} was a TypeError from the tokenizers library."""
+    import shutil
+
+    tok = tmp_path / "tok"
+    shutil.copytree(pp_tokenizer, tok)
+    (tok / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((tok / "tokenizer_config.json").read_text())
+    (tok / "tokenizer_config.json").write_text(json.dumps({**config, field: value, "bos_token": {"content": 5}}))
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    args = ["preprocess", "--data", data, "--images", pp_images, "--tokenizer", tok, "-o", tmp_path / "out",
+            "--num-image-tokens", "4", "-q", "--template", "auto"]
+    assert_one_line(*run_main(capsys, *args), needle)
+    assert not (tmp_path / "out").exists()
+    (tok / "tokenizer_config.json").write_text(json.dumps({**config, "bos_token": {"content": 5}}))
+    args[-1] = "vicuna_v1"  # the odd bos_token alone counts as unset, as a missing one does
+    assert run_main(capsys, *args)[0] == 0
+
+
 def test_named_pipe_as_data_file_is_one_line(tmp_path, capsys, pp_tokenizer, pp_images):
     import os
 
@@ -218,3 +261,20 @@ def test_named_pipe_as_data_file_is_one_line(tmp_path, capsys, pp_tokenizer, pp_
             "--num-image-tokens", "4", "--template", "vicuna_v1", "-q"]
     assert_one_line(*run_main(capsys, *args), "d.jsonl", "named pipe")
     assert time.perf_counter() - start < 10
+
+
+def test_a_decompression_bomb_image_is_one_rejected_row(tmp_path, pp_tokenizer, pp_images):
+    """400 M pixels in a 50 KB PNG: PIL's bomb limit refuses it while the image is checked, as one rejected row."""
+    import shutil
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    shutil.copytree(pp_images, images, symlinks=True)
+    Image.new("1", (20000, 20000)).save(images / "bomb.png")
+    bomb = {**GOOD, "id": "bomb", "image": "bomb.png"}
+    out = tmp_path / "out"
+    manifest = preprocess([write_jsonl(tmp_path / "d.jsonl", [bomb, GOOD])], images, pp_tokenizer, out,
+                          template="vicuna_v1", num_image_tokens=4)
+    assert manifest["statistics"]["samples_written"] == 1
+    assert rejected(out)["bomb"]["reason"] == "unreadable_image" and "DecompressionBombError" in rejected(out)["bomb"]["detail"]

@@ -102,6 +102,21 @@ def test_config_json_deep_and_non_utf8(capsys, hf_copy):
     assert_one_line(*run_main(capsys, "inspect", hf_copy), "config.json", "not UTF-8")
 
 
+def test_config_json_with_a_5000_digit_integer_or_wrong_architectures(capsys, hf_copy):
+    """json.loads raises a plain ValueError (not JSONDecodeError) for an integer of more than 4,300 digits, and every
+    format's detect() asks `name in config["architectures"]`: both were tracebacks."""
+    config = hf_copy / "config.json"
+    data = json.loads(config.read_text())
+    config.write_text(json.dumps(data)[:-1] + ', "unused": ' + "9" * 5000 + "}")
+    for command in ("inspect", "convert"):
+        args = [command, hf_copy] + (["-o", hf_copy.parent / "out", "--tgt-fmt", "internal"] if command == "convert" else [])
+        assert_one_line(*run_main(capsys, *args), "config.json", "not valid JSON", "4300 digits")
+    for architectures in (5, [{}], "LlavaForConditionalGeneration"):
+        config.write_text(json.dumps({**data, "architectures": architectures}))
+        assert_one_line(*run_main(capsys, "inspect", hf_copy), "config.json", "architectures must be a list of class names")
+    assert not (hf_copy.parent / "out").exists()
+
+
 def test_index_deep_non_utf8_and_wrong_shape(capsys, hf_copy):
     index = hf_copy / "model.safetensors.index.json"
     for raw, needle in ((b'{"weight_map": ' + DEEP_JSON.encode() + b"}", "nested more than"),

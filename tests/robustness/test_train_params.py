@@ -56,3 +56,14 @@ def test_params_that_is_a_named_pipe_or_folder(tmp_path, capsys):
     assert_one_line(*run_main(capsys, "train", "--params", tmp_path), "folder")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system ['touch {marker}']",
+                                 "!!python/object/new:subprocess.Popen [['touch', '{marker}']]",
+                                 "!!python/name:os.system"])
+def test_python_tags_in_a_params_file_never_run(params, tmp_path, capsys, tag):
+    """yaml's unsafe loaders build Python objects from these tags; mmzoo's YAML is safe_load only."""
+    marker = tmp_path / "pwned"
+    params.write_text(params.read_text() + "\nextra: " + tag.format(marker=marker) + "\n")
+    assert_one_line(*run_main(capsys, "train", "--params", params), str(params), "not valid YAML", "python/")
+    assert not marker.exists()

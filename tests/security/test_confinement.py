@@ -139,3 +139,16 @@ def test_moe_llava_image_tower_linking_outside_is_refused(tiny, tmp_path):
     (tower / "config.json").symlink_to(tmp_path / "tower-config.json")
     with pytest.raises(MmzooError, match="image_tower/config.json is a symlink to .*outside the checkpoint folder"):
         read_checkpoint(moe)
+
+
+@pytest.mark.parametrize("name, needle", [("a\0b.safetensors", "embedded null byte"), ("..", "outside the checkpoint folder"),
+                                          ("config.json", "not a safetensors file")])
+def test_index_naming_odd_shards_is_one_line(sharded, tmp_path, name, needle):
+    """A NUL byte in a shard name was a ValueError traceback from pathlib; a folder or a non-weights file is refused."""
+    index_path = sharded / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = name
+    index_path.write_text(json.dumps(index))
+    out = tmp_path / "out"
+    _assert_refused(("convert", str(sharded), "-o", str(out), "--tgt-fmt", "internal"), out, needle)

@@ -109,3 +109,68 @@ def test_stale_cleanup_keeps_live_writers_and_restores_a_set_aside_output(tmp_pa
     assert clear_stale_partials(out) == [dead]
     assert (out / "weights").read_text() == "previous output"
     assert _listing(tmp_path) == sorted([live.name, other.name, "out"])
+
+
+def test_an_out_that_is_a_symlink_is_replaced_as_a_link_and_its_target_is_untouched(tiny, tmp_path):
+    """`-o LINK --overwrite` where LINK points to a folder of yours: the link is replaced by the output, the folder
+    it pointed to is kept as it was. It used to end in "Cannot call rmtree on a symbolic link" (exit 2) after OUT
+    had been written, leaving the link behind as `.LINK.old-PID`."""
+    victim = tmp_path / "my-folder"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    link = tmp_path / "out"
+    link.symlink_to(victim)
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(link), "--tgt-fmt", "internal")
+    assert code == 2 and "already exists" in stderr and stderr.count("\n") == 1, stderr
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(link), "--tgt-fmt", "internal", "--overwrite")
+    assert code == 0, stderr
+    assert not link.is_symlink() and (link / "mmzoo.yaml").is_file()
+    assert _listing(victim) == ["precious.txt"] and (victim / "precious.txt").read_text() == "keep"
+    assert _listing(tmp_path) == ["my-folder", "out"]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(dangling), "--tgt-fmt", "internal")
+    assert code == 2 and "already exists" in stderr, stderr
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(dangling), "--tgt-fmt", "internal", "--overwrite")
+    assert code == 0 and (dangling / "mmzoo.yaml").is_file() and not (tmp_path / "nowhere").exists(), stderr
+
+
+def test_init_never_writes_over_either_input(tmp_path):
+    """`mmzoo init --vision V --text T -o V --overwrite` replaced the vision folder with the new model: only the LLM
+    folder was known to the write as its source."""
+    from mmzoo.demo.tiny import build_llm, build_vision
+
+    vision, text = tmp_path / "vision", tmp_path / "llm"
+    build_vision(vision)
+    build_llm(text)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    for out in (vision, vision / "sub", text, tmp_path):
+        code, _, stderr = run_cli("init", "--vision", str(vision), "--text", str(text), "-o", str(out), "--overwrite")
+        assert code == 2 and stderr.count("\n") == 1, stderr
+        assert "output must not be the source folder, inside it, or contain it" in stderr, stderr
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_convert_never_writes_over_a_vision_tower_the_checkpoint_names(tiny, tmp_path):
+    """The original LLaVA layout names its vision tower by path (mm_vision_tower): `convert TEXT -o TOWER --overwrite`
+    replaced that tower with the output, since only the checkpoint's own folder was protected."""
+    import json
+    import shutil
+
+    from mmzoo.converters.pipeline import convert
+
+    llava = tmp_path / "llava"
+    convert(tiny.hf(), llava, tgt_fmt="llava")
+    tower, text = tmp_path / "tower", tmp_path / "text"
+    shutil.copytree(llava / "image_model", tower)
+    shutil.copytree(llava / "text_model_llava", text)
+    config = json.loads((text / "config.json").read_text())
+    config["mm_vision_tower"] = str(tower)
+    (text / "config.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in sorted(tower.rglob("*")) if p.is_file()}
+    for out in (tower, tower / "sub", tmp_path):
+        code, _, stderr = run_cli("convert", str(text), "-o", str(out), "--tgt-fmt", "internal", "--overwrite")
+        assert code == 2 and "output must not be the source folder, inside it, or contain it" in stderr, stderr
+    assert {p: p.read_bytes() for p in sorted(tower.rglob("*")) if p.is_file()} == before
+    code, _, stderr = run_cli("convert", str(text), "-o", str(tmp_path / "ok"), "--tgt-fmt", "internal")
+    assert code == 0, stderr

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmzoo.cli import main
+from mmzoo.errors import MmzooError
 from mmzoo.train import pickles
 
 
@@ -135,4 +136,66 @@ def test_export_refuses_run_metadata_linking_outside(run_dir, tmp_path):
     out = tmp_path / "out"
     code, _, stderr = run_cli("export", str(run_dir), "-o", str(out))
     assert code == 2 and "tokenizer.json is a symlink to /etc/passwd, outside the checkpoint folder" in stderr, stderr
+    assert not out.exists()
+
+
+def _deflated(path, state):
+    """``state`` saved by torch, then re-zipped with its entries deflated: 64 MiB of zeros in about 64 KB."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    original = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for info in original.infolist():
+            archive.writestr(info.filename, original.read(info.filename))
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_inflated(tmp_path):
+    """torch.load inflates a deflated storage in memory: a 1 MB crafted .pt loaded 1 GiB (1.3 GB peak RSS measured)."""
+    bomb = tmp_path / "mp_rank_00_model_states.pt"
+    _deflated(bomb, {"module": {"w": torch.zeros(16 << 20)}})
+    assert bomb.stat().st_size < 1 << 20
+    for check in (pickles.check_file, pickles.check_folder):
+        with pytest.raises(MmzooError, match="is compressed .*torch.save never compresses.*zip bomb"):
+            check(bomb if check is pickles.check_file else tmp_path)
+    plain = tmp_path / "plain" / "mp_rank_00_model_states.pt"
+    plain.parent.mkdir()
+    torch.save({"module": {"w": torch.zeros(4)}}, plain)
+    pickles.check_file(plain)  # what torch.save writes is never compressed
+
+
+def test_a_zip_bomb_bin_checkpoint_is_one_line(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf(), src)
+    state = load_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    _deflated(src / "pytorch_model.bin", {**state, "junk": torch.zeros(16 << 20)})
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("convert", str(src), "-o", str(out), "--tgt-fmt", "internal")
+    assert code == 2 and stderr.count("\n") == 1 and "pytorch_model.bin: entry 'archive/data.pkl' is compressed" in stderr, stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stage, files", [
+    (2, {"mp_rank_00_model_states.pt": {"module": {}}, "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"x": 1}}),
+    (2, {"mp_rank_00_model_states.pt": {"module": {}, "param_shapes": [{"w": [4]}], "buffer_names": [],
+                                        "frozen_param_shapes": None, "shared_params": [], "ds_version": "0.19.8"},
+         "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"optimizer_state_dict": {
+             "zero_stage": 2, "partition_count": 1, "single_partition_of_fp32_groups": [torch.ones(4)]}, "ds_config": {}}}),
+    (3, {"zero_pp_rank_0_mp_rank_00_model_states.pt": {"module": {}}, "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"x": 1}}),
+], ids=["zero2-garbage", "zero2-wrong-types", "zero3-garbage"])
+def test_export_of_a_zero_folder_deepspeed_cannot_read_is_one_line(run_dir, tmp_path, stage, files):
+    """Safe pickles of the wrong shape: DeepSpeed's zero_to_fp32 raised ValueError / AttributeError tracebacks."""
+    tag = run_dir / "checkpoints" / "step_0000001"
+    (tag / "COMPLETE").write_text(json.dumps({"zero_stage": stage, "world_size": 1}))
+    for name, content in files.items():
+        torch.save(content, tag / name)
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("export", str(run_dir), "-o", str(out))
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert "DeepSpeed's zero_to_fp32 cannot load this ZeRO checkpoint (" in stderr, stderr
     assert not out.exists()

@@ -46,6 +46,12 @@ def test_a_valid_hand_made_file_is_read(tmp_path):  # the helper itself writes w
     ('{"a":' + _entry(offsets=(0.0, 8.0)) + "}", "invalid data_offsets"),
     ('{"a":' + _entry(offsets=(-8, 0)) + "}", "invalid data_offsets"),
     ('{"a":' + _entry(dtype=["F32"]) + "}", "unsupported dtype"),
+    # __metadata__ is string -> string in the format; a list or a string there was an AttributeError traceback
+    pytest.param('{"__metadata__":[1,2],"a":' + _entry() + "}", "__metadata__ must be a JSON object", id="metadata-list"),
+    pytest.param('{"__metadata__":"pt","a":' + _entry() + "}", "__metadata__ must be a JSON object", id="metadata-string"),
+    # an integer of more than 4,300 digits makes json.loads raise a plain ValueError (Python's CVE-2020-10735 guard)
+    pytest.param('{"a":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,8]}}', "not JSON", id="5000-digit-dim"),
+    pytest.param('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,' + "9" * 5000 + "]}}", "not JSON", id="5000-digit-offset"),
 ])
 def test_bad_headers_are_refused(tmp_path, header, message):
     path = tmp_path / "model.safetensors"
@@ -101,3 +107,40 @@ def test_a_tensor_in_another_shard_than_the_index_says_is_refused(tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CorruptFile, match="the index puts tensor 'b' in s2.safetensors, but it is stored in s1.safetensors"):
         read_weights(folder)
+
+
+def test_cli_refuses_hostile_metadata_and_huge_integers_in_one_line(tiny, tmp_path):
+    """Through the real CLI: each used to end in a traceback (AttributeError, ValueError)."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf(), src)
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    out = tmp_path / "out"
+    for metadata, needle in (("[1, 2]", "__metadata__ must be a JSON object"), ("9" * 5000, "not JSON")):
+        text = json.dumps({k: v for k, v in header.items() if k != "__metadata__"})
+        _raw_file(weights, '{"__metadata__": ' + metadata + ", " + text[1:], raw[8 + n:])
+        for args in (("inspect", str(src)), ("convert", str(src), "-o", str(out), "--tgt-fmt", "internal")):
+            code, _, stderr = run_cli(*args)
+            assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("mmzoo: error: "), stderr
+            assert needle in stderr and "model.safetensors" in stderr, stderr
+    assert not out.exists()
+
+
+def test_a_weight_stored_as_integers_is_refused(tiny, tmp_path):
+    """Bytes and shape consistent, dtype I32 where the model has a float weight: it converted silently, and every
+    model built from it failed in its first forward."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny.hf(), src)
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k, v in header.items() if k.endswith("q_proj.weight"))
+    header[name]["dtype"] = "I32"  # same item size: the byte range still matches
+    _raw_file(weights, json.dumps(header), raw[8 + n:])
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("convert", str(src), "-o", str(out), "--tgt-fmt", "internal")
+    assert code == 2 and stderr.count("\n") == 1 and "q_proj.weight' is stored as I32; model weights are floating point" in stderr, stderr
+    assert not out.exists()

@@ -14,6 +14,7 @@ import warnings
 # Library messages that are noise for mmzoo's users (each is handled or irrelevant in mmzoo's own code paths).
 NOISE = (
     "Setting accelerator to CPU",  # DeepSpeed on a machine without a GPU: mmzoo picks the CPU backend itself
+    "MPU is not provided",  # a resume from the universal format: mmzoo has no tensor parallelism, tp size 1 is right
 )
 # torch.distributed deprecations raised inside DeepSpeed's ZeRO code (not calls mmzoo makes)
 TORCH_DEPRECATIONS = "ignore::FutureWarning:torch.distributed.c10d_logger"

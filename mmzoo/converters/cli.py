@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import console, human_size, progress_bytes
+from ..console import console, escape, human_size, progress_bytes
 
 Src = Annotated[Path, typer.Argument(help="Checkpoint folder to read (format auto-detected).", show_default=False)]
 Out = Annotated[Path, typer.Option("-o", "--output", help="Output folder (written to a temporary sibling, renamed when complete).", show_default=False)]
@@ -74,12 +74,12 @@ def convert(
             progress=advance, on_start=lambda ckpt: start(sum(t.nbytes for t in ckpt.tensors.values())), moe=moe,
             moe_experts_from=moe_experts_from, add_image_token=add_image_token,
         )
-    checked = " and verified" if result.verified else ""
+    checked = ", verified" if result.verified else ""
     console.print(
-        f"[green]✓[/] {result.src_fmt} → {result.tgt_fmt}: {result.tensors} tensors, {human_size(result.bytes)} written{checked} to [bold]{result.output}[/]"
+        f"[green]✓[/] {result.src_fmt} → {result.tgt_fmt}: {result.tensors} tensors, {human_size(result.bytes)} written to [bold]{escape(str(result.output))}[/]{checked}"
     )
     for note in result.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
 
 
 def init(
@@ -105,9 +105,9 @@ def init(
 
     with progress_bytes("writing") as (start, advance):
         info = init_model(vision, text, output, tgt_fmt=tgt_fmt, projector=projector, seed=seed, overwrite=overwrite, shard_size=shard_size, progress=advance)
-    console.print(f"[green]✓[/] assembled {tgt_fmt} checkpoint at [bold]{info['output']}[/] (image token id {info['image_token_id']}, vocab {info['vocab_size']}, projector {projector}, seed {seed})")
+    console.print(f"[green]✓[/] assembled {tgt_fmt} checkpoint at [bold]{escape(str(info['output']))}[/] (image token id {info['image_token_id']}, vocab {info['vocab_size']}, projector {projector}, seed {seed})")
     for note in info["notes"]:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
 
 
 def formats(debug: Debug = False) -> None:

@@ -25,8 +25,10 @@ def demo(
 
       HF_TOKEN=hf_demo mmzoo demo -o mmzoo-demo --hub-endpoint http://127.0.0.1:8765
     """
+    from ..errors import require_package
     from .api import run_demo
 
+    require_package("deepspeed", "mmzoo demo")  # its training steps; checked before the first step, not at the sixth
     run_demo(output, hub_endpoint=hub_endpoint, overwrite=overwrite)
 
 

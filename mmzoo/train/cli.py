@@ -42,12 +42,15 @@ def register(app: typer.Typer) -> None:
 
         import yaml
 
-        from ..console import console
+        from ..console import console, escape
+        from ..errors import require_package
         from .config import gradient_accumulation, load_config
         from .launch import build_command, choose_launcher
         from .preflight import check_resume, check_settings, preflight
 
         check_resume(resume)
+        if not print_command:  # before the run folder or N launched processes that would each fail on the import
+            require_package("deepspeed", "mmzoo train")
         cfg = load_config(params, set_)
         kind = choose_launcher(nproc, hostfile=hostfile, num_nodes=num_nodes, node_rank=node_rank,
                                master_addr=master_addr, launcher=launcher)
@@ -72,7 +75,7 @@ def register(app: typer.Typer) -> None:
 
         check_settings(cfg, resume, pick_accelerator())
         for warning in preflight(cfg, resume=resume, world=None if hostfile else nproc * (num_nodes or 1)).warnings:
-            console.print(f"[yellow]warning[/]: {warning}")
+            console.print(f"[yellow]warning[/]: {escape(warning)}")
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         # Every node of a --node-rank run writes this file into the shared output_dir while the other
         # nodes' workers may be reading it: write a private sibling and rename it into place.
@@ -104,7 +107,9 @@ def register(app: typer.Typer) -> None:
         Example: mmzoo export runs/tiny-sft --tgt-fmt hf -o tiny-sft-hf
         """
         from ..console import console
+        from ..errors import require_package
         from .export import export
 
+        require_package("deepspeed", "mmzoo export")  # it consolidates DeepSpeed's ZeRO files
         result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
         console.print(f"[green]exported[/] step {result['step']} of {run_dir} → {output} ({tgt_fmt}, {result['tensors']} tensors)")

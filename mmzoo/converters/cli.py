@@ -10,7 +10,7 @@ from ..console import console, escape, human_size, progress_bytes
 
 Src = Annotated[Path, typer.Argument(help="Checkpoint folder to read (format auto-detected).", show_default=False)]
 Out = Annotated[Path, typer.Option("-o", "--output", help="Output folder (written to a temporary sibling, renamed when complete).", show_default=False)]
-TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal, moe-llava (see `mmzoo formats`).", show_default=False)]
+TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal, moe-llava, libmoe, cerebras (see `mmzoo formats`).", show_default=False)]
 SrcFmt = Annotated[Optional[str], typer.Option("--src-fmt", help="Source format; detected when omitted.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only once the new output is complete).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
@@ -86,7 +86,7 @@ def init(
     vision: Annotated[Path, typer.Option("--vision", help="HF vision encoder folder (CLIP or SigLIP; a full CLIP/SigLIP model works too).", show_default=False)],
     text: Annotated[Path, typer.Option("--text", help="HF causal LM folder with its tokenizer (Llama, Mistral, Qwen2, Phi-3).", show_default=False)],
     output: Out,
-    tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf, llava or internal.")] = "internal",
+    tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf, llava, internal, cerebras (or libmoe for Phi-3 + SigLIP); see `mmzoo formats`.")] = "internal",
     projector: Annotated[str, typer.Option("--projector", help="mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1).")] = "mlp2x_gelu",
     seed: Seed = 0,
     shard_size: ShardSize = "5GB",

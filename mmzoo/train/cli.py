@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
     def export_command(
         run_dir: Annotated[Path, typer.Argument(help="A training run folder (output_dir).")],
         output: Annotated[Path, typer.Option("-o", "--output", help="Output checkpoint folder.")],
-        tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf | llava | internal | moe-llava.")] = "hf",
+        tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf | llava | internal | moe-llava | libmoe | cerebras (see `mmzoo formats`).")] = "hf",
         step: Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the latest).")] = None,
         dtype: Annotated[str, typer.Option("--dtype", help="keep (the source checkpoint's dtypes) | bf16 | fp16 | fp32.")] = "keep",
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,

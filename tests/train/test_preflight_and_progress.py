@@ -41,3 +41,19 @@ def test_the_progress_line_keeps_the_loss_at_80_columns():
         assert len(last) <= width
     assert "TFLOP/s" in progress_text(record, 200) and "aux 0.0452" in progress_text(record, 200)
     assert progress_text(record, 20) == "loss 5.7452"
+
+
+def test_a_finished_run_asked_for_fewer_steps_is_one_line_and_left_alone(ws, capsys):
+    """The README's tracking example after its training example: the same output_dir, already at a later step.
+    It used to convert the checkpoint and fail in DataLoader with a negative length; now one line says what to do."""
+    from mmzoo.train.config import load_config
+    from mmzoo.train.loop import run_training
+
+    params = ws.write("finished", train={"max_steps": 2, "save_every": 2})
+    run_training(load_config(params))
+    run_dir = ws.root / "runs" / "finished"
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    for extra in ((), ("--nproc", "2")):
+        line = _cli_error(capsys, "train", "--params", str(params), "--set", "train.max_steps=1", *extra)
+        assert "already trained to step 2, past train.max_steps 1" in line and "--set output_dir=" in line, line
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no universal conversion, no params

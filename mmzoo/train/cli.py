@@ -86,7 +86,9 @@ def register(app: typer.Typer) -> None:
         env = {**os.environ, "MMZOO_PREFLIGHT_SHOWN": "1"}
         if nproc > 1:  # torchrun's own default, set here so it does not print a 4-line banner about it
             env.setdefault("OMP_NUM_THREADS", "1")
-        code = subprocess.call(command, env=env)
+        # its own session: a terminal's Ctrl-C reaches mmzoo alone, which passes it on once (a second SIGINT
+        # in the middle of torchrun's shutdown of its workers aborts that shutdown)
+        code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True))
         if code:
             sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
             sys.exit(2)
@@ -113,3 +115,36 @@ def register(app: typer.Typer) -> None:
         require_package("deepspeed", "mmzoo export")  # it consolidates DeepSpeed's ZeRO files
         result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
         console.print(f"[green]exported[/] step {result['step']} of {run_dir} → {output} ({tgt_fmt}, {result['tensors']} tensors)")
+
+
+def _wait_forwarding_signals(launcher) -> int:
+    """Wait for the launcher (started in its own session), passing on SIGTERM and SIGINT once each: Ctrl-C, a
+    scheduler's SIGTERM or ``kill -INT`` of ``mmzoo train`` must stop the launcher and its workers too, not leave
+    them training in the background. The launcher stops its workers; then mmzoo exits as interrupted (130) or
+    terminated (143)."""
+    import signal
+
+    from ..io.claim import Terminated
+
+    received: list[int] = []
+
+    def forward(signum, frame=None):
+        if signum not in received:  # once: the launcher is already stopping its workers
+            received.append(signum)
+            launcher.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                code = launcher.wait()
+                break
+            except KeyboardInterrupt:
+                forward(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if signal.SIGTERM in received:
+        raise Terminated()
+    if received:
+        raise KeyboardInterrupt
+    return code

@@ -396,3 +396,21 @@ def test_missing_inputs_are_named_as_missing(tmp_path, capsys):
                      "-o", str(tmp_path / "routing"))
     assert "data/sft: does not exist" in line, line
     assert not (tmp_path / "out").exists() and not (tmp_path / "routing").exists()
+
+
+def test_preprocess_that_keeps_nothing_says_so(tiny, tmp_path, capsys):
+    """Every row rejected (here: all too long) is a finished run, exit 0, but a training run would find no data:
+    one warning line says so, with the reasons, also with --quiet."""
+    from mmzoo.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [{"id": str(i), "conversations": [{"from": "human", "value": "a rather long question " * 8},
+                                             {"from": "gpt", "value": "an answer"}]} for i in range(3)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    main(["preprocess", "--data", str(data), "--images", str(images), "--tokenizer", str(tiny.hf()),
+          "--max-seq-len", "8", "-o", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    expected = f"warning: no sample was kept (too_long 3); see {tmp_path / 'out' / 'rejected.jsonl'}"
+    assert "".join(expected.split()) in "".join(err.split()), err  # rich wraps at the console width

@@ -414,3 +414,15 @@ def test_preprocess_that_keeps_nothing_says_so(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     expected = f"warning: no sample was kept (too_long 3); see {tmp_path / 'out' / 'rejected.jsonl'}"
     assert "".join(expected.split()) in "".join(err.split()), err  # rich wraps at the console width
+
+
+def test_formats_json_lists_what_the_table_lists():
+    from mmzoo import archs
+    from mmzoo.converters import registry
+
+    code, stdout, stderr = run_cli("formats", "--json")
+    assert code == 0, stderr
+    listed = json.loads(stdout)
+    assert [f["name"] for f in listed["formats"]] == list(registry.FORMAT_MODULES)
+    assert {"hf", "llava", "internal", "moe-llava", "libmoe", "cerebras"} <= {f["name"] for f in listed["formats"] if f["write"]}
+    assert listed["vision_encoders"] == list(archs.VISION_TABLES) and "llama" in listed["llms"]

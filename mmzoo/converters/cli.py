@@ -110,18 +110,32 @@ def init(
         console.print(f"  note: {note}", markup=False)
 
 
-def formats(debug: Debug = False) -> None:
+def formats(
+    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    debug: Debug = False,
+) -> None:
     """List the supported formats, architectures and conversion pairs.
 
     Example:
 
       mmzoo formats
+
+      mmzoo formats --json
     """
     from rich.table import Table
 
     from .. import archs
     from ..converters import registry
 
+    if json_:
+        import json
+
+        print(json.dumps({
+            "formats": [{"name": name, "read": True, "write": hasattr(registry.get(name), "write"),
+                         "description": registry.get(name).DESCRIPTION} for name in registry.FORMAT_MODULES],
+            "vision_encoders": list(archs.VISION_TABLES), "llms": list(archs.TEXT_TABLES),
+        }, indent=2))
+        return
     table = Table(title="formats")
     table.add_column("name")
     table.add_column("read")
@@ -133,7 +147,8 @@ def formats(debug: Debug = False) -> None:
     console.print(table)
     console.print("vision encoders: " + ", ".join(archs.VISION_TABLES))
     console.print("LLMs: " + ", ".join(archs.TEXT_TABLES))
-    console.print("conversions: every format to every other, both ways (llava holds Llama/Mistral + CLIP only).")
+    console.print("conversions: every format to every other, both ways, within what each layout holds (llava and "
+                  "cerebras: Llama/Mistral + CLIP; libmoe: Phi-3 + SigLIP).")
 
 
 def register(app: typer.Typer) -> None:

@@ -92,6 +92,11 @@ def _run_the_readme_examples(tmp_path, monkeypatch, capsys):
             expected = 1 if "exit 1" in line else 0
             assert exit_.value.code in (expected, None), (line, exit_.value.code, err[-2000:], out[-2000:])
             assert "Traceback" not in err, (line, err[-2000:])
+        import re
+
+        api = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+        exec(compile(api, "README.md (Python API)", "exec"), {})
+        assert (tmp_path / "api-moe" / "config.json").is_file() and (tmp_path / "api-curves.png").is_file()
     finally:
         os.environ.clear()
         os.environ.update(saved)

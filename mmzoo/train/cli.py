@@ -108,12 +108,13 @@ def register(app: typer.Typer) -> None:
 
         Example: mmzoo export runs/tiny-sft --tgt-fmt hf -o tiny-sft-hf
         """
-        from ..console import console
+        from ..console import console, escape
         from ..errors import require_package
         from .export import export
 
         require_package("deepspeed", "mmzoo export")  # it consolidates DeepSpeed's ZeRO files
-        result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
+        with console.status(f"consolidating {escape(str(run_dir))}…"):  # a spinner on a terminal only: minutes for 7B ZeRO-3
+            result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
         console.print(f"[green]exported[/] step {result['step']} of {run_dir} → {output} ({tgt_fmt}, {result['tensors']} tensors)")
 
 

@@ -426,3 +426,11 @@ def test_formats_json_lists_what_the_table_lists():
     assert [f["name"] for f in listed["formats"]] == list(registry.FORMAT_MODULES)
     assert {"hf", "llava", "internal", "moe-llava", "libmoe", "cerebras"} <= {f["name"] for f in listed["formats"] if f["write"]}
     assert listed["vision_encoders"] == list(archs.VISION_TABLES) and "llama" in listed["llms"]
+
+
+def test_upcycling_options_without_moe_experts_are_refused(tiny, tmp_path):
+    """`--moe-style shared` alone used to convert without upcycling and say nothing."""
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf",
+                              "--moe-style", "shared", "--moe-layers", "odd")
+    _assert_one_line_error(code, stderr, "--moe-style, --moe-layers only apply when upcycling: add --moe-experts N")
+    assert not (tmp_path / "out").exists()

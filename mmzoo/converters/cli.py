@@ -61,6 +61,18 @@ def convert(
     from ..api import convert as run
 
     moe = None
+    if moe_experts is None:  # an upcycling option alone would otherwise give a plain conversion, silently
+        given = {"--moe-top-k": moe_top_k != 2, "--moe-style": moe_style != "mixtral", "--moe-router": moe_router != "softmax_topk",
+                 "--router-z-loss-coef": router_z_loss_coef is not None, "--moe-layers": moe_layers != "all",
+                 "--moe-target": bool(moe_target), "--router-init": router_init != "normal:0.02",
+                 "--router-prompts": router_prompts is not None, "--router-aux-loss-coef": router_aux_loss_coef is not None,
+                 "--vision-aux-loss-coef": vision_aux_loss_coef is not None, "--capacity-factor": capacity_factor is not None,
+                 "--moe-experts-from": bool(moe_experts_from)}
+        named = [flag for flag, set_ in given.items() if set_]
+        if named:
+            from ..errors import UpcycleError
+
+            raise UpcycleError(f"{', '.join(named)} only {'applies' if len(named) == 1 else 'apply'} when upcycling: add --moe-experts N (the number of experts)")
     if moe_experts is not None:
         moe = dict(
             num_experts=moe_experts, top_k=moe_top_k, style=moe_style, router=moe_router, router_z_loss_coef=router_z_loss_coef, layers=moe_layers, targets=moe_target or ["text"],

@@ -42,7 +42,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
     workdir = Path(workdir)
     if workdir.exists():
         if not overwrite:
-            raise OutputExists("already exists (drop --no-overwrite to reuse it)", path=workdir)
+            raise OutputExists("already exists (drop --no-overwrite to replace it)", path=workdir)
         if any(workdir.iterdir()) and not (workdir / ".mmzoo-demo").exists():
             raise MmzooError("exists and is not an mmzoo demo folder; choose another -o", path=workdir)
         shutil.rmtree(workdir)

@@ -15,6 +15,9 @@ import typer
 app = typer.Typer(
     name="mmzoo",
     help="Convert, upcycle, preprocess, train and share LLaVA-style vision-language models.",
+    epilog="Start with `mmzoo demo -o mmzoo-demo` (tiny models, offline, under a minute), then e.g. "
+           "`mmzoo inspect mmzoo-demo/llava-internal`. Every command's --help has examples; add --debug to any command for "
+           "the full traceback of an error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -434,3 +434,9 @@ def test_upcycling_options_without_moe_experts_are_refused(tiny, tmp_path):
                               "--moe-style", "shared", "--moe-layers", "odd")
     _assert_one_line_error(code, stderr, "--moe-style, --moe-layers only apply when upcycling: add --moe-experts N")
     assert not (tmp_path / "out").exists()
+
+
+def test_top_level_help_says_where_to_start():
+    code, stdout, _ = run_cli("--help")
+    flat = " ".join(stdout.replace("│", " ").split())
+    assert code == 0 and "Start with `mmzoo demo -o mmzoo-demo`" in flat and "--debug" in flat

@@ -15,6 +15,9 @@ import typer
 app = typer.Typer(
     name="mmzoo",
     help="Convert, upcycle, preprocess, train and share LLaVA-style vision-language models.",
+    epilog="Start with `mmzoo demo -o mmzoo-demo` (tiny models, offline, under a minute), then e.g. "
+           "`mmzoo inspect mmzoo-demo/llava-internal`. Every command's --help has examples; add --debug to any command for "
+           "the full traceback of an error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -51,7 +54,7 @@ _register_commands()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from .errors import MmzooError, pydantic_line
+    from .errors import MmzooError, missing_package, pydantic_line
     from .io.claim import Terminated
     from .quiet import quiet_libraries
 
@@ -69,6 +72,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(code)
     except MmzooError as exc:
         _fail(exc.one_line(), exc)
+    except ModuleNotFoundError as exc:  # an optional extra not installed (deepspeed for train/export, …)
+        missing = missing_package(exc.name or "", f"mmzoo {_command_name(args)}".strip())
+        if missing is None:
+            raise
+        _fail(missing.one_line(), exc)
     except OSError as exc:  # disk full, permissions, a file where a folder should be: the user's to fix
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _fail(f"{where}{exc.strerror or exc}", exc)
@@ -108,8 +116,12 @@ _KEEPS_PROGRESS = {"preprocess": "finished shards are kept, --resume continues",
                    "demo": "the demo folder holds the steps finished so far"}
 
 
+def _command_name(args: list[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "")
+
+
 def _interrupted(args: list[str], what: str, code: int) -> None:
-    command = next((a for a in args if not a.startswith("-")), "")
+    command = _command_name(args)
     sys.stderr.write(f"mmzoo: {what}, {_KEEPS_PROGRESS.get(command, 'nothing written')}\n")
     sys.exit(code)
 

@@ -5,6 +5,7 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape  # noqa: F401 - text that is not markup: paths, notes, `mmzoo[plot]`
 
 console = Console()
 error_console = Console(stderr=True)

@@ -59,6 +59,30 @@ class MissingDependency(MmzooError):
     pass
 
 
+# Optional packages and the pyproject extra that installs each (import name -> extra).
+OPTIONAL_PACKAGES = {"deepspeed": "train", "accelerate": "train", "matplotlib": "plot", "tensorboard": "tensorboard",
+                     "wandb": "wandb", "mlflow": "mlflow", "flash_attn": "flash", "liger_kernel": "liger"}
+
+
+def missing_package(module: str, purpose: str) -> MissingDependency | None:
+    """The one-line error for an optional package that is not installed, or None when ``module`` is not one of
+    them. DeepSpeed's installer imports torch, hence --no-build-isolation for the train extra."""
+    top = module.split(".")[0]
+    extra = OPTIONAL_PACKAGES.get(top)
+    if extra is None:
+        return None
+    flag = " --no-build-isolation" if extra == "train" else ""
+    return MissingDependency(f"{purpose} needs {top}, which is not installed (pip install{flag} 'mmzoo[{extra}]')")
+
+
+def require_package(module: str, purpose: str) -> None:
+    """Fail in one line before any work starts when an optional package ``purpose`` needs is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise missing_package(module, purpose) or MissingDependency(f"{purpose} needs {module}, which is not installed")
+
+
 class HubError(MmzooError):
     """A push/pull to the Hugging Face Hub (or a mirror) failed: not found, unauthorized, network, refused."""
     pass

@@ -14,6 +14,7 @@ import warnings
 # Library messages that are noise for mmzoo's users (each is handled or irrelevant in mmzoo's own code paths).
 NOISE = (
     "Setting accelerator to CPU",  # DeepSpeed on a machine without a GPU: mmzoo picks the CPU backend itself
+    "MPU is not provided",  # a resume from the universal format: mmzoo has no tensor parallelism, tp size 1 is right
 )
 # torch.distributed deprecations raised inside DeepSpeed's ZeRO code (not calls mmzoo makes)
 TORCH_DEPRECATIONS = "ignore::FutureWarning:torch.distributed.c10d_logger"
@@ -34,6 +35,7 @@ def quiet_libraries(*, progress_bars: bool = False) -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' and zero_to_fp32's shard bars
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # "No files have been modified…": hub push says `unchanged` itself
     if TORCH_DEPRECATIONS not in os.environ.get("PYTHONWARNINGS", ""):
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), TORCH_DEPRECATIONS)))
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import mmzoo_command, run_cli
 
 
 def _snapshot(folder):
@@ -317,3 +319,124 @@ def test_export_refuses_an_existing_output_before_reading_the_run(tmp_path):
     _assert_one_line_error(code, stderr, "already exists", "--overwrite")
     code, _, stderr = run_cli("export", str(run), "-o", str(run / "inside"))
     _assert_one_line_error(code, stderr, "must not be the source")
+
+
+def test_a_missing_optional_extra_is_one_line_naming_it(tmp_path):
+    """Without the train extra (DeepSpeed), train (one process or a launcher), export and demo say which extra to
+    install before doing anything, instead of an import traceback (from a worker process, for --nproc 2)."""
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Uninstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'deepspeed':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Uninstalled())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for args in (("train", "--params", str(configs / "tiny-sft.yaml")),
+                 ("train", "--params", str(configs / "tiny-sft.yaml"), "--nproc", "2"),
+                 ("export", str(tmp_path / "run"), "-o", str(tmp_path / "out")),
+                 ("demo", "-o", str(tmp_path / "demo"))):
+        proc = subprocess.run(mmzoo_command(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        _assert_one_line_error(proc.returncode, proc.stderr, f"mmzoo {args[0]} needs deepspeed",
+                               "pip install --no-build-isolation 'mmzoo[train]'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no run, export or demo folder begun
+
+
+def test_python_dash_m_mmzoo_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "mmzoo", "formats"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "moe-llava" in proc.stdout, proc.stderr
+
+
+def test_printed_paths_keep_their_brackets(tiny, tmp_path):
+    """Console lines are rich markup: a folder named like `run[1]` (or a note naming `mmzoo[plot]`) must not lose
+    its bracketed part."""
+    code, stdout, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "run[1]"), "--tgt-fmt", "internal",
+                                   "--verify")
+    assert code == 0, stderr
+    assert "run[1]" in " ".join(stdout.split()) and ", verified" in stdout
+
+
+def test_upcycling_choice_errors_name_the_convert_option(tiny, tmp_path):
+    for option, value, choices in (("--moe-style", "mixtrall", "'mixtral', 'shared' or 'modality'"),
+                                   ("--moe-target", "txt", "'text', 'vision' or 'projector'")):
+        code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf",
+                                  "--moe-experts", "4", option, value)
+        _assert_one_line_error(code, stderr, f"({option} '{value}')", f"choose from {choices}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_mistakes_point_at_the_line_and_the_keys(tmp_path, capsys):
+    from cli_helpers import cli_error
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stage: sft\n  model: [x\n")
+    assert cli_error(capsys, "train", "--params", str(broken)) == \
+        f"mmzoo: error: {broken}:2:8: not valid YAML (mapping values are not allowed here)"
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("stage: sft\nmodel: m\ndata: data/sft\noutput_dir: runs/x\n")
+    line = cli_error(capsys, "train", "--params", str(scalar))
+    assert "invalid data: expected a section of keys (path, images, num_workers), got 'data/sft'" in line, line
+    assert "DataSection" not in line
+
+
+def test_missing_inputs_are_named_as_missing(tmp_path, capsys):
+    from cli_helpers import cli_error
+
+    images = tmp_path / "images"
+    images.mkdir()
+    data = tmp_path / "data.jsonl"
+    data.write_text("")
+    line = cli_error(capsys, "preprocess", "--data", str(data), "--images", str(images), "--tokenizer",
+                     str(tmp_path / "no-such-model"), "-o", str(tmp_path / "out"))
+    assert line == f"mmzoo: error: {tmp_path / 'no-such-model'}: does not exist"
+    line = cli_error(capsys, "analyze-routing", str(tmp_path), "--data", str(tmp_path / "data" / "sft"),
+                     "-o", str(tmp_path / "routing"))
+    assert "data/sft: does not exist" in line, line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "routing").exists()
+
+
+def test_preprocess_that_keeps_nothing_says_so(tiny, tmp_path, capsys):
+    """Every row rejected (here: all too long) is a finished run, exit 0, but a training run would find no data:
+    one warning line says so, with the reasons, also with --quiet."""
+    from mmzoo.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [{"id": str(i), "conversations": [{"from": "human", "value": "a rather long question " * 8},
+                                             {"from": "gpt", "value": "an answer"}]} for i in range(3)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    main(["preprocess", "--data", str(data), "--images", str(images), "--tokenizer", str(tiny.hf()),
+          "--max-seq-len", "8", "-o", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    expected = f"warning: no sample was kept (too_long 3); see {tmp_path / 'out' / 'rejected.jsonl'}"
+    assert "".join(expected.split()) in "".join(err.split()), err  # rich wraps at the console width
+
+
+def test_formats_json_lists_what_the_table_lists():
+    from mmzoo import archs
+    from mmzoo.converters import registry
+
+    code, stdout, stderr = run_cli("formats", "--json")
+    assert code == 0, stderr
+    listed = json.loads(stdout)
+    assert [f["name"] for f in listed["formats"]] == list(registry.FORMAT_MODULES)
+    assert {"hf", "llava", "internal", "moe-llava", "libmoe", "cerebras"} <= {f["name"] for f in listed["formats"] if f["write"]}
+    assert listed["vision_encoders"] == list(archs.VISION_TABLES) and "llama" in listed["llms"]
+
+
+def test_upcycling_options_without_moe_experts_are_refused(tiny, tmp_path):
+    """`--moe-style shared` alone used to convert without upcycling and say nothing."""
+    code, _, stderr = run_cli("convert", str(tiny.hf()), "-o", str(tmp_path / "out"), "--tgt-fmt", "hf",
+                              "--moe-style", "shared", "--moe-layers", "odd")
+    _assert_one_line_error(code, stderr, "--moe-style, --moe-layers only apply when upcycling: add --moe-experts N")
+    assert not (tmp_path / "out").exists()
+
+
+def test_top_level_help_says_where_to_start():
+    code, stdout, _ = run_cli("--help")
+    flat = " ".join(stdout.replace("│", " ").split())
+    assert code == 0 and "Start with `mmzoo demo -o mmzoo-demo`" in flat and "--debug" in flat

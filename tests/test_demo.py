@@ -5,6 +5,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from cli_helpers import mmzoo_command, run_cli
 
@@ -15,7 +16,7 @@ NOISE = ("[WARNING]", "FutureWarning", "UserWarning", "built successfully", "Loa
          "Writing model shards", "it/s]", "OMP_NUM_THREADS")
 
 
-def test_quickstart_then_the_readme_training_example(tmp_path):
+def test_quickstart_then_the_readme_training_example(tmp_path, monkeypatch, capsys):
     """The README's first hour, as printed: `mmzoo demo -o mmzoo-demo`, then the CPU training example with the
     tiny configs (from the same folder), then an export into a folder whose parent does not exist yet."""
     # as a user's shell has it: without the test suite's DS_ACCELERATOR and OMP_NUM_THREADS (torchrun prints a banner
@@ -50,6 +51,70 @@ def test_quickstart_then_the_readme_training_example(tmp_path):
     stdout = run("export", "runs/tiny-sft", "--tgt-fmt", "hf", "-o", "exports/tiny-sft-hf")
     assert (tmp_path / "exports" / "tiny-sft-hf" / "config.json").is_file()
     assert not [p for p in (tmp_path / "torch-extensions").rglob("*") if p.is_file()]
+    _run_the_readme_examples(tmp_path, monkeypatch, capsys)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# README commands this test does not run: training and export (run above, or GPU / multi-node), the real Hub's
+# repositories (the `me/…` ones run against tests/hub's server), the demo itself, and mergekit-style experts from
+# fine-tuned LLMs the demo does not have
+NOT_RUN = ("mmzoo train", "mmzoo export", "llava-hf/llava-1.5-7b-hf", "mmzoo demo", "--moe-experts-from")
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """Every `mmzoo …` line of the README's bash blocks, continuation lines joined, in the README's order."""
+    import re
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for line in line.split(" && "):
+                line = line.strip()
+                if line.startswith("mmzoo ") and not any(skip in line for skip in NOT_RUN):
+                    commands.append((line, shlex.split(line, comments=True)[1:]))
+    return commands
+
+
+def _run_the_readme_examples(tmp_path, monkeypatch, capsys):
+    """After the quickstart, every README example runs as printed from the same folder (in this process: one
+    import of torch for all of them): exit 0, or 1 where its comment says so (`mmzoo diff`), never a traceback."""
+    from mmzoo.cli import main
+
+    commands = readme_commands()
+    assert len(commands) >= 25, commands  # convert, init, inspect, diff, formats, upcycle, routing, preprocess, …
+    monkeypatch.chdir(tmp_path)
+    saved = dict(os.environ)
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "hub"))
+    from hub_server import HubServer, HubState
+
+    hub = HubServer(HubState({"hf_demo": "me"})).start()  # the README's offline Hub: `me/…` repositories
+    hub_env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_demo", "HF_HUB_OFFLINE": "0",
+               "HF_TOKEN_PATH": str(tmp_path / "no-login-cache" / "token")}
+    try:
+        for line, args in commands:
+            if args[0] == "hub":  # a subprocess: huggingface_hub caches its offline flag and endpoint at import
+                proc = subprocess.run(mmzoo_command(*args), env=hub_env, capture_output=True, text=True, timeout=300)
+                assert proc.returncode == 0 and "Traceback" not in proc.stderr, (line, proc.stderr[-2000:])
+                continue
+            with pytest.raises(SystemExit) as exit_:
+                main(args)
+                raise SystemExit(0)
+            out, err = capsys.readouterr()
+            expected = 1 if "exit 1" in line else 0
+            assert exit_.value.code in (expected, None), (line, exit_.value.code, err[-2000:], out[-2000:])
+            assert "Traceback" not in err, (line, err[-2000:])
+        import re
+
+        api = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+        exec(compile(api, "README.md (Python API)", "exec"), {})
+        assert (tmp_path / "api-moe" / "config.json").is_file() and (tmp_path / "api-curves.png").is_file()
+    finally:
+        hub.stop()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path):

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("mmzoo.preprocess", "mmzoo.plot")),
     ("generate, train, analysis", ("mmzoo.generate", "mmzoo.train", "mmzoo.analysis")),
     ("hub", ("mmzoo.hub",)),
-    ("commands", ("mmzoo.cli", "mmzoo.console", "mmzoo.demo")),
+    ("commands", ("mmzoo.cli", "mmzoo.__main__", "mmzoo.console", "mmzoo.demo")),
 ]
 COMMAND_LEAVES = {"cli", "demo_step"}
 

@@ -42,6 +42,8 @@ def analyze_routing(checkpoint: str | Path, data: str | Path, out: str | Path, *
         raise MmzooError(f"--samples must be at least 1 (got {samples})")
     if not checkpoint.exists():
         raise MmzooError("checkpoint not found", path=checkpoint)
+    if not data.exists():
+        raise MmzooError("does not exist (give the folder `mmzoo preprocess -o` wrote)", path=data)
     if not (data / "manifest.json").is_file():
         raise MmzooError("no manifest.json: give a folder written by `mmzoo preprocess`", path=data)
     image_folder = Path(images) if images else _image_folder(data)
@@ -51,9 +53,14 @@ def analyze_routing(checkpoint: str | Path, data: str | Path, out: str | Path, *
     check_output(out, checkpoint, overwrite)
     refuse_overlap(out, [("data folder", data), ("image folder", image_folder)])
     if plots:
+        from ..errors import MissingDependency
         from ..plot import _pyplot
 
-        _pyplot()  # refuse a missing matplotlib before the model runs, not after
+        try:
+            _pyplot()  # refuse a missing matplotlib before the model runs, not after
+        except MissingDependency as exc:
+            raise MissingDependency("the routing plots need matplotlib, which is not installed (pip install 'mmzoo[plot]'); "
+                                    "or pass --no-plots for routing.json alone") from exc
 
     model = load_model(checkpoint, dtype=dtype)
     image_token_id = getattr(model.config, "image_token_id", None)

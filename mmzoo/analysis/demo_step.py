@@ -19,5 +19,5 @@ def run_demo_step(moe: Path, data: Path, workdir: Path, console) -> dict[str, An
     if console is not None:
         console.print(f"routing: {summary['samples']} samples through {summary['moe_layers']} MoE layers, "
                       f"image·text overlap of the first {text['modality_overlap']} → {workdir}/routing.json"
-                      + (f" + {summary['plots']} PNGs" if plots else " (pip install 'mmzoo[plot]' for the PNGs)"))
+                      + (f" + {summary['plots']} PNGs" if plots else " (pip install 'mmzoo[plot]' for the PNGs)"), markup=False)
     return summary

@@ -6,11 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import console, human_size, progress_bytes
+from ..console import console, escape, human_size, progress_bytes
 
 Src = Annotated[Path, typer.Argument(help="Checkpoint folder to read (format auto-detected).", show_default=False)]
 Out = Annotated[Path, typer.Option("-o", "--output", help="Output folder (written to a temporary sibling, renamed when complete).", show_default=False)]
-TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal, moe-llava (see `mmzoo formats`).", show_default=False)]
+TgtFmt = Annotated[str, typer.Option("--tgt-fmt", help="Target format: hf, llava, internal, moe-llava, libmoe, cerebras (see `mmzoo formats`).", show_default=False)]
 SrcFmt = Annotated[Optional[str], typer.Option("--src-fmt", help="Source format; detected when omitted.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only once the new output is complete).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
@@ -61,6 +61,18 @@ def convert(
     from ..api import convert as run
 
     moe = None
+    if moe_experts is None:  # an upcycling option alone would otherwise give a plain conversion, silently
+        given = {"--moe-top-k": moe_top_k != 2, "--moe-style": moe_style != "mixtral", "--moe-router": moe_router != "softmax_topk",
+                 "--router-z-loss-coef": router_z_loss_coef is not None, "--moe-layers": moe_layers != "all",
+                 "--moe-target": bool(moe_target), "--router-init": router_init != "normal:0.02",
+                 "--router-prompts": router_prompts is not None, "--router-aux-loss-coef": router_aux_loss_coef is not None,
+                 "--vision-aux-loss-coef": vision_aux_loss_coef is not None, "--capacity-factor": capacity_factor is not None,
+                 "--moe-experts-from": bool(moe_experts_from)}
+        named = [flag for flag, set_ in given.items() if set_]
+        if named:
+            from ..errors import UpcycleError
+
+            raise UpcycleError(f"{', '.join(named)} only {'applies' if len(named) == 1 else 'apply'} when upcycling: add --moe-experts N (the number of experts)")
     if moe_experts is not None:
         moe = dict(
             num_experts=moe_experts, top_k=moe_top_k, style=moe_style, router=moe_router, router_z_loss_coef=router_z_loss_coef, layers=moe_layers, targets=moe_target or ["text"],
@@ -74,19 +86,19 @@ def convert(
             progress=advance, on_start=lambda ckpt: start(sum(t.nbytes for t in ckpt.tensors.values())), moe=moe,
             moe_experts_from=moe_experts_from, add_image_token=add_image_token,
         )
-    checked = " and verified" if result.verified else ""
+    checked = ", verified" if result.verified else ""
     console.print(
-        f"[green]✓[/] {result.src_fmt} → {result.tgt_fmt}: {result.tensors} tensors, {human_size(result.bytes)} written{checked} to [bold]{result.output}[/]"
+        f"[green]✓[/] {result.src_fmt} → {result.tgt_fmt}: {result.tensors} tensors, {human_size(result.bytes)} written to [bold]{escape(str(result.output))}[/]{checked}"
     )
     for note in result.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
 
 
 def init(
     vision: Annotated[Path, typer.Option("--vision", help="HF vision encoder folder (CLIP or SigLIP; a full CLIP/SigLIP model works too).", show_default=False)],
     text: Annotated[Path, typer.Option("--text", help="HF causal LM folder with its tokenizer (Llama, Mistral, Qwen2, Phi-3).", show_default=False)],
     output: Out,
-    tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf, llava or internal.")] = "internal",
+    tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf, llava, internal, cerebras (or libmoe for Phi-3 + SigLIP); see `mmzoo formats`.")] = "internal",
     projector: Annotated[str, typer.Option("--projector", help="mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1).")] = "mlp2x_gelu",
     seed: Seed = 0,
     shard_size: ShardSize = "5GB",
@@ -105,23 +117,37 @@ def init(
 
     with progress_bytes("writing") as (start, advance):
         info = init_model(vision, text, output, tgt_fmt=tgt_fmt, projector=projector, seed=seed, overwrite=overwrite, shard_size=shard_size, progress=advance)
-    console.print(f"[green]✓[/] assembled {tgt_fmt} checkpoint at [bold]{info['output']}[/] (image token id {info['image_token_id']}, vocab {info['vocab_size']}, projector {projector}, seed {seed})")
+    console.print(f"[green]✓[/] assembled {tgt_fmt} checkpoint at [bold]{escape(str(info['output']))}[/] (image token id {info['image_token_id']}, vocab {info['vocab_size']}, projector {projector}, seed {seed})")
     for note in info["notes"]:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
 
 
-def formats(debug: Debug = False) -> None:
+def formats(
+    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    debug: Debug = False,
+) -> None:
     """List the supported formats, architectures and conversion pairs.
 
     Example:
 
       mmzoo formats
+
+      mmzoo formats --json
     """
     from rich.table import Table
 
     from .. import archs
     from ..converters import registry
 
+    if json_:
+        import json
+
+        print(json.dumps({
+            "formats": [{"name": name, "read": True, "write": hasattr(registry.get(name), "write"),
+                         "description": registry.get(name).DESCRIPTION} for name in registry.FORMAT_MODULES],
+            "vision_encoders": list(archs.VISION_TABLES), "llms": list(archs.TEXT_TABLES),
+        }, indent=2))
+        return
     table = Table(title="formats")
     table.add_column("name")
     table.add_column("read")
@@ -133,7 +159,8 @@ def formats(debug: Debug = False) -> None:
     console.print(table)
     console.print("vision encoders: " + ", ".join(archs.VISION_TABLES))
     console.print("LLMs: " + ", ".join(archs.TEXT_TABLES))
-    console.print("conversions: every format to every other, both ways (llava holds Llama/Mistral + CLIP only).")
+    console.print("conversions: every format to every other, both ways, within what each layout holds (llava and "
+                  "cerebras: Llama/Mistral + CLIP; libmoe: Phi-3 + SigLIP).")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..console import console
+from ..console import console, escape
 from ..errors import MmzooError, OutputExists
 
 
@@ -42,7 +42,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
     workdir = Path(workdir)
     if workdir.exists():
         if not overwrite:
-            raise OutputExists("already exists (drop --no-overwrite to reuse it)", path=workdir)
+            raise OutputExists("already exists (drop --no-overwrite to replace it)", path=workdir)
         if any(workdir.iterdir()) and not (workdir / ".mmzoo-demo").exists():
             raise MmzooError("exists and is not an mmzoo demo folder; choose another -o", path=workdir)
         shutil.rmtree(workdir)
@@ -55,7 +55,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
         with console.status(f"[bold]{name}…"):
             detail = action()
         rows.append({"step": name, "detail": detail, "seconds": time.perf_counter() - started})
-        console.print(f"[green]✓[/] {name}: {detail}")
+        console.print(f"[green]✓[/] {name}: {escape(detail)}")  # details name paths and extras: [plot]
 
     parts = workdir / "parts"
     step("build tiny models", lambda: (build_vision(parts / "clip-vision", "clip"), build_llm(parts / "llama", "llama"), "CLIP vision + Llama LLM + BPE tokenizer trained in-process")[-1])
@@ -91,7 +91,7 @@ def run_demo(workdir: Path, *, hub_endpoint: str | None = None, overwrite: bool 
     table.add_column("result")
     table.add_column("s", justify="right")
     for row in rows:
-        table.add_row(row["step"], row["detail"], f"{row['seconds']:.1f}")
+        table.add_row(row["step"], escape(row["detail"]), f"{row['seconds']:.1f}")
     console.print(table)
     console.print(f"checkpoints are in [bold]{workdir}[/]; try [bold]mmzoo inspect {chain['internal']}[/]")
     return rows

@@ -69,7 +69,7 @@ def pull(
     repo_id: Annotated[str, typer.Argument(help="Repository to download, owner/name.", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (downloaded to a temporary sibling, renamed when complete and verified).", show_default=False)],
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag, refs/pr/N or commit sha (default: main).", show_default=False)] = None,
-    tgt_fmt: Annotated[Optional[str], typer.Option("--tgt-fmt", help="Convert to this format in the same step: hf, llava, internal, moe-llava.", show_default=False)] = None,
+    tgt_fmt: Annotated[Optional[str], typer.Option("--tgt-fmt", help="Convert to this format in the same step: hf, llava, internal, moe-llava, libmoe, cerebras.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (files it already holds are reused).")] = False,
     token: Token = None,
     endpoint: Endpoint = None,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import console, human_size
+from ..console import console, escape, human_size
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
@@ -88,7 +88,8 @@ def diff(
     """
     from ..api import diff as run
 
-    result = run(a, b, atol=atol, weights_only=weights_only)
+    with console.status(f"comparing {escape(str(a))} and {escape(str(b))}…"):  # a spinner on a terminal only: 7B pairs take minutes
+        result = run(a, b, atol=atol, weights_only=weights_only)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         raise typer.Exit(0 if result["equal"] else 1)

@@ -135,7 +135,10 @@ def load_yaml(path: str | Path, *, limit: int = MAX_CONFIG_BYTES) -> Any:
     try:
         return safe_yaml(read_text(path, limit=limit), where=path)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=path) from None
+        mark = getattr(exc, "problem_mark", None)  # where the parser gave up: the line to look at
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML ({problem})", path=where) from None
 
 
 def check_depth(data: Any, where: str | Path | None = None, *, limit: int = MAX_DEPTH) -> None:

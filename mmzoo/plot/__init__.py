@@ -30,6 +30,8 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     """The records of a run folder (or of a metrics.jsonl file itself), in step order. A line cut short by a
     crash is skipped; a later record for the same step (a resumed run) replaces the earlier one."""
     path = Path(run)
+    if not path.exists():
+        raise MmzooError("does not exist (give a training run folder or a metrics.jsonl file)", path=run)
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise MmzooError("no metrics.jsonl here (give a training run folder or a metrics.jsonl file)", path=run)

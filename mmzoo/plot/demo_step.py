@@ -18,7 +18,7 @@ def run_demo_step(train_dir: Path, workdir: Path, console) -> dict[str, Any]:
     try:
         drawn = plot_runs(runs, output, overwrite=True)
     except MissingDependency as exc:  # matplotlib is an optional extra: the demo goes on without the picture
-        console.print(f"  mmzoo plot: skipped ({exc})")
+        console.print(f"  mmzoo plot: skipped ({exc})", markup=False)
         return {"runs": len(runs), "image": "skipped: matplotlib is not installed (pip install 'mmzoo[plot]')"}
     console.print(f"  mmzoo plot {' '.join(p.name for p in runs)} -o {output}")
     return {"runs": len(runs), "image": str(output), "panels": len(drawn.get("panels", []))}

@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
+        from ..console import escape
         from . import preprocess
 
         console = Console(stderr=True)
@@ -56,6 +57,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"note: {note}", markup=False, highlight=False)
         if not quiet:
             print_statistics(console, manifest, out)
+        stats = manifest["statistics"]
+        if stats["samples_read"] and not stats["samples_written"]:  # also with --quiet: training would find no data
+            reasons = ", ".join(f"{reason} {count:,}" for reason, count in stats["rejected"].items())
+            console.print(f"[yellow]warning[/]: no sample was kept ({escape(reasons)}); see {escape(str(out / 'rejected.jsonl'))}")
 
 
 def print_statistics(console: Any, manifest: dict[str, Any], out: Path) -> None:
@@ -75,4 +80,4 @@ def print_statistics(console: Any, manifest: dict[str, Any], out: Path) -> None:
         table.add_row(f"rejected: {reason}", f"[red]{count:,}")
     console.print(table)
     if stats["rejected"]:
-        console.print(f"rejected samples are listed in {out / 'rejected.jsonl'}")
+        console.print(f"rejected samples are listed in {out / 'rejected.jsonl'}", markup=False)

@@ -167,6 +167,8 @@ def _resolve_num_image_tokens(n: int | None, model: str | Path | None, tokenizer
     if n is not None:
         return n
     source = model if model is not None else tokenizer
+    if not Path(source).exists():  # a mistyped --tokenizer / --model is that, not "image tokens unknown"
+        raise MmzooError("does not exist", path=source)
     try:
         derived = int(num_image_tokens(source))
     except (MmzooError, KeyError, TypeError) as exc:

@@ -42,12 +42,15 @@ def register(app: typer.Typer) -> None:
 
         import yaml
 
-        from ..console import console
+        from ..console import console, escape
+        from ..errors import require_package
         from .config import gradient_accumulation, load_config
         from .launch import build_command, choose_launcher
         from .preflight import check_resume, check_settings, preflight
 
         check_resume(resume)
+        if not print_command:  # before the run folder or N launched processes that would each fail on the import
+            require_package("deepspeed", "mmzoo train")
         cfg = load_config(params, set_)
         kind = choose_launcher(nproc, hostfile=hostfile, num_nodes=num_nodes, node_rank=node_rank,
                                master_addr=master_addr, launcher=launcher)
@@ -72,7 +75,7 @@ def register(app: typer.Typer) -> None:
 
         check_settings(cfg, resume, pick_accelerator())
         for warning in preflight(cfg, resume=resume, world=None if hostfile else nproc * (num_nodes or 1)).warnings:
-            console.print(f"[yellow]warning[/]: {warning}")
+            console.print(f"[yellow]warning[/]: {escape(warning)}")
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         # Every node of a --node-rank run writes this file into the shared output_dir while the other
         # nodes' workers may be reading it: write a private sibling and rename it into place.
@@ -83,7 +86,9 @@ def register(app: typer.Typer) -> None:
         env = {**os.environ, "MMZOO_PREFLIGHT_SHOWN": "1"}
         if nproc > 1:  # torchrun's own default, set here so it does not print a 4-line banner about it
             env.setdefault("OMP_NUM_THREADS", "1")
-        code = subprocess.call(command, env=env)
+        # its own session: a terminal's Ctrl-C reaches mmzoo alone, which passes it on once (a second SIGINT
+        # in the middle of torchrun's shutdown of its workers aborts that shutdown)
+        code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True))
         if code:
             sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
             sys.exit(2)
@@ -93,7 +98,7 @@ def register(app: typer.Typer) -> None:
     def export_command(
         run_dir: Annotated[Path, typer.Argument(help="A training run folder (output_dir).")],
         output: Annotated[Path, typer.Option("-o", "--output", help="Output checkpoint folder.")],
-        tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf | llava | internal | moe-llava.")] = "hf",
+        tgt_fmt: Annotated[str, typer.Option("--tgt-fmt", help="hf | llava | internal | moe-llava | libmoe | cerebras (see `mmzoo formats`).")] = "hf",
         step: Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the latest).")] = None,
         dtype: Annotated[str, typer.Option("--dtype", help="keep (the source checkpoint's dtypes) | bf16 | fp16 | fp32.")] = "keep",
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
@@ -103,8 +108,44 @@ def register(app: typer.Typer) -> None:
 
         Example: mmzoo export runs/tiny-sft --tgt-fmt hf -o tiny-sft-hf
         """
-        from ..console import console
+        from ..console import console, escape
+        from ..errors import require_package
         from .export import export
 
-        result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
+        require_package("deepspeed", "mmzoo export")  # it consolidates DeepSpeed's ZeRO files
+        with console.status(f"consolidating {escape(str(run_dir))}…"):  # a spinner on a terminal only: minutes for 7B ZeRO-3
+            result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
         console.print(f"[green]exported[/] step {result['step']} of {run_dir} → {output} ({tgt_fmt}, {result['tensors']} tensors)")
+
+
+def _wait_forwarding_signals(launcher) -> int:
+    """Wait for the launcher (started in its own session), passing on SIGTERM and SIGINT once each: Ctrl-C, a
+    scheduler's SIGTERM or ``kill -INT`` of ``mmzoo train`` must stop the launcher and its workers too, not leave
+    them training in the background. The launcher stops its workers; then mmzoo exits as interrupted (130) or
+    terminated (143)."""
+    import signal
+
+    from ..io.claim import Terminated
+
+    received: list[int] = []
+
+    def forward(signum, frame=None):
+        if signum not in received:  # once: the launcher is already stopping its workers
+            received.append(signum)
+            launcher.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                code = launcher.wait()
+                break
+            except KeyboardInterrupt:
+                forward(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if signal.SIGTERM in received:
+        raise Terminated()
+    if received:
+        raise KeyboardInterrupt
+    return code

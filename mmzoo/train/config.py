@@ -351,6 +351,10 @@ def describe_error(exc: ValidationError) -> str:
         return f"unknown key {key!r} (allowed in {'.'.join(map(str, loc[:-1])) or 'the top level'}: {allowed}){more}"
     if kind == "missing":
         return f"missing key {key!r}{more}"
+    if kind == "model_type":  # a section given as a scalar: pydantic would name its class ("instance of DataSection")
+        parent = _model_at(loc)
+        keys = f" ({', '.join(parent.model_fields)})" if parent is not None else ""
+        return f"invalid {key}: expected a section of keys{keys}, got {first.get('input')!r}{more}"
     if kind == "literal_error":
         expected = first.get("ctx", {}).get("expected", "")
         return f"invalid {key}: {first.get('input')!r} (allowed: {expected.replace(' or ', ', ')}){more}"

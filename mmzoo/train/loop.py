@@ -153,7 +153,9 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         source, data, existing, accumulation = checked.source, checked.data, checked.resume_from, checked.accumulation
         if is_main and console is not None and not os.environ.get("MMZOO_PREFLIGHT_SHOWN"):  # mmzoo train showed them
             for warning in checked.warnings:
-                console.print(f"[yellow]warning[/]: {warning}")
+                from rich.markup import escape  # a warning names paths and settings: `[tensorboard]` is not markup
+
+                console.print(f"[yellow]warning[/]: {escape(warning)}")
         from ..models.load import load_model
 
         plan = None

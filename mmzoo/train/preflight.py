@@ -99,6 +99,10 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
     if existing and resume == "never":
         raise MmzooError(f"already has checkpoints (latest: step {existing[0]}); pass --resume auto to continue "
                          "or choose another output_dir", path=out_dir)
+    if existing and resume == "auto" and cfg.train.max_steps is not None and existing[0] > cfg.train.max_steps:
+        # nothing to train, and DeepSpeed's sampler would fail on a negative length after loading the checkpoint
+        raise ConfigError(f"already trained to step {existing[0]}, past train.max_steps {cfg.train.max_steps}; raise "
+                          "train.max_steps to continue it, or start another run (--set output_dir=runs/NEW)", path=out_dir)
     if existing and resume == "auto" and cfg.deepspeed.zero_stage is None:
         from .ds_config import resolve_zero_stage  # unset: a resumed run keeps its checkpoint's stage
 

@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     except MmzooError as exc:
         sys.stderr.write(f"mmzoo: error: {exc.one_line()}\n")
         return 2
+    except KeyboardInterrupt:  # the launcher passes on Ctrl-C: mmzoo train says it once, not a traceback per rank
+        if os.environ.get("MMZOO_DEBUG"):
+            raise
+        return 130
     return 0
 
 

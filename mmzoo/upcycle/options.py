@@ -17,6 +17,11 @@ LIBMOE_ROUTERS = ("smoe", "xmoe", "sigmoid", "sharede_v2", "sharede_v3", "tcmoe"
 SHARED_E = ("sharede_v2", "sharede_v3")  # a shared expert mixed 0.5 / 0.5 with the routed ones, no gate
 
 MAX_EXPERTS = 4096
+# The `mmzoo convert` option of each field, so that a refused value names what the user typed
+FLAGS = {"num_experts": "--moe-experts", "top_k": "--moe-top-k", "style": "--moe-style", "router": "--moe-router",
+         "router_z_loss_coef": "--router-z-loss-coef", "layers": "--moe-layers", "targets": "--moe-target",
+         "router_init": "--router-init", "router_prompts": "--router-prompts", "router_aux_loss_coef": "--router-aux-loss-coef",
+         "vision_aux_loss_coef": "--vision-aux-loss-coef", "capacity_factor": "--capacity-factor", "seed": "--seed"}
 
 
 class UpcycleOptions(BaseModel):
@@ -92,8 +97,12 @@ def parse_options(**options) -> UpcycleOptions:
         opts = UpcycleOptions(**options)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "options"
-        raise UpcycleError(f"invalid upcycling option {where}: {first.get('msg')} (got {first.get('input')!r})") from None
+        loc = first.get("loc", ())
+        where = str(loc[0]) if loc else "options"
+        flag = f" ({FLAGS[where]} {first.get('input')!r})" if where in FLAGS else f" (got {first.get('input')!r})"
+        expected = (first.get("ctx") or {}).get("expected")  # a choice: name the choices, not pydantic's wording
+        why = f"choose from {expected}" if first.get("type") == "literal_error" and expected else first.get("msg")
+        raise UpcycleError(f"invalid upcycling option {where}{flag}: {why}") from None
     if not 1 <= opts.num_experts <= MAX_EXPERTS:  # the bound a config read from disk gets (mmzoo.archs.checks)
         raise UpcycleError(f"--moe-experts must be at least 1 and at most {MAX_EXPERTS} (got {opts.num_experts})")
     if not 1 <= opts.top_k <= opts.num_experts:

@@ -41,3 +41,48 @@ def test_the_progress_line_keeps_the_loss_at_80_columns():
         assert len(last) <= width
     assert "TFLOP/s" in progress_text(record, 200) and "aux 0.0452" in progress_text(record, 200)
     assert progress_text(record, 20) == "loss 5.7452"
+
+
+def test_a_finished_run_asked_for_fewer_steps_is_one_line_and_left_alone(ws, capsys):
+    """The README's tracking example after its training example: the same output_dir, already at a later step.
+    It used to convert the checkpoint and fail in DataLoader with a negative length; now one line says what to do."""
+    from mmzoo.train.config import load_config
+    from mmzoo.train.loop import run_training
+
+    params = ws.write("finished", train={"max_steps": 2, "save_every": 2})
+    run_training(load_config(params))
+    run_dir = ws.root / "runs" / "finished"
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    for extra in ((), ("--nproc", "2")):
+        line = _cli_error(capsys, "train", "--params", str(params), "--set", "train.max_steps=1", *extra)
+        assert "already trained to step 2, past train.max_steps 1" in line and "--set output_dir=" in line, line
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no universal conversion, no params
+
+
+def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws):
+    """SIGTERM to `mmzoo train` alone (a scheduler, `kill PID`) used to leave torchrun and its workers training in the
+    background; now mmzoo passes it on once, waits for them and exits 143 with its one line."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from cli_helpers import mmzoo_command
+
+    params = ws.write("stopped", train={"max_steps": 100000, "save_every": 100000})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", "2"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ws.root / "runs" / "stopped" / "metrics.jsonl").exists():
+        time.sleep(0.5)  # rank 0 opens metrics.jsonl once training has begun
+    launched = psutil.Process(proc.pid).children(recursive=True)
+    assert len(launched) >= 3, launched  # the launcher and two workers
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "mmzoo: terminated, finished checkpoints are kept, --resume auto continues"
+    psutil.wait_procs(launched, timeout=30)
+    assert not [p for p in launched if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

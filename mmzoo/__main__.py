@@ -1,0 +1,4 @@
+"""``python -m mmzoo``: the same command line as ``mmzoo`` (for environments without the script on PATH)."""
+from .cli import main
+
+main()

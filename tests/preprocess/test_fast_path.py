@@ -383,3 +383,41 @@ def test_byte_level_shards_equal_the_offsets_paths(name, template, tmp_path, ima
                 assert np.array_equal(a[key][()], b[key][()]), key
     assert (tmp_path / "fast" / "rejected.jsonl").read_bytes() == (tmp_path / "offsets" / "rejected.jsonl").read_bytes()
 
+
+
+@pytest.mark.parametrize("name", ["llava-v1.5", "llama-3", "phi-3"])
+def test_each_distinct_text_is_tokenized_once_with_the_same_results(name, tmp_path):
+    """LLaVA's templates start every image-first sample with the same piece (system prompt + "USER: "): a batch's
+    repeated texts are tokenized once (once_each), with exactly the ids and span-edge tokens of tokenizing each."""
+    add_image_token(rt.REAL_TOKENIZERS[name](), tmp_path / "tok")
+    info = TokenizerInfo.load(tmp_path / "tok")
+    tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer, info.data)
+    prefix = "A chat between a curious user and an artificial intelligence assistant. USER: "
+    texts = [prefix, "\nWhat is this? ASSISTANT: A cat.</s>", prefix, "Hi 👋 ASSISTANT: Hello.</s>", prefix, "", ""]
+    seen = []
+    tokenizer._offsets_tokenizer = tokenizer._offsets_tokenizer or tokenizer._load_offsets_tokenizer()
+    for attribute in ("_offsets_tokenizer", "_lengths_tokenizer"):
+        inner = getattr(tokenizer, attribute, None)
+        if inner is not None:
+            setattr(tokenizer, attribute, _Recording(inner, seen))
+    encoded = tokenizer.encode(texts)
+    assert [len(batch) for batch in seen] == [4]  # one call, with the 4 distinct texts of 7
+    seen.clear()
+    oracle = WithOffsets(tokenizer.encode_with_offsets(texts))  # plain encode_batch, every text
+    assert seen == [[" " + t if t and tokenizer.manual_prefix else t for t in texts]]
+    _every_character_agrees(encoded, oracle, texts)
+
+
+class _Recording:
+    """A tokenizers.Tokenizer that records the texts of each batch call."""
+
+    def __init__(self, inner, seen: list):
+        self.inner, self.seen = inner, seen
+
+    def encode_batch(self, texts, **kwargs):
+        self.seen.append(list(texts))
+        return self.inner.encode_batch(texts, **kwargs)
+
+    def encode_batch_fast(self, texts, **kwargs):
+        self.seen.append(list(texts))
+        return self.inner.encode_batch_fast(texts, **kwargs)

@@ -87,8 +87,12 @@ def tokenization_path(tok_dir: Path) -> str:
     from mmzoo.preprocess.tokenization import TextTokenizer
 
     info = TokenizerInfo.load(tok_dir)
-    fast = TextTokenizer(info.json_text, info.legacy, info.tokenizer).char_lengths is not None
-    return "token lengths (encode_batch_fast, spaces replaced in Python)" if fast else "character offsets (encode_batch)"
+    tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer, info.data)
+    if tokenizer.char_lengths is not None:
+        return "token lengths (encode_batch_fast, spaces replaced in Python)"
+    if tokenizer.byte_lengths is not None:
+        return "byte-level token lengths (encode_batch, span edges from UTF-8 byte lengths)"
+    return "character offsets (encode_batch)"
 
 
 def main() -> None:

@@ -87,6 +87,7 @@ class TokenizerInfo:
     special_tokens: tuple[str, ...]  # special added tokens other than <image>
     tokenizer: Any = field(default=None, repr=False, compare=False)  # json_text loaded (tokenizers.Tokenizer)
     notes: tuple[str, ...] = ()  # what the user should know about these files (printed, kept in the manifest)
+    data: Any = field(default=None, repr=False, compare=False)  # json_text parsed once (read only), for TextTokenizer
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerInfo":
@@ -122,7 +123,8 @@ class TokenizerInfo:
         bos_id = tok.token_to_id(bos) if bos else None
         legacy = config.get("legacy", True) is not False  # transformers 4.x's default when the flag is absent
         notes = (RESAVED_BY_TRANSFORMERS5,) if resaved_by_transformers5(data, config) else ()
-        return cls(folder, json_text, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials, tok, notes)
+        return cls(folder, json_text, bos or "", eos or "", bos_id, int(pad_id or 0), image_id, template, legacy, specials, tok, notes,
+                   data)
 
 
 def load_tokenizer(json_text: str, json_path: Path) -> Any:
@@ -174,7 +176,7 @@ class Encoder:
         # Loading a real tokenizer costs 0.2-1 s (parsing MBs of JSON, building the vocabulary): once per run.
         if self.info is None:
             self.info = TokenizerInfo.load(self.settings.tokenizer)
-        self.tokenizer = TextTokenizer(self.info.json_text, self.info.legacy, self.info.tokenizer)
+        self.tokenizer = TextTokenizer(self.info.json_text, self.info.legacy, self.info.tokenizer, self.info.data)
         self.render = make_renderer(self.settings.template, self.info.bos, self.info.eos, self.info.chat_template)
         self.root = Path(self.settings.image_root).resolve()
         specials = sorted(self.info.special_tokens, key=len, reverse=True)

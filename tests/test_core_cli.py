@@ -440,3 +440,14 @@ def test_top_level_help_says_where_to_start():
     code, stdout, _ = run_cli("--help")
     flat = " ".join(stdout.replace("│", " ").split())
     assert code == 0 and "Start with `mmzoo demo -o mmzoo-demo`" in flat and "--debug" in flat
+
+
+def test_a_tiny_config_before_the_demo_says_to_run_the_demo(tmp_path, monkeypatch, capsys):
+    from cli_helpers import cli_error
+
+    monkeypatch.chdir(tmp_path)  # a folder without mmzoo-demo/
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    line = cli_error(capsys, "train", "--params", str(configs / "tiny-sft.yaml"))
+    assert line == ("mmzoo: error: model 'mmzoo-demo/train/pretrain-internal' does not exist; "
+                    "run `mmzoo demo -o mmzoo-demo` first")
+    assert list(tmp_path.iterdir()) == []  # no run folder

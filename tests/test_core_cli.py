@@ -451,3 +451,9 @@ def test_a_tiny_config_before_the_demo_says_to_run_the_demo(tmp_path, monkeypatc
     assert line == ("mmzoo: error: model 'mmzoo-demo/train/pretrain-internal' does not exist; "
                     "run `mmzoo demo -o mmzoo-demo` first")
     assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+def test_a_layout_refusal_names_the_format_asked_for(tiny, tmp_path):
+    """cerebras holds what llava holds; its refusal used to name the llava layout."""
+    code, _, stderr = run_cli("convert", str(tiny.hf("qwen2", "clip")), "-o", str(tmp_path / "out"), "--tgt-fmt", "cerebras")
+    _assert_one_line_error(code, stderr, "the cerebras layout holds a Llama or Mistral LLM", "qwen2")

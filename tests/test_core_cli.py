@@ -380,6 +380,11 @@ def test_config_mistakes_point_at_the_line_and_the_keys(tmp_path, capsys):
     line = cli_error(capsys, "train", "--params", str(scalar))
     assert "invalid data: expected a section of keys (path, images, num_workers), got 'data/sft'" in line, line
     assert "DataSection" not in line
+    # a bad value typed on the command line names the --set, not the file that does not hold it
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("stage: sft\nmodel: m\ndata: {path: d, images: i}\noutput_dir: runs/x\n")
+    line = cli_error(capsys, "train", "--params", str(fine), "--set", "train.lr=fast")
+    assert line.startswith("mmzoo: error: --set train.lr=fast: invalid train.lr:"), line
 
 
 def test_missing_inputs_are_named_as_missing(tmp_path, capsys):

@@ -326,13 +326,12 @@ def test_a_missing_optional_extra_is_one_line_naming_it(tmp_path):
     install before doing anything, instead of an import traceback (from a worker process, for --nproc 2)."""
     blocker = tmp_path / "site"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class Uninstalled:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'deepspeed':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Uninstalled())\n")
+    (blocker / "sitecustomize.py").write_text(  # deepspeed as if not installed: the path finder does not find it
+        "import importlib.machinery as machinery\n"
+        "_find = machinery.PathFinder.find_spec\n"
+        "def _hidden(cls, name, path=None, target=None):\n"
+        "    return None if name.split('.')[0] == 'deepspeed' else _find(name, path, target)\n"
+        "machinery.PathFinder.find_spec = classmethod(_hidden)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
     configs = Path(__file__).resolve().parents[1] / "configs"
     for args in (("train", "--params", str(configs / "tiny-sft.yaml")),

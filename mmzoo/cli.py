@@ -61,7 +61,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         os.environ["MMZOO_DEBUG"] = "1"
-    quiet_libraries(progress_bars=bool(args) and args[0] == "hub")
+    # hub downloads keep their tqdm bars on a terminal; in a log they would be lines of carriage returns
+    quiet_libraries(progress_bars=bool(args) and args[0] == "hub" and sys.stderr.isatty())
     try:
         command = typer.main.get_command(app)
         tidy_help(command)

@@ -27,13 +27,14 @@ SAME_WORKER = {  # file -> the file whose worker runs it: both read tests/train'
 }
 LONGEST_FIRST = (  # seconds of test time per file in a `-n 2` run on 2 cores (2026-11-27); the rest follow in order
     "tests/train/test_train_multi.py",  # 300 s with the two files above: the 2-process runs
-    "tests/test_demo.py",  # 95 s: `mmzoo demo`, then a 2-process training run
+    "tests/test_demo.py",  # 85-115 s: `mmzoo demo`, a 2-process training run, then every README example
     "tests/train/test_kernels.py",  # 85 s: torch.compile (dynamo, inductor)
     "tests/train/test_distill.py",  # 65 s
     "tests/test_tokenizer_files.py",  # 40 s: real tokenizers of 32k-152k tokens
     "tests/test_core_cli.py",  # 40 s: ~40 CLI subprocesses
     "tests/train/test_preference_stage.py",  # 40 s
     "tests/eval/test_llava_eval_scripts.py",  # 35 s: LLaVA's eval scripts in their side environment
+    "tests/train/test_preflight_and_progress.py",  # 30 s: a 1-process run, and a 2-process run stopped by SIGTERM
 )
 
 

@@ -326,13 +326,12 @@ def test_a_missing_optional_extra_is_one_line_naming_it(tmp_path):
     install before doing anything, instead of an import traceback (from a worker process, for --nproc 2)."""
     blocker = tmp_path / "site"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class Uninstalled:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'deepspeed':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Uninstalled())\n")
+    (blocker / "sitecustomize.py").write_text(  # deepspeed as if not installed: the path finder does not find it
+        "import importlib.machinery as machinery\n"
+        "_find = machinery.PathFinder.find_spec\n"
+        "def _hidden(cls, name, path=None, target=None):\n"
+        "    return None if name.split('.')[0] == 'deepspeed' else _find(name, path, target)\n"
+        "machinery.PathFinder.find_spec = classmethod(_hidden)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
     configs = Path(__file__).resolve().parents[1] / "configs"
     for args in (("train", "--params", str(configs / "tiny-sft.yaml")),
@@ -380,6 +379,11 @@ def test_config_mistakes_point_at_the_line_and_the_keys(tmp_path, capsys):
     line = cli_error(capsys, "train", "--params", str(scalar))
     assert "invalid data: expected a section of keys (path, images, num_workers), got 'data/sft'" in line, line
     assert "DataSection" not in line
+    # a bad value typed on the command line names the --set, not the file that does not hold it
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("stage: sft\nmodel: m\ndata: {path: d, images: i}\noutput_dir: runs/x\n")
+    line = cli_error(capsys, "train", "--params", str(fine), "--set", "train.lr=fast")
+    assert line.startswith("mmzoo: error: --set train.lr=fast: invalid train.lr:"), line
 
 
 def test_missing_inputs_are_named_as_missing(tmp_path, capsys):
@@ -440,3 +444,20 @@ def test_top_level_help_says_where_to_start():
     code, stdout, _ = run_cli("--help")
     flat = " ".join(stdout.replace("│", " ").split())
     assert code == 0 and "Start with `mmzoo demo -o mmzoo-demo`" in flat and "--debug" in flat
+
+
+def test_a_tiny_config_before_the_demo_says_to_run_the_demo(tmp_path, monkeypatch, capsys):
+    from cli_helpers import cli_error
+
+    monkeypatch.chdir(tmp_path)  # a folder without mmzoo-demo/
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    line = cli_error(capsys, "train", "--params", str(configs / "tiny-sft.yaml"))
+    assert line == ("mmzoo: error: model 'mmzoo-demo/train/pretrain-internal' does not exist; "
+                    "run `mmzoo demo -o mmzoo-demo` first")
+    assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+def test_a_layout_refusal_names_the_format_asked_for(tiny, tmp_path):
+    """cerebras holds what llava holds; its refusal used to name the llava layout."""
+    code, _, stderr = run_cli("convert", str(tiny.hf("qwen2", "clip")), "-o", str(tmp_path / "out"), "--tgt-fmt", "cerebras")
+    _assert_one_line_error(code, stderr, "the cerebras layout holds a Llama or Mistral LLM", "qwen2")

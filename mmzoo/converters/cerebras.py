@@ -54,7 +54,7 @@ def read(path: Path, *, drop_unmatched: bool = False) -> Checkpoint:
 
 
 def check_supported(ckpt: Checkpoint) -> None:
-    llava.check_supported(ckpt.spec)
+    llava.check_supported(ckpt.spec, "cerebras")
     if not PROJECTOR.match(ckpt.spec.projector_type):
         raise UnknownArchitecture(
             f"Cerebras' LLaVA converter accepts only mlp<N>x_gelu projectors; this checkpoint's is {ckpt.spec.projector_type!r} "

@@ -177,10 +177,11 @@ def _spec(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], where: Path) -> 
     return spec
 
 
-def check_supported(spec: ModelSpec) -> None:
+def check_supported(spec: ModelSpec, layout: str = "llava") -> None:
+    """``layout``: the format asked for, named in the refusal (cerebras holds what llava holds)."""
     if spec.text_type not in LLAVA_CLASSES or spec.vision_type != "clip_vision_model":
         raise UnknownArchitecture(
-            f"the llava layout holds a {SUPPORTED}; this checkpoint has {spec.text_type} + {spec.vision_type} (use --tgt-fmt hf or internal)"
+            f"the {layout} layout holds a {SUPPORTED}; this checkpoint has {spec.text_type} + {spec.vision_type} (use --tgt-fmt hf or internal)"
         )
     if spec.projector_type == "mlp2x_gelu" and spec.projector_hidden_act != "gelu":
         raise UnknownArchitecture(f"LLaVA's mlp2x_gelu projector uses gelu, not {spec.projector_hidden_act!r}")

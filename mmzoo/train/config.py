@@ -322,7 +322,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(describe_error(exc), path=where) from None
+        loc = ".".join(str(part) for part in exc.errors()[0].get("loc", ()))
+        overridden = [item for item in overrides or [] if loc and item.partition("=")[0].strip() in
+                      (loc, *(loc.rsplit(".", n)[0] for n in range(1, loc.count(".") + 1)))]
+        # a bad value given on the command line is the user's --set, not a line of the file
+        raise ConfigError(describe_error(exc), path=f"--set {overridden[-1]}" if overridden else where) from None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

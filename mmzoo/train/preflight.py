@@ -112,6 +112,10 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
         universal = ck.needs_universal(existing[1], existing[0], world_size=world, zero_stage=cfg.deepspeed.zero_stage)
     from ..converters.pipeline import read_checkpoint
 
+    for key, where in (("model", cfg.model), ("data.path", cfg.data.path)):
+        if not Path(where).exists():  # the configs in configs/tiny-*.yaml read what the demo leaves behind
+            demo = "; run `mmzoo demo -o mmzoo-demo` first" if Path(where).parts[:1] == ("mmzoo-demo",) else ""
+            raise ConfigError(f"{key} {str(where)!r} does not exist{demo}")
     source = read_checkpoint(cfg.model)
     if cfg.stage == "moe" and not source.spec.moe:
         raise ConfigError(f"stage moe needs an MoE checkpoint; {cfg.model} is dense (upcycle it with "

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..archs import TEXT_TABLES, VISION_ALIASES, text_table, vision_table
 from ..archs.checks import check_text_config, check_vision_config
-from ..errors import ConfigError, MmzooError, UnknownArchitecture, naming
+from ..errors import ConfigError, MissingTensor, MmzooError, ShapeMismatch, UnknownArchitecture, naming
 from .common import processor_from_folder, split_by_prefix
 from ..io.checkpoint import read_weights
 from ..io.confine import confine_checkpoint
@@ -134,7 +134,12 @@ def init_model(
         ckpt = Checkpoint(spec, tensors, text, "init", find_tokenizer_files(Path(tmp)), image_processor, extra)
         from .common import validate
 
-        validate(ckpt)
+        try:
+            validate(ckpt)
+        except (MissingTensor, ShapeMismatch) as exc:  # the checkpoint's path is the LLM's: name the tower's folder
+            if "'image_model." in str(exc):
+                exc.path = str(vision)
+            raise
         write_checkpoint(ckpt, out, tgt_fmt, overwrite=overwrite, shard_size=shard_size, progress=progress)
     from .hf import transformers4_notes
 

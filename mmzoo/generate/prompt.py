@@ -52,6 +52,7 @@ def _chat_template(tokenizer, prompt: str, system: str | None) -> str:
     parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
     for content in (prompt, parts):
         messages = head + [{"role": "user", "content": content}]
+        _within_limits(tokenizer, messages)
         try:
             rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception:  # noqa: BLE001 - a template that cannot take this content shape: try the other
@@ -60,3 +61,66 @@ def _chat_template(tokenizer, prompt: str, system: str | None) -> str:
             return rendered
     raise MmzooError("the checkpoint's chat_template does not render an image prompt",
                      hint="pick the training format with --template, e.g. vicuna_v1")
+
+
+def _within_limits(tokenizer, messages: list[dict]) -> None:
+    """Render the checkpoint's chat_template once in mmzoo's bounded sandbox (the limits `mmzoo preprocess` applies:
+    2 s, 32 Mi characters, no runaway recursion) before transformers renders it without limits: a template that loops
+    (``range`` inside ``range``) hung `generate` forever, one that doubles a string forty times asked for terabytes.
+
+    The probe gets transformers' globals, filters and variables, so a template renders the same in both; its output
+    is discarded (transformers' rendering is the one used, as before). Errors other than a limit are left to
+    transformers, which reports them its own way."""
+    import jinja2
+
+    from ..preprocess.template_limits import TemplateLimitError, bounded_environment, render_bounded
+
+    env = bounded_environment()
+    env.add_extension(_generation_tag())
+    env.filters["tojson"] = _tojson
+    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=dict)
+    try:
+        template = env.from_string(tokenizer.chat_template)
+        render_bounded(template, messages=messages, tools=None, documents=None, add_generation_prompt=True,
+                       **tokenizer.special_tokens_map)
+    except TemplateLimitError:
+        raise
+    except (jinja2.TemplateError, MmzooError, TypeError, ValueError, KeyError, AttributeError, IndexError):
+        return  # not a limit: transformers renders it (or says what is wrong) as before
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:  # transformers' filter
+    import json
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message: str) -> None:
+    import jinja2
+
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _strftime_now(format: str) -> str:  # noqa: A002 - the name templates call it with
+    from datetime import datetime
+
+    return datetime.now().strftime(format)
+
+
+def _generation_tag():
+    """transformers' ``{% generation %}…{% endgeneration %}`` block (marks the trained span): rendered as its body."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    return GenerationTag

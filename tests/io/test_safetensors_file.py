@@ -115,3 +115,26 @@ def test_parse_size_rejects_nonsense():
 class Evil:
     def __reduce__(self):  # would run code when unpickled without weights_only
         return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda good: struct.pack("<Q", 2**63) + good[8:], "header length out of range"),  # 8 EiB of header
+    (lambda good: struct.pack("<Q", len(good)) + good[8:], "header length out of range"),  # beyond the file
+    (lambda good: struct.pack("<Q", 200_000_000) + b" " * 16, "header length out of range"),  # over the 100 MB cap
+    (lambda good: b"", "shorter than 8 bytes"),
+    (lambda good: struct.pack("<Q", 8) + b'{"\xff":1}' + b"\0" * 8, "not JSON"),  # not UTF-8
+], ids=["2**63", "beyond-the-file", "over-the-cap", "empty", "not-utf8"])
+def test_header_lengths_and_bytes_that_cannot_be_a_header(tmp_path, make, message):
+    """Each is refused from the first 8 bytes or the header alone: nothing is allocated from the length."""
+    save_file({"a": torch.ones(4)}, tmp_path / "good.safetensors")
+    (tmp_path / "model.safetensors").write_bytes(make((tmp_path / "good.safetensors").read_bytes()))
+    with pytest.raises(CorruptFile, match=message):
+        read_header(tmp_path / "model.safetensors")
+
+
+def test_a_shape_whose_product_overflows_any_file_is_refused(tmp_path):
+    raw = json.dumps({"a": {"dtype": "F32", "shape": [2**32] * 40, "data_offsets": [0, 4]}}).encode()
+    raw += b" " * (-len(raw) % 8)
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(4))
+    with pytest.raises(CorruptFile, match="byte range does not match its shape"):
+        read_header(tmp_path / "model.safetensors")

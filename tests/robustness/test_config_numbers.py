@@ -123,6 +123,14 @@ def test_init_checks_the_weights_before_drawing_the_projector(tmp_path, capsys):
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert str(text) in line and not (tmp_path / "out").exists()
+    config["hidden_size"] = 64
+    (text / "config.json").write_text(json.dumps(config))
+    config = json.loads((vision / "config.json").read_text())
+    config["hidden_size"] = 1 << 20
+    (vision / "config.json").write_text(json.dumps(config))
+    line = assert_one_line(*run_main(capsys, "init", "--vision", vision, "--text", text, "-o", tmp_path / "out"),
+                           "image_model.", "the config implies")
+    assert line.startswith(f"mmzoo: error: {vision}:"), line  # the folder whose weights disagree, not the LLM's
 
 
 def test_bounds_accept_real_model_sizes():

@@ -75,3 +75,25 @@ def test_an_image_token_the_tokenizer_or_vocabulary_does_not_have(hf_copy, capsy
     assert_one_line(*run_main(capsys, *args), "config marks images with token id 5, but its tokenizer's <image> is 320")
     _edit(hf_copy / "config.json", lambda d: {**d, "image_token_index": 10**12})
     assert_one_line(*run_main(capsys, *args), str(hf_copy), "image token id 1000000000000 lies outside the vocabulary of 321")
+
+
+@pytest.mark.parametrize("template, needle", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took more than 2 s"),
+    ("{% set s = 'xxxxxxxxxxxxxxxx' %}" + "{% set s = s ~ s %}" * 40 + "{{ s | length }}", "built a value of"),
+], ids=["nested-loops", "doubling"])
+def test_generate_renders_a_hostile_chat_template_within_limits(hf_copy, capsys, template, needle):
+    """transformers renders chat templates without limits: the loop hung `mmzoo generate` forever, the doubling asked
+    for 16 TiB. The bounded render `mmzoo preprocess` uses now runs first."""
+    (hf_copy / "chat_template.jinja").write_text(template)
+    assert_one_line(*run_main(capsys, "generate", hf_copy, "--prompt", "hi", "--max-new-tokens", "1"),
+                    "the tokenizer's chat_template", needle)
+
+
+def test_generate_still_renders_templates_with_transformers_extensions(hf_copy, capsys):
+    """{% generation %}, tojson and strftime_now exist in the bounded probe as in transformers."""
+    (hf_copy / "chat_template.jinja").write_text(
+        "{{ strftime_now('%Y') | tojson }}{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}"
+        "{% generation %}ASSISTANT:{% endgeneration %}")
+    from mmzoo.generate import generate
+
+    assert generate(hf_copy, "hi", max_new_tokens=1)["prompt"].endswith("USER: hi\nASSISTANT:")

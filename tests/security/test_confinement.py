@@ -142,7 +142,8 @@ def test_moe_llava_image_tower_linking_outside_is_refused(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("name, needle", [("a\0b.safetensors", "embedded null byte"), ("..", "outside the checkpoint folder"),
-                                          ("config.json", "not a safetensors file")])
+                                          ("config.json", "not a safetensors file"),
+                                          ("nope.safetensors", "index names shard 'nope.safetensors', which does not exist")])
 def test_index_naming_odd_shards_is_one_line(sharded, tmp_path, name, needle):
     """A NUL byte in a shard name was a ValueError traceback from pathlib; a folder or a non-weights file is refused."""
     index_path = sharded / "model.safetensors.index.json"

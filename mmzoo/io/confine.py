@@ -52,12 +52,13 @@ def confined(path: str | Path, root: Path, *, named_by: str | Path | None = None
                             path=path)
 
 
-def confine_checkpoint(folder: str | Path, depth: int = 2) -> Path:
+def confine_checkpoint(folder: str | Path, depth: int = 2, not_entered: frozenset[str] = frozenset()) -> Path:
     """Refuse a checkpoint holding a symlink (file or folder) that leaves it; returns the boundary.
 
     Checked before anything is read, so not even a config.json is read from outside. Every layout keeps
     the files mmzoo reads within two levels (``tokenizer/``, ``image_tower/``, ``meta/tokenizer/``...);
-    symlinked folders are checked, never entered."""
+    symlinked folders are checked, never entered; nor are the top-level folders named in ``not_entered``
+    (themselves checked), which other programs own."""
     folder = Path(folder)
     root = checkpoint_root(folder)
     for current, dirs, files in os.walk(folder):
@@ -65,8 +66,11 @@ def confine_checkpoint(folder: str | Path, depth: int = 2) -> Path:
             entry = Path(current, name)
             if entry.is_symlink():
                 confined(entry, root)
-        if len(Path(current).relative_to(folder).parts) >= depth:
+        level = len(Path(current).relative_to(folder).parts)
+        if level >= depth:
             dirs[:] = []
+        elif level == 0:
+            dirs[:] = [name for name in dirs if name not in not_entered]
     return root
 
 

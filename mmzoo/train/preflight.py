@@ -68,6 +68,7 @@ def check_run_folder(out_dir: Path, cfg: TrainConfig) -> None:
     (to resume, to continue training) may not hold a symlink that leaves it, which training would write through
     (``metrics.jsonl -> ~/.bashrc`` is rewritten on resume)."""
     from ..io.confine import OutsideCheckpoint, confine_checkpoint
+    from .tracking import TRACKER_FOLDERS
 
     target = out_dir.absolute().resolve()
     inputs = [("model", cfg.model), ("data.path", cfg.data.path), ("data.images", cfg.data.images),
@@ -82,7 +83,9 @@ def check_run_folder(out_dir: Path, cfg: TrainConfig) -> None:
     if not out_dir.is_dir():
         return
     try:
-        confine_checkpoint(out_dir, depth=3)  # checkpoints/step_N/<files>: three levels
+        # checkpoints/step_N/<files>: three levels; the trackers' own folders are theirs (wandb links its debug
+        # logs there into ~/.cache/wandb by design), mmzoo writes nothing into them
+        confine_checkpoint(out_dir, depth=3, not_entered=TRACKER_FOLDERS)
     except OutsideCheckpoint as exc:
         raise ConfigError(f"output_dir {out_dir}: {str(exc).replace('refusing to read it', 'refusing to write through it')}") from None
 

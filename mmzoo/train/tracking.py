@@ -26,6 +26,7 @@ from ..errors import MissingDependency
 
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> module to import
 EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> pip extra of mmzoo
+TRACKER_FOLDERS = frozenset({"tensorboard", "wandb", "mlruns"})  # OUTPUT_DIR/<name>/: written by the tracker libraries
 DEFAULT_PROJECT = "mmzoo"
 
 

@@ -265,3 +265,27 @@ def test_an_output_dir_that_is_an_input_or_inside_one_is_refused(data, tiny, tmp
     line = cli_error(capsys, "train", "--params", str(params), "--nproc", "1")
     assert f"output_dir {out} is" in line and "training would write its checkpoints into an input" in line, line
     assert sorted(p.name for p in model.iterdir()) == before
+
+
+def test_tracker_folders_are_not_entered_but_a_linked_tracker_folder_is_refused(tmp_path):
+    """wandb links its debug logs under OUTPUT_DIR/wandb/ into ~/.cache/wandb by design, and mmzoo writes nothing
+    there: a resumed wandb run is not refused for it; a tracker folder that is itself a link leaving is."""
+    from mmzoo.errors import ConfigError
+    from mmzoo.train.config import load_config
+    from mmzoo.train.preflight import check_run_folder
+
+    run = tmp_path / "run"
+    logs = run / "wandb" / "offline-run-20261128_000535-1ad7a640" / "logs"
+    logs.mkdir(parents=True)
+    cache = tmp_path / "home" / ".cache" / "wandb" / "logs"
+    cache.mkdir(parents=True)
+    (cache / "core-debug.log").write_text("")
+    (logs / "debug-core.log").symlink_to(cache / "core-debug.log")
+    (run / "metrics.jsonl").write_text("")
+    cfg = load_config(data={"stage": "sft", "model": str(tmp_path / "model"),
+                            "data": {"path": str(tmp_path / "data"), "images": str(tmp_path / "images")},
+                            "train": {"max_steps": 1}, "output_dir": str(run)})
+    check_run_folder(run, cfg)  # accepted
+    (run / "tensorboard").symlink_to(cache, target_is_directory=True)
+    with pytest.raises(ConfigError, match="tensorboard is a symlink to .* refusing to write through it"):
+        check_run_folder(run, cfg)

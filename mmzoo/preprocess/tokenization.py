@@ -448,10 +448,7 @@ class FromByteLengths(WithOffsets):
             byte_starts = np.append(np.flatnonzero(first), len(utf8))[text_starts]
         if not np.array_equal(np.concatenate(([0], byte_ends))[self.starts], byte_starts):
             return None
-        self.ends, self.text_starts = char_ends, text_starts
+        self.ends, self.text_starts, self.shifts = char_ends, text_starts, np.zeros(len(texts), dtype=np.int64)
         return self
 
-    def tokens_at(self, texts: np.ndarray, chars: np.ndarray, stops: np.ndarray, step: int) -> np.ndarray:
-        # Every character is some token's: the walk of token_at never moves, so only char == stop finds nothing.
-        found = np.searchsorted(self.ends, self.text_starts[texts] + chars, side="right") - self.starts[texts]
-        return np.where(chars == stops, -1, found)
+    tokens_at = FromLengths.tokens_at  # the same search: each token's end, in characters of all texts counted

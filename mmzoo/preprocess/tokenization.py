@@ -84,9 +84,12 @@ class TextTokenizer:
     def __init__(self, json_text: str, legacy: bool, loaded: Any = None, parsed: Optional[dict[str, Any]] = None):
         """``loaded``: ``json_text`` already loaded as a ``tokenizers.Tokenizer``, used as is when
         nothing needs changing (saves loading a large vocabulary twice); ``parsed``: ``json_text`` already
-        parsed (``json.loads`` of Llama-3's 17 MB costs 0.2-0.3 s), left unchanged."""
+        parsed, or its outline (tokenizer_outline), left unchanged: a byte-level tokenizer needs no more, the
+        others (SentencePiece layouts, rebuilt here without their dummy prefix) are parsed in full."""
         from tokenizers import Tokenizer
 
+        if parsed is not None and parsed.get("outline") and not _is_byte_level(parsed):
+            parsed = None
         data = json.loads(json_text) if parsed is None else _copy_for_changes(parsed)
         self.added = tuple(t["content"] for t in data.get("added_tokens", []))
         # legacy=True keeps 4.x's behaviour (prefix after special tokens too): the tokenizer as it is.
@@ -193,6 +196,30 @@ def _same_tokens_everywhere(a: "Encoded", b: "Encoded", texts: list[str]) -> boo
         if not np.array_equal(a.tokens_at(text, char, stop, step), b.tokens_at(text, char, stop, step)):
             return False
     return True
+
+
+def tokenizer_outline(tokenizer: Any) -> dict[str, Any]:
+    """A loaded ``tokenizers.Tokenizer``'s settings in tokenizer.json's layout, the model's vocabulary included but
+    not its merges, read from the tokenizer itself: parsing Llama-3's 17 MB tokenizer.json again in Python took
+    0.25-0.6 s, a third to a half of loading the tokenizer, before any worker could start (``outline``: True)."""
+    def part(component: Any) -> Any:
+        return None if component is None else json.loads(component.__getstate__())
+
+    model = tokenizer.model
+    settings = {key: getattr(model, key, None) for key in ("dropout", "unk_token", "continuing_subword_prefix",
+                                                             "end_of_word_suffix", "fuse_unk", "byte_fallback")}
+    added = [{"id": token_id, "content": token.content, "single_word": token.single_word, "lstrip": token.lstrip,
+              "rstrip": token.rstrip, "normalized": token.normalized, "special": token.special}
+             for token_id, token in sorted(tokenizer.get_added_tokens_decoder().items())]
+    return {"outline": True, "added_tokens": added, "normalizer": part(tokenizer.normalizer),
+            "pre_tokenizer": part(tokenizer.pre_tokenizer), "post_processor": part(tokenizer.post_processor),
+            "truncation": tokenizer.truncation, "padding": tokenizer.padding,
+            "model": {"type": type(model).__name__, **settings, "vocab": tokenizer.get_vocab(with_added_tokens=False)}}
+
+
+def _is_byte_level(data: dict[str, Any]) -> bool:
+    pre = data.get("pre_tokenizer") or {}
+    return any(item.get("type") == "ByteLevel" for item in (pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]))
 
 
 def _copy_for_changes(data: dict[str, Any]) -> dict[str, Any]:
@@ -303,10 +330,13 @@ def byte_level_lengths(data: dict[str, Any]) -> Optional[ByteLengths]:
     model = data.get("model") or {}
     vocab = model.get("vocab")
     if (model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
-            or model.get("byte_fallback") or not isinstance(vocab, dict) or not vocab
-            or not all(isinstance(i, int) and i >= 0 for i in vocab.values())):
+            or model.get("byte_fallback") or not isinstance(vocab, dict) or not vocab):
         return None
-    if not set("".join(vocab)) <= BYTE_ALPHABET:  # every token is bytes in GPT-2's alphabet
+    try:
+        ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    except (TypeError, ValueError):
+        return None
+    if ids.min() < 0 or not set("".join(vocab)) <= BYTE_ALPHABET:  # every token is bytes in GPT-2's alphabet
         return None
     added = data.get("added_tokens") or []
     for token in added:
@@ -314,8 +344,8 @@ def byte_level_lengths(data: dict[str, Any]) -> Optional[ByteLengths]:
         if (not isinstance(content, str) or not content or not isinstance(token.get("id"), int) or token["id"] < 0
                 or token.get("lstrip") or token.get("rstrip") or token.get("single_word")):
             return None
-    table = np.zeros(max([*vocab.values(), *(t["id"] for t in added)]) + 1, dtype=np.int64)
-    table[np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))] = np.fromiter(map(len, vocab), dtype=np.int64, count=len(vocab))
+    table = np.zeros(max([int(ids.max()), *(t["id"] for t in added)]) + 1, dtype=np.int64)
+    table[ids] = np.fromiter(map(len, vocab), dtype=np.int64, count=len(vocab))
     for token in added:
         table[token["id"]] = len(token["content"].encode("utf-8"))
     return ByteLengths(table, bool(steps))
@@ -418,10 +448,7 @@ class FromByteLengths(WithOffsets):
             byte_starts = np.append(np.flatnonzero(first), len(utf8))[text_starts]
         if not np.array_equal(np.concatenate(([0], byte_ends))[self.starts], byte_starts):
             return None
-        self.ends, self.text_starts = char_ends, text_starts
+        self.ends, self.text_starts, self.shifts = char_ends, text_starts, np.zeros(len(texts), dtype=np.int64)
         return self
 
-    def tokens_at(self, texts: np.ndarray, chars: np.ndarray, stops: np.ndarray, step: int) -> np.ndarray:
-        # Every character is some token's: the walk of token_at never moves, so only char == stop finds nothing.
-        found = np.searchsorted(self.ends, self.text_starts[texts] + chars, side="right") - self.starts[texts]
-        return np.where(chars == stops, -1, found)
+    tokens_at = FromLengths.tokens_at  # the same search: each token's end, in characters of all texts counted

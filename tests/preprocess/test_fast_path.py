@@ -163,12 +163,17 @@ def test_the_lengths_path_finds_every_character_where_the_offsets_do(layout, tmp
 
 @pytest.mark.parametrize("name", ["phi-3", "llama-3", "qwen2"])
 def test_tokenizers_the_lengths_path_does_not_fit_keep_the_offsets(name, tmp_path):
-    """Phi-3's chat tokens strip the whitespace after them; byte-level BPE has a pre-tokenizer."""
+    """Phi-3's chat tokens strip the whitespace after them: the offsets answer; byte-level BPE has a pre-tokenizer,
+    so the SentencePiece lengths path does not fit it either, and the byte-level path takes it."""
     add_image_token(rt.REAL_TOKENIZERS[name](), tmp_path / "tok")
     info = TokenizerInfo.load(tmp_path / "tok")
     tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer)
     assert tokenizer.char_lengths is None
-    assert isinstance(tokenizer.encode(["Hello world"]), WithOffsets)
+    encoded = tokenizer.encode(["Hello world"])
+    if name == "phi-3":
+        assert tokenizer.byte_lengths is None and type(encoded) is WithOffsets
+    else:
+        assert tokenizer.byte_lengths is not None and type(encoded) is FromByteLengths
 
 
 def test_a_table_that_does_not_fit_falls_back_to_the_offsets(tmp_path):
@@ -211,6 +216,14 @@ def _byte_level_tokenizer(name: str, folder) -> tuple[TokenizerInfo, TextTokeniz
     return info, TextTokenizer(info.json_text, info.legacy, info.tokenizer, info.data)
 
 
+@pytest.fixture(scope="module")
+def byte_level(tmp_path_factory) -> dict[str, tuple[TokenizerInfo, TextTokenizer]]:
+    """Llama-3's and Qwen2's tokenizers as mmzoo writes them (<image> added), loaded once (a test that changes the
+    TextTokenizer builds its own from the info)."""
+    root = tmp_path_factory.mktemp("byte-level")
+    return {name: _byte_level_tokenizer(name, root / name) for name in sorted(BYTE_LEVEL)}
+
+
 def _byte_level_texts(name: str, info: TokenizerInfo) -> list[str]:
     """llama.cpp's strings, the corpus, awkward strings, each also right after and before the family's added tokens."""
     texts = [text for text, _ in rt.llama_cpp_cases(BYTE_LEVEL[name])] + [t["value"] for s in corpus() for t in s["conversations"]]
@@ -230,10 +243,10 @@ def _every_character_agrees(fast, offsets, texts: list[str]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BYTE_LEVEL))
-def test_the_byte_level_path_finds_every_character_where_the_offsets_do(name, tmp_path):
+def test_the_byte_level_path_finds_every_character_where_the_offsets_do(name, byte_level):
     """Llama-3 and Qwen2: the same ids as encode_batch (and as llama.cpp expects), and for every character of
     llama.cpp's strings, the corpus and awkward strings, the token tokenizers' offsets give, both walking directions."""
-    info, tokenizer = _byte_level_tokenizer(name, tmp_path / "tok")
+    info, tokenizer = byte_level[name]
     assert tokenizer.byte_lengths is not None and tokenizer.char_lengths is None
     texts = _byte_level_texts(name, info)
     if tokenizer.byte_lengths.nfc:  # Qwen2 NFC-normalises: a text that is not its own NFC goes the offsets way (below)
@@ -254,28 +267,28 @@ def test_the_byte_level_path_finds_every_character_where_the_offsets_do(name, tm
     assert checked >= 0.9 * len(cases)
 
 
-def test_qwen2_texts_that_are_not_their_own_nfc_take_the_offsets(tmp_path):
+def test_qwen2_texts_that_are_not_their_own_nfc_take_the_offsets(byte_level):
     """Qwen2's NFC normaliser moves the bytes of such a text (é written e + U+0301 becomes one character): the
     batch is answered from tokenizers' offsets, with the same ids."""
-    info, tokenizer = _byte_level_tokenizer("qwen2", tmp_path / "tok")
+    _, tokenizer = byte_level["qwen2"]
     texts = ["Hello world", "Cafe\u0301 au lait", "A\u030a \u212b"]
     assert not all(unicodedata.is_normalized("NFC", t) for t in texts)
     encoded = tokenizer.encode(texts)
     assert type(encoded) is WithOffsets
     assert np.array_equal(encoded.ids, WithOffsets(tokenizer.encode_with_offsets(texts)).ids)
     # Llama-3 has no normaliser: the same texts keep the byte-level path, and agree with the offsets everywhere.
-    _, llama = _byte_level_tokenizer("llama-3", tmp_path / "llama")
+    _, llama = byte_level["llama-3"]
     fast = llama.encode(texts)
     assert isinstance(fast, FromByteLengths)
     _every_character_agrees(fast, WithOffsets(llama.encode_with_offsets(texts)), texts)
 
 
-def test_byte_lengths_are_the_utf8_lengths_of_the_decoded_tokens(tmp_path):
+def test_byte_lengths_are_the_utf8_lengths_of_the_decoded_tokens(byte_level):
     """The table is each token's UTF-8 byte count: a vocabulary token decoded from GPT-2's byte alphabet (as
     transformers' converter writes it), an added token's content."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    info, tokenizer = _byte_level_tokenizer("llama-3", tmp_path / "tok")
+    info, tokenizer = byte_level["llama-3"]
     table = tokenizer.byte_lengths.table
     byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
     assert set(byte_of) == BYTE_ALPHABET
@@ -291,9 +304,9 @@ def test_byte_lengths_are_the_utf8_lengths_of_the_decoded_tokens(tmp_path):
 
 @pytest.mark.parametrize("change", ["prefix space", "removing split", "lowercase", "lstrip token", "trimmed offsets",
                                     "byte fallback"])
-def test_byte_level_layouts_that_could_move_characters_keep_the_offsets(change, tmp_path):
+def test_byte_level_layouts_that_could_move_characters_keep_the_offsets(change, byte_level):
     """A tokenizer.json that adds, drops or changes characters, or trims offsets, is not given the byte path."""
-    info, _ = _byte_level_tokenizer("llama-3", tmp_path / "tok")
+    info, _ = byte_level["llama-3"]
     data = json.loads(info.json_text)
     assert byte_level_lengths(json.loads(info.json_text)) is not None
     pre = data["pre_tokenizer"]["pretokenizers"]
@@ -312,10 +325,10 @@ def test_byte_level_layouts_that_could_move_characters_keep_the_offsets(change, 
     assert byte_level_lengths(data) is None
 
 
-def test_a_byte_level_tokenizer_the_probe_rejects_keeps_the_offsets(tmp_path, monkeypatch):
+def test_a_byte_level_tokenizer_the_probe_rejects_keeps_the_offsets(byte_level, monkeypatch):
     """Were the byte lengths ever to disagree with tokenizers' offsets on the probe (here: a wrong length for the
     token of "Hello", which the probe's first string holds), the tokenizer never takes the byte path."""
-    info, good = _byte_level_tokenizer("llama-3", tmp_path / "tok")
+    info, good = byte_level["llama-3"]
     assert good.byte_lengths is not None
     hello = info.tokenizer.token_to_id("Hello")
     real = tokenization.byte_level_lengths
@@ -333,10 +346,11 @@ def test_a_byte_level_tokenizer_the_probe_rejects_keeps_the_offsets(tmp_path, mo
     assert type(encoded) is WithOffsets and np.array_equal(encoded.ids, good.encode(texts).ids)
 
 
-def test_a_byte_level_batch_its_lengths_do_not_cover_falls_back_to_the_offsets(tmp_path):
+def test_a_byte_level_batch_its_lengths_do_not_cover_falls_back_to_the_offsets(byte_level):
     """The per-batch check: every text's tokens must add up to its UTF-8 length exactly, else the same encodings
     answer with their offsets."""
-    info, tokenizer = _byte_level_tokenizer("qwen2", tmp_path / "tok")
+    info = byte_level["qwen2"][0]
+    tokenizer = TextTokenizer(info.json_text, info.legacy, info.tokenizer, info.data)  # changed below: its own
     texts = ["The cat sat.", "Hello 世界"]
     good = tokenizer.encode(texts)
     assert isinstance(good, FromByteLengths)

@@ -60,12 +60,18 @@ def test_bad_headers_are_refused(tmp_path, header, message):
         read_header(path)
 
 
-def test_cli_refuses_a_duplicate_name_in_one_line_and_writes_nothing(tiny, tmp_path):
+def _copied_weights(tiny, tmp_path):
+    """A copy of the tiny model in tmp_path/src: (src, its model.safetensors, the file's bytes, the header length)."""
     src = tmp_path / "src"
     shutil.copytree(tiny.hf(), src)
     weights = src / "model.safetensors"
     raw = weights.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
+    return src, weights, raw, n
+
+
+def test_cli_refuses_a_duplicate_name_in_one_line_and_writes_nothing(tiny, tmp_path):
+    src, weights, raw, n = _copied_weights(tiny, tmp_path)
     header = raw[8:8 + n].decode().rstrip()
     first = next(iter(json.loads(header).items()))  # repeat the first entry under its own name
     doubled = header[:-1] + "," + json.dumps(first[0]) + ":" + json.dumps(first[1]) + "}"
@@ -111,11 +117,7 @@ def test_a_tensor_in_another_shard_than_the_index_says_is_refused(tmp_path):
 
 def test_cli_refuses_hostile_metadata_and_huge_integers_in_one_line(tiny, tmp_path):
     """Through the real CLI: each used to end in a traceback (AttributeError, ValueError)."""
-    src = tmp_path / "src"
-    shutil.copytree(tiny.hf(), src)
-    weights = src / "model.safetensors"
-    raw = weights.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
+    src, weights, raw, n = _copied_weights(tiny, tmp_path)
     header = json.loads(raw[8:8 + n])
     out = tmp_path / "out"
     for metadata, needle in (("[1, 2]", "__metadata__ must be a JSON object"), ("9" * 5000, "not JSON")):

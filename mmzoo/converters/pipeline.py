@@ -63,8 +63,7 @@ def input_folders(ckpt: Checkpoint) -> set[Path]:
     folders = {Path(ckpt.path)} if ckpt.path and Path(ckpt.path).exists() else set()
     for planned in ckpt.tensors.values():
         for piece in planned.pieces:
-            source = piece.source
-            file = source.stored.file if source.stored is not None else source.origin
+            file = piece.source.file
             if file and Path(file).is_file():
                 folders.add(Path(file).parent)
     for files in (ckpt.tokenizer_files, ckpt.extra_files):

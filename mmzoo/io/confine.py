@@ -98,7 +98,6 @@ def confine_checkpoint_files(ckpt) -> None:
     if _self_contained.get():
         for planned in ckpt.tensors.values():
             for piece in planned.pieces:
-                source = piece.source
-                file = source.stored.file if source.stored is not None else source.origin
+                file = piece.source.file
                 if file and Path(file).exists():
                     confined(file, root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 from ..errors import ShapeMismatch
@@ -31,6 +32,11 @@ class Source:
     @property
     def row_bytes(self) -> int:
         return math.prod(self.shape[1:]) * ITEMSIZE[self.dtype]
+
+    @property
+    def file(self) -> str | Path:
+        """The file the tensor's bytes are read from ("" for a tensor computed in memory)."""
+        return self.stored.file if self.stored is not None else self.origin
 
 
 @dataclass(frozen=True)

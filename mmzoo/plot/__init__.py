@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependency, MmzooError, OutputExists
+from ..errors import MmzooError, OutputExists, missing_package
 
 # (metric key, panel title), in drawing order; a panel is drawn when any run logged the metric
 PANELS = (
@@ -160,7 +160,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as exc:
-        raise MissingDependency("mmzoo plot needs matplotlib, which is not installed (pip install 'mmzoo[plot]')") from exc
+        raise missing_package("matplotlib", "mmzoo plot") from exc
     matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
 

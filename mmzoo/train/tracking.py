@@ -17,24 +17,20 @@ TensorBoard drops the events after the resumed step, as ``metrics.jsonl`` does.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependency
+from ..errors import require_package
 
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> module to import
-EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> pip extra of mmzoo
 TRACKER_FOLDERS = frozenset({"tensorboard", "wandb", "mlruns"})  # OUTPUT_DIR/<name>/: written by the tracker libraries
 DEFAULT_PROJECT = "mmzoo"
 
 
 def check_installed(report_to: list[str]) -> None:
-    for name in report_to:
-        if importlib.util.find_spec(REPORTERS[name]) is None:
-            raise MissingDependency(f"train.report_to {name} needs the {name} package, which is not installed "
-                                    f"(pip install 'mmzoo[{EXTRAS[name]}]')")
+    for name in report_to:  # errors.OPTIONAL_PACKAGES names each tracker's extra
+        require_package(REPORTERS[name], f"train.report_to {name}")
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:

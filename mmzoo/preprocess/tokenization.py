@@ -27,16 +27,24 @@ import numpy as np
 SPIECE_PREFIX = "\u2581"
 
 
+def steps_of(component: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps of a tokenizer.json normaliser, pre-tokenizer or post-processor: a Sequence's items, else the
+    component itself ([] when there is none)."""
+    if not component:
+        return []
+    if component.get("type") == "Sequence":
+        return next((component[key] for key in ("normalizers", "pretokenizers", "processors") if key in component), [])
+    return [component]
+
+
 def _drops_dummy_prefix(data: dict[str, Any]) -> bool:
     """Take the automatic ▁ prefix out of a tokenizer.json; True if there was one."""
-    normalizer = data.get("normalizer") or {}
-    parts = normalizer.get("normalizers") if normalizer.get("type") == "Sequence" else [normalizer]
+    parts = steps_of(data.get("normalizer"))
     kept = [n for n in parts if not (n.get("type") == "Prepend" and n.get("prepend") == SPIECE_PREFIX)]
     if len(kept) != len(parts):
         data["normalizer"] = {"type": "Sequence", "normalizers": kept}
         return True
-    pre = data.get("pre_tokenizer") or {}
-    for item in pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]:
+    for item in steps_of(data.get("pre_tokenizer")):
         if item.get("type") == "Metaspace" and item.get("prepend_scheme", "always") == "always" and item.get("add_prefix_space", True):
             item["prepend_scheme"] = "never"
             item.pop("add_prefix_space", None)
@@ -218,8 +226,7 @@ def tokenizer_outline(tokenizer: Any) -> dict[str, Any]:
 
 
 def _is_byte_level(data: dict[str, Any]) -> bool:
-    pre = data.get("pre_tokenizer") or {}
-    return any(item.get("type") == "ByteLevel" for item in (pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]))
+    return any(item.get("type") == "ByteLevel" for item in steps_of(data.get("pre_tokenizer")))
 
 
 def _copy_for_changes(data: dict[str, Any]) -> dict[str, Any]:
@@ -257,9 +264,7 @@ def spaces_and_lengths_path(data: dict[str, Any]) -> Optional[np.ndarray]:
     That is the SentencePiece layout transformers 4.x's LlamaConverter writes (LLaVA-1.5, Vicuna, Llama-2):
     no pre-tokenizer, a byte-fallback BPE, added tokens that strip nothing and hold no space. Anything else
     (byte-level BPE, lstrip/rstrip tokens as Phi-3's, other normalisers) gives None: the offsets path."""
-    normalizer = data.get("normalizer") or {}
-    steps = normalizer.get("normalizers") if normalizer.get("type") == "Sequence" else [normalizer]
-    if steps != [{"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_PREFIX}]:
+    if steps_of(data.get("normalizer")) != [{"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_PREFIX}]:
         return None
     if data.get("pre_tokenizer") or data.get("truncation") or data.get("padding"):
         return None
@@ -308,12 +313,10 @@ def byte_level_lengths(data: dict[str, Any]) -> Optional[ByteLengths]:
     but NFC (texts that are not their own NFC go the offsets way, FromByteLengths), pre-tokenizers that only split
     (Split keeping the matches, Digits, Punctuation) and one ByteLevel without a prefix space, no offset trimming,
     a plain BPE, added tokens that strip nothing. Anything else gives None: the offsets path."""
-    normalizer = data.get("normalizer")
-    steps = (normalizer.get("normalizers") if normalizer.get("type") == "Sequence" else [normalizer]) if normalizer else []
+    steps = steps_of(data.get("normalizer"))
     if any(step.get("type") != "NFC" for step in steps):
         return None
-    pre = data.get("pre_tokenizer") or {}
-    items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    items = steps_of(data.get("pre_tokenizer"))
     levels = [item for item in items if item.get("type") == "ByteLevel"]
     if len(levels) != 1 or levels[0].get("add_prefix_space") or levels[0].get("trim_offsets"):
         return None
@@ -321,8 +324,7 @@ def byte_level_lengths(data: dict[str, Any]) -> Optional[ByteLengths]:
         kind = item.get("type")
         if kind not in ("ByteLevel", "Split", "Digits", "Punctuation") or (kind == "Split" and item.get("behavior") not in _KEEPING_SPLITS):
             return None
-    post = data.get("post_processor") or {}
-    for item in post.get("processors", []) if post.get("type") == "Sequence" else [post]:
+    for item in steps_of(data.get("post_processor")):
         if item.get("type") == "ByteLevel" and item.get("trim_offsets"):
             return None
     if data.get("truncation") or data.get("padding"):

@@ -19,6 +19,7 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed for freshly initi
 
 
 def convert(
+    ctx: typer.Context,
     src: Src,
     output: Out,
     tgt_fmt: TgtFmt,
@@ -62,13 +63,10 @@ def convert(
 
     moe = None
     if moe_experts is None:  # an upcycling option alone would otherwise give a plain conversion, silently
-        given = {"--moe-top-k": moe_top_k != 2, "--moe-style": moe_style != "mixtral", "--moe-router": moe_router != "softmax_topk",
-                 "--router-z-loss-coef": router_z_loss_coef is not None, "--moe-layers": moe_layers != "all",
-                 "--moe-target": bool(moe_target), "--router-init": router_init != "normal:0.02",
-                 "--router-prompts": router_prompts is not None, "--router-aux-loss-coef": router_aux_loss_coef is not None,
-                 "--vision-aux-loss-coef": vision_aux_loss_coef is not None, "--capacity-factor": capacity_factor is not None,
-                 "--moe-experts-from": bool(moe_experts_from)}
-        named = [flag for flag, set_ in given.items() if set_]
+        # the options of the "Upcycling" panel, each compared with its own default
+        named = [param.opts[0] for param in ctx.command.params
+                 if getattr(param, "rich_help_panel", None) == "Upcycling" and param.name != "moe_experts"
+                 and ctx.params.get(param.name) not in (param.default, None, [], ())]
         if named:
             from ..errors import UpcycleError
 

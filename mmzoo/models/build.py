@@ -3,26 +3,9 @@ under the in-memory names, an empty model and the assignment of the weights. ``l
 ``moe.py`` (MoE) assemble models from these, so neither needs the other."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..errors import CorruptFile, MmzooError
-
-
-@contextmanager
-def third_party_load(path: str | Path | None, what: str, library: str = "transformers") -> Iterator[None]:
-    """transformers reading a checkpoint's files (tokenizer.json, tokenizer_config.json, processor and rope
-    settings) raises whatever its parsing meets: a KeyError for an unknown rope type, a TypeError for an
-    ``added_tokens_decoder`` of the wrong shape; DeepSpeed's ``zero_to_fp32`` likewise for a crafted ZeRO folder.
-    For a downloaded file that is bad input, not a bug: one line."""
-    try:
-        yield
-    except (MmzooError, MemoryError, RecursionError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - transformers and tokenizers raise every builtin type
-        detail = " ".join(str(exc).split())[:200] or "no message"
-        raise CorruptFile(f"{library} cannot load {what} ({type(exc).__name__}: {detail})", path=path) from exc
+from ..errors import MmzooError, third_party_load
 
 
 def llava_config(spec) -> Any:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from ..errors import CorruptFile, MissingDependency, MmzooError, naming
-from .build import build_empty, dominant_dtype, llava_config, load_state, state_dict_for, third_party_load
+
+from ..errors import CorruptFile, MissingDependency, MmzooError, naming, third_party_load
+from .build import build_empty, dominant_dtype, llava_config, load_state, state_dict_for
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 

@@ -39,7 +39,7 @@ def consolidated_state(tag_dir: Path) -> dict[str, Any]:
     pick_accelerator()  # name DeepSpeed's accelerator ourselves: no "unable to detect" warning on CPU machines
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from ..models.build import third_party_load
+    from ..errors import third_party_load
 
     # its progress prints would interleave with mmzoo's output; its torch.load calls become weights_only loads;
     # what it raises on a file of another shape (ValueError, AttributeError, KeyError) is one line naming the folder

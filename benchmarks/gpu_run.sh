@@ -84,11 +84,17 @@ fi
 # 1. toward MFU 40 % (best so far 38.5 %: compiled blocks, plain cross-entropy, packs of 73 728 tokens, 117.9 GiB on
 #    an H200, a metrics line — one host synchronisation — every step). Step times at 32k/64k/72k packs (0.53, 0.97,
 #    1.07 s) fit ~87 ms a step that does not grow with the tokens: the reference again, then a metrics line every 4
-#    steps (the loop syncs only there), then a profile of two steps (the device's busy share and where the time
+#    steps (the loop syncs only there), the reference without mmzoo.train.engine_tuning and on DeepSpeed's
+#    BF16_Optimizer (what one process pays for per step outside the model), then a profile of two steps (the device's busy share and where the time
 #    goes: DeepSpeed's bf16 optimizer norms and clips each gradient separately and syncs twice), then chunked
 #    cross-entropy (no [tokens × vocabulary] logits: room for larger packs), then Liger's RMSNorm/SwiGLU/RoPE
 step "MFU reference: llama-2 vocabulary, packed ${BIG_REF#--max-tokens } tokens, compile"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --json "$OUT/l2_ref_compile.json" | tail -3
+step "MFU: the same without mmzoo.train.engine_tuning (DeepSpeed's identity all-reduce, a sync per gradient tensor)"
+fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --no-engine-tuning --json "$OUT/l2_ref_compile_untuned.json" | tail -3
+step "MFU: the same on DeepSpeed's BF16_Optimizer (ZeRO-1, fp32 gradient accumulation: flat master weights, one AdamW tensor)"
+fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --zero-stage 1 \
+  --deepspeed-overrides '{"data_types": {"grad_accum_dtype": "fp32"}}' --json "$OUT/l2_ref_compile_bf16opt.json" | tail -3
 step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile, a metrics line every 4 steps"
 fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile $LOG4 --json "$OUT/l2_ref_compile_log4.json" | tail -3
 step "profile: packed ${BIG_REF#--max-tokens } tokens, compile, 2 steps after 3"

@@ -203,16 +203,24 @@ def train_config(args, model: Path, data: Path, work: Path):
     return load_config(data={
         "stage": args.stage, "model": str(model), "data": {"path": str(data), "images": str(work / "images"),
                                                           "num_workers": args.num_workers},
-        "train": train, "deepspeed": {"zero_stage": args.zero_stage}, "output_dir": str(work / f"run-{time.time_ns()}"),
+        "train": train, "deepspeed": {"zero_stage": args.zero_stage, "overrides": args.deepspeed_overrides},
+        "output_dir": str(work / f"run-{time.time_ns()}"),
     })
 
 
-def run_mmzoo(cfg, warmup: int, profile: Path | None = None, profile_steps: int = 2) -> dict:
+def run_mmzoo(cfg, warmup: int, profile: Path | None = None, profile_steps: int = 2, engine_tuning: bool = True) -> dict:
+    import mmzoo.train.engine_tuning as tuning
     from mmzoo.train.loop import run_training
 
     _reset_memory()
-    with StepProfiler(profile, warmup, profile_steps) as profiler:
-        summary = run_training(cfg)
+    tune = tuning.tune_engine
+    if not engine_tuning:  # DeepSpeed's engine as it comes, to measure what mmzoo.train.engine_tuning saves
+        tuning.tune_engine = lambda engine, world: []
+    try:
+        with StepProfiler(profile, warmup, profile_steps) as profiler:
+            summary = run_training(cfg)
+    finally:
+        tuning.tune_engine = tune
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     import shutil
 
@@ -229,7 +237,7 @@ def run_mmzoo(cfg, warmup: int, profile: Path | None = None, profile_steps: int 
               "tokens_per_step": tokens / steps, "peak_memory_gib": _peak_gib(), "final_loss": summary["last"]["loss"],
               "step_seconds": seconds / steps, "text_attention": summary["text_attention"],
               # checkpoints: saves, seconds the training loop waited for them, seconds the background writer wrote
-              "checkpoint": summary.get("checkpoint")}
+              "checkpoint": summary.get("checkpoint"), "engine_tuning": summary.get("engine_tuning")}
     if profiler.summary is not None:
         result["profile"] = profiler.summary
     return result
@@ -412,6 +420,11 @@ def main(argv=None) -> int:
                              "steps count in tokens/s")
     parser.add_argument("--async-checkpoint", choices=["auto", "true", "false"], default="auto",
                         help="train.async_checkpoint (auto: on a GPU)")
+    parser.add_argument("--deepspeed-overrides", type=json.loads, default={}, metavar="JSON",
+                        help="deepspeed.overrides, e.g. '{\"data_types\": {\"grad_accum_dtype\": \"fp32\"}}' with "
+                             "--zero-stage 1 (DeepSpeed's BF16_Optimizer: flat fp32 master weights and gradients)")
+    parser.add_argument("--no-engine-tuning", action="store_true",
+                        help="leave DeepSpeed's engine as it comes (mmzoo.train.engine_tuning off), for comparison")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--num-workers", type=int, default=2, help="data.num_workers (batches prepared ahead)")
@@ -462,7 +475,7 @@ def main(argv=None) -> int:
     if args.compare_bare:  # first: it frees all it held, while a finished DeepSpeed engine may keep some memory
         runs["bare"] = run_bare(cfg, args.warmup_steps)
     if not args.skip_mmzoo:
-        runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps, args.profile, args.profile_steps)
+        runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps, args.profile, args.profile_steps, not args.no_engine_tuning)
     peak, peak_source = peak_tflops(args.precision, args.peak_tflops)
 
     from transformers import LlavaConfig, LlavaForConditionalGeneration
@@ -474,7 +487,7 @@ def main(argv=None) -> int:
         "vocabulary": meta.config.text_config.vocab_size, "tokenizer": vocab,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "precision": args.precision, "attn": args.attn, "zero_stage": args.zero_stage,
-        "stage": args.stage, "log_every": args.log_every, "micro_batch_size": None if args.packing else args.micro_batch_size,
+        "deepspeed_overrides": args.deepspeed_overrides, "stage": args.stage, "log_every": args.log_every, "micro_batch_size": None if args.packing else args.micro_batch_size,
         "packing": args.packing, "max_tokens": args.max_tokens, "cross_entropy": args.cross_entropy,
         "liger_kernels": args.liger_kernels, "compile": args.compile, "lengths": args.lengths,
         "save_every": args.save_every, "async_checkpoint": args.async_checkpoint,

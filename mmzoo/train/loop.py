@@ -238,6 +238,9 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
             resume_dir = converted
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        from .engine_tuning import tune_engine
+
+        engine_changes = tune_engine(engine, world)  # per-step work one process does not need (same weights)
         teacher = None  # the frozen second model of stage distill (teacher) or preference (reference)
         if cfg.stage == "distill":
             from .distill import Teacher
@@ -267,7 +270,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         metrics = MetricsLog(out_dir / "metrics.jsonl", start, is_main)
         summary = {"steps": steps, "start_step": start, "world_size": world, "accumulation": accumulation,
                    "trainable_parameters": n_train, "parameters": n_total, "zero_stage": cfg.deepspeed.zero_stage,
-                   "text_attention": text_attention}
+                   "text_attention": text_attention, "engine_tuning": engine_changes}
         if is_main and console is not None:
             batch = (f"{world} process(es) × packs of ≤ {cfg.train.max_tokens} tokens × accumulation {accumulation}"
                      if cfg.train.packing else f"{world} process(es) × micro batch {cfg.train.micro_batch_size} × "

@@ -35,6 +35,7 @@ def test_train_bench_compares_mmzoo_with_a_bare_loop_on_cpu(tmp_path, capsys, pa
     assert 0 < mmzoo["mfu"] < 1 and 0 < bare["mfu"] < 1
     assert result["sample_tokens"]["min"] < result["sample_tokens"]["max"]  # variable lengths
     assert result["packing"] is packing and (result["max_tokens"] is not None) is packing
+    assert mmzoo["engine_tuning"] == ["no all-reduce of the gradients over one process"]  # fp32: no overflow check
     saved = mmzoo["checkpoint"]  # steps 2 and 3 (the end), written in the background or not
     assert saved["saves"] == 2 and saved["asynchronous"] is not packing and saved["blocking_seconds"] > 0
     out = capsys.readouterr().out
@@ -58,11 +59,12 @@ def test_train_bench_profiles_steps_and_times_windows_of_log_every(tmp_path, cap
     out, profile = tmp_path / "result.json", tmp_path / "profile.txt"
     args = ["--preset", "tiny", "--lengths", "llava665k", "--length-scale", "0.05", "--samples", "24", "--steps", "6",
             "--warmup-steps", "2", "--log-every", "2", "--micro-batch-size", "4", "--num-workers", "0",
-            "--workdir", str(tmp_path / "work"), "--json", str(out), "--profile", str(profile)]
+            "--workdir", str(tmp_path / "work"), "--json", str(out), "--no-engine-tuning", "--profile", str(profile)]
     assert bench.main(args) == 0
     result = json.loads(out.read_text())
     run = result["mmzoo"]
     assert result["log_every"] == 2 and run["tokens_per_s"] > 0 and 0 < run["mfu"] < 1
+    assert run["engine_tuning"] == []  # --no-engine-tuning: DeepSpeed's engine as it comes
     assert run["tokens_per_step"] == pytest.approx(4 * result["sample_tokens"]["mean"], rel=0.6)  # 4 samples a step
     text = profile.read_text()
     assert text.startswith("2 profiled step(s) after 2:") and "aten::mm" in text

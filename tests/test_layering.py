@@ -15,7 +15,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "mmzoo"
 # Lowest first. A module belongs to the layer of the longest prefix listed; every subsystem's ``cli``
 # and ``demo_step`` modules belong to "commands" wherever they live (they drive the whole stack).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("mmzoo", "mmzoo.errors", "mmzoo.quiet")),
+    ("base", ("mmzoo", "mmzoo.errors", "mmzoo.forking", "mmzoo.quiet")),
     ("io", ("mmzoo.io",)),
     ("archs", ("mmzoo.archs",)),
     ("checkpoint spec", ("mmzoo.checkpoint",)),

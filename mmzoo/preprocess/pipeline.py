@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ConfigError, MmzooError, OutputExists, writing
+from ..forking import frozen_for_fork
 from ..io.claim import exclusive_output, refuse_overlap
 from ..io.parents import parents_removed_on_failure
 from .encode import IMAGE_PLACEMENTS, REASONS, Encoder, Rejection, Sample, Settings, TokenizerInfo
@@ -314,7 +315,8 @@ class _Run:
         masked = hasattr(signal, "pthread_sigmask")
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if masked else None
         try:
-            return ctx.Pool(workers, initializer=init_worker, initargs=(self.settings,))
+            with frozen_for_fork():  # see mmzoo/forking.py: e.g. from a process that trained before (tests, notebooks)
+                return ctx.Pool(workers, initializer=init_worker, initargs=(self.settings,))
         finally:
             if masked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import MmzooError
+from ..forking import frozen_for_fork
 
 
 class SampleOrder:
@@ -151,7 +152,8 @@ def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank
                             world=world, micro_batch_size=micro_batch_size, plan=plan)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
                                          pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
-    return iter(loader)
+    with frozen_for_fork():  # the workers are forked here, from a process that holds DeepSpeed's process groups
+        return iter(loader)
 
 
 def to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:

@@ -47,7 +47,10 @@ class _Bounded:
         return self._handle.write(chunk)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._handle, name)
+        # only what a stream needs: no ``name``, so no downloader can go around write() to the file by its path
+        if name in ("seek", "tell", "truncate", "flush"):
+            return getattr(self._handle, name)
+        raise AttributeError(name)
 
 
 def download_files(repo_id: str, revision: str, tree: list, folder: Path, *, endpoint: str, token: str | None,

@@ -89,12 +89,12 @@ def verify_command(folder: Path) -> None:
 
     result = verify_data(folder)
     for note in result.notes():
-        console.print(f"note: {escape(note)}", highlight=False)
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     checked = len(result.hashed)
     structure = "; structure checked" if result.manifest.name == "manifest.json" else ""
     console.print(f"[green]✓[/] {escape(str(folder))}: {checked} shard{'s' if checked != 1 else ''} "
                   f"({human_size(result.bytes_hashed)}) match the sha256 in {result.manifest.name}{structure}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def print_statistics(console: Any, manifest: dict[str, Any], out: Path) -> None:

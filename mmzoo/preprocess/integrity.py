@@ -10,7 +10,9 @@ shard whose identity and times are unchanged is not read again; any change (a re
 again, and an identical file then passes. The ctime is kept because no user can set it back: new bytes with the old
 mtime restored (``touch -d``) still count as a change. The record lives in the training run's folder, never in the
 data folder (an input, which mmzoo does not write to); it is written atomically under a lock on its folder, so when
-several processes verify at once one of them hashes and the others wait, then find the work done.
+several processes verify at once one of them hashes and the others wait, then find the work done. A run folder that
+does not exist yet is not made by the check: the record is then kept until :meth:`Verification.save`, which
+``mmzoo train`` calls once the whole preflight has passed (a refused run leaves no folder behind).
 """
 from __future__ import annotations
 
@@ -51,6 +53,13 @@ class Verification:
     hashed: list[str] = field(default_factory=list)  # read and compared now
     unchanged: list[str] = field(default_factory=list)  # verified before (the record), file unchanged since
     bytes_hashed: int = 0
+    pending: tuple[Path, dict] | None = None  # a record still to write (its folder did not exist yet)
+
+    def save(self) -> None:
+        """Write the record that the check could not write yet (no-op otherwise)."""
+        if self.pending is not None:
+            _write_record(*self.pending)
+            self.pending = None
 
     @property
     def unlisted(self) -> list[str]:
@@ -107,11 +116,14 @@ def verify_shards(folder: str | Path, *, record: str | Path | None = None, reche
                   hint: str = "preprocess the data again") -> Verification:
     """Compare every shard that the manifest lists a sha256 for with that digest; one :class:`CorruptFile` line
     naming the first shard that differs. ``record``: the file remembering verified shards (read unless
-    ``recheck``, then updated); None hashes everything and writes nothing. ``hint`` ends the error line."""
+    ``recheck``, then updated; when its folder does not exist yet, left to :meth:`Verification.save`); None hashes
+    everything and writes nothing. ``hint`` ends the error line."""
     manifest, shards = listed_shards(folder)
     result = Verification(manifest, shards)
     listed = [s for s in shards if s.sha256 is not None]
-    with _record_lock(Path(record) if record is not None else None):
+    record = Path(record) if record is not None else None
+    later = record is not None and not record.parent.is_dir()
+    with _record_lock(None if later else record):
         known = {} if record is None or recheck else _read_record(Path(record))
         todo, kept = [], {}
         for shard in listed:
@@ -134,7 +146,10 @@ def verify_shards(folder: str | Path, *, record: str | Path | None = None, reche
                 if _identity(shard.path) == (key, stat):  # written to while it was read: verify it again next time
                     kept[key] = {**stat, "sha256": digest}
         if record is not None and (todo or kept != known):
-            _write_record(Path(record), kept)
+            if later:
+                result.pending = (record, kept)
+            else:
+                _write_record(record, kept)
     return result
 
 
@@ -173,7 +188,6 @@ def _record_lock(record: Path | None) -> Iterator[None]:
     if record is None:
         yield
         return
-    record.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(record.parent, os.O_RDONLY)
     try:
         try:
@@ -196,8 +210,8 @@ def verify_data(folder: str | Path) -> Verification:
     return result
 
 
-def verify_for_training(data_path: str | Path, output_dir: str | Path) -> list[str]:
-    """`mmzoo train`'s check (``data.verify_shards``), before any shard is opened; returns notes to print."""
-    result = verify_shards(data_path, record=Path(output_dir) / RECORD_NAME,
-                           hint="preprocess the data again, or set data.verify_shards: false to train on it as it is")
-    return result.notes()
+def verify_for_training(data_path: str | Path, output_dir: str | Path) -> Verification:
+    """`mmzoo train`'s check (``data.verify_shards``), before any shard is opened; its ``notes()`` are printed as
+    warnings, and ``save()`` is called once the run passed its preflight."""
+    return verify_shards(data_path, record=Path(output_dir) / RECORD_NAME,
+                         hint="preprocess the data again, or set data.verify_shards: false to train on it as it is")

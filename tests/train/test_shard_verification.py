@@ -16,7 +16,14 @@ import pytest
 from cli_helpers import cli_error
 from mmzoo.errors import CorruptFile
 from mmzoo.preprocess import integrity
-from mmzoo.preprocess.integrity import RECORD_NAME, verify_for_training
+from mmzoo.preprocess.integrity import RECORD_NAME, verify_for_training as check_data
+
+
+def verify_for_training(data, run):
+    """The check as the preflight makes it: verify, then save the record once the run passed."""
+    result = check_data(data, run)
+    result.save()
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,7 @@ def test_a_flipped_byte_is_refused_in_one_line_before_any_process_starts(data, t
     assert line.startswith(f"mmzoo: error: {data / 'shard-00001.h5'}: sha256 "), line
     assert "differs from the" in line and "that manifest.json lists" in line and "data.verify_shards: false" in line, line
     assert "launching" not in capsys.readouterr().out
-    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "params.yaml").exists()
+    assert not (tmp_path / "run").exists()  # a refused run makes no run folder
 
 
 def test_a_truncated_shard_is_refused_naming_it(data, tmp_path):
@@ -104,7 +111,7 @@ def test_a_truncated_shard_is_refused_naming_it(data, tmp_path):
 
 def test_an_unchanged_shard_is_hashed_once_across_resumes(data, tmp_path, hashes):
     run = tmp_path / "run"
-    assert verify_for_training(data, run) == []
+    assert verify_for_training(data, run).notes() == []
     assert sorted(hashes) == ["shard-00000.h5", "shard-00001.h5"]
     record = json.loads((run / RECORD_NAME).read_text())
     assert len(record["files"]) == 2 and all(len(e["sha256"]) == 64 for e in record["files"].values())
@@ -164,6 +171,18 @@ def _preflight(tmp_path, tiny, data, **data_keys):
     return preflight(load_config(_params(tmp_path, tiny, data, **data_keys)), resume="auto", world=1)
 
 
+def test_a_new_run_folder_is_made_only_once_the_preflight_passed(data, tiny, tmp_path):
+    """The record of a new run is kept until the whole preflight has passed: a run refused later (here: a wrong
+    image folder) leaves no run folder behind; a run that passes has its record."""
+    shutil.move(tmp_path / "images", tmp_path / "elsewhere")
+    with pytest.raises(Exception, match="data.images"):
+        _preflight(tmp_path, tiny, data)
+    assert not (tmp_path / "run").exists()
+    shutil.move(tmp_path / "elsewhere", tmp_path / "images")
+    _preflight(tmp_path, tiny, data)
+    assert len(json.loads((tmp_path / "run" / RECORD_NAME).read_text())["files"]) == 2
+
+
 def test_verify_shards_false_skips_the_check(data, tiny, tmp_path, hashes):
     """A manifest whose digest no longer matches (here: edited by hand; the shard itself intact)."""
     manifest = json.loads((data / "manifest.json").read_text())
@@ -199,6 +218,7 @@ def test_processes_verifying_at_once_hash_each_shard_once(data, tmp_path):
     """What the workers of a multi-process run do: each verifies, one hashes under the record's lock, the others
     wait and find the record up to date; all agree."""
     run = tmp_path / "run"
+    run.mkdir()  # made by `mmzoo train` before it launches the workers
     script = ("import sys; from mmzoo.preprocess.integrity import verify_shards, RECORD_NAME; from pathlib import Path; "
               "r = verify_shards(sys.argv[1], record=Path(sys.argv[2]) / RECORD_NAME); print(len(r.hashed), len(r.unchanged))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}

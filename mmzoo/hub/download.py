@@ -5,8 +5,8 @@ each file, so a broken or hostile server streaming an endless body filled the di
 file of the listing is fetched with huggingface_hub's own ``http_get`` (its session, auth headers, redirects and
 retries that resume with ``Range``), into a file object that refuses the first chunk that would take the file past
 its listed size (the LFS object's size, or the git blob's). No file on disk ever grows past its listed size, so the
-whole pull stays within the listed total that was checked against the free space before the first request. Plain
-HTTP is used for every file, also for files the Hub stores with Xet (their ``/resolve`` URL serves the whole file).
+whole pull stays within the listed total that was checked against the free space before the first request. Every
+file comes from its ``/resolve`` URL over HTTP; huggingface_hub's Xet transfer, which writes files itself, is not used.
 """
 from __future__ import annotations
 

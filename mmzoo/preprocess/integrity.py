@@ -154,13 +154,17 @@ def verify_shards(folder: str | Path, *, record: str | Path | None = None, reche
 
 
 def _hash_all(paths: list[Path], total: int) -> list[str]:
-    """Digests of ``paths`` in order, a few at a time, with one byte-progress bar over all of them."""
-    from ..console import progress_bytes
+    """Digests of ``paths`` in order, a few at a time, with one byte-progress bar over all of them (on stderr, when
+    it is a terminal: training's and preprocess' own output stays as it was in logs)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    with progress_bytes("verifying shards") as (start, advance):
-        start(total)
-        with ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(paths))) as pool:
-            return list(pool.map(lambda p: file_sha256(p, advance), paths))
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("[bold]verifying shards"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+    task = progress.add_task("verifying shards", total=total)
+    with progress, ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(paths))) as pool:
+        return list(pool.map(lambda p: file_sha256(p, lambda n: progress.advance(task, n)), paths))
 
 
 def _read_record(path: Path) -> dict[str, dict]:

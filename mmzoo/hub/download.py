@@ -11,6 +11,7 @@ file comes from its ``/resolve`` URL over HTTP; huggingface_hub's Xet transfer, 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable
@@ -37,10 +38,12 @@ class _Bounded:
     """The file ``http_get`` writes into, refusing any write that would take it past ``limit`` bytes. ``http_get``
     also seeks, tells and truncates (a retry whose server ignored ``Range`` starts over): those go to the file."""
 
-    def __init__(self, handle: BinaryIO, limit: int, name: str):
-        self._handle, self._limit, self._name = handle, limit, name
+    def __init__(self, handle: BinaryIO, limit: int, name: str, stop: threading.Event):
+        self._handle, self._limit, self._name, self._stop = handle, limit, name, stop
 
     def write(self, chunk: bytes) -> int:
+        if self._stop.is_set():  # another file failed, or Ctrl-C: the pull is over, this download too
+            raise HubError(f"download of {self._name} stopped: the pull failed")
         if self._handle.tell() + len(chunk) > self._limit:
             raise TooManyBytes(f"download refused: the server sent more than the {self._limit:,} bytes the Hub lists "
                                f"for {self._name} (a broken or hostile server); stopped before writing them")
@@ -57,12 +60,14 @@ def download_files(repo_id: str, revision: str, tree: list, folder: Path, *, end
                    reusable: Callable[[Path, Any], bool]) -> list[str]:
     """Download every file of ``tree`` (the listing of commit ``revision``) into ``folder``; a file already there for
     which ``reusable(path, entry)`` holds is kept. Returns the kept files' paths. On any failure the files being
-    downloaded stop (each at most its listed size) and the first error is raised; the caller removes ``folder``."""
+    downloaded stop at their next chunk (none past its listed size) and the first error is raised; the caller removes
+    ``folder``."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
     headers = build_hf_headers(token=token or None, library_name="mmzoo")
     root = folder.resolve()
+    stop = threading.Event()
 
     def fetch(entry: Any) -> str | None:
         target = folder / entry.path
@@ -77,7 +82,7 @@ def download_files(repo_id: str, revision: str, tree: list, folder: Path, *, end
         limit = listed_size(entry)
         partial = target.with_name(target.name + PARTIAL)
         url = hf_hub_url(repo_id, entry.path, revision=revision, endpoint=endpoint)
-        _get(url, partial, limit, entry.path, headers)
+        _get(url, partial, limit, entry.path, headers, stop)
         got = partial.stat().st_size
         if got != limit:
             raise HubError(f"download corrupt: {entry.path} has {got:,} bytes, the Hub lists {limit:,}")
@@ -89,15 +94,16 @@ def download_files(repo_id: str, revision: str, tree: list, folder: Path, *, end
         try:
             kept = [future.result() for future in as_completed(futures)]
         except BaseException:
-            for future in futures:  # the files not started yet are not started; the running ones end at their bound
+            stop.set()  # the running downloads end at their next chunk, those not started never start
+            for future in futures:
                 future.cancel()
             raise
     return sorted(path for path in kept if path is not None)
 
 
-def _get(url: str, path: Path, limit: int, name: str, headers: dict[str, str]) -> None:
+def _get(url: str, path: Path, limit: int, name: str, headers: dict[str, str], stop: threading.Event) -> None:
     from huggingface_hub.file_download import http_get
 
     with open(path, "wb") as handle:
         # no expected_size: the bound is enforced on every write; the size is compared once the body has ended
-        http_get(url, _Bounded(handle, limit, name), headers=headers, displayed_filename=name)
+        http_get(url, _Bounded(handle, limit, name, stop), headers=headers, displayed_filename=name)

@@ -251,3 +251,17 @@ def test_mmzoo_preprocess_verify_notes_a_manifest_without_digests(data, capsys):
     main(["preprocess", "--verify", str(data)])
     out = capsys.readouterr().out
     assert "lists no sha256 for 1 of its 2 shards" in out and f"{data}: 1 shard " in out, out
+
+
+def test_resuming_a_run_from_before_verify_shards_warns_of_no_changed_setting(tmp_path):
+    """A checkpoint written before the key existed, or with the check switched off: the check decides nothing about
+    training, so resuming names no changed setting."""
+    from mmzoo.train import checkpoint as ck
+
+    tag = tmp_path / "step_0000001"
+    tag.mkdir()
+    data = {"path": "d", "images": "i", "num_workers": 2}
+    (tag / "COMPLETE").write_text(json.dumps({"params": {"stage": "sft", "data": data}}))
+    assert ck.changed_settings(tag, {"stage": "sft", "data": {**data, "verify_shards": True}}) == []
+    assert ck.changed_settings(tag, {"stage": "sft", "data": {**data, "verify_shards": False}}) == []
+    assert ck.changed_settings(tag, {"stage": "pretrain", "data": data}) == ["stage 'sft' → 'pretrain'"]

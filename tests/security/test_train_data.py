@@ -14,22 +14,13 @@ import pytest
 from mmzoo.errors import MmzooError
 from mmzoo.preprocess import H5Dataset
 from cli_helpers import cli_error
+from data_helpers import make_preprocessed
 
 
 @pytest.fixture(scope="module")
 def made(tiny, tmp_path_factory):
     """A real preprocessed folder (4 samples, one shard, 2 images) and its image folder."""
-    from mmzoo.demo.tiny import make_images
-    from mmzoo.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("train-data")
-    make_images(root / "images", 2)
-    rows = [{"id": f"s{i}", "image": f"img_{i % 2:03d}.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": f"Picture {i}."}]}
-        for i in range(4)]
-    (root / "data.json").write_text(json.dumps(rows))
-    preprocess(root / "data.json", root / "images", tiny.hf(), root / "data", template="plain")
-    return root
+    return make_preprocessed(tmp_path_factory.mktemp("train-data"), tiny.hf())
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import cli_error
+from data_helpers import make_preprocessed
 from mmzoo.errors import CorruptFile
 from mmzoo.preprocess import integrity
 from mmzoo.preprocess.integrity import RECORD_NAME, verify_for_training as check_data
@@ -29,17 +30,7 @@ def verify_for_training(data, run):
 @pytest.fixture(scope="module")
 def made(tiny, tmp_path_factory):
     """A real preprocessed folder: 4 samples in two shards, and its 2 images."""
-    from mmzoo.demo.tiny import make_images
-    from mmzoo.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("verify-data")
-    make_images(root / "images", 2)
-    rows = [{"id": f"s{i}", "image": f"img_{i % 2:03d}.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": f"Picture {i}."}]}
-        for i in range(4)]
-    (root / "data.json").write_text(json.dumps(rows))
-    preprocess(root / "data.json", root / "images", tiny.hf(), root / "data", template="plain", samples_per_shard=2)
-    return root
+    return make_preprocessed(tmp_path_factory.mktemp("verify-data"), tiny.hf(), samples_per_shard=2)
 
 
 @pytest.fixture

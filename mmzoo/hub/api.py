@@ -164,8 +164,8 @@ def _raised_in_huggingface_hub(exc: BaseException) -> bool:
     return tb is not None and f"{os.sep}huggingface_hub{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
-# huggingface_hub keeps its download metadata in OUT/.cache/huggingface, and mmzoo its pull record in OUT/.mmzoo-hub.json:
-# a repository file of those names would overwrite (or be overwritten by) that bookkeeping.
+# OUT/.cache/huggingface holds huggingface_hub's download metadata (in folders it downloaded, and in pulls of earlier
+# mmzoo versions), OUT/.mmzoo-hub.json mmzoo's pull record: a repository file of those names would pass for them.
 _RESERVED = (".cache", HUB_RECORD)
 
 

@@ -2,8 +2,8 @@
 
 ``push`` checks a checkpoint and uploads it in one ``huggingface_hub`` commit, adding a generated
 model card when the folder has no README.md (the folder itself is never modified). ``pull`` resolves a
-revision to its commit, downloads that exact commit with ``snapshot_download`` into a temporary sibling
-of OUT, verifies every file against the Hub's tree listing (git blob sha1 / LFS sha256), checks the
+revision to its commit, downloads that exact commit into a temporary sibling of OUT, no file past the size the Hub
+lists for it (mmzoo/hub/download.py), verifies every file against the listing (git blob sha1 / LFS sha256), checks the
 checkpoint, optionally converts it, records where it came from in ``OUT/.mmzoo-hub.json`` and only then
 renames it to OUT. Every failure becomes one ``HubError`` line; nothing partial is left at OUT.
 
@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -165,8 +164,8 @@ def _raised_in_huggingface_hub(exc: BaseException) -> bool:
     return tb is not None and f"{os.sep}huggingface_hub{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
-# huggingface_hub keeps its download metadata in OUT/.cache/huggingface, and mmzoo its pull record in OUT/.mmzoo-hub.json:
-# a repository file of those names would overwrite (or be overwritten by) that bookkeeping.
+# OUT/.cache/huggingface holds huggingface_hub's download metadata (in folders it downloaded, and in pulls of earlier
+# mmzoo versions), OUT/.mmzoo-hub.json mmzoo's pull record: a repository file of those names would pass for them.
 _RESERVED = (".cache", HUB_RECORD)
 
 
@@ -373,9 +372,9 @@ def push(
 def _seed_from(existing: Path, target: Path) -> None:
     """Make ``target`` a hard-linked (copy if linking fails) image of ``existing`` so unchanged files are reused.
 
-    huggingface_hub replaces outdated files by unlink + rename, never in place, so linking the payload is
-    safe; its ``.cache/huggingface`` metadata files are rewritten in place, so those are copied (a failed
-    pull must not leave the old OUT with metadata describing the new commit). Our record is not carried.
+    A file that changed is downloaded under a temporary name and renamed over its link, never written in place, so
+    linking is safe: the old OUT keeps its bytes until the new one replaces it. Our record and the download metadata
+    of huggingface_hub (``.cache/``, written by pulls of earlier mmzoo versions) are not carried.
     """
     for src in existing.rglob("*"):
         rel = src.relative_to(existing)
@@ -383,36 +382,40 @@ def _seed_from(existing: Path, target: Path) -> None:
         if src.is_dir():
             dst.mkdir(parents=True, exist_ok=True)
             continue
-        if rel.as_posix() == HUB_RECORD:
+        if rel.as_posix() == HUB_RECORD or rel.parts[0] == ".cache":
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if rel.parts[0] == ".cache":
-            shutil.copy2(src, dst)
-            continue
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
 
 
-def _verify_snapshot(folder: Path, tree: list) -> None:
+def _differs_from_listing(local: Path, entry) -> str | None:
+    """What is wrong with ``local`` as the file ``entry`` of the Hub's listing (size, then LFS sha256 or git oid)."""
+    if not local.is_file():
+        return f"download incomplete: {entry.path} is missing"
+    size = local.stat().st_size
+    if entry.size is not None and size != entry.size:
+        return f"download corrupt: {entry.path} has {size} bytes, the Hub lists {entry.size}"
+    if entry.lfs is not None:
+        if _sha256(local) != entry.lfs.sha256:
+            return f"download corrupt: sha256 of {entry.path} does not match the Hub"
+    elif entry.blob_id and _git_blob_oid(local) != entry.blob_id:
+        return f"download corrupt: git oid of {entry.path} does not match the Hub"
+    return None
+
+
+def _verify_snapshot(folder: Path, tree: list, verified: set[str] = frozenset()) -> None:
+    """Every file of the listing is in ``folder`` with the listed size and digest (``verified``: found so already)."""
     for entry in tree:
-        local = folder / entry.path
-        if not local.is_file():
-            raise HubError(f"download incomplete: {entry.path} is missing")
-        size = local.stat().st_size
-        if entry.size is not None and size != entry.size:
-            raise HubError(f"download corrupt: {entry.path} has {size} bytes, the Hub lists {entry.size}")
-        if entry.lfs is not None:
-            if _sha256(local) != entry.lfs.sha256:
-                raise HubError(f"download corrupt: sha256 of {entry.path} does not match the Hub")
-        elif entry.blob_id and _git_blob_oid(local) != entry.blob_id:
-            raise HubError(f"download corrupt: git oid of {entry.path} does not match the Hub")
+        if entry.path not in verified and (problem := _differs_from_listing(folder / entry.path, entry)):
+            raise HubError(problem)
 
 
 def _check_free_space(folder: Path, needed: int, repo_id: str) -> None:
     """Refuse a repository larger than the free space where OUT goes, before downloading any of it (the sizes are the
-    Hub's listing; a server that sends more than it lists is caught by huggingface_hub's size check per file)."""
+    Hub's listing; a server that sends more than it lists for a file is stopped at that size, mmzoo/hub/download.py)."""
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise HubError(f"refusing to pull {repo_id}: its files take {needed:,} bytes, {folder} has {free:,} bytes free")
@@ -463,13 +466,13 @@ def _pull(repo_id: str, out: Path, revision: str | None, tgt_fmt: str | None, to
     tag = f"{os.getpid()}-{os.urandom(3).hex()}"
     download = out.parent / f".{out.name}.mmzoo-pull-{tag}"
     converted = out.parent / f".{out.name}.mmzoo-conv-{tag}"
-    refs_cache = Path(tempfile.mkdtemp(prefix="mmzoo-hub-refs-"))
     old = out.parent / f".{out.name}.mmzoo-old-{tag}"
     reused: list[str] = []
     try:
         with _hub_errors(repo_id, ep, revision, "pull"):
-            from huggingface_hub import snapshot_download
             from huggingface_hub.hf_api import RepoFile
+
+            from .download import download_files
 
             info = hf.repo_info(repo_id, revision=revision)
             sha = info.sha
@@ -480,33 +483,22 @@ def _pull(repo_id: str, out: Path, revision: str | None, tgt_fmt: str | None, to
                 raise HubError(f"{repo_id}@{sha[:12]} at {ep} is empty")
             _check_repo_paths([e.path for e in tree] + [s.rfilename for s in info.siblings or []], repo_id)
             _check_free_space(out.parent, sum(e.size or 0 for e in tree), repo_id)
-            seeded: dict[str, int] = {}
+            download.mkdir()
             if out.is_dir() and overwrite:
                 _seed_from(out, download)
-                seeded = {e.path: (download / e.path).stat().st_ino for e in tree if (download / e.path).is_file()}
-            snapshot_download(
-                repo_id,
-                revision=sha,
-                local_dir=str(download),
-                cache_dir=str(refs_cache),
-                token=token or None,
-                endpoint=ep,
-                max_workers=4,
-                library_name="mmzoo",
-            )
-        reused = sorted(p for p, ino in seeded.items()
-                        if (download / p).is_file() and (download / p).stat().st_ino == ino)
+            reused = download_files(repo_id, sha, tree, download, endpoint=ep, token=token,
+                                    reusable=lambda local, entry: _differs_from_listing(local, entry) is None)
         # Files the local copy had but this commit lacks must not leak into OUT.
         wanted = {e.path for e in tree}
         for p in sorted(download.rglob("*"), reverse=True):
             rel = p.relative_to(download).as_posix()
-            if rel.startswith(".cache/") or rel == ".cache" or rel in wanted:
+            if rel in wanted:
                 continue
             if p.is_file() or p.is_symlink():
                 p.unlink()
             elif p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
-        _verify_snapshot(download, tree)
+        _verify_snapshot(download, tree, verified=set(reused))
         try:
             with self_contained():  # a downloaded config may not send mmzoo to read a local folder
                 checked = mmzoo_api.check_checkpoint(download)
@@ -542,7 +534,7 @@ def _pull(repo_id: str, out: Path, revision: str | None, tgt_fmt: str | None, to
             os.replace(old, out)  # put the previous OUT back
         raise
     finally:
-        for p in (download, converted, refs_cache):
+        for p in (download, converted):
             _remove(p)
     return {
         "repo_id": repo_id,

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["preprocess", "H5Dataset", "Collator", "collate", "TEMPLATES", "REASONS"]
+__all__ = ["preprocess", "verify_data", "H5Dataset", "Collator", "collate", "TEMPLATES", "REASONS"]
 
 _LAZY = {
     "preprocess": ("pipeline", "preprocess"),
+    "verify_data": ("integrity", "verify_data"),
     "H5Dataset": ("reader", "H5Dataset"),
     "Collator": ("reader", "Collator"),
     "collate": ("reader", "collate"),

@@ -12,10 +12,11 @@ TEMPLATE_HELP = "auto (the tokenizer's chat_template), plain (pretraining: image
 def register(app: typer.Typer) -> None:
     @app.command("preprocess")
     def preprocess_command(
-        data: Annotated[list[Path], typer.Option("--data", help="LLaVA data: a .json list or .jsonl file; repeat for several (read in the order given).")],
-        images: Annotated[Path, typer.Option("--images", help="Image root; `image` paths in the data are relative to it (absolute or '..' paths are rejected).")],
-        tokenizer: Annotated[Path, typer.Option("--tokenizer", help="A tokenizer folder or any checkpoint mmzoo reads (hf, llava, internal).")],
-        out: Annotated[Path, typer.Option("-o", "--out", help="Output folder for the shards, manifest.json and rejected.jsonl.")],
+        ctx: typer.Context,
+        data: Annotated[Optional[list[Path]], typer.Option("--data", help="LLaVA data: a .json list or .jsonl file; repeat for several (read in the order given).")] = None,
+        images: Annotated[Optional[Path], typer.Option("--images", help="Image root; `image` paths in the data are relative to it (absolute or '..' paths are rejected).")] = None,
+        tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="A tokenizer folder or any checkpoint mmzoo reads (hf, llava, internal).")] = None,
+        out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder for the shards, manifest.json and rejected.jsonl.")] = None,
         template: Annotated[str, typer.Option("--template", help=TEMPLATE_HELP)] = "auto",
         max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longest sample in tokens, image tokens included.")] = 2048,
         num_image_tokens: Annotated[Optional[int], typer.Option("--num-image-tokens", help="Tokens per image (e.g. 576 for CLIP-L/14 at 336px).")] = None,
@@ -30,6 +31,7 @@ def register(app: typer.Typer) -> None:
         strict: Annotated[bool, typer.Option("--strict", help="Fail on the first rejected sample instead of listing it in rejected.jsonl.")] = False,
         format: Annotated[str, typer.Option("--format", help="mmzoo (documented H5 shards, read by mmzoo.preprocess.H5Dataset), cerebras (Cerebras modelzoo's LlavaModel: one image at the fixed image_start_idx, a dummy image for text-only samples) or cerebras-multimodal (its MultimodalSimple layout: any number of images where the markers sit).")] = "mmzoo",
         no_image_check: Annotated[bool, typer.Option("--no-image-check", help="Only check that image files exist; skip decoding them (faster on huge sets).")] = False,
+        verify: Annotated[Optional[Path], typer.Option("--verify", help="Check a preprocessed folder instead: every shard against the sha256 in its manifest, and (mmzoo layout) the structure training relies on. Other options are not needed.", show_default=False)] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or statistics table.")] = False,
         debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
     ) -> None:
@@ -40,7 +42,16 @@ def register(app: typer.Typer) -> None:
         Example: mmzoo preprocess --data llava_instruct_150k.json --images coco/train2017 --tokenizer ./llava-hf --model ./llava-hf --template vicuna_v1 --workers 8 -o data/instruct
 
         Example: mmzoo preprocess --data rlaif-v.jsonl --kind preference --images rlaif-v/images --tokenizer ./student --model ./student -o data/rlaif-v
+
+        Example: mmzoo preprocess --verify data/instruct   # every shard against the manifest's sha256
         """
+        if verify is not None:
+            if data or images or tokenizer or out:
+                raise _usage_error(ctx, "--verify checks an existing folder; it takes no --data, --images, --tokenizer or --out")
+            return verify_command(verify)
+        for flag, value in (("--data", data), ("--images", images), ("--tokenizer", tokenizer), ("-o' / '--out", out)):
+            if not value:  # required unless --verify: said as click says it for a required option
+                raise _usage_error(ctx, f"Missing option '{flag}'.")
         from rich.console import Console
 
         from ..console import escape
@@ -61,6 +72,29 @@ def register(app: typer.Typer) -> None:
         if stats["samples_read"] and not stats["samples_written"]:  # also with --quiet: training would find no data
             reasons = ", ".join(f"{reason} {count:,}" for reason, count in stats["rejected"].items())
             console.print(f"[yellow]warning[/]: no sample was kept ({escape(reasons)}); see {escape(str(out / 'rejected.jsonl'))}")
+
+
+def _usage_error(ctx: typer.Context, message: str) -> Exception:
+    """A usage error of the command, which the CLI prints as one line naming its --help."""
+    try:  # typer >= 0.23 vendors click as typer._click
+        from typer._click.exceptions import UsageError
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click.exceptions import UsageError
+    return UsageError(message, ctx=ctx)
+
+
+def verify_command(folder: Path) -> None:
+    from ..console import console, escape, human_size
+    from .integrity import verify_data
+
+    result = verify_data(folder)
+    for note in result.notes():
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    checked = len(result.hashed)
+    structure = "; structure checked" if result.manifest.name == "manifest.json" else ""
+    console.print(f"[green]✓[/] {escape(str(folder))}: {checked} shard{'s' if checked != 1 else ''} "
+                  f"({human_size(result.bytes_hashed)}) match the sha256 in {result.manifest.name}{structure}",
+                  highlight=False, soft_wrap=True)
 
 
 def print_statistics(console: Any, manifest: dict[str, Any], out: Path) -> None:

@@ -28,6 +28,7 @@ class DataSection(_Strict):
     path: Path  # output of `mmzoo preprocess` (manifest.json + shards)
     images: Path  # image root the preprocessed samples' image paths are relative to
     num_workers: int = 2  # processes reading and collating micro batches ahead of the step (0: in process)
+    verify_shards: bool = True  # compare the shards with the manifest's sha256 before step 0 (mmzoo/preprocess/integrity.py)
 
     @field_validator("num_workers")
     @classmethod

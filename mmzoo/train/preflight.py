@@ -135,6 +135,11 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
         if not Path(cfg.reference).exists():
             raise ConfigError("reference checkpoint not found", path=cfg.reference)
         real_vocabulary(cfg.model, cfg.reference, ("policy", "reference"))  # log-probs of the same tokens
+    verified = None
+    if cfg.data.verify_shards:  # before any shard is opened: a damaged one is named here, not an error inside h5py
+        from ..preprocess.integrity import verify_for_training
+
+        verified = verify_for_training(cfg.data.path, out_dir)
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
     data.dataset.vocab_size = source.spec.text_config.get("vocab_size")  # a token id past the embeddings: one line
     if data.pairs != (cfg.stage == "preference"):
@@ -142,7 +147,7 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
         raise ConfigError(f"stage {cfg.stage} cannot train on {kind}: stage preference reads `mmzoo preprocess --kind "
                           "preference` output, the other stages conversation data", path=cfg.data.path)
     check_image_paths(data.dataset, Path(cfg.data.images))
-    warnings = check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
+    warnings = (verified.notes() if verified else []) + check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
     warnings += zero_stage_warnings(cfg, world)
     if cfg.train.packing:
         from .packing import check_max_tokens
@@ -154,6 +159,8 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
             warnings.append(f"resuming step {existing[0]} with changed settings: {'; '.join(changed)} — the optimizer "
                             "and LR schedule continue from the checkpoint's state, and the loss curve will not match "
                             "an uninterrupted run")
+    if verified is not None:
+        verified.save()  # a run folder made only for a run that passed (the record of a new run waits until here)
     return Preflight(source, data, existing, warnings, universal, accumulation)
 
 

@@ -10,7 +10,9 @@ user branches, ``refs/pr/N``), blobs with their git oids; model files matching t
 Hub does. Auth: a token table; writes need a valid write token, private repos need a valid token,
 a bad token gets 401 ``Invalid credentials in Authorization header``. Unknown repo/revision/file get
 404 with the ``X-Error-Code`` header the client maps to its typed errors. ``drop`` makes the server
-cut the connection in the middle of a file download ("once" then serve normally, or "always").
+cut the connection in the middle of a file download ("once" then serve normally, or "always"); ``oversend`` makes it
+send more bytes of a file than it lists (N more, with a Content-Length that says so, or "endless": a body with no
+length that goes on until the client hangs up), counting what it sent in ``sent``.
 
 Run standalone for a demo: ``python tests/hub/hub_server.py --port 8765 --token hf_demo``.
 """
@@ -85,6 +87,8 @@ class HubState:
         self.read_only_tokens: set[str] = set(read_only_tokens or ())
         self.repos: dict[str, Repo] = {}
         self.drop: dict[str, str] = {}  # file path in repo -> "once" | "always"
+        self.oversend: dict[str, int | str] = {}  # file path in repo -> extra bytes after the file, or "endless"
+        self.sent: dict[str, int] = {}  # body bytes sent per file path by oversend
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, range)
         self._counter = 0
 
@@ -426,6 +430,10 @@ class Handler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
         body = data[start:end]
+        extra = self.state.oversend.get(path) if self.command == "GET" else None
+        if extra is not None:
+            self._oversend(status, body, headers, extra, path)
+            return
         mode = self.state.drop.get(path) if self.command == "GET" else None
         if mode:
             if mode == "once":
@@ -444,6 +452,39 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(status, body, headers, content_type="application/octet-stream")
+
+
+    ENDLESS_CAP = 1 << 30  # an "endless" body still ends here, so a client that never stops cannot hang the tests
+
+    def _oversend(self, status: int, body: bytes, headers: dict, extra: int | str, path: str) -> None:
+        """The file's bytes, then zeros: ``extra`` more (announced in Content-Length) or, for "endless", a body without
+        a length that only ends when the client closes the connection."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        if extra != "endless":
+            self.send_header("Content-Length", str(len(body) + int(extra)))
+        for k, v in headers.items():
+            if k != "Content-Range":
+                self.send_header(k, v)
+        self.end_headers()
+        self.close_connection = True
+        remaining = self.ENDLESS_CAP if extra == "endless" else int(extra)
+        block = b"\0" * (64 << 10)
+        try:
+            self.wfile.write(body)
+            self._count(path, len(body))
+            while remaining > 0:
+                piece = block[:remaining]
+                self.wfile.write(piece)
+                self._count(path, len(piece))
+                remaining -= len(piece)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading and hung up
+            pass
+
+    def _count(self, path: str, n: int) -> None:
+        with self.state.lock:
+            self.state.sent[path] = self.state.sent.get(path, 0) + n
 
 
 class HubServer(ThreadingHTTPServer):

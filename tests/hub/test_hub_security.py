@@ -109,9 +109,9 @@ def test_pull_refuses_file_names_that_leave_out_before_downloading(server, tiny_
     assert sorted(tmp_path.rglob("*")) == [] and not (tmp_path.parent / "evil.txt").exists()
 
 
-def test_huggingface_hub_refusing_a_name_itself_is_one_line(server, tiny_hf, tmp_path, monkeypatch, capsys):
-    """Without mmzoo's own check, huggingface_hub refuses `..` with a plain ValueError from its code: that too is
-    one line, not a traceback (a client or server whose listings disagree would reach it)."""
+def test_the_downloader_refuses_a_name_leaving_out_itself_in_one_line(server, tiny_hf, tmp_path, monkeypatch, capsys):
+    """Without mmzoo's check of the listing, the downloader (mmzoo/hub/download.py) refuses `..` itself before it
+    creates or writes anything for that name: one line, not a traceback, and nothing outside OUT."""
     from mmzoo.cli import main
 
     files = {p.name: p.read_bytes() for p in tiny_hf.iterdir() if p.is_file()}
@@ -123,7 +123,7 @@ def test_huggingface_hub_refusing_a_name_itself_is_one_line(server, tiny_hf, tmp
         main(["hub", "pull", "alice/sly", "-o", str(out)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and err.count("mmzoo: error: ") == 1, err
-    assert err.strip().splitlines()[-1].startswith("mmzoo: error: ") and "Invalid filename '../evil.txt'" in err, err
+    assert err.strip().splitlines()[-1].startswith("mmzoo: error: ") and "refusing to write '../evil.txt'" in err, err
     assert not out.exists() and not (tmp_path.parent / "evil.txt").exists()
 
 
@@ -146,7 +146,12 @@ def test_pull_refuses_a_repository_larger_than_the_free_space(server, tiny_hf, t
     assert server.state.downloads("alice/huge") == [] and not out.exists() and siblings(out) == []
 
 
-def test_pull_refuses_a_server_that_sends_other_sizes_than_it_lists(server, tiny_hf, tmp_path, monkeypatch):
+@pytest.mark.parametrize("listed, refusal", [
+    (10, "download refused: the server sent more than the 10 bytes the Hub lists for config.json"),
+    (10**6, r"download corrupt: config.json has [\d,]+ bytes, the Hub lists 1,000,000"),
+])
+def test_pull_refuses_a_server_that_sends_other_sizes_than_it_lists(server, tiny_hf, tmp_path, monkeypatch, listed,
+                                                                     refusal):
     import hub_server
 
     real_entry = hub_server.Handler._entry
@@ -154,12 +159,12 @@ def test_pull_refuses_a_server_that_sends_other_sizes_than_it_lists(server, tiny
     def lying(self, path, data):
         entry = real_entry(self, path, data)
         if path == "config.json":
-            entry["size"] = 10
+            entry["size"] = listed
         return entry
 
     monkeypatch.setattr(hub_server.Handler, "_entry", lying)
     _publish(server, "alice/lie", {p.name: p.read_bytes() for p in tiny_hf.iterdir() if p.is_file()})
     out = tmp_path / "out"
-    with pytest.raises(HubError, match="download corrupt: config.json has .* bytes, the Hub lists 10"):
+    with pytest.raises(HubError, match=refusal):
         hub.pull("alice/lie", out)
     assert not out.exists() and siblings(out) == []

@@ -14,22 +14,13 @@ import pytest
 from mmzoo.errors import MmzooError
 from mmzoo.preprocess import H5Dataset
 from cli_helpers import cli_error
+from data_helpers import make_preprocessed
 
 
 @pytest.fixture(scope="module")
 def made(tiny, tmp_path_factory):
     """A real preprocessed folder (4 samples, one shard, 2 images) and its image folder."""
-    from mmzoo.demo.tiny import make_images
-    from mmzoo.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("train-data")
-    make_images(root / "images", 2)
-    rows = [{"id": f"s{i}", "image": f"img_{i % 2:03d}.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": f"Picture {i}."}]}
-        for i in range(4)]
-    (root / "data.json").write_text(json.dumps(rows))
-    preprocess(root / "data.json", root / "images", tiny.hf(), root / "data", template="plain")
-    return root
+    return make_preprocessed(tmp_path_factory.mktemp("train-data"), tiny.hf())
 
 
 @pytest.fixture
@@ -199,6 +190,10 @@ def test_mmzoo_train_refuses_hostile_data_in_one_line_before_starting(data, tiny
         paths = list(f["image_paths"].asstr()[:])
     paths[0] = "../../../../../../etc/passwd"
     _replace(data, "image_paths", np.array(paths, dtype=object), dtype=h5py.string_dtype("utf-8"))
+    from mmzoo.preprocess.integrity import file_sha256
+
+    # a crafted folder is consistent: its manifest lists the crafted shard's sha256 (else the digest check refuses it)
+    _edit_manifest(data, lambda m: m["shards"][0].update(sha256=file_sha256(_shard(data))))
     params = tmp_path / "params.yaml"
     params.write_text(f"stage: sft\nmodel: {tiny.hf()}\ndata:\n  path: {data}\n  images: {tmp_path / 'images'}\n"
                       f"train:\n  max_steps: 1\n  micro_batch_size: 1\n  global_batch_size: 1\n  precision: fp32\n"

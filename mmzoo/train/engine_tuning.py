@@ -4,9 +4,9 @@
 - **The identity all-reduce.** With ZeRO-0 (what one process runs, see ds_config.py) DeepSpeed's engine
   all-reduces every gradient after each optimizer step's backward: it concatenates them into flat buffers
   (temporaries of up to 500 M elements, 1 GB in bf16; the 1 B-parameter LLM of the benchmark has ~1.9 GB of
-  gradients), casts them to the communication dtype, all-reduces it over the data-parallel group and copies it back tensor by tensor. Over one
-  process the all-reduce is the identity, so the copies are pure cost: about 4 bytes of memory traffic per
-  gradient byte each step, and the temporary buffer on top of the peak. ``enable_backward_allreduce`` is the
+  gradients), casts them to the communication dtype, all-reduces them over the data-parallel group and copies
+  them back tensor by tensor. Over one process the all-reduce is the identity, so the copies are pure cost:
+  about 4 bytes of memory traffic per gradient byte each step, and the temporary buffer on top of the peak. ``enable_backward_allreduce`` is the
   engine's own switch for "the gradients need no reduction" (its pipeline engine turns it off the same way).
   Only for wrappers that reduce through that path (no ZeRO optimizer: those reduce in their own hooks).
 - **A host synchronisation per gradient tensor.** The fp16/bf16 wrapper of ZeRO-0 (``FP16_UnfusedOptimizer``,

@@ -2,12 +2,13 @@
 ``deepspeed.initialize`` without changing a single bit of the trained weights (tests/train/test_engine_tuning.py).
 
 - **The identity all-reduce.** With ZeRO-0 (what one process runs, see ds_config.py) DeepSpeed's engine
-  all-reduces every gradient after each optimizer step's backward: it concatenates them into one flat buffer (a
-  temporary as large as all trainable gradients: ~1.9 GB in bf16 for a 1 B-parameter LLM), casts it to the
-  communication dtype, all-reduces it over the data-parallel group and copies it back tensor by tensor. Over one
-  process the all-reduce is the identity, so the copies are pure cost: about 4 bytes of memory traffic per
-  gradient byte each step, and the temporary buffer on top of the peak. ``enable_backward_allreduce`` is the
-  engine's own switch for "the gradients need no reduction" (its pipeline engine turns it off the same way).
+  all-reduces every gradient after each optimizer step's backward: it concatenates them into flat buffers
+  (temporaries of up to 500 M elements, 1 GB in bf16; the 1 B-parameter LLM of the benchmark has ~1.9 GB of
+  gradients), casts them to the communication dtype, all-reduces them over the data-parallel group and copies
+  them back tensor by tensor. Over one process the all-reduce is the identity, so the copies are pure cost:
+  about 4 bytes of memory traffic per gradient byte each step, and the temporary buffer on top of the peak.
+  ``enable_backward_allreduce`` is the engine's own switch for "the gradients need no reduction" (its pipeline
+  engine turns it off the same way).
   Only for wrappers that reduce through that path (no ZeRO optimizer: those reduce in their own hooks).
 - **A host synchronisation per gradient tensor.** The fp16/bf16 wrapper of ZeRO-0 (``FP16_UnfusedOptimizer``,
   which bf16 uses too) checks every gradient for inf/NaN before the step with ``if has_inf_or_nan(grad)``: the

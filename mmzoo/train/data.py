@@ -144,14 +144,67 @@ class _MicroBatches(torch.utils.data.Dataset):
 
 
 def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank: int, accumulation: int, world: int,
-                       micro_batch_size: int, num_workers: int, pin_memory: bool = False, plan=None):
+                       micro_batch_size: int, num_workers: int, pin_memory: bool = False, plan=None,
+                       worker_timeout: float = 0):
     """The micro batches of steps ``[first_step, last_step)`` for this rank, in training order (packs of
-    ``plan``, a :class:`mmzoo.train.packing.PackPlan`, when packing)."""
+    ``plan``, a :class:`mmzoo.train.packing.PackPlan`, when packing).
+
+    A generator: ``close()`` it (the training loop does, however it ends) and the worker processes are stopped
+    at once, not whenever the garbage collector gets to a failed run's traceback. ``worker_timeout`` seconds
+    without a micro batch from the workers (0: no limit) end the run with a :class:`MmzooError` line, as does a
+    worker that died."""
     batches = _MicroBatches(data, first_step=first_step, last_step=last_step, rank=rank, accumulation=accumulation,
                             world=world, micro_batch_size=micro_batch_size, plan=plan)
+    workers = {"timeout": worker_timeout, "prefetch_factor": 4} if num_workers else {}
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
-                                         pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
-    return iter(loader)
+                                         pin_memory=pin_memory, **workers)
+    iterator = _start_workers(loader) if num_workers else iter(loader)
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as exc:  # torch's own words for a dead or silent worker
+                raise _worker_failure(exc, worker_timeout) from exc
+            yield batch
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # the multi-process iterator's own clean-up
+        if shutdown is not None:
+            shutdown()
+
+
+def _start_workers(loader):
+    """Fork the DataLoader's workers with no garbage in the process they copy.
+
+    A forked worker has only the thread that forked it. Cyclic garbage it inherits is collected there by its own
+    garbage collector, and an object whose destructor waits for threads of its own never returns in the worker:
+    the gloo process group of an earlier in-process run (``run_training`` called again in one process: tests,
+    notebooks, benchmarks) joins its runloop threads in ``~ProcessGroupGloo`` and hung every worker, so the
+    training step waited for a micro batch forever (seen with py-spy: all workers in ``pthread_cond_broadcast``
+    under ``~ProcessGroupGloo``, called from ``gc_collect_main``). So: collect here, in the process whose threads
+    such objects wait for, and freeze what is left, so that a worker's collector never walks the inherited
+    objects (Python's own advice for fork without exec; it also spares copy-on-write of the parent's pages)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    try:
+        return iter(loader)  # forks every worker now
+    finally:
+        gc.unfreeze()
+
+
+def _worker_failure(exc: RuntimeError, worker_timeout: float) -> Exception:
+    """A DataLoader's failure as one line (``exc`` itself when it is not the loader's: a worker's error)."""
+    message = str(exc)
+    if message.startswith("DataLoader timed out"):
+        return MmzooError(f"no micro batch from the data.num_workers worker processes in {worker_timeout:g} s "
+                          "(data.worker_timeout): a worker is stuck or starved of CPU or I/O; raise data.worker_timeout "
+                          "for slow storage, or set data.num_workers=0 to read in the training process")
+    if message.startswith("DataLoader worker"):  # "… exited unexpectedly" / "… is killed by signal: Killed."
+        return MmzooError(f"{message.rstrip('. ')} (out of memory?); --resume auto continues from the last checkpoint")
+    return exc
 
 
 def to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:

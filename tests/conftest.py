@@ -73,6 +73,53 @@ def pytest_xdist_make_scheduler(config, log):
     return FileScheduling(config, log)
 
 
+# -- no test runs forever, none leaves processes behind (tests/time_bound.py, tests/process_tree.py) -------------
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    """pytest-timeout's `thread` method with a clock that set-up of side environments can pause, and that kills the
+    test's processes before pytest-timeout ends this one (its other methods are left to it)."""
+    if settings.method != "thread":
+        return None
+    import pytest_timeout
+
+    import time_bound
+    from process_tree import kill_descendants
+
+    def expire():
+        kill_descendants()  # once this process is gone they would be init's, training on
+        pytest_timeout.timeout_timer(item, settings)  # the stacks of every thread, then os._exit(1)
+
+    deadline = time_bound.Deadline(settings.timeout, expire, item.nodeid)
+    time_bound.current = deadline
+
+    def cancel():
+        deadline.cancel()
+        time_bound.current = None
+
+    item.cancel_timeout = cancel  # what pytest-timeout's own pytest_timeout_cancel_timer calls
+    deadline.start()
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_left_behind():
+    """A test that failed half-way may leave `mmzoo train`, torchrun or workers running: what it started and is
+    still running 5 s after it ended is killed."""
+    from process_tree import descendant_pids, stop_new_processes
+
+    before = descendant_pids()
+    yield
+    stop_new_processes(before)
+
+
+def pytest_sessionfinish(session):
+    if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return  # xdist's controller: its children are the workers, which do this themselves
+    from process_tree import kill_descendants
+
+    kill_descendants()  # nothing the suite started may outlive it and keep CI's job alive
+
+
 class TinyCheckpoints:
     """Builds ``hf`` LLaVA folders on demand (one per text × vision arch × dtype) and keeps them."""
 

@@ -1,8 +1,9 @@
 """``mmzoo train`` and ``mmzoo export`` (registered by mmzoo.cli; heavy imports only inside the commands)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -65,7 +66,8 @@ def register(app: typer.Typer) -> None:
         if kind == "inprocess":
             from .loop import run_training
 
-            summary = run_training(cfg, resume=resume, console=console)
+            with _stop_reported(cfg.output_dir):
+                summary = run_training(cfg, resume=resume, console=console)
             console.print(f"[green]done[/]: {summary['steps']} steps, checkpoints in {Path(cfg.output_dir) / 'checkpoints'}; "
                           f"export with `mmzoo export {cfg.output_dir} --tgt-fmt hf -o OUT`")
             return
@@ -88,7 +90,8 @@ def register(app: typer.Typer) -> None:
             env.setdefault("OMP_NUM_THREADS", "1")
         # its own session: a terminal's Ctrl-C reaches mmzoo alone, which passes it on once (a second SIGINT
         # in the middle of torchrun's shutdown of its workers aborts that shutdown)
-        code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True))
+        with _stop_reported(cfg.output_dir):
+            code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True))
         if code:
             sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
             sys.exit(2)
@@ -116,6 +119,30 @@ def register(app: typer.Typer) -> None:
         with console.status(f"consolidating {escape(str(run_dir))}…"):  # a spinner on a terminal only: minutes for 7B ZeRO-3
             result = export(run_dir, output, tgt_fmt=tgt_fmt, step=step, dtype=dtype, overwrite=overwrite)
         console.print(f"[green]exported[/] step {result['step']} of {run_dir} → {output} ({tgt_fmt}, {result['tensors']} tensors)")
+
+
+@contextmanager
+def _stop_reported(run_dir) -> Iterator[None]:
+    """Ctrl-C or SIGTERM during training: one line that says what the run folder keeps, and exit status 130 / 143
+    (with ``--debug`` torchrun's own report of the signal stays above it, mmzoo/train/torchrun.py)."""
+    import sys
+
+    from ..io.claim import Terminated, sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # in process: SIGTERM stops training as Ctrl-C does (the launcher path forwards it)
+            yield
+    except (KeyboardInterrupt, Terminated) as stop:
+        from .checkpoint import latest
+
+        what, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        kept = latest(Path(run_dir))
+        if kept:
+            said = f"{run_dir} keeps its checkpoints up to step {kept[0]}; --resume auto continues from there"
+        else:
+            said = f"no checkpoint of {run_dir} was finished yet (train.save_every), so a new run starts from the beginning"
+        sys.stderr.write(f"mmzoo: {what}; {said}\n")
+        sys.exit(code)
 
 
 def _wait_forwarding_signals(launcher) -> int:

@@ -103,21 +103,21 @@ def pytest_timeout_set_timer(item, settings):
 
 @pytest.fixture(autouse=True)
 def _no_processes_left_behind():
-    """A test that failed half-way may leave `mmzoo train`, torchrun or workers running: what it started and is
-    still running 5 s after it ended is killed."""
-    from process_tree import descendant_pids, stop_new_processes
+    """A test that failed half-way may leave `mmzoo train`, torchrun or workers running: those it started that are
+    still running 5 s after it ended are killed."""
+    from process_tree import mmzoo_pids, stop_new_mmzoo
 
-    before = descendant_pids()
+    before = mmzoo_pids()
     yield
-    stop_new_processes(before)
+    stop_new_mmzoo(before)
 
 
 def pytest_sessionfinish(session):
     if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
         return  # xdist's controller: its children are the workers, which do this themselves
-    from process_tree import kill_descendants
+    from process_tree import stop_new_mmzoo
 
-    kill_descendants()  # nothing the suite started may outlive it and keep CI's job alive
+    stop_new_mmzoo(set(), grace=0)  # no training the suite started may outlive it and keep CI's job alive
 
 
 class TinyCheckpoints:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import subprocess
 
-# multiprocessing's helper processes live as long as the test process and are restarted with a warning when killed
-_LONG_LIVED_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
-
 
 def kill_tree(root) -> list:
     """SIGKILL ``root`` (a pid or psutil.Process) and every process below it; the descendants are listed before
@@ -25,33 +22,40 @@ def kill_tree(root) -> list:
     return _kill(procs)
 
 
-def kill_descendants(*, keep=()) -> list:
-    """SIGKILL every process below this one but the pids in ``keep`` and multiprocessing's helpers."""
-    return _kill([proc for proc in _descendants() if proc.pid not in keep])
-
-
-def descendant_pids() -> set[int]:
-    return {proc.pid for proc in _descendants()}
-
-
-def stop_new_processes(before: set[int], grace: float = 5) -> list:
-    """Kill the processes started since ``before`` (descendant_pids()) that do not end within ``grace`` seconds."""
+def kill_descendants() -> list:
+    """SIGKILL every process below this one (the test process is about to end)."""
     import psutil
 
-    new = [proc for proc in _descendants() if proc.pid not in before]
+    return _kill(psutil.Process().children(recursive=True))
+
+
+def mmzoo_pids() -> set[int]:
+    return {proc.pid for proc in _running_mmzoo()}
+
+
+def stop_new_mmzoo(before: set[int], grace: float = 5) -> list:
+    """Kill the processes running mmzoo (`mmzoo train`, torchrun, training workers) started since ``before``
+    (mmzoo_pids()) that do not end within ``grace`` seconds. Only those: the libraries the tests use keep helper
+    processes on purpose for the test process's lifetime (wandb's service, inductor's compile workers,
+    multiprocessing's resource tracker), and killing one breaks the next test that needs it."""
+    import psutil
+
+    new = [proc for proc in _running_mmzoo() if proc.pid not in before]
     if not new:
         return []
     _, alive = psutil.wait_procs(new, timeout=grace)
     return _kill(alive)
 
 
-def _descendants() -> list:
+def _running_mmzoo() -> list:
+    """Descendants whose command line runs an mmzoo module (`-m mmzoo.cli`, `mmzoo.train.worker`, …; the data
+    workers of such a process share its command line)."""
     import psutil
 
     procs = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if not any(helper in " ".join(proc.cmdline()) for helper in _LONG_LIVED_HELPERS):
+            if any(arg.startswith("mmzoo.") for arg in proc.cmdline()):
                 procs.append(proc)
         except psutil.Error:  # ended meanwhile
             continue

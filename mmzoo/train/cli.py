@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import require_package
         from .config import gradient_accumulation, load_config
         from .launch import build_command, choose_launcher
+        from .torchrun import SAID_IN_ONE_LINE
         from .preflight import check_resume, check_settings, preflight
 
         check_resume(resume)
@@ -92,6 +93,8 @@ def register(app: typer.Typer) -> None:
         # in the middle of torchrun's shutdown of its workers aborts that shutdown)
         with _stop_reported(cfg.output_dir):
             code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True))
+        if code == SAID_IN_ONE_LINE:  # a worker's `mmzoo: error:` line above says why
+            sys.exit(2)
         if code:
             sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
             sys.exit(2)

@@ -104,3 +104,16 @@ def test_worker_timeout_is_a_setting(ws):
     assert load_config(data=ws.config("t", data={"worker_timeout": 0})).data.worker_timeout == 0
     with pytest.raises(ConfigError, match="worker_timeout"):
         load_config(data=ws.config("t", data={"worker_timeout": -1}))
+
+
+def test_a_worker_error_under_torchrun_is_its_own_line(ws):
+    """Every process of a 2-process run stops on the same refusal (a micro batch not ready within 1 ms): what
+    remains is their `mmzoo: error:` line, exit code 2 — not torchrun's traceback and failure table after it."""
+    from train_helpers import run_mmzoo
+
+    params = ws.write("worker-error", data={"worker_timeout": 0.001}, train={"max_steps": 2})
+    proc = run_mmzoo("train", "--params", str(params), "--nproc", "2")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("mmzoo: error: no micro batch from the data.num_workers worker processes in 0.001 s"), lines

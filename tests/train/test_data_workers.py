@@ -83,7 +83,7 @@ def test_a_stuck_worker_ends_the_run_in_one_line(ws, monkeypatch):
     started = time.monotonic()
     with pytest.raises(MmzooError, match=r"no micro batch from the data.num_workers worker processes in 2 s "
                                          r"\(data.worker_timeout\)"):
-        next(_stream(ws, worker_timeout=2))
+        next(_stream(ws, workers=1, worker_timeout=2))  # one worker: shutting a stuck one down waits 5 s
     assert time.monotonic() - started < 30  # the workers were stopped, not waited for
 
 

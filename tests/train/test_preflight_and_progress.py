@@ -62,12 +62,14 @@ def test_a_finished_run_asked_for_fewer_steps_is_one_line_and_left_alone(ws, cap
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no universal conversion, no params
 
 
-@pytest.mark.parametrize("sig, code, what", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
-                         ids=["SIGINT", "SIGTERM"])
-def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws, sig, code, what):
+@pytest.mark.parametrize("sig, code, what, nproc", [(signal.SIGINT, 130, "interrupted", 2), (signal.SIGTERM, 143, "terminated", 2),
+                                                    (signal.SIGINT, 130, "interrupted", 1)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-in-process"])
+def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws, sig, code, what, nproc):
     """Ctrl-C (SIGINT) or SIGTERM to `mmzoo train` alone (a terminal, a scheduler, `kill PID`) used to leave torchrun
     and its workers training in the background, and then torchrun's own traceback of the signal; now mmzoo passes it
-    on once, waits for them, and ends with one line that says what the run folder keeps."""
+    on once, waits for them, and ends with one line that says what the run folder keeps. A one-process run (in
+    process, its data workers below it) ends the same way."""
     import os
     import subprocess
     import time
@@ -78,18 +80,18 @@ def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws, sig, code, 
     from mmzoo.train.checkpoint import latest
     from process_tree import kill_tree
 
-    name = f"stopped-{what}"
+    name = f"stopped-{what}-{nproc}"
     params = ws.write(name, train={"max_steps": 100000, "save_every": 2})
     run_dir = ws.root / "runs" / name
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", "2"), env=env,
+    proc = subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", str(nproc)), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not latest(run_dir):
             time.sleep(0.5)  # a first checkpoint: training has begun
         launched = psutil.Process(proc.pid).children(recursive=True)
-        assert len(launched) >= 3, launched  # the launcher and two workers
+        assert len(launched) >= (3 if nproc == 2 else 2), launched  # the launcher and two workers; the data workers
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
     finally:

@@ -92,7 +92,10 @@ def register(app: typer.Typer) -> None:
         # its own session: a terminal's Ctrl-C reaches mmzoo alone, which passes it on once (a second SIGINT
         # in the middle of torchrun's shutdown of its workers aborts that shutdown)
         with _stop_reported(cfg.output_dir):
-            code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True))
+            # DeepSpeed's runner on one node turns Ctrl-C into its own traceback and exits; SIGTERM it leaves to the
+            # default action (on many nodes both stop the hosts' processes alike)
+            code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True),
+                                            as_sigterm=kind == "deepspeed")
         if code == SAID_IN_ONE_LINE:  # a worker's `mmzoo: error:` line above says why
             sys.exit(2)
         if code:
@@ -148,11 +151,11 @@ def _stop_reported(run_dir) -> Iterator[None]:
         sys.exit(code)
 
 
-def _wait_forwarding_signals(launcher) -> int:
-    """Wait for the launcher (started in its own session), passing on SIGTERM and SIGINT once each: Ctrl-C, a
-    scheduler's SIGTERM or ``kill -INT`` of ``mmzoo train`` must stop the launcher and its workers too, not leave
-    them training in the background. The launcher stops its workers; then mmzoo exits as interrupted (130) or
-    terminated (143)."""
+def _wait_forwarding_signals(launcher, as_sigterm: bool = False) -> int:
+    """Wait for the launcher (started in its own session), passing on SIGTERM and SIGINT once each (``as_sigterm``:
+    both as SIGTERM): Ctrl-C, a scheduler's SIGTERM or ``kill -INT`` of ``mmzoo train`` must stop the launcher and
+    its workers too, not leave them training in the background. The launcher stops its workers (what it leaves
+    running is stopped after it); then mmzoo exits as interrupted (130) or terminated (143)."""
     import signal
 
     from ..io.claim import Terminated
@@ -162,7 +165,7 @@ def _wait_forwarding_signals(launcher) -> int:
     def forward(signum, frame=None):
         if signum not in received:  # once: the launcher is already stopping its workers
             received.append(signum)
-            launcher.send_signal(signum)
+            launcher.send_signal(signal.SIGTERM if as_sigterm else signum)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
@@ -174,8 +177,40 @@ def _wait_forwarding_signals(launcher) -> int:
                 forward(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if received:
+        _stop_left_behind(launcher.pid, received[0])
     if signal.SIGTERM in received:
         raise Terminated()
     if received:
         raise KeyboardInterrupt
     return code
+
+
+def _stop_left_behind(group: int, signum: int, grace: float = 30.0) -> None:
+    """Stop what a stopped launcher left running in its process group (its session's, started by mmzoo). torchrun
+    stops its workers before it exits; DeepSpeed's runner on one node exits at once and left its
+    ``deepspeed.launcher.launch`` and the workers training in the background. Every survivor gets the signal at
+    once (``launch`` stops its workers; a worker stopped before its peers would report their broken connection),
+    and what still runs after ``grace`` seconds is killed."""
+    import os
+
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc)
+        except (OSError, psutil.Error):  # ended meanwhile, or not ours to look at
+            continue
+    for proc in left:
+        try:
+            proc.send_signal(signum)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue

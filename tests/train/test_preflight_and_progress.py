@@ -62,30 +62,33 @@ def test_a_finished_run_asked_for_fewer_steps_is_one_line_and_left_alone(ws, cap
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no universal conversion, no params
 
 
-@pytest.mark.parametrize("sig, code, what, nproc", [(signal.SIGINT, 130, "interrupted", 2), (signal.SIGTERM, 143, "terminated", 2),
-                                                    (signal.SIGINT, 130, "interrupted", 1)],
-                         ids=["SIGINT", "SIGTERM", "SIGINT-in-process"])
-def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws, sig, code, what, nproc):
+@pytest.mark.parametrize("sig, code, what, nproc, launcher", [
+    (signal.SIGINT, 130, "interrupted", 2, "auto"), (signal.SIGTERM, 143, "terminated", 2, "auto"),
+    (signal.SIGINT, 130, "interrupted", 1, "auto"), (signal.SIGINT, 130, "interrupted", 2, "deepspeed")],
+    ids=["SIGINT", "SIGTERM", "SIGINT-in-process", "SIGINT-deepspeed-launcher"])
+def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws, sig, code, what, nproc, launcher):
     """Ctrl-C (SIGINT) or SIGTERM to `mmzoo train` alone (a terminal, a scheduler, `kill PID`) used to leave torchrun
     and its workers training in the background, and then torchrun's own traceback of the signal; now mmzoo passes it
     on once, waits for them, and ends with one line that says what the run folder keeps. A one-process run (in
-    process, its data workers below it) ends the same way."""
+    process, its data workers below it) ends the same way, and so does DeepSpeed's launcher, whose runner exited at
+    Ctrl-C with a traceback and left its `launch` process and the workers training."""
     import os
     import subprocess
     import time
 
     import psutil
 
-    from cli_helpers import mmzoo_command
+    from cli_helpers import free_port, mmzoo_command
     from mmzoo.train.checkpoint import latest
     from process_tree import kill_tree
 
-    name = f"stopped-{what}-{nproc}"
+    name = f"stopped-{what}-{nproc}-{launcher}"
     params = ws.write(name, train={"max_steps": 100000, "save_every": 2})
     run_dir = ws.root / "runs" / name
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", str(nproc)), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = ("--master-port", str(free_port())) if launcher == "deepspeed" else ()  # not its fixed default, 29500
+    proc = subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", str(nproc), "--launcher", launcher,
+                                          *port), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not latest(run_dir):

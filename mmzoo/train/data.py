@@ -165,8 +165,11 @@ def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank
                 batch = next(iterator)
             except StopIteration:
                 return
-            except RuntimeError as exc:  # torch's own words for a dead or silent worker
-                raise _worker_failure(exc, worker_timeout) from exc
+            except RuntimeError as exc:  # torch's own words for a dead or silent worker, or a worker's error
+                failure = _worker_failure(exc, worker_timeout)
+                if failure is None:
+                    raise
+                raise failure from exc
             yield batch
     finally:
         shutdown = getattr(iterator, "_shutdown_workers", None)  # the multi-process iterator's own clean-up
@@ -195,8 +198,8 @@ def _start_workers(loader):
         gc.unfreeze()
 
 
-def _worker_failure(exc: RuntimeError, worker_timeout: float) -> Exception:
-    """A DataLoader's failure as one line (``exc`` itself when it is not the loader's: a worker's error)."""
+def _worker_failure(exc: RuntimeError, worker_timeout: float) -> MmzooError | None:
+    """The DataLoader's own failure as one line (None for any other error, a worker's included)."""
     message = str(exc)
     if message.startswith("DataLoader timed out"):
         return MmzooError(f"no micro batch from the data.num_workers worker processes in {worker_timeout:g} s "
@@ -204,7 +207,7 @@ def _worker_failure(exc: RuntimeError, worker_timeout: float) -> Exception:
                           "for slow storage, or set data.num_workers=0 to read in the training process")
     if message.startswith("DataLoader worker"):  # "… exited unexpectedly" / "… is killed by signal: Killed."
         return MmzooError(f"{message.rstrip('. ')} (out of memory?); --resume auto continues from the last checkpoint")
-    return exc
+    return None
 
 
 def to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:

@@ -30,11 +30,12 @@ LONGEST_FIRST = (  # seconds of test time per file in a `-n 2` run on 2 cores (2
     "tests/test_demo.py",  # 85-115 s: `mmzoo demo`, a 2-process training run, then every README example
     "tests/train/test_kernels.py",  # 85 s: torch.compile (dynamo, inductor)
     "tests/train/test_distill.py",  # 65 s
+    "tests/train/test_preflight_and_progress.py",  # 60 s: 1-process runs, four 2-process/1-process runs stopped by a signal
+    "tests/train/test_data_workers.py",  # 40 s: in-process runs, stuck and killed data workers, a 2-process run
     "tests/test_tokenizer_files.py",  # 40 s: real tokenizers of 32k-152k tokens
     "tests/test_core_cli.py",  # 40 s: ~40 CLI subprocesses
     "tests/train/test_preference_stage.py",  # 40 s
     "tests/eval/test_llava_eval_scripts.py",  # 35 s: LLaVA's eval scripts in their side environment
-    "tests/train/test_preflight_and_progress.py",  # 30 s: a 1-process run, and a 2-process run stopped by SIGTERM
 )
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 
 
@@ -12,7 +11,9 @@ def mmzoo_command(*args: str) -> list[str]:
 
 def run_cli(*args: str) -> tuple[int, str, str]:
     """Run the real CLI in a subprocess (exit code, stdout, stderr)."""
-    proc = subprocess.run(mmzoo_command(*args), capture_output=True, text=True, timeout=300)
+    from process_tree import run_bounded
+
+    proc = run_bounded(mmzoo_command(*args), capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 

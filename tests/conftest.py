@@ -30,11 +30,12 @@ LONGEST_FIRST = (  # seconds of test time per file in a `-n 2` run on 2 cores (2
     "tests/test_demo.py",  # 85-115 s: `mmzoo demo`, a 2-process training run, then every README example
     "tests/train/test_kernels.py",  # 85 s: torch.compile (dynamo, inductor)
     "tests/train/test_distill.py",  # 65 s
+    "tests/train/test_preflight_and_progress.py",  # 60 s: 1-process runs, four 2-process/1-process runs stopped by a signal
+    "tests/train/test_data_workers.py",  # 40 s: in-process runs, stuck and killed data workers, a 2-process run
     "tests/test_tokenizer_files.py",  # 40 s: real tokenizers of 32k-152k tokens
     "tests/test_core_cli.py",  # 40 s: ~40 CLI subprocesses
     "tests/train/test_preference_stage.py",  # 40 s
     "tests/eval/test_llava_eval_scripts.py",  # 35 s: LLaVA's eval scripts in their side environment
-    "tests/train/test_preflight_and_progress.py",  # 30 s: a 1-process run, and a 2-process run stopped by SIGTERM
 )
 
 
@@ -71,6 +72,53 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False  # keep LONGEST_FIRST, not xdist's most-tests-first
     return FileScheduling(config, log)
+
+
+# -- no test runs forever, none leaves processes behind (tests/time_bound.py, tests/process_tree.py) -------------
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    """pytest-timeout's `thread` method with a clock that set-up of side environments can pause, and that kills the
+    test's processes before pytest-timeout ends this one (its other methods are left to it)."""
+    if settings.method != "thread":
+        return None
+    import pytest_timeout
+
+    import time_bound
+    from process_tree import kill_descendants
+
+    def expire():
+        kill_descendants()  # once this process is gone they would be init's, training on
+        pytest_timeout.timeout_timer(item, settings)  # the stacks of every thread, then os._exit(1)
+
+    deadline = time_bound.Deadline(settings.timeout, expire, item.nodeid)
+    time_bound.current = deadline
+
+    def cancel():
+        deadline.cancel()
+        time_bound.current = None
+
+    item.cancel_timeout = cancel  # what pytest-timeout's own pytest_timeout_cancel_timer calls
+    deadline.start()
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_left_behind():
+    """A test that failed half-way may leave `mmzoo train`, torchrun or workers running: those it started that are
+    still running 5 s after it ended are killed."""
+    from process_tree import mmzoo_pids, stop_new_mmzoo
+
+    before = mmzoo_pids()
+    yield
+    stop_new_mmzoo(before)
+
+
+def pytest_sessionfinish(session):
+    if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return  # xdist's controller: its children are the workers, which do this themselves
+    from process_tree import stop_new_mmzoo
+
+    stop_new_mmzoo(set(), grace=0)  # no training the suite started may outlive it and keep CI's job alive
 
 
 class TinyCheckpoints:

@@ -31,6 +31,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import time_bound
+
 SDIST = "llama-cpp-python==0.3.36"
 VOCABS = ("llama-spm", "phi-3", "llama-bpe", "qwen2")
 SEPARATOR = "\n__ggml_vocab_test__\n"
@@ -59,11 +61,12 @@ def vocab_dir() -> Path:
     if final.is_dir():
         return final
     with tempfile.TemporaryDirectory(dir=cache_root()) as work:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--no-binary", ":all:", SDIST, "-d", work],
-            check=True, capture_output=True,
-        )
+        with time_bound.paused():  # a download, once, bounded by itself: not the test's time
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                 "--no-binary", ":all:", SDIST, "-d", work],
+                check=True, capture_output=True, timeout=time_bound.SET_UP_BOUND_S,
+            )
         sdist = next(Path(work).glob("llama_cpp_python-*.tar.gz"))
         out = Path(work) / "models"
         out.mkdir()

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import time_bound
+
 PTH_NAME = "_mmzoo_borrowed_site_packages.pth"
 
 
@@ -73,7 +75,8 @@ def side_python(name: str, packages: list[str], probe: str, *, no_deps: tuple[st
     if _probe(python, probe):
         return str(python)
     env.parent.mkdir(parents=True, exist_ok=True)
-    with open(env.parent / f"{name}.lock", "w") as lock:
+    # the test's clock stops while it waits for or builds the environment (minutes, once), bounded by itself
+    with time_bound.paused(), open(env.parent / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest process may be building it right now
         if _probe(python, probe):
             return str(python)
@@ -83,7 +86,8 @@ def side_python(name: str, packages: list[str], probe: str, *, no_deps: tuple[st
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         for args in ([*packages], ["--no-deps", *no_deps] if no_deps else None):
             if args:
-                proc = subprocess.run([*pip, *args], capture_output=True, text=True, env=clean_env())
+                proc = subprocess.run([*pip, *args], capture_output=True, text=True, env=clean_env(),
+                                      timeout=time_bound.SET_UP_BOUND_S)
                 if proc.returncode != 0:
                     raise RuntimeError(f"building the side environment {env} failed: pip install {' '.join(args)}\n{proc.stderr[-3000:]}")
         proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=clean_env())

@@ -378,7 +378,7 @@ def test_config_mistakes_point_at_the_line_and_the_keys(tmp_path, capsys):
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("stage: sft\nmodel: m\ndata: data/sft\noutput_dir: runs/x\n")
     line = cli_error(capsys, "train", "--params", str(scalar))
-    assert "invalid data: expected a section of keys (path, images, num_workers, verify_shards), got 'data/sft'" in line, line
+    assert "invalid data: expected a section of keys (path, images, num_workers, verify_shards, worker_timeout), got 'data/sft'" in line, line
     assert "DataSection" not in line
     # a bad value typed on the command line names the --set, not the file that does not hold it
     fine = tmp_path / "fine.yaml"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_helpers import mmzoo_command, run_cli
+from process_tree import run_bounded
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -25,7 +26,7 @@ def test_quickstart_then_the_readme_training_example(tmp_path, monkeypatch, caps
     env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "torch-extensions")  # must stay empty: nothing compiled on CPU
 
     def run(*args, timeout=600):
-        proc = subprocess.run(mmzoo_command(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = run_bounded(mmzoo_command(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, (args, proc.stderr[-3000:])
         for noise in NOISE:
             assert noise not in proc.stdout + proc.stderr, (args, noise, proc.stdout[-2000:], proc.stderr[-2000:])

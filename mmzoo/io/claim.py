@@ -128,7 +128,7 @@ def exclusive_output(out: Path) -> Iterator[None]:
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     try:
         clear_stale_partials(out)
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             yield
     finally:
         try:
@@ -139,7 +139,8 @@ def exclusive_output(out: Path) -> Iterator[None]:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises :class:`Terminated` in the main thread (a forked child dies of it as usual)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return

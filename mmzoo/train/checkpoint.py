@@ -125,7 +125,8 @@ def universal_checkpoint(path: Path) -> Path:
 
 # Settings a resumed run may change without it being news: where it writes, how long it runs, how it logs.
 _FREE_TO_CHANGE = {"output_dir", "train.max_steps", "train.epochs", "train.save_every", "train.keep_checkpoints",
-                   "train.log_every", "data.num_workers", "data.verify_shards", "train.async_checkpoint"}
+                   "train.log_every", "data.num_workers", "data.verify_shards", "data.worker_timeout",
+                   "train.async_checkpoint"}
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

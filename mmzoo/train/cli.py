@@ -1,8 +1,9 @@
 """``mmzoo train`` and ``mmzoo export`` (registered by mmzoo.cli; heavy imports only inside the commands)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -46,6 +47,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import require_package
         from .config import gradient_accumulation, load_config
         from .launch import build_command, choose_launcher
+        from .torchrun import SAID_IN_ONE_LINE
         from .preflight import check_resume, check_settings, preflight
 
         check_resume(resume)
@@ -65,7 +67,8 @@ def register(app: typer.Typer) -> None:
         if kind == "inprocess":
             from .loop import run_training
 
-            summary = run_training(cfg, resume=resume, console=console)
+            with _stop_reported(cfg.output_dir):
+                summary = run_training(cfg, resume=resume, console=console)
             console.print(f"[green]done[/]: {summary['steps']} steps, checkpoints in {Path(cfg.output_dir) / 'checkpoints'}; "
                           f"export with `mmzoo export {cfg.output_dir} --tgt-fmt hf -o OUT`")
             return
@@ -88,7 +91,13 @@ def register(app: typer.Typer) -> None:
             env.setdefault("OMP_NUM_THREADS", "1")
         # its own session: a terminal's Ctrl-C reaches mmzoo alone, which passes it on once (a second SIGINT
         # in the middle of torchrun's shutdown of its workers aborts that shutdown)
-        code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True))
+        with _stop_reported(cfg.output_dir):
+            # DeepSpeed's runner on one node turns Ctrl-C into its own traceback and exits; SIGTERM it leaves to the
+            # default action (on many nodes both stop the hosts' processes alike)
+            code = _wait_forwarding_signals(subprocess.Popen(command, env=env, start_new_session=True),
+                                            as_sigterm=kind == "deepspeed")
+        if code == SAID_IN_ONE_LINE:  # a worker's `mmzoo: error:` line above says why
+            sys.exit(2)
         if code:
             sys.stderr.write(f"mmzoo: error: training failed (launcher exit code {code})\n")
             sys.exit(2)
@@ -118,11 +127,35 @@ def register(app: typer.Typer) -> None:
         console.print(f"[green]exported[/] step {result['step']} of {run_dir} → {output} ({tgt_fmt}, {result['tensors']} tensors)")
 
 
-def _wait_forwarding_signals(launcher) -> int:
-    """Wait for the launcher (started in its own session), passing on SIGTERM and SIGINT once each: Ctrl-C, a
-    scheduler's SIGTERM or ``kill -INT`` of ``mmzoo train`` must stop the launcher and its workers too, not leave
-    them training in the background. The launcher stops its workers; then mmzoo exits as interrupted (130) or
-    terminated (143)."""
+@contextmanager
+def _stop_reported(run_dir) -> Iterator[None]:
+    """Ctrl-C or SIGTERM during training: one line that says what the run folder keeps, and exit status 130 / 143
+    (with ``--debug`` torchrun's own report of the signal stays above it, mmzoo/train/torchrun.py)."""
+    import sys
+
+    from ..io.claim import Terminated, sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # in process: SIGTERM stops training as Ctrl-C does (the launcher path forwards it)
+            yield
+    except (KeyboardInterrupt, Terminated) as stop:
+        from .checkpoint import latest
+
+        what, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        kept = latest(Path(run_dir))
+        if kept:
+            said = f"{run_dir} keeps its checkpoints up to step {kept[0]}; --resume auto continues from there"
+        else:
+            said = f"no checkpoint of {run_dir} was finished yet (train.save_every), so a new run starts from the beginning"
+        sys.stderr.write(f"mmzoo: {what}; {said}\n")
+        sys.exit(code)
+
+
+def _wait_forwarding_signals(launcher, as_sigterm: bool = False) -> int:
+    """Wait for the launcher (started in its own session), passing on SIGTERM and SIGINT once each (``as_sigterm``:
+    both as SIGTERM): Ctrl-C, a scheduler's SIGTERM or ``kill -INT`` of ``mmzoo train`` must stop the launcher and
+    its workers too, not leave them training in the background. The launcher stops its workers (what it leaves
+    running is stopped after it); then mmzoo exits as interrupted (130) or terminated (143)."""
     import signal
 
     from ..io.claim import Terminated
@@ -132,7 +165,7 @@ def _wait_forwarding_signals(launcher) -> int:
     def forward(signum, frame=None):
         if signum not in received:  # once: the launcher is already stopping its workers
             received.append(signum)
-            launcher.send_signal(signum)
+            launcher.send_signal(signal.SIGTERM if as_sigterm else signum)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
@@ -144,8 +177,40 @@ def _wait_forwarding_signals(launcher) -> int:
                 forward(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if received:
+        _stop_left_behind(launcher.pid, received[0])
     if signal.SIGTERM in received:
         raise Terminated()
     if received:
         raise KeyboardInterrupt
     return code
+
+
+def _stop_left_behind(group: int, signum: int, grace: float = 30.0) -> None:
+    """Stop what a stopped launcher left running in its process group (its session's, started by mmzoo). torchrun
+    stops its workers before it exits; DeepSpeed's runner on one node exits at once and left its
+    ``deepspeed.launcher.launch`` and the workers training in the background. Every survivor gets the signal at
+    once (``launch`` stops its workers; a worker stopped before its peers would report their broken connection),
+    and what still runs after ``grace`` seconds is killed."""
+    import os
+
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc)
+        except (OSError, psutil.Error):  # ended meanwhile, or not ours to look at
+            continue
+    for proc in left:
+        try:
+            proc.send_signal(signum)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue

@@ -145,15 +145,50 @@ class _MicroBatches(torch.utils.data.Dataset):
 
 
 def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank: int, accumulation: int, world: int,
-                       micro_batch_size: int, num_workers: int, pin_memory: bool = False, plan=None):
+                       micro_batch_size: int, num_workers: int, pin_memory: bool = False, plan=None,
+                       worker_timeout: float = 0):
     """The micro batches of steps ``[first_step, last_step)`` for this rank, in training order (packs of
-    ``plan``, a :class:`mmzoo.train.packing.PackPlan`, when packing)."""
+    ``plan``, a :class:`mmzoo.train.packing.PackPlan`, when packing).
+
+    A generator: ``close()`` it (the training loop does, however it ends) and the worker processes are stopped
+    at once, not whenever the garbage collector gets to a failed run's traceback. ``worker_timeout`` seconds
+    without a micro batch from the workers (0: no limit) end the run with a :class:`MmzooError` line, as does a
+    worker that died."""
     batches = _MicroBatches(data, first_step=first_step, last_step=last_step, rank=rank, accumulation=accumulation,
                             world=world, micro_batch_size=micro_batch_size, plan=plan)
+    workers = {"timeout": worker_timeout, "prefetch_factor": 4} if num_workers else {}
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
-                                         pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
+                                         pin_memory=pin_memory, **workers)
     with frozen_for_fork():  # the workers are forked here, from a process that holds DeepSpeed's process groups
-        return iter(loader)
+        iterator = iter(loader)  # (mmzoo/forking.py: a worker must never free what it inherited)
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as exc:  # torch's own words for a dead or silent worker, or a worker's error
+                failure = _worker_failure(exc, worker_timeout)
+                if failure is None:
+                    raise
+                raise failure from exc
+            yield batch
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # the multi-process iterator's own clean-up
+        if shutdown is not None:
+            shutdown()
+
+
+def _worker_failure(exc: RuntimeError, worker_timeout: float) -> MmzooError | None:
+    """The DataLoader's own failure as one line (None for any other error, a worker's included)."""
+    message = str(exc)
+    if message.startswith("DataLoader timed out"):
+        return MmzooError(f"no micro batch from the data.num_workers worker processes in {worker_timeout:g} s "
+                          "(data.worker_timeout): a worker is stuck or starved of CPU or I/O; raise data.worker_timeout "
+                          "for slow storage, or set data.num_workers=0 to read in the training process")
+    if message.startswith("DataLoader worker"):  # "… exited unexpectedly" / "… is killed by signal: Killed."
+        return MmzooError(f"{message.rstrip('. ')} (out of memory?); --resume auto continues from the last checkpoint")
+    return None
 
 
 def to_device(batch: dict[str, Any], device, float_dtype) -> dict[str, Any]:

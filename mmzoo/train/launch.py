@@ -1,7 +1,8 @@
 """How ``mmzoo train --nproc N`` starts its processes: the command is built by a pure function.
 
 - one process, one node: in process (no launcher);
-- several processes on one node: ``torchrun`` (``python -m torch.distributed.run``);
+- several processes on one node: ``torchrun`` (``python -m mmzoo.train.torchrun``: ``torch.distributed.run`` with
+  the same arguments, which ends without a traceback when ``mmzoo train`` passes Ctrl-C or SIGTERM on);
 - several nodes, started from one of them (``--hostfile``, ``--num-nodes`` > 1): the DeepSpeed launcher
   (``python -m deepspeed.launcher.runner``, what the ``deepspeed`` command runs), which reaches every host
   of the hostfile over pdsh/ssh and starts ``--nproc`` processes on each;
@@ -73,7 +74,8 @@ def build_command(params: Path, *, nproc: int, resume: str = "auto", hostfile: P
     if kind == "inprocess":
         return [python, "-m", "mmzoo.train.worker", *worker]
     if kind == "torchrun":
-        cmd = [python, "-m", "torch.distributed.run", "--nnodes", str(num_nodes or 1)]
+        # torchrun, quiet when mmzoo train passes Ctrl-C / SIGTERM on (mmzoo/train/torchrun.py)
+        cmd = [python, "-m", "mmzoo.train.torchrun", "--nnodes", str(num_nodes or 1)]
         if node_rank is not None:
             cmd += ["--node_rank", str(node_rank)]
         cmd += ["--nproc_per_node", str(nproc), "--master_addr", master_addr or "127.0.0.1"]

@@ -117,6 +117,18 @@ class MetricsLog:
 def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
                  on_finish: Callable[[Any, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one process of a (possibly multi-process) run; returns a summary (the same on every rank)."""
+    summary = _run_training(cfg, resume=resume, console=console, on_finish=on_finish)
+    # The run's engine, model and process group live on in reference cycles (DeepSpeed's engine and groups) once
+    # _run_training's frame is gone: destroy them now, in this process, whose gloo threads and sockets they hold,
+    # not whenever the collector next runs — a later run's forked data worker, say, where the group's destructor
+    # waits forever for threads that were not copied (mmzoo/train/data.py, _start_workers).
+    import gc
+
+    gc.collect()
+    return summary
+
+
+def _run_training(cfg: TrainConfig, *, resume: str, console, on_finish) -> dict[str, Any]:
     from .preflight import check_settings, preflight
 
     accelerator = pick_accelerator()
@@ -143,6 +155,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     rank, world = dist.get_rank(), dist.get_world_size()
     is_main = rank == 0
     out_dir = Path(cfg.output_dir)
+    batches = None
     try:
         from .ds_config import resolve_zero_stage
 
@@ -283,7 +296,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
 
         batches = micro_batch_stream(data, first_step=start, last_step=steps, rank=rank, accumulation=accumulation,
                                      world=world, micro_batch_size=cfg.train.micro_batch_size,
-                                     num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda", plan=plan)
+                                     num_workers=cfg.data.num_workers, pin_memory=accelerator == "cuda", plan=plan,
+                                     worker_timeout=cfg.data.worker_timeout)
         last: dict[str, Any] = {}
         window = _MetricsWindow(tap, world, accumulation, flops.supported,
                                 extra=teacher.metric_names if teacher is not None else ())
@@ -333,6 +347,8 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
         dist.barrier()
         return summary
     finally:
+        if batches is not None:
+            batches.close()  # stops the data workers now, also when the run failed
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
             try:

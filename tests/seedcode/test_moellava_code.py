@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import time_bound
 import torch
 from cli_helpers import run_cli
 from safetensors.torch import load_file, save_file
@@ -56,13 +57,14 @@ def _moellava_python() -> str:
     python = ENV / "bin" / "python"
     if python.exists() and subprocess.run([str(python), "-c", PROBE], capture_output=True, env=_side_env()).returncode == 0:
         return str(python)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(ENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, *PACKAGES], check=True, capture_output=True)
-    # DeepSpeed 0.9.5's setup.py imports torch (hence no build isolation); DS_BUILD_OPS=0: no CUDA kernels
-    subprocess.run([*pip, "--no-build-isolation", "--no-deps", "deepspeed==0.9.5"], check=True, capture_output=True,
-                   env=_side_env(DS_BUILD_OPS="0"))
-    subprocess.run([str(python), "-c", PROBE], check=True, env=_side_env())
+    with time_bound.paused():  # minutes, once: not the test's time (tests/time_bound.py)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(ENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, *PACKAGES], check=True, capture_output=True, timeout=time_bound.SET_UP_BOUND_S)
+        # DeepSpeed 0.9.5's setup.py imports torch (hence no build isolation); DS_BUILD_OPS=0: no CUDA kernels
+        subprocess.run([*pip, "--no-build-isolation", "--no-deps", "deepspeed==0.9.5"], check=True, capture_output=True,
+                       env=_side_env(DS_BUILD_OPS="0"), timeout=time_bound.SET_UP_BOUND_S)
+        subprocess.run([str(python), "-c", PROBE], check=True, env=_side_env())
     return str(python)
 
 

@@ -100,7 +100,7 @@ def test_launch_commands():
     assert choose_launcher(2) == "torchrun"
     assert choose_launcher(8, num_nodes=2) == "deepspeed"
     cmd = build_command(params, nproc=2, master_port=29555)
-    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+    assert cmd == [sys.executable, "-m", "mmzoo.train.torchrun", "--nnodes", "1", "--nproc_per_node", "2",
                    "--master_addr", "127.0.0.1", "--master_port", "29555", "-m", "mmzoo.train.worker",
                    "--params", str(params), "--resume", "auto"]
     cmd = build_command(params, nproc=8, hostfile=Path("/job/hostfile"), num_nodes=4, master_addr="10.0.0.1",
@@ -117,7 +117,7 @@ def test_per_node_launch_commands():
     assert choose_launcher(8, num_nodes=4, node_rank=3, master_addr="n0") == "torchrun"
     assert choose_launcher(8, hostfile=Path("h"), node_rank=1, master_addr="n0") == "deepspeed"
     cmd = build_command(params, nproc=8, num_nodes=4, node_rank=3, master_addr="10.0.0.1", master_port=29500)
-    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "4", "--node_rank", "3",
+    assert cmd == [sys.executable, "-m", "mmzoo.train.torchrun", "--nnodes", "4", "--node_rank", "3",
                    "--nproc_per_node", "8", "--master_addr", "10.0.0.1", "--master_port", "29500",
                    "-m", "mmzoo.train.worker", "--params", str(params), "--resume", "auto"]
     cmd = build_command(params, nproc=8, hostfile=Path("/job/hosts"), node_rank=1, master_addr="10.0.0.1")
@@ -146,7 +146,7 @@ def test_print_command_from_cli(ws, capsys):
     assert "deepspeed.launcher.runner --hostfile hosts --num_nodes 2 --num_gpus 4 --master_addr node0" in out
     main(["train", "--params", str(ws.write("pc")), "--nproc", "1", "--num-nodes", "2", "--node-rank", "1",
           "--master-addr", "node0", "--print-command"])
-    assert "torch.distributed.run --nnodes 2 --node_rank 1 --nproc_per_node 1 --master_addr node0" in capsys.readouterr().out
+    assert "mmzoo.train.torchrun --nnodes 2 --node_rank 1 --nproc_per_node 1 --master_addr node0" in capsys.readouterr().out
     line = _cli_error(capsys, "train", "--params", str(ws.write("pc")), "--num-nodes", "2", "--node-rank", "1")
     assert "--node-rank needs --master-addr" in line
 

@@ -1,6 +1,9 @@
 """What a new user meets in the first training runs: a wrong image folder, a narrow terminal."""
 from __future__ import annotations
 
+import signal
+
+import pytest
 from cli_helpers import cli_error as _cli_error
 
 
@@ -59,30 +62,47 @@ def test_a_finished_run_asked_for_fewer_steps_is_one_line_and_left_alone(ws, cap
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no universal conversion, no params
 
 
-def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws):
-    """SIGTERM to `mmzoo train` alone (a scheduler, `kill PID`) used to leave torchrun and its workers training in the
-    background; now mmzoo passes it on once, waits for them and exits 143 with its one line."""
+@pytest.mark.parametrize("sig, code, what, nproc, launcher", [
+    (signal.SIGINT, 130, "interrupted", 2, "auto"), (signal.SIGTERM, 143, "terminated", 2, "auto"),
+    (signal.SIGINT, 130, "interrupted", 1, "auto"), (signal.SIGINT, 130, "interrupted", 2, "deepspeed")],
+    ids=["SIGINT", "SIGTERM", "SIGINT-in-process", "SIGINT-deepspeed-launcher"])
+def test_stopping_mmzoo_train_stops_the_launcher_and_its_workers(ws, sig, code, what, nproc, launcher):
+    """Ctrl-C (SIGINT) or SIGTERM to `mmzoo train` alone (a terminal, a scheduler, `kill PID`) used to leave torchrun
+    and its workers training in the background, and then torchrun's own traceback of the signal; now mmzoo passes it
+    on once, waits for them, and ends with one line that says what the run folder keeps. A one-process run (in
+    process, its data workers below it) ends the same way, and so does DeepSpeed's launcher, whose runner exited at
+    Ctrl-C with a traceback and left its `launch` process and the workers training."""
     import os
-    import signal
     import subprocess
     import time
 
     import psutil
 
-    from cli_helpers import mmzoo_command
+    from cli_helpers import free_port, mmzoo_command
+    from mmzoo.train.checkpoint import latest
+    from process_tree import kill_tree
 
-    params = ws.write("stopped", train={"max_steps": 100000, "save_every": 100000})
+    name = f"stopped-{what}-{nproc}-{launcher}"
+    params = ws.write(name, train={"max_steps": 100000, "save_every": 2})
+    run_dir = ws.root / "runs" / name
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", "2"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (ws.root / "runs" / "stopped" / "metrics.jsonl").exists():
-        time.sleep(0.5)  # rank 0 opens metrics.jsonl once training has begun
-    launched = psutil.Process(proc.pid).children(recursive=True)
-    assert len(launched) >= 3, launched  # the launcher and two workers
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == "mmzoo: terminated, finished checkpoints are kept, --resume auto continues"
+    port = ("--master-port", str(free_port())) if launcher == "deepspeed" else ()  # not its fixed default, 29500
+    proc = subprocess.Popen(mmzoo_command("train", "--params", str(params), "--nproc", str(nproc), "--launcher", launcher,
+                                          *port), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not latest(run_dir):
+            time.sleep(0.5)  # a first checkpoint: training has begun
+        launched = psutil.Process(proc.pid).children(recursive=True)
+        assert len(launched) >= (3 if nproc == 2 else 2), launched  # the launcher and two workers; the data workers
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr and "signal" not in stderr, stderr[-3000:]  # torchrun's report of the stop
+    step = latest(run_dir)[0]
+    assert stderr.strip().splitlines()[-1] == (f"mmzoo: {what}; {run_dir} keeps its checkpoints up to step {step}; "
+                                               "--resume auto continues from there")
     psutil.wait_procs(launched, timeout=30)
     assert not [p for p in launched if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from cli_helpers import mmzoo_command
+from process_tree import run_bounded
 
 
 def mmzoo_env(accelerator: str = "cpu", env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
@@ -22,8 +23,8 @@ def mmzoo_env(accelerator: str = "cpu", env: dict[str, str] | None = None, unset
 
 def run_mmzoo(*args: str, timeout: int = 240, accelerator: str = "cpu", env: dict[str, str] | None = None,
               unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run(mmzoo_command(*args), capture_output=True, text=True, timeout=timeout,
-                          env=mmzoo_env(accelerator, env, unset))
+    return run_bounded(mmzoo_command(*args), capture_output=True, text=True, timeout=timeout,
+                       env=mmzoo_env(accelerator, env, unset))
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -147,7 +147,9 @@ def _stop_reported(run_dir) -> Iterator[None]:
             said = f"{run_dir} keeps its checkpoints up to step {kept[0]}; --resume auto continues from there"
         else:
             said = f"no checkpoint of {run_dir} was finished yet (train.save_every), so a new run starts from the beginning"
-        sys.stderr.write(f"mmzoo: {what}; {said}\n")
+        # on a line of its own: a worker's last progress line may still lack its newline (the DeepSpeed launcher's
+        # workers were seen writing it after the launcher had gone)
+        sys.stderr.write(f"\nmmzoo: {what}; {said}\n")
         sys.exit(code)
 
 

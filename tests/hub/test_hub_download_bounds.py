@@ -15,8 +15,6 @@ from hub_helpers import siblings, tree_digest
 from mmzoo.errors import HubError
 from mmzoo.hub import api as hub
 
-CHUNK = 10 << 20  # huggingface_hub's http_get hands over the body in chunks of this size
-
 
 @pytest.fixture
 def ckpt(tiny_hf, tmp_path) -> Path:
@@ -66,7 +64,9 @@ def test_a_server_sending_more_than_listed_is_stopped_at_the_listed_size(server,
         hub.pull("alice/tiny-llava", out, overwrite=True)
     assert str(info.value) == (f"download refused: the server sent more than the {limit:,} bytes the Hub lists for "
                                f"{victim} (a broken or hostile server); stopped before writing them")
-    assert server.state.sent[victim] > limit + (CHUNK if mode == "endless" else (1 << 20) - 1)
+    # the server did send more than it lists (how much more before the client hung up depends on socket buffers
+    # and timing: an endless body was once cut at 10.1 MiB, under one of http_get's 10 MiB chunks past the limit)
+    assert server.state.sent[victim] > limit
     assert tree_digest(out) == before and siblings(out) == ["out"]  # OUT as it was, no partial download left
 
 

@@ -30,8 +30,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample
+from .integrity import file_sha256
 from .templates import IMAGE_MARKER, parse_turns
-from .writer import BufferedShardWriter, h5_file, sha256
+from .writer import BufferedShardWriter, h5_file
 
 TARGET_FILE_BYTES = 1 << 20
 
@@ -97,7 +98,7 @@ class CerebrasMultimodalWriter(BufferedShardWriter):
             f.create_dataset("img_data_loc", data=locs, chunks=(1, self.max_num_img, self.num_patches), **gz)
             f.attrs["n_examples"] = len(samples)
         self.shards.append({"file": name, "n_samples": len(samples), "n_tokens": int(sum(len(s.input_ids) for s in samples)),
-                            "sha256": sha256(self.out / name)})
+                            "sha256": file_sha256(self.out / name)})
 
 
 # ---------------------------------------------------------------- cerebras (LlavaModel)

@@ -96,7 +96,8 @@ def listed_shards(folder: str | Path) -> tuple[Path, list[ListedShard]]:
 
 
 def file_sha256(path: Path, advance: Callable[[int], None] | None = None) -> str:
-    """sha256 of a file, streamed in blocks (``advance`` gets each block's size, for a progress bar)."""
+    """sha256 of a file, streamed in blocks (``advance`` gets each block's size, for a progress bar): what the
+    writers record in the manifest and what verification compares with it."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(BLOCK):
@@ -206,7 +207,7 @@ def _record_lock(record: Path | None) -> Iterator[None]:
 def verify_data(folder: str | Path) -> Verification:
     """`mmzoo preprocess --verify`: hash every shard (no record is read or written) and, for the mmzoo layout, check
     the manifest and every shard's structure as training does."""
-    result = verify_shards(folder, hint="preprocess the data again")
+    result = verify_shards(folder)
     if result.manifest.name == "manifest.json":
         from .reader import H5Dataset
 

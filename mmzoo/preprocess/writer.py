@@ -2,7 +2,6 @@
 its final name is always whole; that is what makes ``--resume`` safe after a kill."""
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,17 +11,10 @@ import numpy as np
 
 from ..errors import writing
 from .encode import Sample
+from .integrity import file_sha256
 
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".tmp"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -113,7 +105,7 @@ class MmzooWriter(BufferedShardWriter):
             f.attrs["n_samples"] = len(samples)
         self.shards.append({
             "file": name, "n_samples": len(samples), "n_tokens": int(offsets[-1]),
-            "sha256": sha256(self.out / name),
+            "sha256": file_sha256(self.out / name),
         })
 
     def state(self) -> dict:

@@ -94,7 +94,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - click usage errors and pydantic validation errors land here too
-        click = _click_exceptions()
+        from .console import click_exceptions
+
+        click = click_exceptions()
         if isinstance(exc, typer.Exit):
             sys.exit(exc.exit_code)
         if isinstance(exc, getattr(click, "NoArgsIsHelpError", ())):  # `mmzoo hub` alone: the help is the answer
@@ -125,15 +127,6 @@ def _interrupted(args: list[str], what: str, code: int) -> None:
     command = _command_name(args)
     sys.stderr.write(f"mmzoo: {what}, {_KEEPS_PROGRESS.get(command, 'nothing written')}\n")
     sys.exit(code)
-
-
-def _click_exceptions():
-    """Typer ≥ 0.23 vendors click as ``typer._click`` (its exceptions are not ``click``'s); older ones use click."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # pragma: no cover - depends on the installed typer
-        from click import exceptions
-    return exceptions
 
 
 def tidy_help(command) -> None:

@@ -1,4 +1,5 @@
-"""One place for console output: rich consoles, a byte-progress bar and byte sizes as people read them."""
+"""One place for console output: rich consoles, a byte-progress bar, byte sizes as people read them, and the click
+exceptions typer raises for usage errors (printed by mmzoo.cli as one line)."""
 from __future__ import annotations
 
 import sys
@@ -32,3 +33,12 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return str(n)
+
+
+def click_exceptions():
+    """Typer ≥ 0.23 vendors click as ``typer._click`` (its exceptions are not ``click``'s); older ones use click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions
+    return exceptions

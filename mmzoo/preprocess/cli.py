@@ -76,11 +76,9 @@ def register(app: typer.Typer) -> None:
 
 def _usage_error(ctx: typer.Context, message: str) -> Exception:
     """A usage error of the command, which the CLI prints as one line naming its --help."""
-    try:  # typer >= 0.23 vendors click as typer._click
-        from typer._click.exceptions import UsageError
-    except ImportError:  # pragma: no cover - depends on the installed typer
-        from click.exceptions import UsageError
-    return UsageError(message, ctx=ctx)
+    from ..console import click_exceptions
+
+    return click_exceptions().UsageError(message, ctx=ctx)
 
 
 def verify_command(folder: Path) -> None:

@@ -30,7 +30,8 @@ class DataSection(_Strict):
     num_workers: int = 2  # processes reading and collating micro batches ahead of the step (0: in process)
     verify_shards: bool = True  # compare the shards with the manifest's sha256 before step 0 (mmzoo/preprocess/integrity.py)
     # seconds the training step may wait for the workers' next micro batch before the run stops with one error
-    # line (a worker stuck or starved) instead of hanging; 0: wait forever (mmzoo/train/data.py says why 600)
+    # line (a worker stuck or starved) instead of hanging; 0: wait forever (why 600: docs/train.md, "Data workers
+    # and hangs")
     worker_timeout: float = 600.0
 
     @field_validator("num_workers", "worker_timeout")

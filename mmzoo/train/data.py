@@ -159,8 +159,11 @@ def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank
     workers = {"timeout": worker_timeout, "prefetch_factor": 4} if num_workers else {}
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
                                          pin_memory=pin_memory, **workers)
-    with frozen_for_fork():  # the workers are forked here, from a process that holds DeepSpeed's process groups
-        iterator = iter(loader)  # (mmzoo/forking.py: a worker must never free what it inherited)
+    if num_workers:  # forked here, from a process that holds DeepSpeed's process groups (mmzoo/forking.py)
+        with frozen_for_fork():
+            iterator = iter(loader)
+    else:
+        iterator = iter(loader)
     try:
         while True:
             try:

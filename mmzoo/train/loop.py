@@ -121,7 +121,7 @@ def run_training(cfg: TrainConfig, *, resume: str = "auto", console=None,
     # The run's engine, model and process group live on in reference cycles (DeepSpeed's engine and groups) once
     # _run_training's frame is gone: destroy them now, in this process, whose gloo threads and sockets they hold,
     # not whenever the collector next runs — a later run's forked data worker, say, where the group's destructor
-    # waits forever for threads that were not copied (mmzoo/train/data.py, _start_workers).
+    # waits forever for threads that were not copied (mmzoo/forking.py).
     import gc
 
     gc.collect()

@@ -147,7 +147,8 @@ def preflight(cfg: TrainConfig, *, resume: str, world: int | None) -> Preflight:
         raise ConfigError(f"stage {cfg.stage} cannot train on {kind}: stage preference reads `mmzoo preprocess --kind "
                           "preference` output, the other stages conversation data", path=cfg.data.path)
     check_image_paths(data.dataset, Path(cfg.data.images))
-    warnings = (verified.notes() if verified else []) + check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
+    warnings = verified.notes() if verified else []
+    warnings += check_data_fits_model(data.parameters, cfg.model, source.spec.image_token_id, cfg.stage)
     warnings += zero_stage_warnings(cfg, world)
     if cfg.train.packing:
         from .packing import check_max_tokens

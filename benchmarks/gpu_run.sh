@@ -8,8 +8,9 @@
 #   QUICK=1 WHEELS=/none VOCAB=vocab OUT=/tmp/out bash benchmarks/gpu_run.sh     # CPU dry run, tiny preset
 #
 # WHEELS: deepspeed (pip wheel --no-deps --no-build-isolation deepspeed==0.19.8), pydantic, pydantic-core,
-# annotated-types, typing-inspection, hjson, typing_extensions, transformers 5.24, liger-kernel (cp312 wheels,
-# see ../shared/gpu.md). VOCAB: tokenizer folders llama-2/ and qwen2/ from benchmarks/real_vocab.py.
+# annotated-types, typing-inspection, hjson, typing_extensions, transformers 5.24, liger-kernel, and for the tests
+# psutil, pytest-timeout, pytest-xdist, execnet (the suite's conftest needs the first two) (cp312 wheels, see
+# ../shared/gpu.md). VOCAB: tokenizer folders llama-2/ and qwen2/ from benchmarks/real_vocab.py.
 #
 # Preparing a session (on the CPU machine, once): the wheels as above into .whl/ (pip download … for cp312
 # manylinux, `pip wheel --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl`), the vocabularies with
@@ -63,53 +64,60 @@ fits() {  # fits SECONDS: run the next step only if SECONDS are left
 T=${STEP_TIMEOUT:-150}
 if [ "$QUICK" = 1 ]; then
   B="python3 benchmarks/train_bench.py --workdir /tmp/mmzoo-bench-quick --preset tiny --precision fp32 --lengths llava665k --length-scale 0.05 --samples 64 --steps 4 --warmup-steps 2 --num-workers 1"
-  L2=""; BIG="--max-tokens 2048"; BIG_REF="--max-tokens 2048"; BIG_MAX="--max-tokens 3072"; KERNELS=""
-  CK="--steps 9 --save-every 3"; LOG4="--steps 8 --warmup-steps 4 --log-every 4"; PROFILE="--steps 5"
+  L2=""; BIG="--max-tokens 2048"; BIG_REF="--max-tokens 2048"; BIG_MAX="--max-tokens 3072"
+  CK="--steps 9 --save-every 3"; LOG4="--steps 8 --warmup-steps 4 --log-every 4"; ACC2="--steps 8 --warmup-steps 4 --log-every 4 --accumulation 2"
+  PROFILE="--steps 5"
 else
-  step "GPU tests (bf16/fp16 training, async checkpoints on CUDA, packing, Liger; flash-attn/two GPUs where present), 3 at a time"
-  fits 100 && timeout 170 python3 -m pytest tests/train/test_train_gpu.py -q -p no:cacheprovider -rs -n 3 2>&1 | tail -25
   B="python3 benchmarks/train_bench.py --workdir /tmp/mmzoo-bench --preset 1b --precision bf16 --lengths llava665k --samples 512 --steps $STEPS --warmup-steps 3 --num-workers 4"
   L2="--tokenizer $VOCAB/llama-2"; BIG="--max-tokens 32768"
-  BIG_REF="--max-tokens 73728"; BIG_MAX="--max-tokens 98304"; KERNELS="--liger-kernels"; CK="--steps 9 --save-every 3"
-  # peak memory grew ~1.43 GiB per 1 000 pack tokens on the H200 (59.0 GiB at 32k, 105.8 at 64k, 117.9 at 72k; the
-  # bare loop 82.9 at 32k): on an 80 GB card (H100) the largest packs that fit instead
+  # peak memory grew ~1.43 GiB per 1 000 pack tokens on the H200 with plain cross-entropy (59.0 GiB at 32k, 105.8 at
+  # 64k, 117.9 at 72k); chunked cross-entropy drops the [tokens × 32 001] logits, room for packs of 88k there. On an
+  # 80 GB card (H100) the largest packs that fit instead
+  BIG_REF="--max-tokens 73728"; BIG_MAX="--max-tokens 90112"; CK="--steps 9 --save-every 3"
   GIB=$(python3 -c 'import torch; print(torch.cuda.get_device_properties(0).total_memory // 2**30 if torch.cuda.is_available() else 0)')
   echo "device memory: ${GIB} GiB"
   if [ "${GIB:-0}" -lt 100 ]; then
     BIG="--max-tokens 24576"; BIG_REF="--max-tokens 36864"; BIG_MAX="--max-tokens 45056"
   fi
-  LOG4="--steps 12 --warmup-steps 4 --log-every 4"; PROFILE="--steps 5"
+  # 12 steps, 8 timed (the 2026-11-27 best had 4 timed steps); 8 steps of two packs, 4 timed
+  LOG4="--steps 12 --warmup-steps 4 --log-every 4"; ACC2="--steps 8 --warmup-steps 4 --log-every 4 --accumulation 2"
+  PROFILE="--steps 5"
 fi
+NOSAVE="--no-final-checkpoint"  # the end-of-run save is not timed and took ~12 s of device time a run
 
 # 1. toward MFU 40 % (best so far 38.5 %: compiled blocks, plain cross-entropy, packs of 73 728 tokens, 117.9 GiB on
-#    an H200, a metrics line — one host synchronisation — every step). Step times at 32k/64k/72k packs (0.53, 0.97,
-#    1.07 s) fit ~87 ms a step that does not grow with the tokens: the reference again, then a metrics line every 4
-#    steps (the loop syncs only there), the reference without mmzoo.train.engine_tuning and on DeepSpeed's
-#    BF16_Optimizer (what one process pays for per step outside the model), then a profile of two steps (the device's busy share and where the time
-#    goes: DeepSpeed's bf16 optimizer norms and clips each gradient separately and syncs twice), then chunked
-#    cross-entropy (no [tokens × vocabulary] logits: room for larger packs), then Liger's RMSNorm/SwiGLU/RoPE
-step "MFU reference: llama-2 vocabulary, packed ${BIG_REF#--max-tokens } tokens, compile"
-fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --json "$OUT/l2_ref_compile.json" | tail -3
-step "MFU: the same without mmzoo.train.engine_tuning (DeepSpeed's identity all-reduce, a sync per gradient tensor)"
-fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --no-engine-tuning --json "$OUT/l2_ref_compile_untuned.json" | tail -3
-step "MFU: the same on DeepSpeed's BF16_Optimizer (ZeRO-1, fp32 gradient accumulation: flat master weights, one AdamW tensor)"
-fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --zero-stage 1 \
-  --deepspeed-overrides '{"data_types": {"grad_accum_dtype": "fp32"}}' --json "$OUT/l2_ref_compile_bf16opt.json" | tail -3
-step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile, a metrics line every 4 steps"
-fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile $LOG4 --json "$OUT/l2_ref_compile_log4.json" | tail -3
+#    an H200, a metrics line — one host synchronisation — every step, 4 timed steps). Step times at 32k/64k/72k packs
+#    (0.53, 0.97, 1.07 s) fit ~70-90 ms a step that does not grow with the tokens (the optimizer step: DeepSpeed's
+#    per-tensor fp32 master copies, the overflow check, the clip): (a) the reference with a metrics line every 4
+#    steps and mmzoo.train.engine_tuning (new since), (b) two packs an optimizer step (that fixed cost paid once per
+#    ~190 samples; LLaVA-1.5 trains with 128-256 a step), (c) also chunked cross-entropy with packs of 88k; then
+#    the GPU tests; then a profile of two steps (the device's busy share and where the time goes), the reference
+#    without engine_tuning and on DeepSpeed's BF16_Optimizer (what one process pays per step outside the model)
+step "MFU (a): llama-2 vocabulary, packed ${BIG_REF#--max-tokens } tokens, compile, a metrics line every 4 steps"
+fits 100 && timeout 220 $B $L2 --packing $BIG_REF --compile $LOG4 $NOSAVE --json "$OUT/l2_ref_compile_log4.json" | tail -3
+step "MFU (b): the same with two packs an optimizer step (--accumulation 2)"
+fits 90 && timeout 200 $B $L2 --packing $BIG_REF --compile $ACC2 $NOSAVE --json "$OUT/l2_ref_compile_acc2.json" | tail -3
+step "MFU (c): packed ${BIG_MAX#--max-tokens } tokens, compile + chunked cross-entropy, two packs a step"
+fits 90 && timeout 200 $B $L2 --packing $BIG_MAX --compile --cross-entropy chunked $ACC2 $NOSAVE \
+  --json "$OUT/l2_max_compile_chunked_acc2.json" | tail -3
+
+if [ "$QUICK" != 1 ]; then
+  step "GPU tests (bf16/fp16 training, async checkpoints on CUDA, packing, Liger; flash-attn/two GPUs where present), 3 at a time"
+  fits 100 && timeout 170 python3 -m pytest tests/train/test_train_gpu.py -q -p no:cacheprovider -rs -n 3 2>&1 | tail -25
+fi
 step "profile: packed ${BIG_REF#--max-tokens } tokens, compile, 2 steps after 3"
-fits 90 && timeout 170 $B $L2 --packing $BIG_REF --compile $PROFILE --profile "$OUT/profile_ref_compile.txt" \
+fits 80 && timeout 170 $B $L2 --packing $BIG_REF --compile $PROFILE $NOSAVE --profile "$OUT/profile_ref_compile.txt" \
   --json "$OUT/l2_ref_compile_profile.json" | tail -3 && head -45 "$OUT/profile_ref_compile.txt"
-step "MFU: packed ${BIG_MAX#--max-tokens } tokens, compile + chunked cross-entropy, a metrics line every 4 steps"
-fits 100 && timeout 200 $B $L2 --packing $BIG_MAX --compile --cross-entropy chunked $LOG4 --json "$OUT/l2_max_compile_chunked_log4.json" | tail -3
-step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile + chunked cross-entropy"
-fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile --cross-entropy chunked --json "$OUT/l2_ref_compile_chunked.json" | tail -3
-step "MFU: packed ${BIG_REF#--max-tokens } tokens, compile + Liger kernels in the blocks"
-fits 100 && timeout 200 $B $L2 --packing $BIG_REF --compile $KERNELS --json "$OUT/l2_ref_compile_liger_kernels.json" | tail -3
+step "MFU: (a) without mmzoo.train.engine_tuning (DeepSpeed's identity all-reduce, a sync per gradient tensor)"
+fits 80 && timeout 200 $B $L2 --packing $BIG_REF --compile $LOG4 $NOSAVE --no-engine-tuning \
+  --json "$OUT/l2_ref_compile_log4_untuned.json" | tail -3
+step "MFU: (a) on DeepSpeed's BF16_Optimizer (ZeRO-1, fp32 gradient accumulation: flat master weights, one AdamW tensor)"
+fits 80 && timeout 200 $B $L2 --packing $BIG_REF --compile $LOG4 $NOSAVE --zero-stage 1 \
+  --deepspeed-overrides '{"data_types": {"grad_accum_dtype": "fp32"}}' --json "$OUT/l2_ref_compile_log4_bf16opt.json" | tail -3
 
 # 2. mmzoo against the bare loop at the same settings (both plain cross-entropy, no extra kernels), big packs
 step "llama-2 vocabulary, packed ${BIG#--max-tokens } tokens, plain cross-entropy, mmzoo vs bare"
-fits 100 && timeout $T $B $L2 --packing $BIG --compare-bare --json "$OUT/l2_packed32k_bare.json" | tail -4
+fits 90 && timeout $T $B $L2 --packing $BIG --compare-bare $NOSAVE --json "$OUT/l2_packed32k_bare.json" | tail -4
 
 # 3. background checkpoints with three saves (the pinned buffers of the first are reused by the second: the
 #    2026-11-27 runs had only one background save, slower than a synchronous one)

@@ -192,7 +192,8 @@ def _peak_gib() -> float | None:
 def train_config(args, model: Path, data: Path, work: Path):
     from mmzoo.train.config import load_config
 
-    train = {"max_steps": args.steps, "micro_batch_size": args.micro_batch_size, "global_batch_size": args.micro_batch_size,
+    train = {"max_steps": args.steps, "micro_batch_size": args.micro_batch_size,
+             "global_batch_size": args.micro_batch_size * args.accumulation,
              "precision": args.precision, "attn_implementation": args.attn, "save_every": args.save_every or 10**9,
              "warmup_ratio": 0.0, "async_checkpoint": args.async_checkpoint,
              "keep_checkpoints": 1,  # the 1b preset's checkpoint is 16 GB: keep disk use to one (two while saving)
@@ -208,19 +209,28 @@ def train_config(args, model: Path, data: Path, work: Path):
     })
 
 
-def run_mmzoo(cfg, warmup: int, profile: Path | None = None, profile_steps: int = 2, engine_tuning: bool = True) -> dict:
+def run_mmzoo(cfg, warmup: int, profile: Path | None = None, profile_steps: int = 2, engine_tuning: bool = True,
+              final_checkpoint: bool = True) -> dict:
     import mmzoo.train.engine_tuning as tuning
+    import mmzoo.train.saving as saving
     from mmzoo.train.loop import run_training
 
     _reset_memory()
-    tune = tuning.tune_engine
+    tune, save = tuning.tune_engine, saving.CheckpointSaver.save
     if not engine_tuning:  # DeepSpeed's engine as it comes, to measure what mmzoo.train.engine_tuning saves
         tuning.tune_engine = lambda engine, world: []
+    if not final_checkpoint:  # the 1b preset's end-of-run save takes ~12 s of a GPU session and no timed step
+
+        def save_unless_last(self, step: int, *, last: bool = False) -> None:
+            if not last or step % cfg.train.save_every == 0:
+                save(self, step, last=last)
+
+        saving.CheckpointSaver.save = save_unless_last
     try:
         with StepProfiler(profile, warmup, profile_steps) as profiler:
             summary = run_training(cfg)
     finally:
-        tuning.tune_engine = tune
+        tuning.tune_engine, saving.CheckpointSaver.save = tune, save
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     import shutil
 
@@ -321,8 +331,9 @@ class StepProfiler:
                                 for e in sorted(kernels, key=own, reverse=True)[:10]]}
 
 
-def run_bare(cfg, warmup: int) -> dict:
-    """The same model, trainable set and micro batches through a plain PyTorch loop (no DeepSpeed)."""
+def run_bare(cfg, warmup: int, accumulation: int = 1) -> dict:
+    """The same model, trainable set and micro batches through a plain PyTorch loop (no DeepSpeed); ``accumulation``
+    micro batches an optimizer step, each loss divided by it (as DeepSpeed does)."""
     import torch
 
     from mmzoo.converters.pipeline import read_checkpoint
@@ -355,7 +366,7 @@ def run_bare(cfg, warmup: int) -> dict:
                                   eps=cfg.train.adam_eps, **({"fused": True} if device.type == "cuda" else {}))
     data = TrainData(cfg.data.path, cfg.data.images, cfg.model, cfg.train.seed)
     plan = PackPlan(data.order, data.sample_lengths(), cfg.train.max_tokens) if cfg.train.packing else None
-    batches = micro_batch_stream(data, first_step=0, last_step=cfg.train.max_steps, rank=0, accumulation=1, world=1,
+    batches = micro_batch_stream(data, first_step=0, last_step=cfg.train.max_steps, rank=0, accumulation=accumulation, world=1,
                                  micro_batch_size=cfg.train.micro_batch_size, num_workers=cfg.data.num_workers,
                                  pin_memory=device.type == "cuda", plan=plan)
     flops = StepFlopsCounter(model)
@@ -367,22 +378,23 @@ def run_bare(cfg, warmup: int) -> dict:
         if step == warmup:
             _sync()
             started, tokens, total_flops = time.perf_counter(), 0, 0
-        cpu = next(batches)
-        tokens += batch_tokens(cpu)
-        pixels = cpu.get("pixel_values")
-        images = 0 if pixels is None else pixels.shape[0]
-        lengths = cpu.get("sample_lengths")
-        total_flops += (flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist())) if lengths is not None
-                        else flops(*cpu["input_ids"].shape, images)) or 0
-        batch = {k: cpu[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels", "position_ids")
-                 if cpu.get(k) is not None}
-        if pixels is not None:
-            batch["pixel_values"] = pixels.to(device, non_blocking=True)
-        if "position_ids" in batch:
-            batch["use_cache"] = False  # packed: transformers reads the samples from position_ids without a cache
-        with torch.autocast(device.type, dtype=half, enabled=autocast):
-            loss = model(**batch).loss
-        loss.backward()
+        for _ in range(accumulation):
+            cpu = next(batches)
+            tokens += batch_tokens(cpu)
+            pixels = cpu.get("pixel_values")
+            images = 0 if pixels is None else pixels.shape[0]
+            lengths = cpu.get("sample_lengths")
+            total_flops += (flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()))
+                            if lengths is not None else flops(*cpu["input_ids"].shape, images)) or 0
+            batch = {k: cpu[k].to(device, non_blocking=True)
+                     for k in ("input_ids", "attention_mask", "labels", "position_ids") if cpu.get(k) is not None}
+            if pixels is not None:
+                batch["pixel_values"] = pixels.to(device, non_blocking=True)
+            if "position_ids" in batch:
+                batch["use_cache"] = False  # packed: transformers reads the samples from position_ids without a cache
+            with torch.autocast(device.type, dtype=half, enabled=autocast):
+                loss = model(**batch).loss
+            (loss / accumulation).backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -408,6 +420,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the timing")
     parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="micro batches (packs with --packing) an optimizer step: train.global_batch_size = "
+                             "micro batch × this")
     parser.add_argument("--packing", action="store_true", help="train.packing (padding-free micro batches)")
     parser.add_argument("--max-tokens", type=int, default=None, help="train.max_tokens (default: micro batch × mean length)")
     parser.add_argument("--cross-entropy", choices=["plain", "chunked", "liger"], default="plain")
@@ -442,8 +457,12 @@ def main(argv=None) -> int:
                              "the operators by their own device time (CPU time without a GPU) and the device's busy "
                              "share to this file (those steps run slower: not a run for throughput figures)")
     parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument("--no-final-checkpoint", action="store_true",
+                        help="skip mmzoo's end-of-run save (not timed; ~12 s for the 1b preset on an H200)")
     args = parser.parse_args(argv)
     args.async_checkpoint = {"true": True, "false": False}.get(args.async_checkpoint, args.async_checkpoint)
+    if args.accumulation < 1:
+        parser.error("--accumulation must be at least 1")
     if args.steps <= args.warmup_steps:
         parser.error("--steps must be larger than --warmup-steps")
     if args.log_every < 1 or args.warmup_steps % args.log_every:
@@ -473,9 +492,10 @@ def main(argv=None) -> int:
     cfg = train_config(args, model, data, work)
     runs = {}
     if args.compare_bare:  # first: it frees all it held, while a finished DeepSpeed engine may keep some memory
-        runs["bare"] = run_bare(cfg, args.warmup_steps)
+        runs["bare"] = run_bare(cfg, args.warmup_steps, args.accumulation)
     if not args.skip_mmzoo:
-        runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps, args.profile, args.profile_steps, not args.no_engine_tuning)
+        runs["mmzoo"] = run_mmzoo(cfg, args.warmup_steps, args.profile, args.profile_steps, not args.no_engine_tuning,
+                                  not args.no_final_checkpoint)
     peak, peak_source = peak_tflops(args.precision, args.peak_tflops)
 
     from transformers import LlavaConfig, LlavaForConditionalGeneration
@@ -488,6 +508,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "precision": args.precision, "attn": args.attn, "zero_stage": args.zero_stage,
         "deepspeed_overrides": args.deepspeed_overrides, "stage": args.stage, "log_every": args.log_every, "micro_batch_size": None if args.packing else args.micro_batch_size,
+        "accumulation": args.accumulation,
         "packing": args.packing, "max_tokens": args.max_tokens, "cross_entropy": args.cross_entropy,
         "liger_kernels": args.liger_kernels, "compile": args.compile, "lengths": args.lengths,
         "save_every": args.save_every, "async_checkpoint": args.async_checkpoint,
@@ -509,7 +530,7 @@ def main(argv=None) -> int:
         print(f"{name:>5}: {r['tokens_per_s']:,.0f} real tokens/s, MFU {mfu}, peak memory {mem}, "
               f"{r['tokens_per_step']:,.0f} tokens a step, final loss {r['final_loss']:.4f}")
         saved = r.get("checkpoint")
-        if saved:
+        if saved and saved["saves"]:
             kinds = (f"{saved.get('background_saves', 0)} written in the background, the last directly"
                      if saved["asynchronous"] else "synchronous writes")
             print(f"{name:>5}: {saved['saves']} checkpoint(s), {kinds}, the loop waited {saved['blocking_seconds']:.2f} s for them"

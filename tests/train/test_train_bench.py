@@ -74,3 +74,19 @@ def test_train_bench_profiles_steps_and_times_windows_of_log_every(tmp_path, cap
     with pytest.raises(SystemExit):
         bench.main(args[:-2] + ["--warmup-steps", "3"])  # the timing must start at a metrics line
     assert "multiple of --log-every" in capsys.readouterr().err
+
+
+def test_train_bench_accumulates_packs_and_can_skip_the_final_checkpoint(tmp_path):
+    """--accumulation 2: both loops take two packs an optimizer step (more tokens a step than one pack holds);
+    --no-final-checkpoint: mmzoo's run writes no checkpoint when no save falls inside it."""
+    bench = _bench()
+    out = tmp_path / "result.json"
+    args = ["--preset", "tiny", "--lengths", "llava665k", "--length-scale", "0.05", "--samples", "24", "--steps", "3",
+            "--warmup-steps", "1", "--micro-batch-size", "4", "--num-workers", "0", "--compare-bare", "--packing",
+            "--accumulation", "2", "--no-final-checkpoint", "--workdir", str(tmp_path / "work"), "--json", str(out)]
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    mmzoo, bare = result["mmzoo"], result["bare"]
+    assert result["accumulation"] == 2
+    assert mmzoo["tokens_per_step"] == bare["tokens_per_step"] > result["max_tokens"]  # two packs a step
+    assert mmzoo["checkpoint"]["saves"] == 0

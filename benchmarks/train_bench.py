@@ -311,8 +311,10 @@ class StepProfiler:
 
         events = self.profiler.key_averages()
         wall_us = (self.marks[1] - self.marks[0]) * 1e6
-        if self.cuda:  # the kernels themselves (device-side events): their time is the device's busy time
-            kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        if self.cuda:  # the kernels themselves (device-side events): their time is the device's busy time; torch
+            # mirrors user annotations (ProfilerStep#N) on the device's timeline too, spanning whole steps: left out
+            kernels = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                       and not e.key.startswith("ProfilerStep")]
             busy_us = sum(e.self_device_time_total for e in kernels)
             own, sort_by = (lambda e: e.self_device_time_total), "self_device_time_total"
         else:
@@ -340,7 +342,7 @@ def run_bare(cfg, warmup: int, accumulation: int = 1) -> dict:
     from mmzoo.models.load import load_model
     from mmzoo.train.data import TrainData, micro_batch_stream
     from mmzoo.train.flops import StepFlopsCounter
-    from mmzoo.train.loop import batch_tokens
+    from mmzoo.train.loop import batch_tokens, loss_positions
     from mmzoo.train.names import memory_layout
     from mmzoo.train.packing import PackPlan
     from mmzoo.train.stages import select_trainable
@@ -384,8 +386,9 @@ def run_bare(cfg, warmup: int, accumulation: int = 1) -> dict:
             pixels = cpu.get("pixel_values")
             images = 0 if pixels is None else pixels.shape[0]
             lengths = cpu.get("sample_lengths")
-            total_flops += (flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()))
-                            if lengths is not None else flops(*cpu["input_ids"].shape, images)) or 0
+            total_flops += (flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()),
+                                  loss_rows=loss_positions(cpu))
+                            if lengths is not None else flops(*cpu["input_ids"].shape, images, loss_rows=loss_positions(cpu))) or 0
             batch = {k: cpu[k].to(device, non_blocking=True)
                      for k in ("input_ids", "attention_mask", "labels", "position_ids") if cpu.get(k) is not None}
             if pixels is not None:

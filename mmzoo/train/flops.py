@@ -10,6 +10,12 @@ when everything trains; attention's backward is twice its forward (dQ, dK, dA, d
 counted (model FLOPs, not hardware FLOPs). Vision layers after ``vision_feature_layer``, and SigLIP's pooling head, run forward only
 (LLaVA does not use their output).
 
+The LM head counts the positions whose logits the loss reads (``loss_rows``: the labelled ones, as the training
+loop passes them for stages without a teacher), not every position: logits at unlabelled positions (the image,
+the prompt) are not part of the model's work, whether or not an implementation computes them —
+``cross_entropy: chunked`` does not, transformers' plain loss does and pays for it. With ``loss_rows`` unset
+every position counts (the teacher stages, whose losses may read all of them; FlopCounterMode on a plain forward).
+
 Whether an input needs its gradient is decided per component — vision tower, projector, LLM — from which
 parameters train, so the count is exact for the stage defaults (frozen or trained components) and for
 freeze rules that follow component boundaries. tests/train/test_flops.py checks it against torch's
@@ -61,11 +67,12 @@ def is_dense(model) -> bool:
 
 
 def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
-                        attention_lengths: tuple[int, ...] | None = None) -> StepFlops:
+                        attention_lengths: tuple[int, ...] | None = None, loss_rows: int | None = None) -> StepFlops:
     """FLOPs of forward + backward of ``model`` (a dense LLaVA as ``mmzoo.load_model`` returns it) on
     ``sequences`` sequences padded to ``seq_len`` positions (image tokens included) holding ``images`` images.
     ``attention_lengths``: a packed row (sequences 1) whose samples attend only within themselves — attention
-    is counted per sample (Σ Lᵢ², the useful products), not over the whole row."""
+    is counted per sample (Σ Lᵢ², the useful products), not over the whole row. ``loss_rows``: the positions
+    whose logits the loss reads (the LM head's rows); None: every position."""
     import torch
 
     config = model.config
@@ -91,6 +98,7 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
     feature_layer = feature_layer if isinstance(feature_layer, int) else max(feature_layer)
     used_layers = feature_layer if feature_layer >= 0 else layers + 1 + feature_layer  # layers feeding the features
 
+    head = model.get_output_embeddings()
     flops = {"vision": 0, "projector": 0, "text": 0}
     first_projector = True
     for name, module in model.named_modules():
@@ -120,6 +128,8 @@ def training_step_flops(model, *, sequences: int, seq_len: int, images: int,
             first_projector = False
         else:
             rows, in_graph, input_grad = sequences * seq_len, True, grad_flows["text"]
+            if module is head and loss_rows is not None:
+                rows = loss_rows
         forward = 2 * rows * module.in_features * module.out_features
         flops[part] += forward * (1 + int(input_grad) + int(module.weight.requires_grad and in_graph))
 
@@ -141,10 +151,11 @@ def _find(model, suffix: str):
 class StepFlopsCounter:
     """Model FLOPs of a training run's micro batches (None for models the closed form does not cover).
 
-    The closed form is linear in three counts — text rows (sequences × positions), Σ L² over the attention
-    spans, and images — with coefficients fixed by the model and its trainable set (fixed for the run). They are
-    read off :func:`training_step_flops` once, so a micro batch costs three multiplications, not a walk over the
-    model's modules (variable-length batches have a new shape nearly every step)."""
+    The closed form is linear in four counts — text rows (sequences × positions), Σ L² over the attention
+    spans, images, and the LM head's rows (the labelled positions, or all of them) — with coefficients fixed by
+    the model and its trainable set (fixed for the run). They are read off :func:`training_step_flops` once, so a
+    micro batch costs four multiplications, not a walk over the model's modules (variable-length batches have a
+    new shape nearly every step)."""
 
     def __init__(self, model):
         self.model = model
@@ -152,19 +163,22 @@ class StepFlopsCounter:
         self._coefficients: tuple[int, int, int] | None = None
 
     def __call__(self, sequences: int, seq_len: int, images: int,
-                 attention_lengths: tuple[int, ...] | None = None) -> int | None:
+                 attention_lengths: tuple[int, ...] | None = None, loss_rows: int | None = None) -> int | None:
         if not self.supported:
             return None
-        per_row, per_square, per_image = self.coefficients()
+        per_row, per_square, per_image, per_loss_row = self.coefficients()
         squares = sum(n * n for n in attention_lengths) if attention_lengths else sequences * seq_len**2
-        return per_row * sequences * seq_len + per_square * squares + per_image * images
+        loss_rows = sequences * seq_len if loss_rows is None else loss_rows
+        return per_row * sequences * seq_len + per_square * squares + per_image * images + per_loss_row * loss_rows
 
-    def coefficients(self) -> tuple[int, int, int]:
+    def coefficients(self) -> tuple[int, int, int, int]:
+        """FLOPs per text row (the LM head left out), per attention square, per image, per LM-head row."""
         if self._coefficients is None:
-            def total(seq_len: int, images: int) -> int:
-                return training_step_flops(self.model, sequences=1, seq_len=seq_len, images=images).total
+            def total(seq_len: int, images: int, loss_rows: int) -> int:
+                return training_step_flops(self.model, sequences=1, seq_len=seq_len, images=images,
+                                           loss_rows=loss_rows).total
 
-            one, two = total(1, 0), total(2, 0)  # one = row + square; two = 2 rows + 4 squares
+            one, two = total(1, 0, 0), total(2, 0, 0)  # one = row + square; two = 2 rows + 4 squares
             per_square = (two - 2 * one) // 2
-            self._coefficients = (one - per_square, per_square, total(1, 1) - one)
+            self._coefficients = (one - per_square, per_square, total(1, 1, 0) - one, total(1, 0, 1) - one)
         return self._coefficients

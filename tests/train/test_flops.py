@@ -106,7 +106,8 @@ def test_moe_models_are_refused(tmp_path):
 
 
 def test_step_counter_equals_the_closed_form_for_any_shape_and_packed_rows(ws):
-    """The counter's three coefficients reproduce training_step_flops exactly, padded or packed."""
+    """The counter's four coefficients reproduce training_step_flops exactly, padded or packed, with the LM head
+    over every position or over the labelled ones."""
     from mmzoo.models.load import load_model
     from mmzoo.train.flops import StepFlopsCounter, training_step_flops
 
@@ -120,3 +121,38 @@ def test_step_counter_equals_the_closed_form_for_any_shape_and_packed_rows(ws):
     lengths = (30, 41, 17)
     assert counter(1, sum(lengths), 3, attention_lengths=lengths) == training_step_flops(
         model, sequences=1, seq_len=sum(lengths), images=3, attention_lengths=lengths).total
+    for loss_rows in (0, 1, 29, 88):
+        assert counter(1, sum(lengths), 3, attention_lengths=lengths, loss_rows=loss_rows) == training_step_flops(
+            model, sequences=1, seq_len=sum(lengths), images=3, attention_lengths=lengths, loss_rows=loss_rows).total
+        assert counter(2, 44, 1, loss_rows=loss_rows) == training_step_flops(
+            model, sequences=2, seq_len=44, images=1, loss_rows=loss_rows).total
+
+
+def test_the_lm_head_counts_only_the_positions_the_loss_reads(ws):
+    """loss_rows changes the LM head's products and nothing else: 6 × hidden × vocabulary FLOPs per position when
+    it trains (forward, input gradient, weight gradient), 4 when it is frozen and the LLM below it trains."""
+    from mmzoo.models.load import load_model
+    from mmzoo.train.flops import training_step_flops
+
+    model = load_model(ws.hf)
+    head = model.get_output_embeddings().weight
+    for head_trains, per_product in ((True, 6), (False, 4)):
+        for name, param in model.named_parameters():
+            param.requires_grad_("vision_tower" not in name and (head_trains or "lm_head" not in name))
+        every = training_step_flops(model, sequences=2, seq_len=40, images=2)
+        labelled = training_step_flops(model, sequences=2, seq_len=40, images=2, loss_rows=13)
+        assert (every.vision, every.projector) == (labelled.vision, labelled.projector)
+        assert every.text - labelled.text == per_product * (80 - 13) * head.shape[0] * head.shape[1]
+
+
+def test_loss_positions_are_those_followed_by_a_label():
+    """The training loop's count of LM-head rows: a position counts when the next token has a label (the loss's
+    shift), in padded rows and in a packed row whose samples each begin unlabelled."""
+    import torch
+
+    from mmzoo.train.loop import loss_positions
+
+    padded = {"labels": torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])}
+    assert loss_positions(padded) == 4
+    packed = {"labels": torch.tensor([[-100, -100, 3, 4, -100, -100, 9]])}  # samples of 4 and 3 tokens
+    assert loss_positions(packed) == 3

@@ -85,14 +85,13 @@ else
 fi
 NOSAVE="--no-final-checkpoint"  # the end-of-run save is not timed and took ~12 s of device time a run
 
-# 1. toward MFU 40 % (best so far 38.5 %: compiled blocks, plain cross-entropy, packs of 73 728 tokens, 117.9 GiB on
-#    an H200, a metrics line — one host synchronisation — every step, 4 timed steps). Step times at 32k/64k/72k packs
-#    (0.53, 0.97, 1.07 s) fit ~70-90 ms a step that does not grow with the tokens (the optimizer step: DeepSpeed's
-#    per-tensor fp32 master copies, the overflow check, the clip): (a) the reference with a metrics line every 4
-#    steps and mmzoo.train.engine_tuning (new since), (b) two packs an optimizer step (that fixed cost paid once per
-#    ~190 samples; LLaVA-1.5 trains with 128-256 a step), (c) also chunked cross-entropy with packs of 88k; then
-#    the GPU tests; then a profile of two steps (the device's busy share and where the time goes), the reference
-#    without engine_tuning and on DeepSpeed's BF16_Optimizer (what one process pays per step outside the model)
+# 1. MFU (2026-11-28 on an H200, LM head counted at the labelled positions: 37.2 % for (a), 43.2 % for (a) with
+#    chunked cross-entropy, 44.5 % for (c); 44.5 % with (c) on BF16_Optimizer): (a) the plain reference — packs of
+#    73 728 tokens, compiled blocks, a metrics line every 4 steps, mmzoo.train.engine_tuning —, (b) two packs an
+#    optimizer step (the fixed cost of a step paid once per ~190 samples; LLaVA-1.5 trains with 128-256 a step),
+#    (c) chunked cross-entropy (no logits where the loss does not read them) with packs of 88k and two a step; then
+#    the GPU tests; then a profile of two steps (the device's busy share and where the time goes), (a) without
+#    engine_tuning and on DeepSpeed's BF16_Optimizer (what one process pays per step outside the model)
 step "MFU (a): llama-2 vocabulary, packed ${BIG_REF#--max-tokens } tokens, compile, a metrics line every 4 steps"
 fits 100 && timeout 220 $B $L2 --packing $BIG_REF --compile $LOG4 $NOSAVE --json "$OUT/l2_ref_compile_log4.json" | tail -3
 step "MFU (b): the same with two packs an optimizer step (--accumulation 2)"

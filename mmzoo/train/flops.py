@@ -160,7 +160,7 @@ class StepFlopsCounter:
     def __init__(self, model):
         self.model = model
         self.supported = is_dense(model)
-        self._coefficients: tuple[int, int, int] | None = None
+        self._coefficients: tuple[int, int, int, int] | None = None
 
     def __call__(self, sequences: int, seq_len: int, images: int,
                  attention_lengths: tuple[int, ...] | None = None, loss_rows: int | None = None) -> int | None:

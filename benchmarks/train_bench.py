@@ -342,7 +342,7 @@ def run_bare(cfg, warmup: int, accumulation: int = 1) -> dict:
     from mmzoo.models.load import load_model
     from mmzoo.train.data import TrainData, micro_batch_stream
     from mmzoo.train.flops import StepFlopsCounter
-    from mmzoo.train.loop import batch_tokens, loss_positions
+    from mmzoo.train.loop import batch_tokens
     from mmzoo.train.names import memory_layout
     from mmzoo.train.packing import PackPlan
     from mmzoo.train.stages import select_trainable
@@ -383,12 +383,8 @@ def run_bare(cfg, warmup: int, accumulation: int = 1) -> dict:
         for _ in range(accumulation):
             cpu = next(batches)
             tokens += batch_tokens(cpu)
+            total_flops += flops.micro_batch(cpu)
             pixels = cpu.get("pixel_values")
-            images = 0 if pixels is None else pixels.shape[0]
-            lengths = cpu.get("sample_lengths")
-            total_flops += (flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()),
-                                  loss_rows=loss_positions(cpu))
-                            if lengths is not None else flops(*cpu["input_ids"].shape, images, loss_rows=loss_positions(cpu))) or 0
             batch = {k: cpu[k].to(device, non_blocking=True)
                      for k in ("input_ids", "attention_mask", "labels", "position_ids") if cpu.get(k) is not None}
             if pixels is not None:

@@ -25,6 +25,7 @@ Dense models only: a routed MoE layer's cost depends on the routing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import MmzooError
 
@@ -171,6 +172,17 @@ class StepFlopsCounter:
         loss_rows = sequences * seq_len if loss_rows is None else loss_rows
         return per_row * sequences * seq_len + per_square * squares + per_image * images + per_loss_row * loss_rows
 
+    def micro_batch(self, batch: dict[str, Any], every_position: bool = False) -> int:
+        """Model FLOPs of a CPU micro batch as the data pipeline hands it over, padded or packed (0 for a model the
+        closed form does not cover); the LM head at :func:`loss_positions`, or at every position."""
+        pixels = batch.get("pixel_values")
+        images = 0 if pixels is None else pixels.shape[0]
+        loss_rows = None if every_position else loss_positions(batch)
+        lengths = batch.get("sample_lengths")
+        if lengths is not None:  # packed: attention runs within each sample only
+            return self(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()), loss_rows=loss_rows) or 0
+        return self(*batch["input_ids"].shape, images, loss_rows=loss_rows) or 0
+
     def coefficients(self) -> tuple[int, int, int, int]:
         """FLOPs per text row (the LM head left out), per attention square, per image, per LM-head row."""
         if self._coefficients is None:
@@ -182,3 +194,11 @@ class StepFlopsCounter:
             per_square = (two - 2 * one) // 2
             self._coefficients = (one - per_square, per_square, total(1, 1, 0) - one, total(1, 0, 1) - one)
         return self._coefficients
+
+
+def loss_positions(batch: dict[str, Any]) -> int:
+    """Positions of a CPU micro batch whose logits the LM loss reads: those followed by a labelled token (the loss
+    shifts by one; a packed row's samples each start unlabelled, so the shift never crosses a sample)."""
+    from .kernels import IGNORE_INDEX
+
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

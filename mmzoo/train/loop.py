@@ -382,15 +382,7 @@ def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, accumulation:
     for _ in range(accumulation):
         cpu_batch = next(batches)
         tokens += batch_tokens(cpu_batch)
-        pixels = cpu_batch.get("pixel_values")
-        images = 0 if pixels is None else pixels.shape[0]
-        lengths = cpu_batch.get("sample_lengths")
-        loss_rows = None if teacher is not None else loss_positions(cpu_batch)  # a teacher's loss may read every position
-        if lengths is not None:  # packed: attention runs within each sample only
-            step_flops += flops(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()),
-                                loss_rows=loss_rows) or 0
-        else:
-            step_flops += flops(*cpu_batch["input_ids"].shape, images, loss_rows=loss_rows) or 0
+        step_flops += flops.micro_batch(cpu_batch, every_position=teacher is not None)  # a teacher's loss may read all
         batch = to_device(cpu_batch, engine.device, float_dtype)
         if tap is not None:
             tap.start(batch["input_ids"])
@@ -416,14 +408,6 @@ def _train_step(engine, batches, tap, cfg: TrainConfig, step: int, accumulation:
                            extra.detach().double().to(loss.device)])
         losses = micro if losses is None else losses + micro
     return losses, tokens, step_flops
-
-
-def loss_positions(batch: dict[str, Any]) -> int:
-    """Positions of a CPU micro batch whose logits the LM loss reads: those followed by a labelled token (the loss
-    shifts by one; a packed row's samples each start unlabelled, so the shift never crosses a sample)."""
-    from .kernels import IGNORE_INDEX
-
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def batch_tokens(batch: dict[str, Any]) -> int:

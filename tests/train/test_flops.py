@@ -150,9 +150,31 @@ def test_loss_positions_are_those_followed_by_a_label():
     shift), in padded rows and in a packed row whose samples each begin unlabelled."""
     import torch
 
-    from mmzoo.train.loop import loss_positions
+    from mmzoo.train.flops import loss_positions
 
     padded = {"labels": torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])}
     assert loss_positions(padded) == 4
     packed = {"labels": torch.tensor([[-100, -100, 3, 4, -100, -100, 9]])}  # samples of 4 and 3 tokens
     assert loss_positions(packed) == 3
+
+
+def test_a_micro_batch_is_counted_as_the_pipeline_hands_it_over(ws):
+    """StepFlopsCounter.micro_batch reads the shapes, images, samples and labels of a padded or packed CPU batch:
+    the LM head at the positions the loss reads, or at every position (teacher stages)."""
+    import torch
+
+    from mmzoo.models.load import load_model
+    from mmzoo.train.flops import StepFlopsCounter, loss_positions
+
+    counter = StepFlopsCounter(load_model(ws.hf))
+    labels = torch.full((2, 44), -100)
+    labels[0, 30:40] = 7
+    padded = {"input_ids": torch.zeros(2, 44, dtype=torch.long), "labels": labels, "pixel_values": torch.zeros(1, 3, 8, 8)}
+    assert loss_positions(padded) == 10
+    assert counter.micro_batch(padded) == counter(2, 44, 1, loss_rows=10)
+    assert counter.micro_batch(padded, every_position=True) == counter(2, 44, 1) > counter.micro_batch(padded)
+    lengths = torch.tensor([30, 41, 17])
+    packed = {"input_ids": torch.zeros(1, 88, dtype=torch.long), "labels": torch.full((1, 88), -100),
+              "sample_lengths": lengths, "pixel_values": torch.zeros(3, 3, 8, 8)}
+    packed["labels"][0, 50:60] = 3
+    assert counter.micro_batch(packed) == counter(1, 88, 3, attention_lengths=(30, 41, 17), loss_rows=10)

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from ..errors import HubError, MmzooError, OutputExists
 from ..io.claim import exclusive_output
 from ..io.confine import checkpoint_root, confined, self_contained
+from ..io.digest import file_sha256
 from ..io.parents import parents_removed_on_failure
 from ..io.structured import load_json
 
@@ -82,14 +83,6 @@ def _ensure_online() -> None:
 def _git_blob_oid(path: Path) -> str:
     h = hashlib.sha1()
     h.update(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -399,7 +392,7 @@ def _differs_from_listing(local: Path, entry) -> str | None:
     if entry.size is not None and size != entry.size:
         return f"download corrupt: {entry.path} has {size} bytes, the Hub lists {entry.size}"
     if entry.lfs is not None:
-        if _sha256(local) != entry.lfs.sha256:
+        if file_sha256(local) != entry.lfs.sha256:
             return f"download corrupt: sha256 of {entry.path} does not match the Hub"
     elif entry.blob_id and _git_blob_oid(local) != entry.blob_id:
         return f"download corrupt: git oid of {entry.path} does not match the Hub"

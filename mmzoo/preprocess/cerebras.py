@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..io.digest import file_sha256
 from .encode import BAD_SCHEMA, IMAGE_COUNT_MISMATCH, TOO_LONG, Encoder, Rejection, Row, Sample
-from .integrity import file_sha256
 from .templates import IMAGE_MARKER, parse_turns
 from .writer import BufferedShardWriter, h5_file
 

@@ -17,7 +17,6 @@ does not exist yet is not made by the check: the record is then kept until :meth
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -25,16 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ..errors import CorruptFile, MmzooError
+from ..io.digest import file_sha256
 from ..io.structured import load_json
 from .shard_checks import shard_file
 
 RECORD_NAME = "shards-verified.json"
 RECORD_FORMAT = "mmzoo-shards-verified/1"
 MANIFESTS = ("manifest.json", "data_params.json")  # --format mmzoo, --format cerebras*
-BLOCK = 8 << 20  # hashlib releases the GIL on large updates, so a few threads hash a few shards at disk speed
 HASH_THREADS = 4
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -93,18 +92,6 @@ def listed_shards(folder: str | Path) -> tuple[Path, list[ListedShard]]:
             raise CorruptFile(f"the sha256 of shard {entry['file'][:200]!r} is not 64 lowercase hex digits", path=manifest)
         listed.append(ListedShard(entry["file"], shard_file(folder, entry["file"], manifest), digest))
     return manifest, listed
-
-
-def file_sha256(path: Path, advance: Callable[[int], None] | None = None) -> str:
-    """sha256 of a file, streamed in blocks (``advance`` gets each block's size, for a progress bar): what the
-    writers record in the manifest and what verification compares with it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK):
-            digest.update(block)
-            if advance is not None:
-                advance(len(block))
-    return digest.hexdigest()
 
 
 def _identity(path: Path) -> tuple[str, dict[str, int]]:

@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import writing
+from ..io.digest import file_sha256
 from .encode import Sample
-from .integrity import file_sha256
 
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".tmp"

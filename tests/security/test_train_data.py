@@ -190,7 +190,7 @@ def test_mmzoo_train_refuses_hostile_data_in_one_line_before_starting(data, tiny
         paths = list(f["image_paths"].asstr()[:])
     paths[0] = "../../../../../../etc/passwd"
     _replace(data, "image_paths", np.array(paths, dtype=object), dtype=h5py.string_dtype("utf-8"))
-    from mmzoo.preprocess.integrity import file_sha256
+    from mmzoo.io.digest import file_sha256
 
     # a crafted folder is consistent: its manifest lists the crafted shard's sha256 (else the digest check refuses it)
     _edit_manifest(data, lambda m: m["shards"][0].update(sha256=file_sha256(_shard(data))))

@@ -10,6 +10,7 @@ batches are the same for any number of workers (0: in the training process).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +160,8 @@ def micro_batch_stream(data: TrainData, *, first_step: int, last_step: int, rank
     workers = {"timeout": worker_timeout, "prefetch_factor": 4} if num_workers else {}
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
                                          pin_memory=pin_memory, **workers)
-    if num_workers:  # forked here, from a process that holds DeepSpeed's process groups (mmzoo/forking.py)
-        with frozen_for_fork():
-            iterator = iter(loader)
-    else:
+    # the workers are forked here, from a process that holds DeepSpeed's process groups (mmzoo/forking.py)
+    with frozen_for_fork() if num_workers else nullcontext():
         iterator = iter(loader)
     try:
         while True:

@@ -175,13 +175,15 @@ class StepFlopsCounter:
     def micro_batch(self, batch: dict[str, Any], every_position: bool = False) -> int:
         """Model FLOPs of a CPU micro batch as the data pipeline hands it over, padded or packed (0 for a model the
         closed form does not cover); the LM head at :func:`loss_positions`, or at every position."""
+        if not self.supported:
+            return 0
         pixels = batch.get("pixel_values")
         images = 0 if pixels is None else pixels.shape[0]
         loss_rows = None if every_position else loss_positions(batch)
         lengths = batch.get("sample_lengths")
         if lengths is not None:  # packed: attention runs within each sample only
-            return self(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()), loss_rows=loss_rows) or 0
-        return self(*batch["input_ids"].shape, images, loss_rows=loss_rows) or 0
+            return self(1, int(lengths.sum()), images, attention_lengths=tuple(lengths.tolist()), loss_rows=loss_rows)
+        return self(*batch["input_ids"].shape, images, loss_rows=loss_rows)
 
     def coefficients(self) -> tuple[int, int, int, int]:
         """FLOPs per text row (the LM head left out), per attention square, per image, per LM-head row."""
